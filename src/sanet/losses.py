@@ -1,0 +1,82 @@
+"""SANet's three-term loss (paper Sec. 3, Fig. 4): ``L = L_mask + α·L_cat + β·L_dense``.
+
+The loss lives outside the model and returns every term for logging.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def class_presence(target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """Multi-hot ``(N, K)`` vector of the classes present among the valid pixels of each crop.
+
+    Shape: target ``(N, H, W)`` int64 → ``(N, K)`` float.
+    """
+    n = target.shape[0]
+    valid = target != ignore_index
+    if ((target < 0) | (target >= num_classes))[valid].any():
+        bad = target[valid & ((target < 0) | (target >= num_classes))][0].item()
+        raise ValueError(
+            f"Label {bad} is outside 0..{num_classes - 1} (and is not ignore_index {ignore_index}). "
+            "Check the dataset's num_classes or run `sanet check-data`."
+        )
+    # one scatter instead of a per-image loop: index = image * K + class for valid pixels
+    idx = torch.arange(n, device=target.device)[:, None, None] * num_classes + target
+    present = torch.zeros(n * num_classes, device=target.device)
+    present.index_fill_(0, idx[valid], 1.0)
+    return present.view(n, num_classes)
+
+
+def cross_entropy_or_zero(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
+) -> torch.Tensor:
+    """Pixel cross-entropy averaged over valid pixels; exactly 0 (not NaN) when none is valid."""
+    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+    count = (target != ignore_index).sum()
+    return total / count.clamp(min=1)
+
+
+class SANetLoss(nn.Module):
+    """``L = L_mask + α·L_cat + β·L_dense`` (α = 0.2, β = 0.8: the best of the paper's sweep, Fig. 4).
+
+    - ``L_mask``, ``L_dense``: pixel cross-entropy on the upsampled M and D, ignoring 255.
+    - ``L_cat``: BCE-with-logits of c against the classes present in each crop's valid pixels.
+
+    A model that returns only ``"out"`` (the FCN baseline) is trained with plain cross-entropy:
+    ``L = L_dense`` and the other terms are reported as 0.
+
+    Shape:
+        - outputs: ``{"out": (N, K, H, W), "mask": (N, K, H, W), "cat": (N, K)}``
+        - target: ``(N, H, W)`` int64 with ids 0..K−1 and ``ignore_index``.
+        - returns: ``{"loss", "mask", "cat", "dense"}``, each a scalar tensor.
+    """
+
+    def __init__(self, alpha: float = 0.2, beta: float = 0.8, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.ignore_index = alpha, beta, ignore_index
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        dense_logits = outputs["out"]
+        if dense_logits.shape[-2:] != target.shape[-2:]:
+            raise ValueError(
+                f"Logits {tuple(dense_logits.shape[-2:])} and target {tuple(target.shape[-2:])} "
+                "differ in size; the model's output must be upsampled to the mask's size."
+            )
+        dense = cross_entropy_or_zero(dense_logits.float(), target, self.ignore_index)
+        if "mask" not in outputs:  # FCN baseline: plain pixel cross-entropy
+            zero = dense.new_zeros(())
+            return {"loss": dense, "mask": zero, "cat": zero, "dense": dense}
+        mask = cross_entropy_or_zero(outputs["mask"].float(), target, self.ignore_index)
+        cat_logits = outputs["cat"].float()
+        present = class_presence(target, cat_logits.shape[1], self.ignore_index)
+        cat = F.binary_cross_entropy_with_logits(cat_logits, present)
+        loss = mask + self.alpha * cat + self.beta * dense
+        return {"loss": loss, "mask": mask, "cat": cat, "dense": dense}
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, ignore_index={self.ignore_index}"

@@ -1,0 +1,111 @@
+"""SANet's multi-stage head (paper Fig. 3) and the FCN baseline head (Fig. 5).
+
+Heads take the backbone's list of stage features and return logits at feature resolution; the
+model upsamples them to the input size.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sanet.models.sa import AttnAct, SqueezeAttention, SqueezeExcitation, UpMode, conv_bn_relu
+
+Gate = Literal["logsigmoid", "sigmoid"]
+Block = Literal["sa", "se"]
+
+
+class SANetHead(nn.Module):
+    """Four SA heads, multi-stage fusion, and the mask / categorical / dense outputs (Fig. 3).
+
+    Args:
+        in_channels: channels of the four backbone stages.
+        num_classes: K.
+        block: ``"sa"`` (SANet) or ``"se"`` (the SE ablation of Table 3).
+        fuse_channels: channels of the fused feature F (512).
+        dropout: dropout on F (0.1).
+        gate: how the image-level class presence gates the mask: ``"logsigmoid"``
+            (``D = M + logsigmoid(c)``, default) or ``"sigmoid"`` (``D = M ⊙ sigmoid(c)``).
+        attn_act, upsample: forwarded to :class:`SqueezeAttention`.
+
+    Shape:
+        - feats: four tensors ``(N, C_i, H_i, W_i)``; the last has the smallest size ``(h, w)``.
+        - output: ``{"mask": (N, K, h, w), "cat": (N, K), "dense": (N, K, h, w)}``.
+    """
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        num_classes: int,
+        block: Block = "sa",
+        fuse_channels: int = 512,
+        dropout: float = 0.1,
+        gate: Gate = "logsigmoid",
+        attn_act: AttnAct = "relu",
+        upsample: UpMode = "nearest",
+    ) -> None:
+        super().__init__()
+        if gate not in ("logsigmoid", "sigmoid"):
+            raise ValueError(f"gate must be 'logsigmoid' or 'sigmoid', got {gate!r}")
+        if block == "sa":
+            blocks = [SqueezeAttention(c, c // 4, attn_act, upsample) for c in in_channels]
+        elif block == "se":
+            blocks = [SqueezeExcitation(c, c // 4) for c in in_channels]
+        else:
+            raise ValueError(f"block must be 'sa' or 'se', got {block!r}")
+        self.gate = gate
+        self.heads = nn.ModuleList(blocks)  # one SA(C_i → C_i/4) per stage
+        self.fuse = conv_bn_relu(sum(c // 4 for c in in_channels), fuse_channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.mask = nn.Conv2d(fuse_channels, num_classes, 1)  # "each channel is one class's mask"
+        self.cat = nn.Linear(fuse_channels, num_classes)  # image-level class presence
+
+    def fused(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The fused feature F before dropout: ``(N, fuse_channels, h, w)``."""
+        size = feats[-1].shape[-2:]  # the deepest stage's resolution
+        outs = [head(f) for head, f in zip(self.heads, feats, strict=True)]
+        outs = [o if o.shape[-2:] == size else _resize(o, size) for o in outs]
+        return self.fuse(torch.cat(outs, dim=1))
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        f = self.dropout(self.fused(feats))  # F: (N, 512, h, w)
+        mask = self.mask(f)  # M: (N, K, h, w)
+        cat = self.cat(f.mean(dim=(2, 3)))  # c: (N, K)
+        if self.gate == "logsigmoid":
+            # softmax(M + log σ(c)) ∝ softmax(M) · σ(c): gates class probabilities, stable in fp16.
+            dense = mask + F.logsigmoid(cat)[:, :, None, None]
+        else:
+            dense = mask * torch.sigmoid(cat)[:, :, None, None]
+        return {"mask": mask, "cat": cat, "dense": dense}
+
+    def parts(self, feats: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per stage head, its ``(attn, main)`` channel maps (for Fig. 6)."""
+        return [head(f, return_parts=True)[1:] for head, f in zip(self.heads, feats, strict=True)]
+
+
+class FCNHead(nn.Module):
+    """The dilated-FCN baseline head on the last stage (Fig. 5; torchvision's ``FCNHead``).
+
+    Shape:
+        - feats: four tensors; only the last ``(N, C_4, h, w)`` is used.
+        - output: ``{"dense": (N, K, h, w)}``.
+    """
+
+    def __init__(self, in_channels: list[int], num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        inter = in_channels[-1] // 4
+        self.block = nn.Sequential(
+            conv_bn_relu(in_channels[-1], inter),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(inter, num_classes, 1),
+        )
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"dense": self.block(feats[-1])}
+
+
+def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

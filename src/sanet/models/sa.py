@@ -1,0 +1,127 @@
+"""Squeeze-and-Attention (paper Fig. 2c, Eq. 3–4) and the SE block it is compared with (Table 3).
+
+Both blocks map ``(N, C_in, H, W) -> (N, C_out, H, W)`` so that the SANet head can swap one for
+the other in the SE-vs-SA ablation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AttnAct = Literal["relu", "sigmoid"]
+UpMode = Literal["nearest", "bilinear"]
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    """``conv(k×k, no bias) → BN → ReLU``; the bias is off because BN's shift replaces it."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _two_convs(in_channels: int, out_channels: int) -> nn.Sequential:
+    # F_main and F_attn: in→out then out→out (docs/paper-fidelity.md, "SA branches").
+    return nn.Sequential(
+        conv_bn_relu(in_channels, out_channels), conv_bn_relu(out_channels, out_channels)
+    )
+
+
+class SqueezeAttention(nn.Module):
+    """The SA module: ``X_out = X_attn ⊙ X_res + X_attn`` (Eq. 4).
+
+    ``X_res = F_main(X_in)`` is the ordinary conv branch; ``X_attn = Up(σ(F_attn(APool(X_in))))``
+    is the "not fully squeezed" attention branch computed at half resolution.
+
+    Args:
+        in_channels: channels of ``X_in``.
+        out_channels: channels of ``X_out`` (SANet uses ``in_channels // 4``).
+        attn_act: σ. ``"relu"`` (default) keeps the last ReLU of ``F_attn`` as σ, as the
+            paper's code did; ``"sigmoid"`` replaces it with a sigmoid gate in (0, 1).
+        upsample: ``"nearest"`` (default) or ``"bilinear"``; always to ``X_res``'s exact size.
+
+    Shape:
+        - x: ``(N, in_channels, H, W)``, any ``H, W ≥ 1`` (odd sizes work: the pool uses ceil mode).
+        - output: ``(N, out_channels, H, W)``; with ``return_parts=True`` a tuple
+          ``(out, attn, main)`` of three such tensors.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        attn_act: AttnAct = "relu",
+        upsample: UpMode = "nearest",
+    ) -> None:
+        super().__init__()
+        if attn_act not in ("relu", "sigmoid"):
+            raise ValueError(f"attn_act must be 'relu' or 'sigmoid', got {attn_act!r}")
+        if upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.attn_act, self.upsample = attn_act, upsample
+        self.main = _two_convs(in_channels, out_channels)
+        self.attn = _two_convs(in_channels, out_channels)
+        if attn_act == "sigmoid":
+            self.attn[-1][-1] = nn.Sigmoid()  # σ replaces the last ReLU of F_attn
+        # APool: kernel 2, stride 2, ceil_mode so that odd sizes keep their last row/column.
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True)
+
+    def forward(
+        self, x: torch.Tensor, return_parts: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        main = self.main(x)  # X_res: (N, C_out, H, W)
+        attn = self.attn(self.pool(x))  # σ(F_attn(APool(X_in))): (N, C_out, ⌈H/2⌉, ⌈W/2⌉)
+        # Up to X_res's exact size, never a fixed ×2 (⌈H/2⌉·2 ≠ H for odd H).
+        if self.upsample == "nearest":
+            attn = F.interpolate(attn, size=main.shape[-2:], mode="nearest")
+        else:
+            attn = F.interpolate(attn, size=main.shape[-2:], mode="bilinear", align_corners=False)
+        out = attn * main + attn  # Eq. 4: X_attn ⊙ X_res + X_attn
+        if return_parts:
+            return out, attn, main
+        return out
+
+    def extra_repr(self) -> str:
+        return f"attn_act={self.attn_act!r}, upsample={self.upsample!r}"
+
+
+class SqueezeExcitation(nn.Module):
+    """SE counterpart of :class:`SqueezeAttention` for the SE-vs-SA ablation (Fig. 2b, Table 3).
+
+    ``X_res = F_main(X_in)`` as in SA; the squeeze is *full* (global average pool) and the
+    excitation ``s = sigmoid(W2 · ReLU(W1 · GAP(X_res)))`` rescales the channels:
+    ``X_out = s ⊙ X_res``. The reduction ``r`` of ``W1`` is 16 as in SE-Net.
+
+    Shape:
+        - x: ``(N, in_channels, H, W)``
+        - output: ``(N, out_channels, H, W)``; with ``return_parts=True``, ``(out, attn, main)``
+          where ``attn`` is the channel gate broadcast to ``(N, out_channels, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        hidden = max(out_channels // reduction, 4)
+        self.main = _two_convs(in_channels, out_channels)
+        self.fc = nn.Sequential(
+            nn.Conv2d(out_channels, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, out_channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(
+        self, x: torch.Tensor, return_parts: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        main = self.main(x)  # (N, C_out, H, W)
+        gate = self.fc(main.mean(dim=(2, 3), keepdim=True))  # (N, C_out, 1, 1)
+        out = main * gate
+        if return_parts:
+            return out, gate.expand_as(main), main
+        return out

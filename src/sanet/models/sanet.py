@@ -1,0 +1,186 @@
+"""Model assembly: backbone → head → upsampled logits, plus save/load (safetensors + config).
+
+Forward contract (all models): ``model(x)`` returns a dict. In eval mode ``{"out": (N, K, H, W)}``;
+SANet in train mode adds ``"mask": (N, K, H, W)`` and ``"cat": (N, K)`` for the loss (Sec. 3).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sanet.checkpoint import atomic_save_bytes, atomic_write_text
+from sanet.models.backbone import Backbone
+from sanet.models.heads import Block, FCNHead, Gate, SANetHead
+from sanet.models.sa import AttnAct, UpMode
+
+MIN_SIZE = 32  # the deepest stage is H/8 at output stride 8: below 32 px it has < 4 positions
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+class SegmentationModel(nn.Module):
+    """Backbone + head with the shared forward contract and ``save_pretrained``/``from_pretrained``.
+
+    Subclasses set ``self.backbone``, ``self.head`` and ``self.config`` (their constructor
+    arguments, JSON-serialisable), so that a saved folder rebuilds the same model.
+    """
+
+    name: str = ""
+    backbone: Backbone
+    head: nn.Module
+    config: dict[str, Any]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shape: x ``(N, 3, H, W)`` with ``H, W ≥ 32`` → ``{"out": (N, K, H, W), ...}``."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"Expected a (N, 3, H, W) image batch, got shape {tuple(x.shape)}.")
+        if x.shape[-1] < MIN_SIZE or x.shape[-2] < MIN_SIZE:
+            raise ValueError(
+                f"Input {tuple(x.shape[-2:])} is too small: H and W must be ≥ {MIN_SIZE}. "
+                "Resize or pad the image (e.g. with sanet.data transforms) before the model."
+            )
+        size = x.shape[-2:]
+        logits = self.head(self.backbone(x))  # at the deepest stage's resolution (H/8, W/8)
+        out = {"out": _upsample(logits["dense"], size)}  # (N, K, H, W)
+        if self.training and "mask" in logits:
+            out["mask"] = _upsample(logits["mask"], size)  # (N, K, H, W)
+            out["cat"] = logits["cat"]  # (N, K)
+        return out
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["num_classes"])
+
+    def save_pretrained(
+        self, directory: str | Path, metadata: dict[str, Any] | None = None
+    ) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` (constructor arguments) atomically.
+
+        ``metadata`` (e.g. ``{"class_names": [...]}``) is stored in ``config.json`` as well.
+        """
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_save_bytes(directory / WEIGHTS_NAME, save(state))
+        config = {"name": self.name, **self.config, "metadata": metadata or {}}
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> SegmentationModel:
+        """Rebuild a model saved by :meth:`save_pretrained`; outputs are bit-identical."""
+        from safetensors.torch import load_file
+
+        from sanet.models import build_model
+
+        config = read_pretrained_config(directory)
+        name = config.pop("name")
+        config.pop("metadata", None)
+        model = build_model(name, pretrained_backbone=False, **config)
+        if not isinstance(model, cls):
+            raise TypeError(
+                f"{str(directory)!r} holds a {name!r} model, not a {cls.__name__}. "
+                "Load it with sanet.models.SegmentationModel.from_pretrained."
+            )
+        state = load_file(str(Path(directory) / WEIGHTS_NAME), device=map_location)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+
+class SANet(SegmentationModel):
+    """Squeeze-and-Attention Network (Fig. 3): dilated backbone, four SA heads, fused F, and the
+    mask (M), categorical (c) and dense (D) outputs. ``block="se"`` gives the SE ablation."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50s",
+        output_stride: int = 8,
+        pretrained_backbone: bool | str | Path = False,
+        block: Block = "sa",
+        gate: Gate = "logsigmoid",
+        attn_act: AttnAct = "relu",
+        upsample: UpMode = "nearest",
+        fuse_channels: int = 512,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        _check_num_classes(num_classes)
+        self.name = "sanet" if block == "sa" else "sanet_se"
+        self.backbone = Backbone(backbone, output_stride, pretrained_backbone)
+        self.head = SANetHead(
+            self.backbone.channels,
+            num_classes,
+            block,
+            fuse_channels,
+            dropout,
+            gate,
+            attn_act,
+            upsample,
+        )
+        self.config = dict(
+            num_classes=num_classes, backbone=backbone, output_stride=output_stride, gate=gate,
+            attn_act=attn_act, upsample=upsample, fuse_channels=fuse_channels, dropout=dropout,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def attention_parts(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(attn, main)`` of each stage's SA head for an input batch (Fig. 6).
+
+        Shape: x ``(N, 3, H, W)`` → four pairs of ``(N, C_i/4, H_i, W_i)`` tensors.
+        """
+        return self.head.parts(self.backbone(x))
+
+
+class FCN(SegmentationModel):
+    """The paper's baseline (Fig. 5): the same dilated backbone with an FCN head on stage 4."""
+
+    name = "fcn"
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50s",
+        output_stride: int = 8,
+        pretrained_backbone: bool | str | Path = False,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        _check_num_classes(num_classes)
+        self.backbone = Backbone(backbone, output_stride, pretrained_backbone)
+        self.head = FCNHead(self.backbone.channels, num_classes, dropout)
+        self.config = dict(
+            num_classes=num_classes, backbone=backbone, output_stride=output_stride, dropout=dropout
+        )
+
+
+def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
+    """Read ``config.json`` of a ``save_pretrained`` folder, with a clear error if it is not one."""
+    directory = Path(directory)
+    cfg, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not cfg.is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{str(directory)!r} is not a save_pretrained folder: expected {CONFIG_NAME} and "
+            f"{WEIGHTS_NAME} in it. Pass the folder written by model.save_pretrained(dir) "
+            "(in a training run: RUN_DIR/model)."
+        )
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(cfg)!r} is not valid JSON ({err}).") from err
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+
+
+def _upsample(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
