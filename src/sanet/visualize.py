@@ -1,0 +1,247 @@
+"""Pictures people look at (SPEC §5): palettes, index PNGs, overlays, metric plots.
+
+All plotting uses matplotlib's Agg backend (no display needed) and writes PNGs atomically.
+Masks are ``(H, W)`` integer arrays of class ids with 255 for "ignore"/"unlabelled".
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sanet.checkpoint import atomic_save_bytes
+
+logger = logging.getLogger(__name__)
+
+IGNORE_COLOR = (255, 255, 255)  # how ignore (255) pixels are drawn in colour images
+
+
+def default_palette(num_colors: int = 256) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC bit-interleaved colour map (class 0 black), extended to ``num_colors``."""
+    palette = []
+    for k in range(num_colors):
+        r = g = b = 0
+        c = k
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def _full_palette(palette: Sequence[Sequence[int]] | None) -> list[tuple[int, int, int]]:
+    """A 256-entry palette: the given colours, VOC colours after them, 255 → ``IGNORE_COLOR``."""
+    base = default_palette(256)
+    given = [tuple(int(v) for v in c[:3]) for c in (palette or [])][:255]
+    full = given + base[len(given) :]
+    full[255] = IGNORE_COLOR
+    return full  # type: ignore[return-value]
+
+
+def _to_numpy_mask(mask: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"Expected an (H, W) mask, got shape {mask.shape}.")
+    return mask
+
+
+def mask_to_pil(
+    mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]] | None = None
+) -> Image.Image:
+    """An index ("P" mode) PNG image of class ids with the dataset palette attached."""
+    mask = _to_numpy_mask(mask)
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(
+            f"Class ids must lie in 0..255 for an index PNG, got {mask.min()}..{mask.max()}."
+        )
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette([v for c in _full_palette(palette) for v in c])
+    return img
+
+
+def colorize(
+    mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]] | None = None
+) -> np.ndarray:
+    """``(H, W)`` class ids → ``(H, W, 3)`` uint8 RGB."""
+    mask = _to_numpy_mask(mask)
+    lut = np.array(_full_palette(palette), dtype=np.uint8)
+    return lut[np.clip(mask, 0, 255).astype(np.int64)]
+
+
+def to_rgb_array(image: Any) -> np.ndarray:
+    """A PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` uint8 tensor → ``(H, W, 3)`` uint8."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.ndim == 3 and image.shape[0] == 3:
+            image = image.permute(1, 2, 0)
+        image = image.numpy()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype != np.uint8:
+        raise ValueError(f"Expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}.")
+    return np.ascontiguousarray(image[..., :3])
+
+
+def overlay(
+    image: Any,
+    mask: torch.Tensor | np.ndarray,
+    palette: Sequence[Sequence[int]] | None = None,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """Blend the colourised mask over the image; ignore pixels keep the image. ``(H, W, 3)`` uint8."""
+    rgb = to_rgb_array(image)
+    mask = _to_numpy_mask(mask)
+    if rgb.shape[:2] != mask.shape:
+        raise ValueError(f"Image {rgb.shape[:2]} and mask {mask.shape} sizes differ.")
+    colour = colorize(mask, palette).astype(np.float32)
+    out = rgb.astype(np.float32)
+    blend = (1 - alpha) * out + alpha * colour
+    keep = (mask == 255)[..., None]
+    return np.where(keep, out, blend).round().clip(0, 255).astype(np.uint8)
+
+
+def legend_image(
+    rgb: np.ndarray,
+    class_ids: Sequence[int],
+    class_names: Sequence[str] | None,
+    palette: Sequence[Sequence[int]] | None = None,
+) -> Image.Image:
+    """The image with a class legend strip (one swatch per id) below it.
+
+    The legend is drawn with PIL so that the top part stays pixel-exact at the input size.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    full = _full_palette(palette)
+    h, w = rgb.shape[:2]
+    font = ImageFont.load_default()
+    row_h, pad = 14, 4
+    entries = [
+        (k, class_names[k] if class_names and k < len(class_names) else str(k)) for k in class_ids
+    ]
+    # Lay swatches out left to right, wrapping at the image width.
+    positions, x, y = [], pad, pad
+    for k, name in entries:
+        width = 12 + 4 + int(font.getlength(name)) + 10
+        if x + width > w and x > pad:
+            x, y = pad, y + row_h
+        positions.append((x, y, k, name))
+        x += width
+    strip_h = (y + row_h + pad) if entries else 0
+    canvas = Image.new("RGB", (w, h + strip_h), (255, 255, 255))
+    canvas.paste(Image.fromarray(rgb), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for x, y, k, name in positions:
+        draw.rectangle([x, h + y, x + 11, h + y + 11], fill=full[k], outline=(0, 0, 0))
+        draw.text((x + 16, h + y), name, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PIL image as PNG atomically."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_save_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    atomic_save_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # never open a window; works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_per_class_iou(
+    iou: Sequence[float | None],
+    class_names: Sequence[str] | None,
+    path: str | Path,
+    title: str = "Per-class IoU",
+) -> Path:
+    """Horizontal bars of per-class IoU (absent classes drawn as "n/a"), mIoU as a line."""
+    plt = _pyplot()
+    values = [math.nan if v is None else float(v) for v in iou]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(values))]
+    present = [v for v in values if not math.isnan(v)]
+    miou = sum(present) / len(present) if present else 0.0
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(values) + 1)))
+    ys = np.arange(len(values))
+    ax.barh(ys, [0 if math.isnan(v) else v for v in values], color="tab:blue")
+    for y, v in zip(ys, values, strict=True):
+        ax.text(
+            0.01 if math.isnan(v) else v + 0.01, y, "n/a" if math.isnan(v) else f"{v:.2f}",
+            va="center", fontsize=7,
+        )  # fmt: skip
+    ax.axvline(miou, color="tab:red", linestyle="--", label=f"mIoU {miou:.3f}")
+    ax.set_yticks(ys, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("IoU")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save_figure(fig, path)
+
+
+def normalize_confusion(matrix: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Row-normalise counts (rows: ground truth): entry (i, j) = P(pred j | gt i); empty rows 0."""
+    m = np.asarray(matrix.cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    return np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+
+
+def plot_confusion_matrix(
+    matrix: torch.Tensor | np.ndarray,
+    class_names: Sequence[str] | None,
+    path: str | Path,
+    title: str = "Confusion matrix (row-normalised)",
+) -> Path:
+    """Heatmap of the row-normalised confusion matrix with class names on both axes."""
+    plt = _pyplot()
+    norm = normalize_confusion(matrix)
+    k = norm.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    size = min(max(4.0, 0.3 * k + 2), 24.0)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fontsize = 8 if k <= 30 else 5
+    ax.set_xticks(range(k), names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(k), names, fontsize=fontsize)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title)
+    if k <= 12:  # numbers in the cells stay readable only for a few classes
+        for i in range(k):
+            for j in range(k):
+                colour = "white" if norm[i, j] > 0.5 else "black"
+                ax.text(
+                    j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour
+                )
+    return _save_figure(fig, path)
