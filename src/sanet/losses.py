@@ -43,7 +43,10 @@ class SANetLoss(nn.Module):
     """``L = L_mask + α·L_cat + β·L_dense`` (α = 0.2, β = 0.8: the best of the paper's sweep, Fig. 4).
 
     - ``L_mask``, ``L_dense``: pixel cross-entropy on the upsampled M and D, ignoring 255.
-    - ``L_cat``: BCE-with-logits of c against the classes present in each crop's valid pixels.
+    - ``L_cat``: BCE-with-logits of c against the classes present in each crop's valid pixels,
+      averaged over the crops that have any valid pixel.
+
+    A crop whose pixels are all ignored contributes 0 to every term (never NaN).
 
     A model that returns only ``"out"`` (the FCN baseline) is trained with plain cross-entropy:
     ``L = L_dense`` and the other terms are reported as 0.
@@ -74,7 +77,10 @@ class SANetLoss(nn.Module):
         mask = cross_entropy_or_zero(outputs["mask"].float(), target, self.ignore_index)
         cat_logits = outputs["cat"].float()
         present = class_presence(target, cat_logits.shape[1], self.ignore_index)
-        cat = F.binary_cross_entropy_with_logits(cat_logits, present)
+        # A crop with no valid pixel has no presence label: it contributes 0 to L_cat too.
+        labelled = (target != self.ignore_index).flatten(1).any(dim=1).float()  # (N,)
+        bce = F.binary_cross_entropy_with_logits(cat_logits, present, reduction="none")
+        cat = (bce * labelled[:, None]).sum() / (labelled.sum() * bce.shape[1]).clamp(min=1)
         loss = mask + self.alpha * cat + self.beta * dense
         return {"loss": loss, "mask": mask, "cat": cat, "dense": dense}
 

@@ -1,0 +1,102 @@
+"""SANetLoss against cross-entropy and BCE computed by hand (Sec. 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sanet import SANetLoss
+from sanet.losses import class_presence
+
+
+def _ce_by_hand(logits: torch.Tensor, target: torch.Tensor) -> float:
+    total, count = 0.0, 0
+    n, k, h, w = logits.shape
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                t = int(target[b, i, j])
+                if t == 255:
+                    continue
+                z = [float(logits[b, c, i, j]) for c in range(k)]
+                total += math.log(sum(math.exp(v) for v in z)) - z[t]
+                count += 1
+    return total / count if count else 0.0
+
+
+def _bce_by_hand(logit: float, y: float) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+def test_terms_match_hand_computation() -> None:
+    torch.manual_seed(1)
+    target = torch.tensor([[[0, 1, 255], [1, 1, 0]], [[2, 2, 2], [255, 2, 2]]])  # (2, 2, 3)
+    out = {
+        "out": torch.randn(2, 3, 2, 3),
+        "mask": torch.randn(2, 3, 2, 3),
+        "cat": torch.randn(2, 3),
+    }
+    terms = SANetLoss(alpha=0.2, beta=0.8)(out, target)
+    assert terms["mask"].item() == pytest.approx(_ce_by_hand(out["mask"], target), rel=1e-5)
+    assert terms["dense"].item() == pytest.approx(_ce_by_hand(out["out"], target), rel=1e-5)
+    present = [[1, 1, 0], [0, 0, 1]]  # crop 0 has classes 0 and 1, crop 1 only class 2
+    bce = (
+        sum(
+            _bce_by_hand(float(out["cat"][b, c]), present[b][c]) for b in range(2) for c in range(3)
+        )
+        / 6
+    )
+    assert terms["cat"].item() == pytest.approx(bce, rel=1e-5)
+    expected = terms["mask"] + 0.2 * terms["cat"] + 0.8 * terms["dense"]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_all_ignore_crop_contributes_zero() -> None:
+    target = torch.full((1, 4, 4), 255)
+    out = {
+        "out": torch.randn(1, 5, 4, 4),
+        "mask": torch.randn(1, 5, 4, 4),
+        "cat": torch.randn(1, 5),
+    }
+    out = {k: v.requires_grad_() for k, v in out.items()}
+    terms = SANetLoss()(out, target)
+    for name in ("loss", "mask", "cat", "dense"):
+        assert torch.isfinite(terms[name]) and terms[name].item() == 0.0
+    terms["loss"].backward()  # gradients exist and are finite (zero)
+    assert all(torch.all(v.grad == 0) for v in out.values())
+
+
+def test_all_ignore_crop_does_not_change_other_crops_loss() -> None:
+    target = torch.tensor([[[0, 1], [1, 2]]])
+    out = {
+        "out": torch.randn(1, 3, 2, 2),
+        "mask": torch.randn(1, 3, 2, 2),
+        "cat": torch.randn(1, 3),
+    }
+    alone = SANetLoss()(out, target)
+    both = SANetLoss()(
+        {k: torch.cat([v, torch.randn_like(v)]) for k, v in out.items()},
+        torch.cat([target, torch.full_like(target, 255)]),
+    )
+    for name in ("loss", "mask", "cat", "dense"):
+        assert both[name].item() == pytest.approx(alone[name].item(), rel=1e-6)
+
+
+def test_fcn_outputs_train_with_plain_cross_entropy() -> None:
+    target = torch.tensor([[[0, 1], [255, 2]]])
+    logits = torch.randn(1, 3, 2, 2)
+    terms = SANetLoss()({"out": logits}, target)
+    assert terms["loss"].item() == pytest.approx(_ce_by_hand(logits, target), rel=1e-5)
+    assert terms["cat"].item() == 0 and terms["mask"].item() == 0
+
+
+def test_class_presence_and_bad_labels() -> None:
+    target = torch.tensor([[[0, 0], [3, 255]], [[255, 255], [255, 255]]])
+    assert class_presence(target, 4).tolist() == [[1, 0, 0, 1], [0, 0, 0, 0]]
+    with pytest.raises(ValueError, match=r"Label 7 is outside 0\.\.3"):
+        class_presence(torch.tensor([[[7]]]), 4)
+    with pytest.raises(ValueError, match="differ in size"):
+        SANetLoss()({"out": torch.randn(1, 3, 4, 4)}, torch.zeros(1, 5, 5, dtype=torch.long))

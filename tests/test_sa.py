@@ -1,0 +1,91 @@
+"""SA and SE blocks against references built from plain tensor ops (Eq. 3–4, Fig. 2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sanet.models import SqueezeAttention, SqueezeExcitation
+
+
+def _conv_bn_relu_ref(x: torch.Tensor, seq: torch.nn.Sequential) -> torch.Tensor:
+    conv, bn = seq[0], seq[1]
+    y = F.conv2d(x, conv.weight, padding=1)
+    # eval-mode BN by hand: (y − μ) / sqrt(σ² + ε) · γ + β
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    y = (y - bn.running_mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None]
+    return y.clamp(min=0)
+
+
+def _sa_reference(sa: SqueezeAttention, x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    main = _conv_bn_relu_ref(_conv_bn_relu_ref(x, sa.main[0]), sa.main[1])
+    # APool with ceil mode: average each 2×2 window, the last one clipped to the image.
+    hp, wp = (h + 1) // 2, (w + 1) // 2
+    pooled = torch.stack(
+        [
+            torch.stack(
+                [
+                    x[..., 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(-2, -1))
+                    for j in range(wp)
+                ],
+                -1,
+            )
+            for i in range(hp)
+        ],
+        -2,
+    )
+    attn = _conv_bn_relu_ref(_conv_bn_relu_ref(pooled, sa.attn[0]), sa.attn[1])
+    # nearest upsampling to (h, w): output row i reads input row floor(i · hp / h)
+    rows = torch.div(torch.arange(h) * hp, h, rounding_mode="floor")
+    cols = torch.div(torch.arange(w) * wp, w, rounding_mode="floor")
+    attn = attn[..., rows, :][..., cols]
+    return attn * main + attn
+
+
+def _randomise_bn(module: torch.nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+
+
+@pytest.mark.parametrize("size", [(45, 45), (65, 97), (8, 8)])
+def test_sa_matches_hand_built_reference(size: tuple[int, int]) -> None:
+    sa = SqueezeAttention(6, 4).eval()
+    _randomise_bn(sa)
+    x = torch.randn(2, 6, *size)
+    out, attn, main = sa(x, return_parts=True)
+    assert out.shape == (2, 4, *size)
+    torch.testing.assert_close(out, attn * (main + 1))  # Eq. 4 from the returned parts
+    torch.testing.assert_close(out, _sa_reference(sa, x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sa(x), out)
+
+
+def test_sa_options() -> None:
+    x = torch.randn(1, 4, 33, 31)
+    sig = SqueezeAttention(4, 8, attn_act="sigmoid", upsample="bilinear").eval()
+    out, attn, main = sig(x, return_parts=True)
+    assert out.shape == (1, 8, 33, 31)
+    assert attn.min() > 0 and attn.max() < 1  # a sigmoid gate
+    torch.testing.assert_close(out, attn * main + attn)
+    with pytest.raises(ValueError, match="attn_act"):
+        SqueezeAttention(4, 8, attn_act="tanh")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="upsample"):
+        SqueezeAttention(4, 8, upsample="bicubic")  # type: ignore[arg-type]
+
+
+def test_se_block_rescales_channels() -> None:
+    se = SqueezeExcitation(8, 4).eval()
+    x = torch.randn(2, 8, 9, 11)
+    out, gate, main = se(x, return_parts=True)
+    assert out.shape == gate.shape == main.shape == (2, 4, 9, 11)
+    # gate = sigmoid(W2 ReLU(W1 GAP(main))) computed by hand from the weights
+    w1, b1 = se.fc[0].weight.flatten(1), se.fc[0].bias
+    w2, b2 = se.fc[2].weight.flatten(1), se.fc[2].bias
+    g = torch.sigmoid((w1 @ main.mean(dim=(2, 3)).T + b1[:, None]).clamp(min=0).T @ w2.T + b2)
+    torch.testing.assert_close(out, main * g[:, :, None, None])
+    torch.testing.assert_close(gate[:, :, 0, 0], g)
