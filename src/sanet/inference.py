@@ -1,0 +1,436 @@
+"""Inference with the paper's evaluation protocol (SPEC §2.5): single scale, multi-scale + flip,
+sliding window, and the ``Predictor`` Python API.
+
+How one image is predicted (:func:`predict_proba`):
+
+1. For each scale ``s``: resize the image so that its long side is ``base_size · s`` (or, with
+   ``base_size=None``, scale both sides by ``s``; single scale at ``s = 1`` keeps the image).
+2. At that size, images larger than ``crop_size`` go through a sliding window (``crop_size``
+   windows every ``stride`` px, the last window aligned to the border); windows are batched
+   (``window_batch`` per forward) and their softmax probabilities averaged where they overlap.
+   With ``flip`` every window is also run mirrored (in the same batch) and the two averaged.
+3. The per-scale probability maps are bilinearly resized to the input size and averaged.
+
+Memory bound: per-scale probability maps are kept at their *scaled* resolution, and step 3 is
+done in bands of ``band_rows`` output rows, so the full-resolution ``(K, H, W)`` tensor is never
+materialised by :func:`predict_mask`. Peak memory is about ``4·K·Σ_s h_s·w_s`` bytes for the
+per-scale maps (with ``base_size`` set this does not grow with the input: ~8.6·base_size² pixels
+for the paper's six scales, e.g. 0.55 GB for K = 59 at base 520) plus ``4·K·band_rows·W`` for a
+band and the ``(H, W)`` output. Without ``base_size`` (native resolution) the maps are
+``4·K·H·W·Σ s²`` bytes: a 4000×3000 image with K = 21 needs ~1 GB at single scale.
+:func:`predict_proba` returns the full ``(K, H, W)`` map, so it needs that much more on top.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Importing metrics here also makes `sanet.metrics` reachable after a plain `import sanet`.
+from sanet.metrics import ConfusionMatrix
+
+logger = logging.getLogger(__name__)
+
+#: The paper's multi-scale evaluation (Sec. 4; PyTorch-Encoding's MultiEvalModule).
+PAPER_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+MIN_INPUT = 32  # the models need H, W ≥ 32; smaller windows are zero-padded (mean colour)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How an image becomes a prediction; written next to the metrics it produced.
+
+    Attributes:
+        scales: resize factors; ``(1.0,)`` is single scale.
+        flip: also predict the horizontally mirrored image and average.
+        base_size: long side at scale 1.0 (the paper: 520); ``None`` keeps the image's own size.
+        crop_size: sliding-window size (480); images at most this large take one forward.
+        stride: sliding-window step (320 = 2/3 of the crop).
+        window_batch: windows (flips included) per forward pass.
+        band_rows: output rows combined at a time (bounds memory on large images).
+    """
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    base_size: int | None = None
+    crop_size: int = 480
+    stride: int = 320
+    window_batch: int = 4
+    band_rows: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive numbers, got {self.scales!r}.")
+        if self.crop_size < MIN_INPUT or not 0 < self.stride <= self.crop_size:
+            raise ValueError(
+                f"Need crop_size ≥ {MIN_INPUT} and 0 < stride ≤ crop_size, got crop_size "
+                f"{self.crop_size}, stride {self.stride} (the paper: 480 and 320)."
+            )
+        if self.base_size is not None and self.base_size < 1:
+            raise ValueError(f"base_size must be positive or None, got {self.base_size}.")
+
+    @classmethod
+    def paper_ms_flip(cls, base_size: int = 520, **kwargs: Any) -> EvalProtocol:
+        """Scales 0.5–1.75 of base size 520, each with its mirror image (Sec. 4)."""
+        return cls(scales=PAPER_SCALES, flip=True, base_size=base_size, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (for ``metrics.json``)."""
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        d["probabilities"] = "softmax, averaged over windows, flips and scales"
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor-level inference
+# ---------------------------------------------------------------------------------------------
+
+
+def _window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering ``size``; the last window ends exactly at the border."""
+    if size <= window:
+        return [0]
+    return [*range(0, size - window, stride), size - window]
+
+
+def _forward_probs(model: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities of a batch of equal-size tiles, zero-padding tiles below 32 px.
+
+    Shape: tiles ``(B, 3, h, w)`` → ``(B, K, h, w)``.
+    """
+    h, w = tiles.shape[-2:]
+    ph, pw = max(0, MIN_INPUT - h), max(0, MIN_INPUT - w)
+    if ph or pw:
+        tiles = F.pad(tiles, (0, pw, 0, ph))  # zeros = the mean colour after normalisation
+    logits = model(tiles)["out"]
+    return logits[..., :h, :w].float().softmax(dim=1)
+
+
+def _sliding_probs(
+    model: nn.Module, image: torch.Tensor, protocol: EvalProtocol, store: torch.device
+) -> torch.Tensor:
+    """Probabilities of one image at its current size, by (batched, flipped) sliding window.
+
+    Shape: image ``(3, h, w)`` → ``(K, h, w)`` on ``store``.
+    """
+    h, w = image.shape[-2:]
+    ch, cw = min(protocol.crop_size, h), min(protocol.crop_size, w)
+    windows = [
+        (y, x)
+        for y in _window_starts(h, ch, protocol.stride)
+        for x in _window_starts(w, cw, protocol.stride)
+    ]
+    acc: torch.Tensor | None = None
+    count = torch.zeros(1, h, w, device=store)
+    per_batch = max(1, protocol.window_batch // (2 if protocol.flip else 1))
+    for i in range(0, len(windows), per_batch):
+        chunk = windows[i : i + per_batch]
+        tiles = torch.stack([image[:, y : y + ch, x : x + cw] for y, x in chunk])  # (B, 3, ch, cw)
+        if protocol.flip:
+            tiles = torch.cat([tiles, tiles.flip(-1)])  # originals and mirrors in one forward
+        probs = _forward_probs(model, tiles)  # (B or 2B, K, ch, cw)
+        if protocol.flip:
+            n = len(chunk)
+            probs = (probs[:n] + probs[n:].flip(-1)) / 2  # un-mirror, then average
+        probs = probs.to(store)
+        if acc is None:
+            acc = torch.zeros(probs.shape[1], h, w, device=store)
+        for (y, x), p in zip(chunk, probs, strict=True):
+            acc[:, y : y + ch, x : x + cw] += p
+            count[:, y : y + ch, x : x + cw] += 1
+    assert acc is not None
+    return acc / count  # overlaps averaged
+
+
+def _scaled_size(h: int, w: int, scale: float, base_size: int | None) -> tuple[int, int]:
+    if base_size is None:
+        return max(1, round(h * scale)), max(1, round(w * scale))
+    long_side = round(base_size * scale)
+    if h >= w:
+        return long_side, max(1, round(w * long_side / h))
+    return max(1, round(h * long_side / w)), long_side
+
+
+@torch.no_grad()
+def scale_probs(
+    model: nn.Module,
+    image: torch.Tensor,
+    protocol: EvalProtocol,
+    store: torch.device | str | None = None,
+) -> list[torch.Tensor]:
+    """Per-scale probability maps at their scaled resolutions (step 1–2 of the module docstring).
+
+    Shape: image ``(3, H, W)`` normalised → list of ``(K, h_s, w_s)``.
+    """
+    store = torch.device(store) if store is not None else image.device
+    h, w = image.shape[-2:]
+    maps = []
+    for s in protocol.scales:
+        size = _scaled_size(h, w, s, protocol.base_size)
+        x = image
+        if size != (h, w):
+            x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        maps.append(_sliding_probs(model, x, protocol, store))
+    return maps
+
+
+def _linear_taps(out_size: int, in_size: int, start: int, stop: int, device: torch.device):
+    """Source indices and weights of bilinear resizing (``align_corners=False``, as
+    ``F.interpolate``) for output positions ``start..stop-1``."""
+    pos = (torch.arange(start, stop, device=device, dtype=torch.float64) + 0.5) * (
+        in_size / out_size
+    ) - 0.5
+    pos = pos.clamp(min=0)
+    i0 = pos.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    frac = (pos - i0).float()
+    return i0, i1, frac
+
+
+def _resize_band(p: torch.Tensor, out_hw: tuple[int, int], y0: int, y1: int) -> torch.Tensor:
+    """Rows ``y0..y1-1`` of ``F.interpolate(p, out_hw, bilinear)`` without the full output.
+
+    Shape: p ``(K, h, w)`` → ``(K, y1 - y0, W)``.
+    """
+    (H, W), (h, w) = out_hw, p.shape[-2:]
+    if (h, w) == (H, W):
+        return p[:, y0:y1]
+    r0, r1, fy = _linear_taps(H, h, y0, y1, p.device)
+    rows = p[:, r0] * (1 - fy)[None, :, None] + p[:, r1] * fy[None, :, None]  # (K, b, w)
+    c0, c1, fx = _linear_taps(W, w, 0, W, p.device)
+    return rows[..., c0] * (1 - fx) + rows[..., c1] * fx  # (K, b, W)
+
+
+def _combine(
+    maps: Sequence[torch.Tensor],
+    out_hw: tuple[int, int],
+    band_rows: int,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+) -> list[torch.Tensor]:
+    """Average the per-scale maps at the output size, one band of rows at a time."""
+    bands = []
+    for y0 in range(0, out_hw[0], band_rows):
+        y1 = min(out_hw[0], y0 + band_rows)
+        band = sum(_resize_band(m, out_hw, y0, y1) for m in maps) / len(maps)  # (K, b, W)
+        bands.append(reduce(band))
+    return bands
+
+
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    protocol: EvalProtocol | None = None,
+    store: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Class probabilities under ``protocol`` (default: single scale).
+
+    Args:
+        model: a segmentation model in eval mode returning ``{"out": logits}``.
+        images: normalised images on the model's device.
+        store: device for the probability maps (default: the images'); "cpu" keeps GPU memory
+            free for the forward passes on large images.
+
+    Shape:
+        - images: ``(N, 3, H, W)`` or ``(3, H, W)``
+        - output: ``(N, K, H, W)`` (or ``(K, H, W)``) float32, summing to 1 over K.
+    """
+    protocol = protocol or EvalProtocol()
+    single = images.ndim == 3
+    batch = images[None] if single else images
+    out = []
+    for image in batch:
+        maps = scale_probs(model, image, protocol, store)
+        bands = _combine(maps, tuple(image.shape[-2:]), protocol.band_rows, lambda b: b)
+        out.append(torch.cat(bands, dim=1))
+    probs = torch.stack(out)
+    return probs[0] if single else probs
+
+
+def predict_mask(
+    model: nn.Module,
+    images: torch.Tensor,
+    protocol: EvalProtocol | None = None,
+    store: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Arg-max class ids under ``protocol``, never holding the full-size probability map.
+
+    Shape: images ``(N, 3, H, W)`` or ``(3, H, W)`` → ``(N, H, W)`` or ``(H, W)`` int64.
+    """
+    protocol = protocol or EvalProtocol()
+    single = images.ndim == 3
+    batch = images[None] if single else images
+    out = []
+    for image in batch:
+        maps = scale_probs(model, image, protocol, store)
+        bands = _combine(
+            maps, tuple(image.shape[-2:]), protocol.band_rows, lambda b: b.argmax(dim=0)
+        )
+        out.append(torch.cat(bands, dim=0))
+    masks = torch.stack(out)
+    return masks[0] if single else masks
+
+
+# ---------------------------------------------------------------------------------------------
+# Images in, masks out
+# ---------------------------------------------------------------------------------------------
+
+_FALLBACK_MEAN, _FALLBACK_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _mean_std() -> tuple[Sequence[float], Sequence[float]]:
+    try:  # one source of truth once the data package provides it
+        from sanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        return IMAGENET_MEAN, IMAGENET_STD
+    except ImportError:  # pragma: no cover - only before sanet.data.transforms exists
+        return _FALLBACK_MEAN, _FALLBACK_STD
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB (pixels as stored, no EXIF rotation)."""
+    try:
+        from sanet.data.io import load_image
+    except ImportError:  # pragma: no cover - only before sanet.data.io exists
+        from PIL import Image
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Image {str(path)!r} does not exist.") from None
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    return load_image(path)
+
+
+def image_to_tensor(image: Any) -> torch.Tensor:
+    """A path, PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` uint8 tensor → ``(3, H, W)``
+    uint8 tensor."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        image = load_rgb(image)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype != np.uint8:
+            raise ValueError(
+                f"Expected an (H, W, 3) uint8 image array, got shape {image.shape} dtype "
+                f"{image.dtype}. Convert with np.asarray(PIL.Image.open(p).convert('RGB'))."
+            )
+        return torch.from_numpy(np.array(image[..., :3], copy=True)).permute(2, 0, 1)
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
+        if image.dtype != torch.uint8:
+            raise ValueError(f"Expected a uint8 (3, H, W) tensor, got {image.dtype}.")
+        return image
+    raise ValueError(
+        f"Cannot read an image from {type(image).__name__}: pass a file path, a PIL image, an "
+        "(H, W, 3) uint8 numpy array or a (3, H, W) uint8 tensor."
+    )
+
+
+def normalize(image: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(3, H, W)`` uint8 → ImageNet-normalised float32 on ``device`` (what the models expect)."""
+    mean, std = _mean_std()
+    x = image.to(device, non_blocking=True).float().div_(255)
+    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype)[:, None, None]
+    s = torch.as_tensor(std, device=x.device, dtype=x.dtype)[:, None, None]
+    return (x - m) / s
+
+
+class Predictor:
+    """Load a checkpoint once, predict many images: ``sanet.Predictor(ckpt).predict(image)``.
+
+    Args:
+        checkpoint: a ``save_pretrained`` folder, a run directory or a ``.pt`` checkpoint.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        protocol: inference protocol (default single scale; see :class:`EvalProtocol`).
+
+    Attributes:
+        model, metadata, class_names (list or ``None``), palette (list of RGB or ``None``).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str | torch.device = "cpu",
+        protocol: EvalProtocol | None = None,
+    ) -> None:
+        from sanet.checkpoint import load_model
+
+        model, metadata = load_model(checkpoint, map_location="cpu")
+        self._setup(model, metadata, device, protocol)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        protocol: EvalProtocol | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Predictor:
+        """Wrap an in-memory model (e.g. right after training)."""
+        self = cls.__new__(cls)
+        self._setup(model, metadata or {}, device, protocol)
+        return self
+
+    def _setup(
+        self,
+        model: nn.Module,
+        metadata: dict[str, Any],
+        device: str | torch.device,
+        protocol: EvalProtocol | None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.metadata = dict(metadata)
+        self.protocol = protocol or EvalProtocol()
+        self.class_names: list[str] | None = self.metadata.get("class_names")
+        palette = self.metadata.get("palette")
+        self.palette = [tuple(c) for c in palette] if palette else None
+
+    def predict_proba(self, image: Any) -> np.ndarray:
+        """Class probabilities ``(K, H, W)`` float32 at the image's own size."""
+        x = normalize(image_to_tensor(image), self.device)
+        return predict_proba(self.model, x, self.protocol).cpu().numpy()
+
+    def predict(self, image: Any) -> np.ndarray:
+        """Class ids ``(H, W)`` int64 at the image's own size."""
+        x = normalize(image_to_tensor(image), self.device)
+        return predict_mask(self.model, x, self.protocol).cpu().numpy()
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    protocol: EvalProtocol | None = None,
+    device: str | torch.device = "cpu",
+    ignore_index: int = 255,
+    on_image: Callable[[int, np.ndarray], None] | None = None,
+) -> ConfusionMatrix:
+    """Accumulate a :class:`~sanet.metrics.ConfusionMatrix` over ``(image uint8, mask)`` pairs.
+
+    Images are predicted at their full original size under ``protocol``; ``on_image(i, pred)``
+    is called after each one (progress bars, saving predictions).
+
+    Returns:
+        the ``ConfusionMatrix`` (call ``compute()``; under DDP ``all_reduce()`` first).
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    for i, (image, mask) in enumerate(dataset):
+        pred = predict_mask(model, normalize(image_to_tensor(image), device), protocol)
+        cm.update(pred[None], torch.as_tensor(mask)[None].to(device))
+        if on_image is not None:
+            on_image(i, pred.cpu().numpy())
+    return cm
