@@ -1,0 +1,104 @@
+"""Datasets, paired transforms, synthetic scenes and converters (SPEC §3).
+
+```python
+from sanet.data import build_dataset, train_transforms
+ds = build_dataset("voc", "data/VOCdevkit/VOC2012", split="train",
+                   transforms=train_transforms(base_size=520, crop_size=480))
+image, mask = ds[0]          # float (3, 480, 480) normalised, int64 (480, 480)
+ds.files(0)                  # (image path, mask path) for error messages
+```
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from sanet._errors import suggest
+from sanet.data.classes import IGNORE_INDEX
+from sanet.data.datasets import (
+    SegmentationDataset,
+    Transforms,
+    build_ade20k,
+    build_cityscapes,
+    build_folder,
+    build_pascal_context,
+    build_voc,
+    build_voc_aug,
+)
+from sanet.data.io import DataError, load_image, load_mask
+from sanet.data.synthetic import SyntheticDataset
+from sanet.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    denormalize,
+    eval_transforms,
+    train_transforms,
+)
+
+_BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
+    "voc": build_voc,
+    "voc-aug": build_voc_aug,
+    "pascal-context": build_pascal_context,
+    "ade20k": build_ade20k,
+    "cityscapes": build_cityscapes,
+    "folder": build_folder,
+}
+DATASET_KINDS = (*_BUILDERS, "synthetic")
+
+
+def list_datasets() -> list[str]:
+    """The dataset kinds ``build_dataset`` accepts."""
+    return list(DATASET_KINDS)
+
+
+def build_dataset(
+    kind: str,
+    root: str | os.PathLike | None,
+    split: str = "train",
+    transforms: Transforms | None = None,
+    **kwargs: object,
+) -> SegmentationDataset:
+    """Build a segmentation dataset of one of the layouts in docs/datasets.md.
+
+    Args:
+        kind: one of ``list_datasets()``.
+        root: the dataset folder (ignored for ``synthetic``).
+        split: ``train``/``val`` (and the layout's own split names).
+        transforms: ``transforms(image, mask) -> (image, mask)``, e.g. ``train_transforms()``.
+        **kwargs: ``exif_transpose``, ``max_pixels``; for ``synthetic`` also ``num_images``,
+            ``size``, ``seed``.
+
+    Returns:
+        A dataset with ``num_classes``, ``class_names``, ``palette`` and ``files(i)``.
+    """
+    if kind == "synthetic":
+        return SyntheticDataset(split, transforms=transforms, **kwargs)  # type: ignore[arg-type]
+    if kind not in _BUILDERS:
+        raise ValueError(
+            f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}."
+            + suggest(kind, DATASET_KINDS)
+        )
+    if root is None:
+        raise ValueError(f"{kind}: a dataset root folder is required (only synthetic has none)")
+    return _BUILDERS[kind](root, split, transforms=transforms, **kwargs)
+
+
+def parse_data_spec(spec: str) -> tuple[str, str | None]:
+    """``"KIND:PATH"`` -> (kind, path); ``"synthetic"`` needs no path."""
+    kind, _, path = spec.partition(":")
+    if kind not in DATASET_KINDS:
+        raise ValueError(
+            f"--data {spec!r}: unknown kind {kind!r}; expected KIND:PATH with KIND one of "
+            f"{', '.join(DATASET_KINDS)}." + suggest(kind, DATASET_KINDS)
+        )
+    if kind != "synthetic" and not path:
+        raise ValueError(f"--data {spec!r}: expected KIND:PATH, e.g. {kind}:data/{kind}")
+    return kind, (path or None)
+
+
+__all__ = [
+    "DATASET_KINDS", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "DataError",
+    "SegmentationDataset", "SyntheticDataset", "build_dataset", "denormalize", "eval_transforms",
+    "list_datasets", "load_image", "load_mask", "parse_data_spec", "train_transforms",
+]  # fmt: skip

@@ -1,0 +1,109 @@
+"""Class names, palettes and label mappings of the supported datasets (SPEC §3).
+
+Each table is data, not logic: a newcomer checks it against the dataset's official release.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+VOC_CLASSES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+]  # fmt: skip
+
+# PASCAL-Context 59 classes in the order of the standard 60-label PNGs (1..59; 0 = background).
+# This is the order of their ids in the official 459-class labels.txt (alphabetical).
+CONTEXT59_CLASSES = [
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle",
+    "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow",
+    "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground",
+    "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate", "platform",
+    "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa",
+    "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
+]  # fmt: skip
+
+# ADE20K SceneParsing (ADEChallengeData2016) 150 classes, ids 1..150 in the PNGs (0 = other).
+ADE20K_CLASSES = [
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
+    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain",
+    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug",
+    "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
+    "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter",
+    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
+    "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
+    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
+    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
+    "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole",
+    "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van",
+    "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool",
+    "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball",
+    "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
+    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light",
+    "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower",
+    "radiator", "glass", "clock", "flag",
+]  # fmt: skip
+
+# Cityscapes: the 19 evaluated classes (trainIds 0..18) with their official colours.
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+]  # fmt: skip
+CITYSCAPES_PALETTE = [
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32),
+]  # fmt: skip
+# labelId -> trainId, from cityscapesScripts/helpers/labels.py (everything else is ignored).
+CITYSCAPES_LABEL_TO_TRAIN = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+
+
+def voc_palette(n: int) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map (bit-interleaved class id), extended to any ``n``."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def identity_lut(num_classes: int) -> np.ndarray:
+    """Raw value k -> k for 0..K-1, 255 -> 255, anything else -> -1 (invalid)."""
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[:num_classes] = np.arange(num_classes)
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut
+
+
+def reduce_zero_lut(num_classes: int) -> np.ndarray:
+    """Raw 0 -> 255 (ignore), 1..K -> 0..K-1, 255 -> 255, anything else -> -1 (Context, ADE20K)."""
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[0] = IGNORE_INDEX
+    lut[1 : num_classes + 1] = np.arange(num_classes)
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut
+
+
+def cityscapes_lut() -> np.ndarray:
+    """labelIds 0..33 (and -1 stored as 255) -> trainIds 0..18 or 255; anything else -> -1."""
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[:34] = IGNORE_INDEX
+    for label_id, train_id in CITYSCAPES_LABEL_TO_TRAIN.items():
+        lut[label_id] = train_id
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut
