@@ -32,12 +32,18 @@ _EXIF_ORIENTATION = 0x0112
 
 
 class DataError(ValueError):
-    """A file that cannot be used for training; the message names the file and the fix."""
+    """A file that cannot be used for training; the message names the file and the fix.
 
-    def __init__(self, path: str | os.PathLike, problem: str, fix: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        self.fix = fix
+    ``DataError(message)`` also works, so the error survives pickling and the DataLoader's
+    re-raise from worker processes with its type intact.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str | None = None, fix: str = "") -> None:
+        if problem is None:  # rebuilt from a message (pickle, DataLoader worker)
+            self.path, self.problem, self.fix = None, str(path), ""
+            super().__init__(str(path))
+            return
+        self.path, self.problem, self.fix = str(path), problem, fix
         super().__init__(f"{self.path}: {problem}. Fix: {fix}")
 
 
