@@ -115,41 +115,53 @@ def overlay(
     return np.where(keep, out, blend).round().clip(0, 255).astype(np.uint8)
 
 
-def legend_image(
+def draw_legend(
     rgb: np.ndarray,
     class_ids: Sequence[int],
     class_names: Sequence[str] | None,
     palette: Sequence[Sequence[int]] | None = None,
 ) -> Image.Image:
-    """The image with a class legend strip (one swatch per id) below it.
+    """The image with a class legend (one swatch and name per id) drawn in its top-left corner.
 
-    The legend is drawn with PIL so that the top part stays pixel-exact at the input size.
+    The legend is drawn *on* the image on a half-transparent white box, so the result keeps the
+    input's size; on small images only the entries that fit are drawn.
     """
     from PIL import ImageDraw, ImageFont
 
     full = _full_palette(palette)
     h, w = rgb.shape[:2]
     font = ImageFont.load_default()
-    row_h, pad = 14, 4
+    row_h, pad, swatch = 12, 3, 9
     entries = [
-        (k, class_names[k] if class_names and k < len(class_names) else str(k)) for k in class_ids
+        (k, class_names[k] if class_names and 0 <= k < len(class_names) else str(k))
+        for k in class_ids
     ]
-    # Lay swatches out left to right, wrapping at the image width.
-    positions, x, y = [], pad, pad
-    for k, name in entries:
-        width = 12 + 4 + int(font.getlength(name)) + 10
-        if x + width > w and x > pad:
-            x, y = pad, y + row_h
-        positions.append((x, y, k, name))
-        x += width
-    strip_h = (y + row_h + pad) if entries else 0
-    canvas = Image.new("RGB", (w, h + strip_h), (255, 255, 255))
-    canvas.paste(Image.fromarray(rgb), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for x, y, k, name in positions:
-        draw.rectangle([x, h + y, x + 11, h + y + 11], fill=full[k], outline=(0, 0, 0))
-        draw.text((x + 16, h + y), name, fill=(0, 0, 0), font=font)
-    return canvas
+    entries = entries[: max(0, (h - 2 * pad) // row_h)]
+    base = Image.fromarray(rgb).convert("RGBA")
+    if not entries:
+        return base.convert("RGB")
+    box_w = min(w, 2 * pad + swatch + 4 + max(int(font.getlength(n)) for _, n in entries))
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.rectangle([0, 0, box_w, 2 * pad + row_h * len(entries)], fill=(255, 255, 255, 170))
+    for i, (k, name) in enumerate(entries):
+        y = pad + i * row_h
+        draw.rectangle([pad, y + 1, pad + swatch, y + 1 + swatch], fill=full[k], outline="black")
+        draw.text((pad + swatch + 4, y), name, fill=(0, 0, 0, 255), font=font)
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def overlay_with_legend(
+    image: Any,
+    mask: torch.Tensor | np.ndarray,
+    class_names: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Colour overlay of ``mask`` on ``image`` plus a legend of the classes present; input size."""
+    mask = _to_numpy_mask(mask)
+    present = [int(k) for k in np.unique(mask) if k != 255]
+    return draw_legend(overlay(image, mask, palette, alpha), present, class_names, palette)
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:

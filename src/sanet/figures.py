@@ -1,0 +1,168 @@
+"""The paper's figures (SPEC §2.6): Fig. 5 panels, Fig. 6 SA attention maps, Fig. 4 α/β heatmap.
+
+Functions here compute what a figure shows and draw it with matplotlib (Agg) into a PNG;
+the ``sanet figure5`` / ``sanet explain`` / ``sanet sweep`` commands are thin wrappers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sanet.visualize import _pyplot, _save_figure, colorize, to_rgb_array
+
+logger = logging.getLogger(__name__)
+
+#: Fig. 6 shows the first and the last SA head (stage 1 and stage 4 of the backbone).
+FIG6_HEADS: tuple[int, ...] = (1, 4)
+
+
+def cosine_similarity_map(features: torch.Tensor, y: int, x: int) -> torch.Tensor:
+    """Cosine similarity of every position's channel vector to the one at ``(y, x)``.
+
+    Positions whose vector is all zero (possible after the attention branch's ReLU) get 0.
+
+    Shape: features ``(C, h, w)`` → ``(h, w)`` in [-1, 1].
+    """
+    ref = features[:, y, x]  # (C,)
+    dots = torch.einsum("chw,c->hw", features, ref)
+    norms = features.norm(dim=0) * ref.norm()  # (h, w)
+    return torch.where(norms > 0, dots / norms.clamp_min(1e-12), torch.zeros_like(dots))
+
+
+def feature_point(point_xy: tuple[int, int], image_hw: tuple[int, int], feat_hw: tuple[int, int]):
+    """The feature-map cell ``(y, x)`` that covers image pixel ``(X, Y)``."""
+    (px, py), (H, W), (h, w) = point_xy, image_hw, feat_hw
+    return min(h - 1, py * h // H), min(w - 1, px * w // W)
+
+
+@torch.no_grad()
+def attention_maps(
+    model: Any,
+    image: torch.Tensor,
+    point_xy: tuple[int, int],
+    heads: Sequence[int] = FIG6_HEADS,
+) -> dict[tuple[int, str], np.ndarray]:
+    """Fig. 6 maps: per SA head (1-based) and channel type, similarity to the chosen pixel.
+
+    Args:
+        model: a SANet (has ``attention_parts``).
+        image: the normalised image ``(3, H, W)`` on the model's device.
+        point_xy: the chosen pixel as ``(X, Y)`` = (column, row) in image coordinates.
+
+    Returns:
+        ``{(head, "attention"|"main"): (H, W) float array in [-1, 1]}``, upsampled bilinearly to
+        the image size.
+    """
+    if not hasattr(model, "attention_parts"):
+        raise ValueError(
+            f"{type(model).__name__} has no SA heads to explain; pass a SANet checkpoint "
+            "(model name 'sanet' or 'sanet_se')."
+        )
+    H, W = image.shape[-2:]
+    px, py = point_xy
+    if not (0 <= px < W and 0 <= py < H):
+        raise ValueError(f"--point {px},{py} lies outside the {W}×{H} image (X < {W}, Y < {H}).")
+    parts = model.attention_parts(image[None])  # per stage: (attn, main), each (1, C_i/4, h, w)
+    maps: dict[tuple[int, str], np.ndarray] = {}
+    for head in heads:
+        if not 1 <= head <= len(parts):
+            raise ValueError(f"head must be in 1..{len(parts)}, got {head}.")
+        for kind, feats in zip(("attention", "main"), parts[head - 1], strict=True):
+            f = feats[0].float()  # (C, h, w)
+            y, x = feature_point((px, py), (H, W), tuple(f.shape[-2:]))
+            sim = cosine_similarity_map(f, y, x)[None, None]  # (1, 1, h, w)
+            up = F.interpolate(sim, size=(H, W), mode="bilinear", align_corners=False)
+            maps[(head, kind)] = up[0, 0].cpu().numpy()
+    return maps
+
+
+def plot_attention_maps(
+    image: Any,
+    maps: dict[tuple[int, str], np.ndarray],
+    point_xy: tuple[int, int],
+    path: str | Path,
+    alpha: float = 0.6,
+) -> Path:
+    """Fig. 6 layout: the input with the chosen pixel, then one heatmap per (head, channel)."""
+    plt = _pyplot()
+    rgb = to_rgb_array(image)
+    keys = sorted(maps, key=lambda k: (k[0], k[1] != "attention"))
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.2 * (len(keys) + 1), 3.4))
+    axes[0].imshow(rgb)
+    axes[0].set_title("input")
+    for ax, key in zip(axes[1:], keys, strict=True):
+        ax.imshow(rgb)
+        im = ax.imshow(maps[key], cmap="jet", vmin=-1, vmax=1, alpha=alpha)
+        ax.set_title(f"head {key[0]}: {key[1]}")
+    for ax in axes:
+        ax.plot([point_xy[0]], [point_xy[1]], marker="x", color="white", ms=9, mew=2.5)
+        ax.plot([point_xy[0]], [point_xy[1]], marker="x", color="black", ms=7, mew=1.2)
+        ax.axis("off")
+    fig.colorbar(im, ax=list(axes), fraction=0.015, pad=0.01, label="cosine similarity")
+    return _save_figure(fig, path)
+
+
+def plot_figure5(
+    images: Sequence[Any],
+    targets: Sequence[np.ndarray],
+    baseline: Sequence[np.ndarray],
+    sanet: Sequence[np.ndarray],
+    path: str | Path,
+    palette: Sequence[Sequence[int]] | None = None,
+    labels: Sequence[str] = ("input", "ground truth", "baseline (FCN)", "SANet"),
+) -> Path:
+    """Fig. 5 panels: rows input / ground truth / baseline / SANet, one column per example."""
+    plt = _pyplot()
+    n = len(images)
+    rows = [
+        [to_rgb_array(im) for im in images],
+        [colorize(m, palette) for m in targets],
+        [colorize(m, palette) for m in baseline],
+        [colorize(m, palette) for m in sanet],
+    ]
+    fig, axes = plt.subplots(4, n, figsize=(2.6 * n, 2.3 * 4), squeeze=False)
+    for r, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        for c, panel in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def plot_sweep_heatmap(
+    alphas: Sequence[float],
+    betas: Sequence[float],
+    miou: np.ndarray,
+    path: str | Path,
+) -> Path:
+    """Fig. 4: mIoU over the α (rows) × β (columns) grid of loss weights, best cell outlined."""
+    plt = _pyplot()
+    grid = np.asarray(miou, dtype=np.float64)
+    if grid.shape != (len(alphas), len(betas)):
+        raise ValueError(f"mIoU grid {grid.shape} does not match {len(alphas)}×{len(betas)}.")
+    fig, ax = plt.subplots(figsize=(1.2 * len(betas) + 2, 1.0 * len(alphas) + 1.5))
+    im = ax.imshow(grid, cmap="viridis")
+    fig.colorbar(im, ax=ax, label="mIoU")
+    ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_xlabel("β (dense loss weight)")
+    ax.set_ylabel("α (categorical loss weight)")
+    for i in range(len(alphas)):
+        for j in range(len(betas)):
+            ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="white", fontsize=8)
+    if np.isfinite(grid).any():
+        i, j = np.unravel_index(np.nanargmax(grid), grid.shape)
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    ax.set_title("mIoU over loss weights (Fig. 4)")
+    return _save_figure(fig, path)

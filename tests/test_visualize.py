@@ -1,0 +1,134 @@
+"""Pictures: index PNGs, overlays, metric plots and the paper's figures (Fig. 4, 5, 6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sanet.figures import (
+    attention_maps,
+    cosine_similarity_map,
+    feature_point,
+    plot_attention_maps,
+    plot_figure5,
+    plot_sweep_heatmap,
+)
+from sanet.visualize import (
+    colorize,
+    default_palette,
+    mask_to_pil,
+    normalize_confusion,
+    overlay,
+    overlay_with_legend,
+    plot_confusion_matrix,
+    plot_per_class_iou,
+    save_png,
+)
+
+PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0)]
+
+
+def test_default_palette_is_voc():
+    pal = default_palette(4)
+    assert pal == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0)]
+
+
+def test_index_png_round_trips_ids_and_palette(tmp_path):
+    mask = np.array([[0, 1, 2], [255, 1, 0]])
+    path = save_png(mask_to_pil(mask, PALETTE), tmp_path / "m.png")
+    im = Image.open(path)
+    assert im.mode == "P" and im.size == (3, 2)
+    assert np.array_equal(np.asarray(im), mask)  # indices, not colours
+    assert im.getpalette()[:9] == [10, 20, 30, 200, 0, 0, 0, 200, 0]
+    assert np.array_equal(np.asarray(im.convert("RGB"))[0, 1], [200, 0, 0])
+
+
+def test_overlay_blends_and_keeps_ignore_pixels():
+    image = np.full((2, 2, 3), 100, dtype=np.uint8)
+    mask = np.array([[1, 255], [2, 0]])
+    out = overlay(image, mask, PALETTE, alpha=0.5)
+    assert out[0, 0].tolist() == [150, 50, 50]  # (100 + 200) / 2, (100 + 0) / 2
+    assert out[0, 1].tolist() == [100, 100, 100]  # ignore: the image shows through
+    assert colorize(mask, PALETTE)[1, 0].tolist() == [0, 200, 0]
+    with pytest.raises(ValueError, match="sizes differ"):
+        overlay(image, np.zeros((3, 2), dtype=np.int64), PALETTE)
+
+
+def test_overlay_with_legend_keeps_the_input_size():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (65, 97, 3), dtype=np.uint8)
+    mask = np.zeros((65, 97), dtype=np.int64)
+    mask[30:, 40:] = 2
+    plain = overlay(image, mask, PALETTE)
+    pic = overlay_with_legend(image, mask, ["sky", "road", "car"], PALETTE)
+    assert pic.size == (97, 65) and pic.mode == "RGB"
+    arr = np.asarray(pic)
+    assert not np.array_equal(arr[:20, :40], plain[:20, :40])  # the legend is drawn top-left
+    assert np.array_equal(arr[40:, 60:], plain[40:, 60:])  # the rest is the overlay
+
+
+def test_normalize_confusion_by_hand():
+    m = torch.tensor([[3, 1], [0, 0]])
+    np.testing.assert_allclose(normalize_confusion(m), [[0.75, 0.25], [0.0, 0.0]])
+
+
+def test_metric_plots_are_pngs(tmp_path):
+    names = ["sky", "road", "car"]
+    a = plot_per_class_iou([0.5, None, 0.9], names, tmp_path / "iou.png")
+    b = plot_confusion_matrix(
+        torch.tensor([[5, 1, 0], [0, 0, 0], [2, 0, 9]]), names, tmp_path / "cm.png"
+    )
+    for path in (a, b):
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_cosine_similarity_by_hand():
+    f = torch.zeros(2, 1, 3)
+    f[:, 0, 0] = torch.tensor([1.0, 0.0])
+    f[:, 0, 1] = torch.tensor([1.0, 1.0])  # 45°: cos = 1/√2
+    # f[:, 0, 2] stays zero: similarity defined as 0, not NaN
+    sim = cosine_similarity_map(f, 0, 0)
+    torch.testing.assert_close(sim, torch.tensor([[1.0, 2**-0.5, 0.0]]))
+
+
+def test_feature_point_maps_pixels_to_cells():
+    assert feature_point((0, 0), (65, 97), (9, 13)) == (0, 0)
+    assert feature_point((96, 64), (65, 97), (9, 13)) == (8, 12)
+    assert feature_point((48, 32), (64, 96), (8, 12)) == (4, 6)
+
+
+def test_attention_maps_of_a_tiny_sanet(tmp_path):
+    from sanet import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sanet", backbone="resnet18d", num_classes=3).eval()
+    image = torch.randn(3, 65, 97)
+    maps = attention_maps(model, image, (50, 20))
+    assert set(maps) == {(1, "attention"), (1, "main"), (4, "attention"), (4, "main")}
+    for m in maps.values():
+        assert m.shape == (65, 97) and np.all(m <= 1 + 1e-5) and np.all(m >= -1 - 1e-5)
+    # the chosen pixel is (nearly) its own best match in the main channel of head 1
+    assert maps[(1, "main")][20, 50] > 0.9
+    with pytest.raises(ValueError, match="outside"):
+        attention_maps(model, image, (97, 0))
+    fcn = build_model("fcn", backbone="resnet18d", num_classes=3).eval()
+    with pytest.raises(ValueError, match="SANet"):
+        attention_maps(fcn, image, (1, 1))
+    rgb = np.zeros((65, 97, 3), dtype=np.uint8)
+    assert plot_attention_maps(rgb, maps, (50, 20), tmp_path / "fig6.png").is_file()
+
+
+def test_figure5_and_sweep_heatmap(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (45, 45, 3), dtype=np.uint8) for _ in range(2)]
+    masks = [rng.integers(0, 3, (45, 45)) for _ in range(2)]
+    path = plot_figure5(imgs, masks, masks, masks, tmp_path / "fig5.png", PALETTE)
+    with Image.open(path) as im:
+        assert im.size[1] > im.size[0]  # four rows, two columns
+    grid = np.array([[0.5, 0.6], [0.7, 0.4]])
+    assert plot_sweep_heatmap([0.2, 0.4], [0.6, 0.8], grid, tmp_path / "fig4.png").is_file()
+    with pytest.raises(ValueError, match="does not match"):
+        plot_sweep_heatmap([0.2], [0.6, 0.8], grid, tmp_path / "x.png")
