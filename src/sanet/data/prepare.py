@@ -1,15 +1,402 @@
-"""Converters from the official downloads to the layouts the loaders read (``sanet prepare``)."""
+"""Converters from the official downloads to the layouts the loaders read (``sanet prepare``).
+
+- ``prepare_voc_aug``: SBD ``cls/*.mat`` (``GTcls.Segmentation``) + VOC2012 →
+  ``SegmentationClassAug/*.png`` and the standard 10,582-image ``train_aug.txt``
+  (SBD train ∪ SBD val ∪ VOC train − VOC val).
+- ``prepare_pascal_context``: PASCAL-Context ``trainval/*.mat`` (``LabelMap``, 459 classes) +
+  the 59-class list → ``SegmentationClassContext/*.png`` with 0 = background, 1..59 the classes,
+  and ``ImageSets/SegmentationContext/{train,val}.txt`` from VOC2010's Main split (4,998 / 5,105).
+- ``prepare_synthetic``: the synthetic scenes written in the ``folder`` layout.
+
+Downloads are the user's: each source may be the extracted folder or the archive itself; a known
+archive's MD5 is checked before it is unpacked.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import tarfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+from PIL import Image
+
+from sanet.data.classes import CONTEXT59_CLASSES, VOC_CLASSES, voc_palette
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# ``track(iterable, total, description)`` -> iterable; the CLI passes a rich progress bar.
+Track = Callable[[Iterable[T], int, str], Iterable[T]]
+
+# MD5 of the official archives: (checksum, strict). Sources: torchvision (VOC, SBD); the
+# PASCAL-Context one is from a single third-party script, so a mismatch only warns.
+KNOWN_MD5: dict[str, tuple[str, bool]] = {
+    "VOCtrainval_11-May-2012.tar": ("6cd6e144f989b92b3379bac3b3de84fd", True),
+    "VOCtrainval_03-May-2010.tar": ("da459979d0c395079b5c75ee67908abb", True),
+    "benchmark.tgz": ("82b4d87ceb2ed10f6038a1cba92111cb", True),
+    "trainval.tar.gz": ("df034edb2c12aa7d33b42b20bb1796e3", False),
+}
+
+# PASCAL-Context: the 459-class ids (labels.txt) of the 59 classes, in the order of the 60-label
+# PNGs (label k = CONTEXT59_IDS[k - 1]; everything else is background 0).
+CONTEXT59_IDS = [
+    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113,
+    115, 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326,
+    347, 349, 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
+]  # fmt: skip
+assert len(CONTEXT59_IDS) == len(CONTEXT59_CLASSES) == 59
+
+
+def _no_track(items: Iterable[T], total: int, description: str) -> Iterable[T]:
+    return items
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_archive(path: Path, skip_checksum: bool = False) -> None:
+    """Check a known archive's MD5; unknown names are only logged."""
+    known = KNOWN_MD5.get(path.name)
+    if known is None or skip_checksum:
+        log.info("%s: no known checksum%s", path, " (skipped)" if skip_checksum else "")
+        return
+    expected, strict = known
+    found = md5sum(path)
+    if found == expected:
+        log.info("%s: MD5 %s OK", path.name, found)
+        return
+    msg = (
+        f"{path}: MD5 is {found}, expected {expected} for the official {path.name}. "
+        "Fix: re-download it (the file is incomplete or different), or pass --skip-checksum "
+        "if you trust this copy."
+    )
+    if strict:
+        raise ValueError(msg)
+    log.warning(msg)
+
+
+def open_source(path: str | os.PathLike, workdir: Path, skip_checksum: bool = False) -> Path:
+    """A folder as is, or an archive verified and unpacked into ``workdir/<archive name>``."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found. Fix: give the download's folder or archive.")
+    if path.is_dir():
+        return path
+    if not tarfile.is_tarfile(path):
+        raise ValueError(f"{path}: expected a folder or a .tar/.tgz archive, found another file")
+    verify_archive(path, skip_checksum)
+    dest = workdir / (path.name.split(".")[0] + "_extracted")
+    if not (dest / ".complete").exists():
+        log.info("unpacking %s into %s", path, dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(path) as tar:
+            tar.extractall(dest, filter="data")
+        (dest / ".complete").touch()
+    return dest
+
+
+def find_dir(base: Path, candidates: Sequence[str], marker: str, what: str) -> Path:
+    """``base/<c>`` holding ``marker`` (also one level down, as archives often add a folder)."""
+    for c in candidates:
+        for root in (base / c, *(p / c for p in sorted(base.glob("*")) if p.is_dir())):
+            if (root / marker).exists():
+                return root
+    raise FileNotFoundError(
+        f"{what}: no {marker!r} under {base} (looked in {', '.join(candidates)}). Fix: give the "
+        "folder of the official release (docs/datasets.md)."
+    )
+
+
+def _read_ids(path: Path) -> list[str]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found. Fix: use the complete official release.")
+    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _save_index_png(arr: np.ndarray, path: Path, palette: list[tuple[int, int, int]]) -> None:
+    """An 8-bit palette PNG: indices for the loaders, colours for people."""
+    im = Image.fromarray(arr.astype(np.uint8))
+    flat = [c for rgb in palette for c in rgb]
+    im.putpalette(flat + [0, 0, 0] * (256 - len(palette)))
+    im.save(path)
+
+
+def _write_list(path: Path, stems: Iterable[str]) -> int:
+    stems = list(stems)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{s}\n" for s in stems))
+    return len(stems)
+
+
+def _link_images(src: Path, out: Path) -> None:
+    """Make ``out/JPEGImages`` point at the source images when writing elsewhere."""
+    if out.resolve() == src.parent.resolve():
+        return
+    target = out / "JPEGImages"
+    if not target.exists():
+        target.symlink_to(src.resolve(), target_is_directory=True)
+
+
+# --------------------------------------------------------------------------- VOC + SBD
 
 
 def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
     """SBD ``cls/<id>.mat``: the ``GTcls.Segmentation`` class map as (H, W) uint8 (0..20)."""
     from scipy.io import loadmat
 
-    mat = loadmat(str(path), squeeze_me=True, struct_as_record=False)
-    return np.asarray(mat["GTcls"].Segmentation, dtype=np.uint8)
+    try:
+        mat = loadmat(str(path), squeeze_me=True, struct_as_record=False)
+        seg = np.asarray(mat["GTcls"].Segmentation)
+    except (KeyError, AttributeError, ValueError, OSError) as err:
+        from sanet.data.io import DataError
+
+        raise DataError(
+            path,
+            f"not an SBD class file ({type(err).__name__}: {err}); expected a struct GTcls "
+            "with a Segmentation field",
+            "use the cls/*.mat files of the SBD release (benchmark_RELEASE/dataset/cls)",
+        ) from err
+    if seg.ndim != 2 or seg.size == 0 or seg.min() < 0 or seg.max() > 20:
+        from sanet.data.io import DataError
+
+        raise DataError(path, "GTcls.Segmentation is not an (H, W) map of ids 0..20", "re-download")
+    return seg.astype(np.uint8)
+
+
+def train_aug_ids(
+    sbd_train: Iterable[str],
+    sbd_val: Iterable[str],
+    voc_train: Iterable[str],
+    voc_val: Iterable[str],
+) -> list[str]:
+    """The standard augmented train list: SBD train ∪ SBD val ∪ VOC train − VOC val (sorted)."""
+    return sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val))
+
+
+def prepare_voc_aug(
+    sbd: str | os.PathLike,
+    voc: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    skip_checksum: bool = False,
+    track: Track | None = None,
+) -> dict[str, Any]:
+    """Write ``SegmentationClassAug`` PNGs and ``train_aug.txt`` (see module doc).
+
+    Masks of images that VOC annotates itself are VOC's (they keep the 255 borders); the others
+    come from SBD (which has no ignore band). Returns a summary (counts, paths).
+    """
+    track = track or _no_track
+    work = Path(out or Path(voc)).expanduser()
+    sbd_dir = find_dir(
+        open_source(sbd, work, skip_checksum),
+        ["", "dataset", "benchmark_RELEASE/dataset"],
+        "cls",
+        "SBD",
+    )
+    voc_dir = find_dir(
+        open_source(voc, work, skip_checksum),
+        ["", "VOC2012", "VOCdevkit/VOC2012"],
+        "SegmentationClass",
+        "VOC2012",
+    )
+    out_dir = Path(out).expanduser() if out else voc_dir
+    lists = voc_dir / "ImageSets/Segmentation"
+    voc_train, voc_val = _read_ids(lists / "train.txt"), _read_ids(lists / "val.txt")
+    sbd_train, sbd_val = _read_ids(sbd_dir / "train.txt"), _read_ids(sbd_dir / "val.txt")
+    train = train_aug_ids(sbd_train, sbd_val, voc_train, voc_val)
+    missing = [s for s in train + voc_val if not (voc_dir / "JPEGImages" / f"{s}.jpg").exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} images of the list are not in {voc_dir / 'JPEGImages'} (e.g. "
+            f"{missing[0]}.jpg). Fix: use the full VOC2012 trainval release."
+        )
+    mask_dir = out_dir / "SegmentationClassAug"
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    palette = voc_palette(256)
+    counts = {"voc": 0, "sbd": 0}
+    stems = sorted(set(train) | set(voc_val))
+    for stem in track(stems, len(stems), "voc-aug masks"):
+        voc_png = voc_dir / "SegmentationClass" / f"{stem}.png"
+        if voc_png.exists():
+            from sanet.data.io import load_mask
+
+            arr, counts["voc"] = load_mask(voc_png), counts["voc"] + 1
+        else:
+            arr, counts["sbd"] = read_sbd_mat(sbd_dir / "cls" / f"{stem}.mat"), counts["sbd"] + 1
+        _save_index_png(arr, mask_dir / f"{stem}.png", palette)
+    out_lists = out_dir / "ImageSets/Segmentation"
+    n_train = _write_list(out_lists / "train_aug.txt", train)
+    _write_list(out_lists / "val.txt", voc_val)
+    _write_list(out_lists / "train.txt", voc_train)
+    _link_images(voc_dir / "JPEGImages", out_dir)
+    if n_train != 10_582:
+        log.warning("train_aug has %d images; the standard list has 10,582", n_train)
+    return {
+        "root": str(out_dir),
+        "train_aug": n_train,
+        "val": len(voc_val),
+        "masks_from_voc": counts["voc"],
+        "masks_from_sbd": counts["sbd"],
+        "classes": len(VOC_CLASSES),
+    }
+
+
+# --------------------------------------------------------------------------- PASCAL-Context
+
+
+def read_context59_list(path: str | os.PathLike) -> tuple[list[int], list[str]]:
+    """The 59-class list: lines ``<459-class id>: <name>`` (as in 59_labels.txt)."""
+    ids, names = [], []
+    for ln in Path(path).read_text().splitlines():
+        if not ln.strip():
+            continue
+        key, sep, name = ln.partition(":")
+        if not sep or not key.strip().isdigit():
+            raise ValueError(
+                f"{path}: line {ln!r} is not '<id>: <name>'. Fix: pass the official 59_labels.txt"
+            )
+        ids.append(int(key))
+        names.append(name.strip())
+    if len(ids) != 59:
+        raise ValueError(f"{path}: expected 59 classes, found {len(ids)}")
+    order = np.argsort(ids, kind="stable")  # the PNG labels follow the 459-class id order
+    return [ids[i] for i in order], [names[i] for i in order]
+
+
+def context_lut(ids59: Sequence[int]) -> np.ndarray:
+    """459-class LabelMap value -> 60-label PNG value (0 = background / unlabeled)."""
+    lut = np.zeros(460, dtype=np.uint8)
+    for k, cid in enumerate(ids59, start=1):
+        lut[cid] = k
+    return lut
+
+
+def convert_context_mat(path: str | os.PathLike, lut: np.ndarray) -> np.ndarray:
+    """``trainval/<id>.mat`` ``LabelMap`` (uint16, 0..459) -> (H, W) uint8 0..59."""
+    from scipy.io import loadmat
+
+    from sanet.data.io import DataError
+
+    try:
+        label_map = np.asarray(loadmat(str(path))["LabelMap"])
+    except (KeyError, ValueError, OSError) as err:
+        raise DataError(
+            path,
+            f"not a PASCAL-Context label file ({type(err).__name__}: {err}); expected a LabelMap",
+            "use the trainval/*.mat files of the official trainval.tar.gz",
+        ) from err
+    if label_map.ndim != 2 or label_map.min() < 0 or label_map.max() >= len(lut):
+        raise DataError(
+            path, f"LabelMap values must be 0..{len(lut) - 1}", "use the official 459-class files"
+        )
+    return lut[label_map.astype(np.int64)]
+
+
+def prepare_pascal_context(
+    context: str | os.PathLike,
+    voc2010: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    labels59: str | os.PathLike | None = None,
+    skip_checksum: bool = False,
+    track: Track | None = None,
+) -> dict[str, Any]:
+    """Write ``SegmentationClassContext`` 60-label PNGs and the train/val lists (module doc)."""
+    track = track or _no_track
+    work = Path(out or Path(voc2010)).expanduser()
+    ctx_dir = find_dir(open_source(context, work, skip_checksum), ["trainval", ""], "", "context")
+    mats = sorted(ctx_dir.glob("*.mat"))
+    if not mats and (ctx_dir / "trainval").is_dir():
+        ctx_dir = ctx_dir / "trainval"
+        mats = sorted(ctx_dir.glob("*.mat"))
+    if not mats:
+        raise FileNotFoundError(
+            f"no .mat label maps in {ctx_dir}. Fix: give the folder 'trainval' of the official "
+            "trainval.tar.gz (or the archive itself)."
+        )
+    voc_dir = find_dir(
+        open_source(voc2010, work, skip_checksum),
+        ["", "VOC2010", "VOCdevkit/VOC2010"],
+        "ImageSets/Main",
+        "VOC2010",
+    )
+    out_dir = Path(out).expanduser() if out else voc_dir
+    ids59, names = (list(CONTEXT59_IDS), list(CONTEXT59_CLASSES))
+    if labels59:
+        ids59, names = read_context59_list(labels59)
+        if names != CONTEXT59_CLASSES:
+            log.warning("59-class names differ from sanet's list: %s", names)
+    lut = context_lut(ids59)
+    mask_dir = out_dir / "SegmentationClassContext"
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    palette = voc_palette(256)
+    for mat in track(mats, len(mats), "context masks"):
+        _save_index_png(convert_context_mat(mat, lut), mask_dir / f"{mat.stem}.png", palette)
+    have = {m.stem for m in mats}
+    counts = {}
+    for split in ("train", "val"):
+        stems = [s for s in _read_ids(voc_dir / "ImageSets/Main" / f"{split}.txt") if s in have]
+        counts[split] = _write_list(
+            out_dir / "ImageSets/SegmentationContext" / f"{split}.txt", stems
+        )
+    _link_images(voc_dir / "JPEGImages", out_dir)
+    if (counts["train"], counts["val"]) != (4998, 5105):
+        log.warning(
+            "PASCAL-Context split has %d train / %d val images; the standard one has 4,998 / 5,105",
+            counts["train"],
+            counts["val"],
+        )
+    return {"root": str(out_dir), **counts, "masks": len(mats), "classes": 59}
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def prepare_synthetic(
+    out: str | os.PathLike,
+    *,
+    num_train: int = 512,
+    num_val: int = 64,
+    size: int = 128,
+    seed: int = 0,
+    image_format: str = "png",
+    track: Track | None = None,
+) -> dict[str, Any]:
+    """Write synthetic scenes in the ``folder`` layout (``images/``, ``masks/``, ``classes.txt``).
+
+    The files hold exactly what ``build_dataset("synthetic", ...)`` generates for the same
+    arguments (with ``image_format="png"``; ``jpg`` is lossy).
+    """
+    from sanet.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, make_scene, scene_rng
+
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    track = track or _no_track
+    out = Path(out).expanduser()
+    lines = [
+        f"{n} {r} {g} {b}"
+        for n, (r, g, b) in zip(SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, strict=True)
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "classes.txt").write_text("\n".join(lines) + "\n")
+    for split, n in (("train", num_train), ("val", num_val)):
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i in track(range(n), n, f"synthetic {split}"):
+            image, mask = make_scene(size, scene_rng(seed, split, i))
+            Image.fromarray(image).save(out / "images" / split / f"{i:06d}.{image_format}")
+            _save_index_png(mask, out / "masks" / split / f"{i:06d}.png", SYNTHETIC_PALETTE)
+    return {"root": str(out), "train": num_train, "val": num_val, "size": size, "seed": seed}
