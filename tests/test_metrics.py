@@ -125,6 +125,7 @@ def test_all_reduce_is_noop_without_distributed():
     assert torch.equal(cm.matrix_cpu(), before)
 
 
+@pytest.mark.slow
 def test_all_reduce_sums_over_processes(tmp_path):
     """Two gloo processes on CPU: each counts its own shard, the sum equals a single pass."""
     import torch.multiprocessing as mp

@@ -1,0 +1,126 @@
+"""`sanet eval`, `sanet predict`, `sanet explain`, `sanet figure5` end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sanet.cli import main
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """A tiny SANet and FCN for the synthetic dataset (8 classes), saved with metadata."""
+    from sanet import build_model
+    from sanet.data import build_dataset
+
+    ds = build_dataset("synthetic", None, split="val", num_images=2)
+    meta = {"class_names": ds.class_names, "palette": [list(c) for c in ds.palette]}
+    root = tmp_path_factory.mktemp("ckpts")
+    torch.manual_seed(0)
+    build_model("sanet", backbone="resnet18d", num_classes=8).save_pretrained(root / "sanet", meta)
+    build_model("fcn", backbone="resnet18d", num_classes=8).save_pretrained(root / "fcn", meta)
+    build_model("sanet", backbone="resnet18d", num_classes=3).save_pretrained(root / "k3")
+    return root
+
+
+def test_eval_writes_metrics_with_protocol_and_plots(ckpts, tmp_path):
+    out = tmp_path / "ev"
+    rc = main(
+        ["eval", "--checkpoint", str(ckpts / "sanet"), "--data", "synthetic", "--limit", "1",
+         "--ms-flip", "--scales", "0.75,1.0", "--base-size", "64", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "metrics.json").read_text())
+    proto = report["protocol"]
+    assert proto["scales"] == [0.75, 1.0] and proto["flip"] is True
+    assert (proto["base_size"], proto["crop_size"], proto["stride"]) == (64, 480, 320)
+    assert list(report["IoU"]) == report["class_names"] and len(report["class_names"]) == 8
+    assert "present in the prediction or the ground truth" in report["convention"]
+    assert report["num_images"] == 1
+    for name in ("iou_per_class.png", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 0
+    # the numbers equal a ConfusionMatrix fed by the Python API under the same protocol
+    from sanet.data import build_dataset
+    from sanet.inference import EvalProtocol, Predictor
+    from sanet.metrics import ConfusionMatrix
+
+    pred = Predictor(ckpts / "sanet", protocol=EvalProtocol((0.75, 1.0), True, 64))
+    cm = ConfusionMatrix(8)
+    ds = build_dataset("synthetic", None, split="val")
+    image, mask = ds[0]
+    cm.update(torch.from_numpy(pred.predict(image))[None], mask[None])
+    assert report["mIoU"] == pytest.approx(cm.compute()["mIoU"])
+    assert report["pixAcc"] == pytest.approx(cm.compute()["pixAcc"])
+
+
+def test_eval_single_scale_protocol_and_class_mismatch(ckpts, tmp_path, capsys):
+    rc = main(["eval", "--checkpoint", str(ckpts / "sanet"), "--data", "synthetic",
+               "--limit", "1", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    proto = json.loads((tmp_path / "metrics.json").read_text())["protocol"]
+    assert proto["scales"] == [1.0] and proto["flip"] is False and proto["base_size"] is None
+    rc = main(["eval", "--checkpoint", str(ckpts / "k3"), "--data", "synthetic", "--limit", "1"])
+    assert rc == 2
+    assert "3 classes but the dataset has 8" in capsys.readouterr().err
+
+
+@pytest.fixture
+def odd_images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sizes = {"a.jpg": (45, 45), "b.png": (65, 97), "c.jpeg": (33, 70)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    return folder, sizes
+
+
+def test_predict_folder_and_glob_keep_names_and_sizes(ckpts, odd_images, tmp_path):
+    folder, sizes = odd_images
+    out = tmp_path / "out"
+    rc = main(["predict", "--checkpoint", str(ckpts / "sanet"), str(folder / "a.jpg"),
+               str(folder / "*.png"), str(folder), "--out", str(out), "--overlay"])  # fmt: skip
+    assert rc == 0
+    for name, (h, w) in sizes.items():
+        stem = name.split(".")[0]
+        with Image.open(out / f"{stem}.png") as mask:
+            assert mask.mode == "P" and mask.size == (w, h)
+            assert np.asarray(mask).max() < 8
+            assert mask.getpalette()[3:6] == [128, 0, 0]  # the synthetic palette's class 1
+        with Image.open(out / "overlays" / f"{stem}.png") as ov:
+            assert ov.mode == "RGB" and ov.size == (w, h)
+    assert not (out / "notes.png").exists()
+
+
+def test_predict_refuses_to_overwrite_inputs(ckpts, odd_images, capsys):
+    folder, _ = odd_images
+    before = (folder / "b.png").read_bytes()
+    rc = main(["predict", "--checkpoint", str(ckpts / "sanet"), str(folder), "--out", str(folder)])
+    assert rc == 2
+    assert "Refusing to overwrite" in capsys.readouterr().err
+    assert (folder / "b.png").read_bytes() == before
+    assert not (folder / "a.png").exists()  # nothing was written before the check
+    rc = main(
+        ["predict", "--checkpoint", str(ckpts / "sanet"), str(folder / "*.gif"), "--out", "x"]
+    )
+    assert rc == 2
+
+
+def test_explain_and_figure5_write_pngs(ckpts, odd_images, tmp_path, capsys):
+    folder, _ = odd_images
+    fig6 = tmp_path / "fig6.png"
+    args = ["explain", "--checkpoint", str(ckpts / "sanet"), str(folder / "b.png")]
+    assert main([*args, "--point", "40,30", "--out", str(fig6)]) == 0
+    assert Image.open(fig6).format == "PNG"
+    assert main([*args, "--point", "97,10", "--out", str(fig6)]) == 2
+    assert "outside" in capsys.readouterr().err
+    fig5 = tmp_path / "fig5.png"
+    rc = main(["figure5", "--checkpoint", str(ckpts / "sanet"), "--baseline", str(ckpts / "fcn"),
+               "--data", "synthetic", "--indices", "1", "--out", str(fig5)])  # fmt: skip
+    assert rc == 0 and Image.open(fig5).format == "PNG"
