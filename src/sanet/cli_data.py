@@ -1,9 +1,216 @@
-"""`sanet` subcommands for this area (see cli.py)."""
+"""`sanet prepare` and `sanet check-data` (see cli.py): parse arguments, call sanet.data, print."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register this area's subcommands on the `sanet` parser."""
+    _add_prepare(sub)
+    _add_check(sub)
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="convert an official download into the layout sanet loads",
+        description="Convert official dataset downloads (folders or archives) into the layouts "
+        "of docs/datasets.md.",
+    )
+    kinds = p.add_subparsers(dest="prepare_kind", metavar="KIND", required=True)
+
+    s = kinds.add_parser("synthetic", help="write the synthetic scenes in the folder layout")
+    s.add_argument("--out", required=True, type=Path, help="output folder")
+    s.add_argument("--num-train", type=int, default=512)
+    s.add_argument("--num-val", type=int, default=64)
+    s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["png", "jpg"], default="png", help="image format")
+    s.set_defaults(func=_run_prepare_synthetic)
+
+    v = kinds.add_parser(
+        "voc-aug", help="SBD cls/*.mat + VOC2012 -> SegmentationClassAug + train_aug.txt"
+    )
+    v.add_argument("--sbd", required=True, help="benchmark.tgz or its benchmark_RELEASE folder")
+    v.add_argument("--voc", required=True, help="VOCtrainval_11-May-2012.tar or VOC2012 folder")
+    v.add_argument("--out", type=Path, help="output folder (default: the VOC2012 folder)")
+    v.add_argument("--skip-checksum", action="store_true", help="do not verify archive MD5s")
+    v.set_defaults(func=_run_prepare_voc_aug)
+
+    c = kinds.add_parser(
+        "pascal-context", help="trainval/*.mat (459 classes) -> 60-label PNGs + split lists"
+    )
+    c.add_argument("--context", required=True, help="trainval.tar.gz or its trainval folder")
+    c.add_argument("--voc2010", required=True, help="VOCtrainval_03-May-2010.tar or VOC2010")
+    c.add_argument("--labels59", help="the official 59_labels.txt (default: built-in list)")
+    c.add_argument("--out", type=Path, help="output folder (default: the VOC2010 folder)")
+    c.add_argument("--skip-checksum", action="store_true", help="do not verify archive MD5s")
+    c.set_defaults(func=_run_prepare_context)
+
+
+def _track(items: Iterable[T], total: int, description: str) -> Iterable[T]:
+    from rich.progress import track
+
+    return track(items, total=total, description=description)
+
+
+def _print_summary(title: str, summary: dict) -> None:
+    from rich.console import Console
+
+    Console(emoji=False).print(
+        f"[bold]{title}[/bold] " + ", ".join(f"{k}={v}" for k, v in summary.items())
+    )
+
+
+def _run_prepare_synthetic(args: argparse.Namespace) -> int:
+    from sanet.data.prepare import prepare_synthetic
+
+    summary = prepare_synthetic(
+        args.out,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        size=args.size,
+        seed=args.seed,
+        image_format=args.format,
+        track=_track,
+    )
+    _print_summary("synthetic:", summary)
+    print(f"train with --data folder:{args.out}")
+    return 0
+
+
+def _run_prepare_voc_aug(args: argparse.Namespace) -> int:
+    from sanet.data.prepare import prepare_voc_aug
+
+    summary = prepare_voc_aug(
+        args.sbd, args.voc, args.out, skip_checksum=args.skip_checksum, track=_track
+    )
+    _print_summary("voc-aug:", summary)
+    return 0
+
+
+def _run_prepare_context(args: argparse.Namespace) -> int:
+    from sanet.data.prepare import prepare_pascal_context
+
+    summary = prepare_pascal_context(
+        args.context,
+        args.voc2010,
+        args.out,
+        labels59=args.labels59,
+        skip_checksum=args.skip_checksum,
+        track=_track,
+    )
+    _print_summary("pascal-context:", summary)
+    return 0
+
+
+# --------------------------------------------------------------------------- check-data
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-data",
+        help="scan a dataset for bad files and labels before training",
+        description="Scan every image/mask pair: unreadable or truncated files, size mismatches, "
+        "out-of-range labels, RGB masks, all-ignore masks, duplicates; class frequencies and "
+        "suggested class weights. Exit code 1 when errors are found.",
+    )
+    p.add_argument("--data", required=True, help="KIND:PATH, e.g. voc:data/VOC2012 or synthetic")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", type=Path, help="JSON report (default: check-data-KIND-SPLIT.json)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    p.add_argument("--show", type=int, default=20, help="issues listed on screen")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from sanet.data import build_dataset, parse_data_spec
+    from sanet.data.check import check_dataset, default_workers
+
+    kind, path = parse_data_spec(args.data)
+    ds = build_dataset(kind, path, split=args.split)
+    console = Console(emoji=False)  # "voc:train:" must not become an emoji
+    columns = (
+        TextColumn("[bold]check-data"), BarColumn(), MofNCompleteColumn(), _rate_column(),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(ds.name, total=len(ds))
+        report = check_dataset(
+            ds,
+            workers=args.workers or default_workers(),
+            progress=lambda n: bar.advance(task, n),
+        )
+    out = args.out or Path(f"check-data-{kind}-{args.split}.json")
+    report["data"] = args.data
+    report["split"] = args.split
+    out.write_text(json.dumps(report, indent=2))
+    _print_report(console, report, args.show, Table)
+    console.print(f"report: {out}")
+    return 1 if report["errors"] else 0
+
+
+def _rate_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} pairs/s" if speed else "? pairs/s")
+
+    return RateColumn()
+
+
+def _print_report(console, report: dict, show: int, Table) -> None:
+    from sanet.data.check import ERROR_KINDS
+
+    summary = Table(title=f"{report['dataset']}: {report['num_pairs']} pairs")
+    summary.add_column("check")
+    summary.add_column("count", justify="right")
+    for kind, n in report["issue_counts"].items():
+        style = "red" if n and kind in ERROR_KINDS else ("yellow" if n else "")
+        summary.add_row(kind, f"[{style}]{n}[/{style}]" if style else str(n))
+    console.print(summary)
+    for it in report["issues"][:show]:
+        colour = "red" if it["severity"] == "error" else "yellow"
+        console.print(f"[{colour}]{it['kind']}[/{colour}] {it['message']}")
+    if len(report["issues"]) > show:
+        console.print(f"... and {len(report['issues']) - show} more in the JSON report")
+    classes = Table(title="class frequencies (valid pixels)")
+    for col, just in (("id", "right"), ("class", "left"), ("images", "right"),
+                      ("pixels %", "right"), ("weight", "right")):  # fmt: skip
+        classes.add_column(col, justify=just)
+    rows = zip(
+        report["class_names"],
+        report["class_images"],
+        report["class_frequency"],
+        report["suggested_class_weights"],
+        strict=True,
+    )
+    for k, (name, images, freq, weight) in enumerate(rows):
+        classes.add_row(str(k), name, str(images), f"{100 * freq:.2f}", f"{weight:.3f}")
+    console.print(classes)
+    status = "[red]errors found[/red]" if report["errors"] else "[green]no errors[/green]"
+    console.print(f"{status}: {report['errors']} errors, {report['warnings']} warnings")

@@ -81,11 +81,19 @@ class SegmentationDataset(Dataset):
         """(image path, mask path) of sample ``index``, to name the files of a bad batch."""
         return self.pairs[index]
 
+    def read_image(self, index: int) -> np.ndarray:
+        """Decoded image (H, W, 3) uint8 of sample ``index``."""
+        kw = {"exif_transpose": self.exif_transpose, "max_pixels": self.max_pixels}
+        return load_image(self.pairs[index][0], **kw)
+
+    def read_mask(self, index: int) -> np.ndarray:
+        """Raw mask values (H, W) uint8 of sample ``index``, before ``label_map``."""
+        kw = {"exif_transpose": self.exif_transpose, "max_pixels": self.max_pixels}
+        return load_mask(self.pairs[index][1], **kw)
+
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Decoded image (H, W, 3) uint8 and raw mask values (H, W) uint8, before mapping."""
-        image_path, mask_path = self.pairs[index]
-        kw = {"exif_transpose": self.exif_transpose, "max_pixels": self.max_pixels}
-        return load_image(image_path, **kw), load_mask(mask_path, **kw)
+        return self.read_image(index), self.read_mask(index)
 
     def map_labels(self, raw: np.ndarray, mask_path: str) -> np.ndarray:
         """Raw mask values -> int64 ids 0..K-1 / 255; raises ``DataError`` on unknown values."""

@@ -232,3 +232,9 @@ class SyntheticDataset(SegmentationDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"synthetic: index {index} out of range 0..{len(self) - 1}")
         return make_scene(self.size, scene_rng(self.seed, self.split, index))
+
+    def read_image(self, index: int) -> np.ndarray:
+        return self.load_raw(index)[0]
+
+    def read_mask(self, index: int) -> np.ndarray:
+        return self.load_raw(index)[1]
