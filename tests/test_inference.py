@@ -248,3 +248,15 @@ def test_evaluate_accumulates_confusion_over_a_dataset():
         ref.update(torch.from_numpy(p)[None], mask[None])
     assert torch.equal(cm.matrix_cpu(), ref.matrix_cpu())
     assert math.isfinite(cm.compute()["mIoU"])
+
+
+def test_large_image_memory_stays_bounded_by_base_size():
+    from sanet.inference import scale_probs
+
+    model = SizeLogits()
+    image = torch.zeros(3, 1500, 2000)  # 3 MP: the per-scale maps must not grow with it
+    protocol = EvalProtocol(scales=(0.5, 1.0), base_size=64, band_rows=100)
+    maps = scale_probs(model, image, protocol)
+    assert [tuple(m.shape) for m in maps] == [(3, 24, 32), (3, 48, 64)]
+    mask = predict_mask(model, image, protocol)
+    assert mask.shape == (1500, 2000) and mask.dtype == torch.int64
