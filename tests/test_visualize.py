@@ -132,3 +132,25 @@ def test_figure5_and_sweep_heatmap(tmp_path):
     assert plot_sweep_heatmap([0.2, 0.4], [0.6, 0.8], grid, tmp_path / "fig4.png").is_file()
     with pytest.raises(ValueError, match="does not match"):
         plot_sweep_heatmap([0.2], [0.6, 0.8], grid, tmp_path / "x.png")
+
+
+def test_sweep_collects_a_grid_and_resumes(tmp_path):
+    from sanet.figures import sweep_loss_weights
+
+    calls = []
+
+    def fake_train(alpha, beta, run_dir):
+        calls.append((alpha, beta, run_dir.name))
+        if len(calls) == 3 and not (tmp_path / "crashed").exists():
+            (tmp_path / "crashed").touch()
+            raise KeyboardInterrupt  # the third run is interrupted
+        return alpha + 10 * beta
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep_loss_weights([0.2, 0.4], [0.6, 0.8], fake_train, tmp_path)
+    assert len(calls) == 3
+    grid = sweep_loss_weights([0.2, 0.4], [0.6, 0.8], fake_train, tmp_path)
+    # the two finished runs were not trained again; the interrupted one and the last were
+    assert [c[2] for c in calls[3:]] == ["alpha0.4_beta0.6", "alpha0.4_beta0.8"]
+    np.testing.assert_allclose(grid, [[6.2, 8.2], [6.4, 8.4]])
+    assert (tmp_path / "fig4.png").is_file() and (tmp_path / "sweep.json").is_file()
