@@ -188,6 +188,18 @@ def test_unknown_kind_suggests_closest():
     assert "synthetic" in list_datasets()
 
 
+def test_unknown_option_suggests_closest(tmp_path):
+    with pytest.raises(ValueError, match="Did you mean 'num_images'"):
+        build_dataset("synthetic", None, num_image=3)
+    with pytest.raises(ValueError, match="unknown dataset option 'seed'"):
+        build_dataset("voc", tmp_path, seed=3)
+
+
+def test_synthetic_size_from_yaml_list():
+    ds = build_dataset("synthetic", None, num_images=1, size=[32, 48])
+    assert ds[0][0].shape == (3, 32, 48)
+
+
 def test_parse_data_spec():
     assert parse_data_spec("voc:/data/VOC2012") == ("voc", "/data/VOC2012")
     assert parse_data_spec("synthetic") == ("synthetic", None)

@@ -45,6 +45,8 @@ _BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "folder": build_folder,
 }
 DATASET_KINDS = (*_BUILDERS, "synthetic")
+_COMMON_OPTIONS = ("exif_transpose", "max_pixels")
+_SYNTHETIC_OPTIONS = ("num_images", "size", "seed")
 
 
 def list_datasets() -> list[str]:
@@ -72,13 +74,20 @@ def build_dataset(
     Returns:
         A dataset with ``num_classes``, ``class_names``, ``palette`` and ``files(i)``.
     """
-    if kind == "synthetic":
-        return SyntheticDataset(split, transforms=transforms, **kwargs)  # type: ignore[arg-type]
-    if kind not in _BUILDERS:
+    if kind not in DATASET_KINDS:
         raise ValueError(
             f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}."
             + suggest(kind, DATASET_KINDS)
         )
+    allowed = _COMMON_OPTIONS + (_SYNTHETIC_OPTIONS if kind == "synthetic" else ())
+    for key in kwargs:
+        if key not in allowed:
+            raise ValueError(
+                f"{kind}: unknown dataset option {key!r}; expected one of {', '.join(allowed)}."
+                + suggest(key, allowed)
+            )
+    if kind == "synthetic":
+        return SyntheticDataset(split, transforms=transforms, **kwargs)  # type: ignore[arg-type]
     if root is None:
         raise ValueError(f"{kind}: a dataset root folder is required (only synthetic has none)")
     return _BUILDERS[kind](root, split, transforms=transforms, **kwargs)

@@ -209,13 +209,18 @@ class SyntheticDataset(SegmentationDataset):
         size: int | tuple[int, int] = 128,
         seed: int = 0,
         transforms: Transforms | None = None,
-        **_ignored: object,
+        exif_transpose: bool = False,  # accepted for a uniform interface; nothing to rotate
+        max_pixels: int | None = None,
     ) -> None:
         if num_images is None:
             num_images = 512 if split == "train" else 64
         if num_images < 0:
             raise ValueError(f"synthetic: num_images must be >= 0, got {num_images}")
-        side = min(size) if isinstance(size, tuple) else size
+        if isinstance(size, (list, tuple)):  # YAML gives lists
+            if len(size) != 2:
+                raise ValueError(f"synthetic: size must be an int or (H, W), got {size}")
+            size = (int(size[0]), int(size[1]))
+        side = min(size) if isinstance(size, tuple) else int(size)
         if side < 16:
             raise ValueError(f"synthetic: size must be at least 16 pixels, got {size}")
         self.size, self.seed, self.split = size, int(seed), split
