@@ -187,3 +187,13 @@ def test_prepare_synthetic_matches_generator(tmp_path):
         assert np.array_equal(folder[i][0].numpy(), gen[i][0].numpy())
         assert np.array_equal(folder[i][1].numpy(), gen[i][1].numpy())
     assert len(list((tmp_path / "images/train").glob("*.png"))) == 3
+
+
+def test_voc_archive_without_out_unpacks_next_to_it(tmp_path):
+    sbd, voc = _voc_sbd(tmp_path)
+    archive = tmp_path / "my_voc.tar"  # not an official name: no checksum to check
+    with tarfile.open(archive, "w") as tar:
+        tar.add(voc.parent, arcname="VOCdevkit")
+    summary = prepare_voc_aug(sbd, archive)
+    assert Path(summary["root"]).is_relative_to(tmp_path / "my_voc_extracted")
+    assert len(build_dataset("voc-aug", summary["root"], split="train")) == 4

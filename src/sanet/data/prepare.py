@@ -107,6 +107,14 @@ def open_source(path: str | os.PathLike, workdir: Path, skip_checksum: bool = Fa
     return dest
 
 
+def _workdir(out: str | os.PathLike | None, main_source: str | os.PathLike) -> Path:
+    """Where archives are unpacked: ``out``, else next to (or into) the main source."""
+    if out:
+        return Path(out).expanduser()
+    src = Path(main_source).expanduser()
+    return src if src.is_dir() else src.parent
+
+
 def find_dir(base: Path, candidates: Sequence[str], marker: str, what: str) -> Path:
     """``base/<c>`` holding ``marker`` (also one level down, as archives often add a folder)."""
     for c in candidates:
@@ -199,7 +207,7 @@ def prepare_voc_aug(
     come from SBD (which has no ignore band). Returns a summary (counts, paths).
     """
     track = track or _no_track
-    work = Path(out or Path(voc)).expanduser()
+    work = _workdir(out, voc)
     sbd_dir = find_dir(
         open_source(sbd, work, skip_checksum),
         ["", "dataset", "benchmark_RELEASE/dataset"],
@@ -316,7 +324,7 @@ def prepare_pascal_context(
 ) -> dict[str, Any]:
     """Write ``SegmentationClassContext`` 60-label PNGs and the train/val lists (module doc)."""
     track = track or _no_track
-    work = Path(out or Path(voc2010)).expanduser()
+    work = _workdir(out, voc2010)
     ctx_dir = find_dir(open_source(context, work, skip_checksum), ["trainval", ""], "", "context")
     mats = sorted(ctx_dir.glob("*.mat"))
     if not mats and (ctx_dir / "trainval").is_dir():
