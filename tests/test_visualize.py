@@ -127,7 +127,7 @@ def test_figure5_and_sweep_heatmap(tmp_path):
     masks = [rng.integers(0, 3, (45, 45)) for _ in range(2)]
     path = plot_figure5(imgs, masks, masks, masks, tmp_path / "fig5.png", PALETTE)
     with Image.open(path) as im:
-        assert im.size[1] > im.size[0]  # four rows, two columns
+        assert im.size[0] > im.size[1]  # as in the paper: two example rows, four columns
     grid = np.array([[0.5, 0.6], [0.7, 0.4]])
     assert plot_sweep_heatmap([0.2, 0.4], [0.6, 0.8], grid, tmp_path / "fig4.png").is_file()
     with pytest.raises(ValueError, match="does not match"):

@@ -44,7 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("figure5", help="input / ground truth / baseline / SANet panels (Fig. 5)")
+    p = sub.add_parser(
+        "figure5", help="rows of input / ground truth / baseline / SANet panels (Fig. 5)"
+    )
     _common(p)
     p.add_argument("--baseline", required=True, help="the baseline (FCN) checkpoint")
     p.add_argument("--data", required=True, metavar="KIND:PATH")

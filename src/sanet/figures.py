@@ -116,26 +116,27 @@ def plot_figure5(
     sanet: Sequence[np.ndarray],
     path: str | Path,
     palette: Sequence[Sequence[int]] | None = None,
-    labels: Sequence[str] = ("input", "ground truth", "baseline (FCN)", "SANet"),
+    labels: Sequence[str] = ("(a) input", "(b) ground truth", "(c) baseline (FCN)", "(d) SANet"),
 ) -> Path:
-    """Fig. 5 panels: rows input / ground truth / baseline / SANet, one column per example."""
+    """Fig. 5 panels as in the paper: one row per example, columns input / ground truth /
+    baseline / SANet."""
     plt = _pyplot()
     n = len(images)
-    rows = [
-        [to_rgb_array(im) for im in images],
-        [colorize(m, palette) for m in targets],
-        [colorize(m, palette) for m in baseline],
-        [colorize(m, palette) for m in sanet],
-    ]
-    fig, axes = plt.subplots(4, n, figsize=(2.6 * n, 2.3 * 4), squeeze=False)
-    for r, (row, label) in enumerate(zip(rows, labels, strict=True)):
-        for c, panel in enumerate(row):
+    fig, axes = plt.subplots(n, 4, figsize=(2.6 * 4, 2.3 * n), squeeze=False)
+    for r in range(n):
+        panels = (
+            to_rgb_array(images[r]),
+            colorize(targets[r], palette),
+            colorize(baseline[r], palette),
+            colorize(sanet[r], palette),
+        )
+        for c, panel in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(panel)
             ax.set_xticks([])
             ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(label)
+            if r == 0:
+                ax.set_title(labels[c])
     fig.tight_layout()
     return _save_figure(fig, path)
 
