@@ -1,0 +1,187 @@
+"""Run configuration: dataclasses for each YAML section, strict loading and ``--set`` overrides.
+
+Only this module and the CLI turn a config into constructor calls; library objects never see it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from sanet._errors import suggest
+
+
+@dataclass
+class ModelConfig:
+    name: str = "sanet"
+    backbone: str = "resnet50s"
+    output_stride: int = 8
+    pretrained_backbone: bool | str = False  # True: timm download; str: a local weights file
+    num_classes: int = 0  # 0: take it from the dataset
+    init_from: str = ""  # initialise all weights from a run dir / .pt / save_pretrained folder
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 0.2  # L_cat weight (Fig. 4)
+    beta: float = 0.8  # L_dense weight (Fig. 4)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    base_size: int = 520
+    crop_size: int = 480
+    num_workers: int = 4
+    options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset keyword arguments
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 80
+    batch_size: int = 16  # global batch per optimiser step (all ranks, all accumulation steps)
+    lr: float = 0.001  # base LR at batch 16; scaled by batch_size / 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 10.0
+    poly_power: float = 0.9
+    accumulate: int = 1  # micro-batches per optimiser step
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    val_every: int = 1  # epochs between validations (0: only at the end)
+    log_every: int = 10  # steps between host syncs (loss logging, non-finite check)
+    max_steps: int = 0  # stop after this many optimiser steps in total (0: no limit)
+    nonfinite: Literal["stop", "skip"] = "stop"
+
+
+@dataclass
+class EvalConfig:
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    crop_size: int = 480
+    stride: int = 320
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML recipe (or the defaults) and apply ``section.key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{str(path)!r} is not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"{str(path)!r} must hold a mapping of sections, got {type(raw).__name__}."
+            )
+    for item in overrides or []:
+        key, value = _split_override(item)
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ValueError(f"Section {section!r} must be a mapping.")
+        raw[section][name] = yaml.safe_load(value) if value != "" else ""
+    return config_from_dict(raw, source=str(path) if path else "defaults")
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build a :class:`Config`, rejecting unknown sections/keys and values of the wrong type."""
+    cfg = Config()
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for section, values in raw.items():
+        if section not in sections:
+            raise ValueError(f"{source}: unknown section {section!r}.{suggest(section, sections)}")
+        target = getattr(cfg, section)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        for key, value in (values or {}).items():
+            if key not in fields:
+                raise ValueError(
+                    f"{source}: unknown key {section}.{key}.{suggest(key, fields)} "
+                    f"Known keys in {section}: {', '.join(fields)}."
+                )
+            hint = typing.get_type_hints(type(target))[key]
+            setattr(target, key, _coerce(value, hint, f"{section}.{key}", source))
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from sanet.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or "." not in key:
+        raise ValueError(
+            f"Override {item!r} must look like section.key=value (e.g. train.lr=0.01)."
+        )
+    return key.strip(), value.strip()
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation; ints are accepted where floats are expected."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{source}: {key} must be one of {list(args)}, got {value!r}.")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg, key, source)
+            except ValueError:
+                continue
+        raise ValueError(f"{source}: {key} must be {_name(hint)}, got {value!r}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{source}: {key} must be a list, got {value!r}.")
+        return [_coerce(v, args[0], key, source) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: {key} must be a mapping, got {value!r}.")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-4` as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        return value
+    raise ValueError(
+        f"{source}: {key} must be {_name(hint)}, got {value!r} ({type(value).__name__})."
+    )
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))

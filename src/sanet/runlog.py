@@ -1,0 +1,108 @@
+"""What a run leaves for people to read: ``metrics.jsonl``, TensorBoard events, PNG curves.
+
+Only rank 0 creates a :class:`RunLog`; every method is cheap enough to call at log intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class RunLog:
+    """Appends JSON lines to ``metrics.jsonl``, mirrors scalars to TensorBoard and redraws the
+    loss and mIoU curves in ``plots/`` after each validation."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        (self.run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def log(self, kind: str, step: int, **values: Any) -> None:
+        """One record: ``{"kind": "train"|"val", "step": ..., **values}``."""
+        record = {"kind": kind, "step": step, **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.writer:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+            self.writer.flush()
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop records logged after the checkpoint's step (they will be redone)."""
+        kept = [r for r in self.records() if r["step"] <= step]
+        from sanet.checkpoint import atomic_write_text
+
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def plot_curves(self) -> list[Path]:
+        """Redraw ``plots/loss.png`` (train loss terms) and ``plots/val_miou.png``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = self.records()
+        train = [r for r in records if r["kind"] == "train"]
+        val = [r for r in records if r["kind"] == "val"]
+        written = []
+        if train:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for term in ("loss", "mask", "cat", "dense"):
+                if term in train[0]:
+                    ax.plot([r["step"] for r in train], [r[term] for r in train], label=term)
+            ax.set(xlabel="step", ylabel="loss", title="Training loss (L = mask + α·cat + β·dense)")
+            ax.legend()
+            written.append(_save(fig, self.run_dir / "plots/loss.png"))
+        if val:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.plot(
+                [r["step"] for r in val], [100 * r["mIoU"] for r in val], marker="o", label="mIoU"
+            )
+            ax.plot(
+                [r["step"] for r in val],
+                [100 * r["pixAcc"] for r in val],
+                marker="s",
+                label="pixAcc",
+            )
+            ax.set(xlabel="step", ylabel="%", title="Validation (single scale)")
+            ax.legend()
+            written.append(_save(fig, self.run_dir / "plots/val_miou.png"))
+        return written
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from sanet.checkpoint import atomic_save_bytes
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_save_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,466 @@
+"""A training run from a :class:`~sanet.config.Config`: one process, CPU/GPU, or one rank of a
+``torchrun`` job (PyTorch DDP). Owns the run directory, checkpoints, resume and signals.
+
+Run directory: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/last.pt``
+and ``best.pt`` (resumable state), ``model/`` (best weights, ``save_pretrained``), ``plots/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sanet import engine
+from sanet.checkpoint import atomic_torch_save, safe_torch_load
+from sanet.config import Config, save_config
+from sanet.losses import SANetLoss
+from sanet.models import build_model
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the message names the step, the files and the last checkpoint."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM: the step finished, ``last.pt`` was saved; the message says how to resume."""
+
+
+@dataclass
+class RunState:
+    """Where the run is; saved in every checkpoint."""
+
+    epoch: int = 0  # current epoch
+    step_in_epoch: int = 0  # optimiser steps done in the current epoch
+    global_step: int = 0  # optimiser steps done in total
+    best_miou: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Join the ``torchrun`` process group when launched by it (``WORLD_SIZE`` > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank if world > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+class _StopFlag:
+    """Records SIGINT/SIGTERM so the loop can finish its step, save and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # not the main thread (e.g. a notebook worker): no handler, Ctrl-C works as usual
+            with contextlib.suppress(ValueError):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        logger.warning(
+            "%s received: finishing this step, then saving checkpoints/last.pt", self.signal
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(
+        ("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0)
+    )
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([c.cpu() for c in state["cuda"]])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def build_data(cfg: Config) -> tuple[Any, Any]:
+    """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders)."""
+    from sanet.data import build_dataset
+
+    d = cfg.data
+    root = d.root or None
+    train = build_dataset(d.dataset, root, split=d.train_split, **d.options)
+    val = build_dataset(d.dataset, root, split=d.val_split, **d.options)
+    return train, val
+
+
+def make_loaders(cfg: Config, train_set: Any, val_set: Any, dist_: Dist, micro_batch: int) -> tuple:
+    from sanet.data.transforms import eval_transforms, train_transforms
+
+    d, t = cfg.data, cfg.train
+    train_aug = engine.SeededAugmentation(
+        train_set, train_transforms(base_size=d.base_size, crop_size=d.crop_size), seed=t.seed
+    )
+    val_aug = engine.SeededAugmentation(val_set, eval_transforms(), seed=t.seed)
+    sampler = engine.ResumableSampler(len(train_set), t.seed, True, dist_.rank, dist_.world_size)
+    val_sampler = engine.ResumableSampler(
+        len(val_set), 0, False, dist_.rank, dist_.world_size, pad=False
+    )
+    common = dict(
+        num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=d.num_workers > 0,
+        generator=torch.Generator(),  # the loader must not draw from the global RNG (exact resume)
+    )  # fmt: skip
+    train_loader = DataLoader(train_aug, micro_batch, sampler=sampler, drop_last=True, **common)
+    val_loader = DataLoader(val_aug, 1, sampler=val_sampler, **common)
+    return train_loader, val_loader, sampler
+
+
+class Trainer:
+    """Builds everything a run needs from ``cfg`` and trains it (``fit``)."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        t = cfg.train
+        self.dist, self.device = setup_distributed(t.device)
+        seed_everything(t.seed, t.deterministic)
+        self.micro_batch = _micro_batch(t.batch_size, self.dist.world_size, t.accumulate)
+        train_set, val_set = build_data(cfg)
+        self.train_set, self.val_set = train_set, val_set
+        self.num_classes = cfg.model.num_classes or train_set.num_classes
+        if self.num_classes != train_set.num_classes:
+            raise ValueError(
+                f"model.num_classes={self.num_classes} but dataset {cfg.data.dataset!r} has "
+                f"{train_set.num_classes} classes. Set model.num_classes=0 to take the dataset's."
+            )
+        self.metadata = {"class_names": list(train_set.class_names),
+                         "palette": [list(c) for c in train_set.palette]}  # fmt: skip
+        self.train_loader, self.val_loader, self.sampler = make_loaders(
+            cfg, train_set, val_set, self.dist, self.micro_batch
+        )
+        self.steps_per_epoch = len(self.sampler) // (self.micro_batch * t.accumulate)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"The training set has {len(train_set)} images: fewer than one step of "
+                f"train.batch_size={t.batch_size}. Lower train.batch_size or add images."
+            )
+        total = self.steps_per_epoch * t.epochs
+        self.total_steps = min(total, t.max_steps) if t.max_steps else total
+        self._build_model()
+        self.state = RunState()
+        self.log = None
+        if self.dist.is_main:
+            from sanet.runlog import RunLog
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            self.log = RunLog(self.run_dir)
+        if resume:
+            self.resume(self.run_dir / "checkpoints/last.pt")
+
+    def _build_model(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        m = cfg.model
+        model = build_model(m.name, backbone=m.backbone, num_classes=self.num_classes,
+                            output_stride=m.output_stride, pretrained_backbone=m.pretrained_backbone)  # fmt: skip
+        self.model_config = {"name": model.name, **model.config}
+        if m.init_from:  # e.g. the VOC fine-tune starts from the train_aug run
+            from sanet.checkpoint import load_model
+
+            model.load_state_dict(load_model(m.init_from)[0].state_dict())
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if t.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model  # the bare model: its state_dict is what checkpoints hold
+        lr = t.lr * t.batch_size / 16  # linear scaling with the global batch (Sec. 4 recipe)
+        self.optimizer = torch.optim.SGD(
+            engine.param_groups(model, lr, t.head_lr_mult, t.weight_decay),
+            lr=lr,
+            momentum=t.momentum,
+        )
+        self.scheduler = engine.poly_schedule(self.optimizer, self.total_steps, t.poly_power)
+        self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
+        self.criterion = SANetLoss(cfg.loss.alpha, cfg.loss.beta)
+        wrapped: nn.Module = model
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.net = torch.compile(wrapped) if t.compile else wrapped
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "model_config": self.model_config,
+            "metadata": self.metadata,
+            "config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": rng_state(),
+            "state": self.state.__dict__.copy(),
+        }
+
+    def save(self, name: str) -> Path | None:
+        """Atomically write ``checkpoints/{name}.pt`` (rank 0 only)."""
+        if not self.dist.is_main:
+            return None
+        path = self.run_dir / "checkpoints" / f"{name}.pt"
+        atomic_torch_save(self.checkpoint(), path)
+        return path
+
+    def resume(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--resume: {str(path)!r} does not exist. Resume needs the run directory of an "
+                "earlier `sanet train` (with --out DIR) that saved checkpoints/last.pt."
+            )
+        ckpt = safe_torch_load(path, self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ckpt["rng"].items()})
+        self.state = RunState(**ckpt["state"])
+        if self.log:
+            self.log.truncate_after(self.state.global_step)
+        logger.info(
+            "Resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.global_step
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or ``max_steps``); returns the final summary."""
+        t, s = self.cfg.train, self.state
+        progress = _progress(self.dist.is_main)
+        with _StopFlag() as stop, progress:
+            task = progress.add_task("train", total=self.total_steps, completed=s.global_step,
+                                     loss=float("nan"), lr=self.scheduler.get_last_lr()[0], ips=0.0)  # fmt: skip
+            while s.global_step < self.total_steps:
+                self.sampler.set_epoch(
+                    s.epoch, start=s.step_in_epoch * self.micro_batch * t.accumulate
+                )
+                progress.update(task, description=f"epoch {s.epoch + 1}/{t.epochs}")
+                finished_epoch = self._train_epoch(stop, progress, task)
+                if stop.signal:
+                    path = self.save("last")
+                    raise TrainingInterrupted(
+                        f"Stopped by {stop.signal} after step {s.global_step}; saved {path}. "
+                        f"Resume with: sanet train {self.run_dir / 'config.yaml'} --out {self.run_dir} --resume"
+                    )
+                if finished_epoch:
+                    s.epoch, s.step_in_epoch = s.epoch + 1, 0
+                done = s.global_step >= self.total_steps
+                if done or (finished_epoch and t.val_every and s.epoch % t.val_every == 0):
+                    self.validate()
+                self.save("last")
+        if self.log:
+            self.log.close()
+        return {"run_dir": str(self.run_dir), "steps": s.global_step, "best_mIoU": s.best_miou,
+                "history": s.history}  # fmt: skip
+
+    def _train_epoch(self, stop: _StopFlag, progress: Any, task: Any) -> bool:
+        """Steps until the epoch ends, ``max_steps`` is reached or a signal asks to stop.
+
+        Returns True when the epoch's data is exhausted."""
+        t, s = self.cfg.train, self.state
+        self.net.train()
+        pending: list[tuple[engine.StepResult, list[int]]] = []  # steps since the last host sync
+        micro: list[tuple[torch.Tensor, torch.Tensor]] = []
+        indices: list[int] = []
+        tick, images_seen = time.perf_counter(), 0
+        for images, masks, idx in self.train_loader:
+            micro.append(self._to_device(images, masks))
+            indices += idx.tolist()
+            if len(micro) < t.accumulate:
+                continue
+            result = engine.train_step(self.net, self.criterion, micro, self.optimizer, self.scaler,
+                                       t.amp, skip_nonfinite=t.nonfinite == "skip")  # fmt: skip
+            self.scheduler.step()
+            pending.append((result, indices))
+            images_seen += len(indices) * self.dist.world_size
+            micro, indices = [], []
+            s.global_step, s.step_in_epoch = s.global_step + 1, s.step_in_epoch + 1
+            progress.advance(task)
+            last = s.global_step >= self.total_steps or s.step_in_epoch >= self.steps_per_epoch
+            if s.global_step % t.log_every == 0 or last or stop.signal:
+                rate = images_seen / max(time.perf_counter() - tick, 1e-9)
+                self._sync(pending, progress, task, rate)
+                pending, tick, images_seen = [], time.perf_counter(), 0
+            if self._should_stop(stop) or s.global_step >= self.total_steps:
+                return s.step_in_epoch >= self.steps_per_epoch
+            if s.step_in_epoch >= self.steps_per_epoch:
+                return True
+        return True
+
+    def _to_device(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks.to(self.device, non_blocking=True)
+
+    def _should_stop(self, stop: _StopFlag) -> bool:
+        if self.dist.world_size == 1:
+            return stop.signal is not None
+        if self.state.global_step % self.cfg.train.log_every:
+            return False  # ranks agree on stopping at log intervals, so all stop at the same step
+        flag = torch.tensor([1.0 if stop.signal else 0.0], device=self.device)
+        dist.all_reduce(flag)
+        if flag.item() > 0 and stop.signal is None:
+            stop.signal = "a signal on another rank"
+        return stop.signal is not None
+
+    def _sync(self, pending: list, progress: Any, task: Any, rate: float) -> None:
+        """The host sync of a log interval: non-finite check, loss logging, progress fields."""
+        finite = torch.stack([r.finite for r, _ in pending]).tolist()
+        first_step = self.state.global_step - len(pending) + 1
+        for offset, ok in enumerate(finite):
+            if not ok and self.cfg.train.nonfinite == "stop":
+                step, files = (
+                    first_step + offset,
+                    [self.train_set.files(i)[0] for i in pending[offset][1]],
+                )
+                last = self.run_dir / "checkpoints/last.pt"
+                raise NonFiniteLossError(
+                    f"Non-finite loss at step {step}; batch files: {files}. Last good checkpoint: "
+                    f"{last if last.is_file() else 'none yet'}. Lower train.lr, try train.amp=none, "
+                    "check these files with `sanet check-data`, or set train.nonfinite=skip."
+                )
+        keys = list(pending[-1][0].loss_terms)
+        means = torch.stack(
+            [torch.stack([r.loss_terms[k] for k in keys]) for r, _ in pending]
+        ).mean(0)
+        values = dict(zip(keys, means.tolist(), strict=True))
+        lr = self.scheduler.get_last_lr()[0]
+        progress.update(task, loss=values["loss"], lr=lr, ips=rate)
+        if self.log:
+            skipped = finite.count(False)
+            self.log.log("train", self.state.global_step, **values, lr=lr, images_per_s=rate,
+                         epoch=self.state.epoch, skipped_nonfinite=skipped)  # fmt: skip
+
+    def validate(self) -> dict[str, Any]:
+        """Single-scale validation on every rank's shard; counts all-reduced, best saved."""
+        t = self.cfg.train
+        cm = engine.evaluate(
+            self.net, self.val_loader, self.num_classes, self.device, t.amp, t.channels_last
+        )
+        cm.all_reduce()
+        result = cm.compute()
+        s = self.state
+        entry = {
+            "epoch": s.epoch,
+            "step": s.global_step,
+            "pixAcc": result["pixAcc"],
+            "mIoU": result["mIoU"],
+        }
+        s.history.append(entry)
+        improved = result["mIoU"] > s.best_miou
+        if improved:
+            s.best_miou = result["mIoU"]
+        if self.dist.is_main:
+            assert self.log is not None
+            self.log.log("val", s.global_step, epoch=s.epoch, pixAcc=result["pixAcc"],
+                         mIoU=result["mIoU"], IoU=result["IoU"], best=improved)  # fmt: skip
+            self.log.plot_curves()
+            _show_validation(result, self.metadata["class_names"], entry)
+            if improved:
+                self.save("best")
+                self.model.save_pretrained(self.run_dir / "model", metadata=self.metadata)
+                _plot_validation(result, cm, self.metadata["class_names"], self.run_dir / "plots")
+        return result
+
+
+def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
+    if batch_size % (world_size * accumulate):
+        raise ValueError(
+            f"train.batch_size={batch_size} (global) must be divisible by the number of processes "
+            f"({world_size}) × train.accumulate ({accumulate})."
+        )
+    return batch_size // (world_size * accumulate)
+
+
+def _progress(enabled: bool) -> Any:
+    from rich import progress as p
+
+    return p.Progress(
+        p.TextColumn("[bold]{task.description}"), p.BarColumn(), p.MofNCompleteColumn(),
+        p.TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.1f} img/s"),
+        p.TimeElapsedColumn(), p.TextColumn("ETA"), p.TimeRemainingColumn(),
+        disable=not enabled,
+    )  # fmt: skip
+
+
+def _show_validation(result: dict[str, Any], class_names: list[str], entry: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from sanet.metrics import per_class_table
+
+    title = f"Validation after epoch {entry['epoch']} (step {entry['step']})"
+    Console(stderr=True).print(per_class_table(result, class_names, title=title))
+
+
+def _plot_validation(result: dict[str, Any], cm: Any, class_names: list[str], plots: Path) -> None:
+    from sanet.visualize import plot_confusion_matrix, plot_per_class_iou
+
+    plot_per_class_iou(result["IoU"], class_names, plots / "best_per_class_iou.png")
+    plot_confusion_matrix(cm.matrix_cpu(), class_names, plots / "best_confusion.png")

@@ -1,0 +1,110 @@
+"""Training runs end to end on tiny synthetic data: exact resume, crash-safe checkpoints,
+signals, the non-finite guard, and that a small SANet actually learns."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from sanet import engine
+from sanet.checkpoint import load_model, safe_torch_load
+from sanet.config import load_config
+from sanet.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+
+TINY = [
+    "model.backbone=resnet18d", "data.dataset=synthetic", "data.base_size=64", "data.crop_size=64",
+    "data.num_workers=0", "data.options={num_images: 12, size: 64, seed: 0}", "train.batch_size=4",
+    "train.epochs=2", "train.lr=0.01", "train.log_every=2", "train.val_every=1", "train.device=cpu",
+    "train.deterministic=true", "train.seed=7",
+]  # fmt: skip
+
+
+def _trainer(run: Path, *extra: str, resume: bool = False) -> Trainer:
+    return Trainer(load_config(None, TINY + list(extra)), run, resume=resume)
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, n_steps: int) -> None:
+    """Deliver a real SIGINT to this process after the n-th optimiser step."""
+    real, calls = engine.train_step, []
+
+    def step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == n_steps:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(engine, "train_step", step)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return safe_torch_load(run / "checkpoints/last.pt")["model"]
+
+
+@pytest.mark.parametrize("stop_after", [2, 3])  # mid-epoch 1 (3 steps/epoch); an epoch boundary
+def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, stop_after) -> None:
+    _trainer(tmp_path / "full").fit()
+    with monkeypatch.context() as m:
+        _interrupt_after(m, stop_after)
+        with pytest.raises(TrainingInterrupted, match="--resume"):
+            _trainer(tmp_path / "cut").fit()
+    state = safe_torch_load(tmp_path / "cut/checkpoints/last.pt")["state"]
+    assert state["global_step"] == stop_after
+    summary = _trainer(tmp_path / "cut", resume=True).fit()
+    assert summary["steps"] == 6
+    full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert full.keys() == cut.keys()
+    for key in full:
+        assert torch.equal(full[key], cut[key]), key
+    assert (tmp_path / "cut/checkpoints/best.pt").is_file()
+
+
+def test_run_directory_contents(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _trainer(run, "train.epochs=1").fit()
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "model/config.json", "model/model.safetensors", "plots/loss.png", "plots/val_miou.png"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    model, meta = load_model(run)
+    assert meta["class_names"][0] == "background" and model.num_classes == len(meta["class_names"])
+
+
+def test_nonfinite_loss_stops_with_step_and_files(tmp_path, monkeypatch) -> None:
+    trainer = _trainer(tmp_path / "nan", "train.lr=1e30", "train.epochs=1")
+    with pytest.raises(
+        NonFiniteLossError, match=r"Non-finite loss at step \d+; batch files: \['synthetic:"
+    ):
+        trainer.fit()
+
+
+def test_nonfinite_skip_option_keeps_weights_finite(tmp_path) -> None:
+    trainer = _trainer(tmp_path / "skip", "train.nonfinite=skip", "train.epochs=1")
+    real_criterion = trainer.criterion
+
+    def poisoned(outputs, target):  # every loss is NaN: every step must be skipped
+        terms = real_criterion(outputs, target)
+        return {k: v * float("nan") for k, v in terms.items()}
+
+    trainer.criterion = poisoned
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    params = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[k], after[k]) for k in params)
+    records = trainer.log.records()
+    assert sum(r.get("skipped_nonfinite", 0) for r in records if r["kind"] == "train") == 3
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    from sanet.cli import main
+
+    run = tmp_path / "run"
+    _trainer(run, "train.epochs=1").fit()
+    before = (run / "checkpoints/last.pt").read_bytes()
+    config = run / "config.yaml"
+    assert main(["train", str(config), "--out", str(run)]) == 2
+    assert (run / "checkpoints/last.pt").read_bytes() == before
