@@ -14,7 +14,7 @@ from sanet.cli import main
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    """A tiny SANet and FCN for the synthetic dataset (8 classes), saved with metadata."""
+    """A tiny SANet and FCN for the synthetic dataset, saved with metadata."""
     from sanet import build_model
     from sanet.data import build_dataset
 
@@ -22,8 +22,9 @@ def ckpts(tmp_path_factory):
     meta = {"class_names": ds.class_names, "palette": [list(c) for c in ds.palette]}
     root = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
-    build_model("sanet", backbone="resnet18d", num_classes=8).save_pretrained(root / "sanet", meta)
-    build_model("fcn", backbone="resnet18d", num_classes=8).save_pretrained(root / "fcn", meta)
+    k = ds.num_classes
+    build_model("sanet", backbone="resnet18d", num_classes=k).save_pretrained(root / "sanet", meta)
+    build_model("fcn", backbone="resnet18d", num_classes=k).save_pretrained(root / "fcn", meta)
     build_model("sanet", backbone="resnet18d", num_classes=3).save_pretrained(root / "k3")
     return root
 
@@ -39,7 +40,8 @@ def test_eval_writes_metrics_with_protocol_and_plots(ckpts, tmp_path):
     proto = report["protocol"]
     assert proto["scales"] == [0.75, 1.0] and proto["flip"] is True
     assert (proto["base_size"], proto["crop_size"], proto["stride"]) == (64, 480, 320)
-    assert list(report["IoU"]) == report["class_names"] and len(report["class_names"]) == 8
+    k = len(report["class_names"])
+    assert list(report["IoU"]) == report["class_names"] and len(report["confusion_matrix"]) == k
     assert "present in the prediction or the ground truth" in report["convention"]
     assert report["num_images"] == 1
     for name in ("iou_per_class.png", "confusion_matrix.png"):
@@ -50,7 +52,7 @@ def test_eval_writes_metrics_with_protocol_and_plots(ckpts, tmp_path):
     from sanet.metrics import ConfusionMatrix
 
     pred = Predictor(ckpts / "sanet", protocol=EvalProtocol((0.75, 1.0), True, 64))
-    cm = ConfusionMatrix(8)
+    cm = ConfusionMatrix(k)
     ds = build_dataset("synthetic", None, split="val")
     image, mask = ds[0]
     cm.update(torch.from_numpy(pred.predict(image))[None], mask[None])
@@ -66,7 +68,7 @@ def test_eval_single_scale_protocol_and_class_mismatch(ckpts, tmp_path, capsys):
     assert proto["scales"] == [1.0] and proto["flip"] is False and proto["base_size"] is None
     rc = main(["eval", "--checkpoint", str(ckpts / "k3"), "--data", "synthetic", "--limit", "1"])
     assert rc == 2
-    assert "3 classes but the dataset has 8" in capsys.readouterr().err
+    assert "predicts 3 classes but the dataset has" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -91,7 +93,7 @@ def test_predict_folder_and_glob_keep_names_and_sizes(ckpts, odd_images, tmp_pat
         stem = name.split(".")[0]
         with Image.open(out / f"{stem}.png") as mask:
             assert mask.mode == "P" and mask.size == (w, h)
-            assert np.asarray(mask).max() < 8
+            assert np.asarray(mask).max() < 10
             assert mask.getpalette()[3:6] == [128, 0, 0]  # the synthetic palette's class 1
         with Image.open(out / "overlays" / f"{stem}.png") as ov:
             assert ov.mode == "RGB" and ov.size == (w, h)
@@ -124,3 +126,45 @@ def test_explain_and_figure5_write_pngs(ckpts, odd_images, tmp_path, capsys):
     rc = main(["figure5", "--checkpoint", str(ckpts / "sanet"), "--baseline", str(ckpts / "fcn"),
                "--data", "synthetic", "--indices", "1", "--out", str(fig5)])  # fmt: skip
     assert rc == 0 and Image.open(fig5).format == "PNG"
+
+
+def test_run_config_protocol_is_used_for_ms_flip(ckpts, tmp_path):
+    """A run directory's config.yaml gives crop, stride and base size; its single-scale
+    validation scales ([1.0]) do not replace the paper's scales under --ms-flip."""
+    import argparse
+    import shutil
+
+    from sanet.cli_eval import protocol_from_args
+
+    run = tmp_path / "run"
+    shutil.copytree(ckpts / "sanet", run / "model")
+    (run / "config.yaml").write_text(
+        "data: {base_size: 128}\neval: {scales: [1.0], flip: false, crop_size: 96, stride: 64}\n"
+    )
+    ns = argparse.Namespace(
+        checkpoint=str(run), ms_flip=True, scales=None, base_size=None, crop_size=None,
+        stride=None, window_batch=4,
+    )  # fmt: skip
+    proto = protocol_from_args(ns)
+    assert proto.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and proto.flip
+    assert (proto.base_size, proto.crop_size, proto.stride) == (128, 96, 64)
+    ns.ms_flip = False
+    single = protocol_from_args(ns)
+    assert single.scales == (1.0,) and not single.flip and single.crop_size == 96
+
+
+@pytest.mark.slow
+def test_sweep_trains_a_grid_and_draws_fig4(tmp_path):
+    out = tmp_path / "sweep"
+    rc = main(
+        ["sweep", "--alphas", "0.2", "--betas", "0.6,0.8", "--out", str(out), "--set",
+         "train.max_steps=1", "train.epochs=1", "train.batch_size=2", "train.val_every=0",
+         "data.base_size=48", "data.crop_size=48", "data.options={num_images: 2, size: 48}",
+         "eval.crop_size=48", "eval.stride=32"]
+    )  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "sweep.json").read_text())
+    assert [(r["alpha"], r["beta"]) for r in report["runs"]] == [(0.2, 0.6), (0.2, 0.8)]
+    assert all(0.0 <= r["mIoU"] <= 1.0 for r in report["runs"])
+    assert "beta: 0.8" in (out / "alpha0.2_beta0.8" / "config.yaml").read_text()
+    assert Image.open(out / "fig4.png").format == "PNG"
