@@ -143,7 +143,7 @@ def test_run_config_protocol_is_used_for_ms_flip(ckpts, tmp_path):
     )
     ns = argparse.Namespace(
         checkpoint=str(run), ms_flip=True, scales=None, base_size=None, crop_size=None,
-        stride=None, window_batch=4,
+        stride=None, window_batch=4, amp="none",
     )  # fmt: skip
     proto = protocol_from_args(ns)
     assert proto.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and proto.flip

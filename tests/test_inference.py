@@ -260,3 +260,14 @@ def test_large_image_memory_stays_bounded_by_base_size():
     assert [tuple(m.shape) for m in maps] == [(3, 24, 32), (3, 48, 64)]
     mask = predict_mask(model, image, protocol)
     assert mask.shape == (1500, 2000) and mask.dtype == torch.int64
+
+
+def test_bf16_autocast_stays_close_and_float32():
+    model = _toy_fcn(3)
+    image = torch.randn(3, 45, 45)
+    ref = predict_proba(model, image)
+    amp = predict_proba(model, image, EvalProtocol(amp="bf16"))
+    assert amp.dtype == torch.float32
+    torch.testing.assert_close(amp, ref, atol=3e-2, rtol=0)
+    with pytest.raises(ValueError, match="amp"):
+        EvalProtocol(amp="fp8")

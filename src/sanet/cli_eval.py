@@ -76,6 +76,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-size", type=int, help="sliding-window size (480)")
     p.add_argument("--stride", type=int, help="sliding-window stride (320)")
     p.add_argument("--window-batch", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                   help="autocast forward passes (GPU speed; recorded in the protocol)")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +120,9 @@ def protocol_from_args(args: argparse.Namespace) -> Any:
     ev, data = cfg.get("eval") or {}, cfg.get("data") or {}
     crop = args.crop_size or ev.get("crop_size") or 480
     stride = args.stride or ev.get("stride") or 320
-    common = dict(crop_size=int(crop), stride=int(stride), window_batch=args.window_batch)
+    common = dict(
+        crop_size=int(crop), stride=int(stride), window_batch=args.window_batch, amp=args.amp
+    )
     if not args.ms_flip:
         if args.scales or args.base_size:
             raise ValueError("--scales and --base-size apply to --ms-flip; add --ms-flip.")
@@ -201,7 +205,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     console = Console()
     console.print(per_class_table(result, names, confusion=cm.matrix_cpu()))
     console.print(result["convention"], style="dim")
-    console.print(f"pixAcc {result['pixAcc']:.4f}  mIoU {result['mIoU']:.4f}  ({n} images)")
+    console.print(
+        f"pixAcc {result['pixAcc']:.4f}  mIoU {result['mIoU']:.4f}  ({n} image{'s' if n != 1 else ''})"
+    )
     if args.out is not None:
         report = eval_report(result, names, protocol, cm, args, n, seconds, meta)
         write_eval_outputs(args.out, report, result, names, cm)

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 #: The paper's multi-scale evaluation (Sec. 4; PyTorch-Encoding's MultiEvalModule).
 PAPER_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 MIN_INPUT = 32  # the models need H, W ≥ 32; smaller windows are zero-padded (mean colour)
+_AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class EvalProtocol:
         stride: sliding-window step (320 = 2/3 of the crop).
         window_batch: windows (flips included) per forward pass.
         band_rows: output rows combined at a time (bounds memory on large images).
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"``: forward passes under autocast (faster on
+            GPUs; softmax and averaging stay float32).
     """
 
     scales: tuple[float, ...] = (1.0,)
@@ -65,6 +68,7 @@ class EvalProtocol:
     stride: int = 320
     window_batch: int = 4
     band_rows: int = 256
+    amp: str = "none"
 
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -74,6 +78,8 @@ class EvalProtocol:
                 f"Need crop_size ≥ {MIN_INPUT} and 0 < stride ≤ crop_size, got crop_size "
                 f"{self.crop_size}, stride {self.stride} (the paper: 480 and 320)."
             )
+        if self.amp not in _AMP_DTYPES:
+            raise ValueError(f"amp must be one of {list(_AMP_DTYPES)}, got {self.amp!r}.")
         if self.base_size is not None and self.base_size < 1:
             raise ValueError(f"base_size must be positive or None, got {self.base_size}.")
 
@@ -102,7 +108,7 @@ def _window_starts(size: int, window: int, stride: int) -> list[int]:
     return [*range(0, size - window, stride), size - window]
 
 
-def _forward_probs(model: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
+def _forward_probs(model: nn.Module, tiles: torch.Tensor, amp: str = "none") -> torch.Tensor:
     """Softmax probabilities of a batch of equal-size tiles, zero-padding tiles below 32 px.
 
     Shape: tiles ``(B, 3, h, w)`` → ``(B, K, h, w)``.
@@ -111,7 +117,9 @@ def _forward_probs(model: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
     ph, pw = max(0, MIN_INPUT - h), max(0, MIN_INPUT - w)
     if ph or pw:
         tiles = F.pad(tiles, (0, pw, 0, ph))  # zeros = the mean colour after normalisation
-    logits = model(tiles)["out"]
+    dtype = _AMP_DTYPES[amp]
+    with torch.autocast(tiles.device.type, dtype=dtype, enabled=dtype is not None):
+        logits = model(tiles)["out"]
     return logits[..., :h, :w].float().softmax(dim=1)
 
 
@@ -137,7 +145,7 @@ def _sliding_probs(
         tiles = torch.stack([image[:, y : y + ch, x : x + cw] for y, x in chunk])  # (B, 3, ch, cw)
         if protocol.flip:
             tiles = torch.cat([tiles, tiles.flip(-1)])  # originals and mirrors in one forward
-        probs = _forward_probs(model, tiles)  # (B or 2B, K, ch, cw)
+        probs = _forward_probs(model, tiles, protocol.amp)  # (B or 2B, K, ch, cw)
         if protocol.flip:
             n = len(chunk)
             probs = (probs[:n] + probs[n:].flip(-1)) / 2  # un-mirror, then average
