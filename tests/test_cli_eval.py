@@ -62,8 +62,13 @@ def test_eval_writes_metrics_with_protocol_and_plots(ckpts, tmp_path):
 
 def test_eval_single_scale_protocol_and_class_mismatch(ckpts, tmp_path, capsys):
     rc = main(["eval", "--checkpoint", str(ckpts / "sanet"), "--data", "synthetic",
-               "--limit", "1", "--out", str(tmp_path)])  # fmt: skip
+               "--limit", "1", "--out", str(tmp_path), "--save-predictions"])  # fmt: skip
     assert rc == 0
+    from sanet.data import build_dataset
+
+    h, w = build_dataset("synthetic", None, split="val")[0][1].shape
+    with Image.open(tmp_path / "predictions" / "00000.png") as saved:
+        assert saved.mode == "P" and saved.size == (w, h)  # the mask's own size
     proto = json.loads((tmp_path / "metrics.json").read_text())["protocol"]
     assert proto["scales"] == [1.0] and proto["flip"] is False and proto["base_size"] is None
     rc = main(["eval", "--checkpoint", str(ckpts / "k3"), "--data", "synthetic", "--limit", "1"])

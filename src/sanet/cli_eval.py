@@ -27,6 +27,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--out", type=Path, help="write metrics.json and plots here")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument(
+        "--save-predictions", action="store_true", help="also write OUT/predictions/*.png masks"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="index-PNG masks (and overlays) for images")
@@ -191,14 +194,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     if n == 0:
         raise ValueError(f"{args.data} split {args.split!r} has no images to evaluate.")
+    if args.save_predictions and args.out is None:
+        raise ValueError("--save-predictions writes into --out DIR; add --out.")
     start = time.perf_counter()
     with _progress() as bar:
         task = bar.add_task(f"eval {args.split}", total=n)
+
+        def on_image(i: int, pred: Any) -> None:
+            if args.save_predictions:
+                _save_prediction(dataset, i, pred, args.out / "predictions")
+            bar.advance(task)
+
         pairs = (dataset[i] for i in range(n))
-        cm = evaluate(
-            model, pairs, dataset.num_classes, protocol, device,
-            on_image=lambda i, _p: bar.advance(task),
-        )  # fmt: skip
+        cm = evaluate(model, pairs, dataset.num_classes, protocol, device, on_image=on_image)
     seconds = time.perf_counter() - start
     result = cm.compute()
     names = list(dataset.class_names)
@@ -213,6 +221,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_eval_outputs(args.out, report, result, names, cm)
         console.print(f"Wrote {args.out / 'metrics.json'} and plots.")
     return 0
+
+
+def _save_prediction(dataset: Any, index: int, pred: Any, folder: Path) -> None:
+    """``folder/<image stem>.png`` (index PNG, dataset palette); generated images use the index."""
+    from sanet.visualize import mask_to_pil, save_png
+
+    image_path = Path(dataset.files(index)[0]) if hasattr(dataset, "files") else None
+    stem = image_path.stem if image_path is not None and image_path.is_file() else f"{index:05d}"
+    save_png(mask_to_pil(pred, getattr(dataset, "palette", None)), folder / f"{stem}.png")
 
 
 def eval_report(
