@@ -177,7 +177,7 @@ def test_synthetic_is_deterministic_and_split_dependent():
     image, mask = a[0]
     assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
     assert set(mask.unique().tolist()) <= {*range(a.num_classes), 255}
-    assert a.num_classes == len(a.class_names) == len(a.palette) >= 7
+    assert a.num_classes == len(a.class_names) == len(a.palette) >= 6
 
 
 def test_unknown_kind_suggests_closest():

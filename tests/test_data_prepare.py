@@ -197,3 +197,17 @@ def test_voc_archive_without_out_unpacks_next_to_it(tmp_path):
     summary = prepare_voc_aug(sbd, archive)
     assert Path(summary["root"]).is_relative_to(tmp_path / "my_voc_extracted")
     assert len(build_dataset("voc-aug", summary["root"], split="train")) == 4
+
+
+def test_cli_prepare_voc_aug_and_context(tmp_path, capsys):
+    from sanet.cli import main
+
+    sbd, voc = _voc_sbd(tmp_path / "a")
+    assert main(["prepare", "voc-aug", "--sbd", str(sbd), "--voc", str(voc)]) == 0
+    assert "train_aug=4" in capsys.readouterr().out
+    ctx, voc2010 = _context(tmp_path / "b")
+    args = ["prepare", "pascal-context", "--context", str(ctx), "--voc2010", str(voc2010)]
+    assert main(args) == 0
+    assert "train=2" in capsys.readouterr().out
+    assert main(["prepare", "voc-aug", "--sbd", str(tmp_path / "nope"), "--voc", str(voc)]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -15,6 +15,8 @@ from sanet.data.synthetic import (
     scene_rng,
 )
 
+K = len(SYNTHETIC_CLASSES)
+
 
 def _scenes(n: int, size: int = 96, seed: int = 0, split: str = "train"):
     return [make_scene(size, scene_rng(seed, split, i)) for i in range(n)]
@@ -29,7 +31,7 @@ def test_same_seed_same_scene_and_independent_indices():
 
 
 def test_classes_shapes_and_textures_are_distinct():
-    assert len(SYNTHETIC_CLASSES) >= 7 and SYNTHETIC_CLASSES[0] == "background"
+    assert len(SYNTHETIC_CLASSES) >= 6 and SYNTHETIC_CLASSES[0] == "background"
     shapes = [s for s, _ in CLASS_STYLE.values()]
     textures = [t for _, t in CLASS_STYLE.values()]
     assert len(set(shapes)) == len(shapes) == len(SYNTHETIC_CLASSES) - 1
@@ -46,7 +48,7 @@ def test_scene_contents():
         assert values <= {*range(len(SYNTHETIC_CLASSES)), 255}
         assert 255 in values and 0 in values  # ignore borders and background in every scene
         seen |= values
-        objects = sum(ndimage.label(mask == k)[1] > 0 for k in range(1, 8))
+        objects = sum(ndimage.label(mask == k)[1] > 0 for k in range(1, K))
         assert objects >= 1
         ignore = (mask == 255).mean()
         assert 0.005 < ignore < 0.25  # "some" ignore: a band on borders, not whole regions
@@ -56,7 +58,7 @@ def test_scene_contents():
 def test_objects_vary_in_scale_and_occlude():
     sizes, multi = [], 0
     for _, mask in _scenes(40):
-        counts = [(mask == k).sum() for k in range(1, 8) if (mask == k).any()]
+        counts = [(mask == k).sum() for k in range(1, K) if (mask == k).any()]
         sizes += counts
         multi += len(counts) >= 2
     assert max(sizes) > 8 * min(sizes)  # different scales
@@ -64,19 +66,19 @@ def test_objects_vary_in_scale_and_occlude():
 
 
 def test_colour_alone_does_not_tell_the_class():
-    """A nearest-mean-colour classifier on object pixels stays near chance (1/7)."""
+    """A nearest-mean-colour classifier on object pixels stays near chance (1/6)."""
     train, test = _scenes(40, seed=0), _scenes(20, seed=1)
 
     def pixels(scenes):
         xs, ys = [], []
         for image, mask in scenes:
-            keep = (mask >= 1) & (mask <= 7)
+            keep = (mask >= 1) & (mask < K)
             xs.append(image[keep].astype(np.float64))
             ys.append(mask[keep])
         return np.concatenate(xs), np.concatenate(ys)
 
     x, y = pixels(train)
-    means = np.stack([x[y == k].mean(0) for k in range(1, 8)])
+    means = np.stack([x[y == k].mean(0) for k in range(1, K)])
     xt, yt = pixels(test)
     pred = 1 + np.argmin(((xt[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
     assert (pred == yt).mean() < 0.3
