@@ -75,7 +75,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--ms-flip", action="store_true", help="the paper's multi-scale + flip")
     p.add_argument("--scales", help="comma-separated scales for --ms-flip (0.5,...,1.75)")
-    p.add_argument("--base-size", type=int, help="long side at scale 1 for --ms-flip (520)")
+    p.add_argument(
+        "--base-size", type=int,
+        help="long side at scale 1: --ms-flip default 520 (or the run's data.base_size); "
+        "without --ms-flip, resize to it instead of predicting at native size",
+    )  # fmt: skip
     p.add_argument("--crop-size", type=int, help="sliding-window size (480)")
     p.add_argument("--stride", type=int, help="sliding-window stride (320)")
     p.add_argument("--window-batch", type=int, default=4, help="windows per forward pass")
@@ -127,9 +131,10 @@ def protocol_from_args(args: argparse.Namespace) -> Any:
         crop_size=int(crop), stride=int(stride), window_batch=args.window_batch, amp=args.amp
     )
     if not args.ms_flip:
-        if args.scales or args.base_size:
-            raise ValueError("--scales and --base-size apply to --ms-flip; add --ms-flip.")
-        return EvalProtocol(**common)
+        if args.scales:
+            raise ValueError("--scales applies to --ms-flip; add --ms-flip.")
+        # single scale: native size, or the long side resized to --base-size (large photos)
+        return EvalProtocol(base_size=args.base_size, **common)
     # A run's eval.scales count only when they are multi-scale: its default [1.0] is the
     # single-scale validation protocol used during training, not what --ms-flip asks for.
     run_scales = tuple(ev.get("scales") or ())
@@ -356,7 +361,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 save_png(pic, overlay_path)
             bar.advance(task)
     Console().print(
-        f"Wrote {len(plan)} masks to {args.out}" + (" (+ overlays)" if args.overlay else "")
+        f"Wrote {len(plan)} mask{'s' if len(plan) != 1 else ''} to {args.out}"
+        + (" (+ overlays)" if args.overlay else "")
     )
     return 0
 
