@@ -81,6 +81,12 @@ def test_voc_aug_without_list_says_run_prepare(tmp_path):
         build_dataset("voc-aug", tmp_path, split="train")
 
 
+def test_voc_aug_without_aug_or_sbd_explains(tmp_path):
+    _voc_root(tmp_path)  # plain VOC: neither SegmentationClassAug nor SBD
+    with pytest.raises(FileNotFoundError, match="no VOC2012 \\+ SBD pair"):
+        build_dataset("voc-aug", tmp_path, split="train")
+
+
 def test_pascal_context_maps_background_to_255_and_shifts(tmp_path):
     base = tmp_path / "VOCdevkit" / "VOC2010"
     _jpg(base / "JPEGImages" / "2008_000002.jpg", 3, 5)

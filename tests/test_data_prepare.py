@@ -211,3 +211,13 @@ def test_cli_prepare_voc_aug_and_context(tmp_path, capsys):
     assert "train=2" in capsys.readouterr().out
     assert main(["prepare", "voc-aug", "--sbd", str(tmp_path / "nope"), "--voc", str(voc)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_voc_aug_reads_sbd_mat_directly(tmp_path):
+    _voc_sbd(tmp_path)  # VOCdevkit/VOC2012 and benchmark_RELEASE/dataset side by side
+    ds = build_dataset("voc-aug", tmp_path, split="train")
+    assert [Path(ds.files(i)[0]).stem for i in range(len(ds))] == ["a", "b", "e", "f"]
+    assert ds.files(2)[1].endswith("cls/e.mat") and ds.files(0)[1].endswith("a.png")
+    assert ds[2][1].tolist() == [[20, 0, 3, 7]] * 3  # the .mat values, exactly
+    assert ds[0][1][0].tolist() == [0, 1, 255, 15]
+    assert len(build_dataset("voc-aug", tmp_path, split="val")) == 2

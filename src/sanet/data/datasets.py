@@ -227,19 +227,30 @@ def build_voc(root: str | os.PathLike, split: str = "train", **kw) -> Segmentati
     )
 
 
-def build_voc_aug(root: str | os.PathLike, split: str = "train", **kw) -> SegmentationDataset:
-    """VOC 2012 + SBD: ``SegmentationClassAug`` PNGs and ``train_aug.txt`` (sanet prepare voc-aug).
+_VOC_DIRS = ["", "VOC2012", "VOCdevkit/VOC2012"]
+_SBD_DIRS = ["benchmark_RELEASE/dataset", "SBD/dataset", "SBD", "dataset", ""]
 
-    ``train`` (= ``train_aug``) is the standard 10,582-image list; ``val`` is VOC's 1,449.
+
+def build_voc_aug(root: str | os.PathLike, split: str = "train", **kw) -> SegmentationDataset:
+    """VOC 2012 + SBD; ``train`` (= ``train_aug``) is the standard 10,582-image list, ``val``
+    VOC's 1,449.
+
+    Reads ``SegmentationClassAug`` PNGs + ``train_aug.txt`` (``sanet prepare voc-aug``) when
+    present; otherwise, when ``root`` holds both VOC2012 and SBD's ``benchmark_RELEASE/dataset``,
+    the SBD ``cls/*.mat`` files directly (VOC's own masks where VOC has them).
     """
-    base = find_root(root, ["", "VOC2012", "VOCdevkit/VOC2012"], "SegmentationClassAug", "voc-aug")
-    list_name = {"train": "train_aug", "trainval": "trainval_aug"}.get(split, split)
-    stems = read_split_list(
-        base / "ImageSets/Segmentation" / f"{list_name}.txt",
-        "voc-aug",
-        "run `sanet prepare voc-aug --sbd SBD --voc VOC2012` to write it",
-    )
-    pairs = _split_pairs(base, stems, "JPEGImages", "SegmentationClassAug", ".jpg", "voc-aug")
+    try:
+        base = find_root(root, _VOC_DIRS, "SegmentationClassAug", "voc-aug")
+    except FileNotFoundError:
+        pairs = _voc_aug_from_sbd(Path(root).expanduser(), split)
+    else:
+        list_name = {"train": "train_aug", "trainval": "trainval_aug"}.get(split, split)
+        stems = read_split_list(
+            base / "ImageSets/Segmentation" / f"{list_name}.txt",
+            "voc-aug",
+            "run `sanet prepare voc-aug --sbd SBD --voc VOC2012` to write it",
+        )
+        pairs = _split_pairs(base, stems, "JPEGImages", "SegmentationClassAug", ".jpg", "voc-aug")
     return SegmentationDataset(
         pairs,
         class_names=C.VOC_CLASSES,
@@ -247,6 +258,43 @@ def build_voc_aug(root: str | os.PathLike, split: str = "train", **kw) -> Segmen
         name=f"voc-aug:{split}",
         **kw,
     )
+
+
+def _voc_aug_from_sbd(root: Path, split: str) -> list[tuple[str, str]]:
+    """(image, mask) pairs of the train_aug / val lists straight from VOC2012 + SBD folders."""
+    from sanet.data.prepare import train_aug_ids
+
+    fix = (
+        "run `sanet prepare voc-aug --sbd SBD --voc VOC2012`, or put VOCdevkit/VOC2012 and "
+        "benchmark_RELEASE/dataset under one root"
+    )
+    voc = next((root / d for d in _VOC_DIRS if (root / d / "SegmentationClass").is_dir()), None)
+    sbd = next((root / d for d in _SBD_DIRS if (root / d / "cls").is_dir()), None)
+    if voc is None or sbd is None:
+        raise FileNotFoundError(
+            f"voc-aug: no SegmentationClassAug under {root}, and no VOC2012 + SBD pair to read "
+            f"the .mat files from. Fix: {fix}."
+        )
+    lists = voc / "ImageSets/Segmentation"
+    voc_val = read_split_list(lists / "val.txt", "voc-aug", fix)
+    if split in ("train", "train_aug"):
+        stems = train_aug_ids(
+            read_split_list(sbd / "train.txt", "voc-aug", fix),
+            read_split_list(sbd / "val.txt", "voc-aug", fix),
+            read_split_list(lists / "train.txt", "voc-aug", fix),
+            voc_val,
+        )
+    elif split == "val":
+        stems = voc_val
+    else:
+        raise ValueError(f"voc-aug: split {split!r} needs prepared lists; use train or val")
+    pairs = []
+    for s in stems:
+        png = voc / "SegmentationClass" / f"{s}.png"
+        mask = png if png.exists() else sbd / "cls" / f"{s}.mat"
+        pairs.append((str(voc / "JPEGImages" / f"{s}.jpg"), str(mask)))
+    check_pairs_exist(pairs, "voc-aug")
+    return pairs
 
 
 def build_pascal_context(
