@@ -21,7 +21,6 @@ Conventions (see docs/datasets.md, "Bad input"):
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -55,14 +54,16 @@ def _open(path: str | os.PathLike, max_pixels: int, what: str) -> Image.Image:
             "(docs/datasets.md) or run `sanet check-data`."
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # Pillow itself refuses above 2 × Image.MAX_IMAGE_PIXELS (and warns above 1 ×); our
+        # own ``max_pixels`` check below turns the rest into an error. No warnings filter is
+        # changed here: that would not be thread-safe (check-data decodes in threads).
+        im = Image.open(path)
+    except Image.DecompressionBombError as err:
         raise DataError(
             path,
             f"{what} is a possible decompression bomb ({err})",
-            "remove the file, or raise max_pixels if it really is that large",
+            "remove the file, or raise max_pixels and PIL.Image.MAX_IMAGE_PIXELS if it really "
+            "is that large",
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(
