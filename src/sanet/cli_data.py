@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
+from sanet.checkpoint import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -165,7 +167,8 @@ def _run_check(args: argparse.Namespace) -> int:
     out = args.out or Path(f"check-data-{kind}-{args.split}.json")
     report["data"] = args.data
     report["split"] = args.split
-    out.write_text(json.dumps(report, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     _print_report(console, report, args.show, Table)
     console.print(f"report: {out}")
     return 1 if report["errors"] else 0

@@ -41,6 +41,7 @@ class DataConfig:
     val_split: str = "val"
     base_size: int = 520
     crop_size: int = 480
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # long side × base_size
     num_workers: int = 4
     options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset keyword arguments
 

@@ -69,7 +69,7 @@ def prediction_panel(model: Any, dataset: Any, palette: list, path: Path, rows: 
         pred = model(x[None])["out"].argmax(1)[0]
         for ax, img, title in zip(
             axes[r], (image.permute(1, 2, 0).numpy(), colorize(mask, palette), colorize(pred, palette)),
-            ("input", "ground truth", "SANet"), strict=True,
+            ("input", "ground truth", f"prediction ({model.name})"), strict=True,
         ):  # fmt: skip
             ax.imshow(img)
             ax.set_title(title if r == 0 else "")

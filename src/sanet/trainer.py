@@ -154,7 +154,9 @@ def make_loaders(cfg: Config, train_set: Any, val_set: Any, dist_: Dist, micro_b
 
     d, t = cfg.data, cfg.train
     train_aug = engine.SeededAugmentation(
-        train_set, train_transforms(base_size=d.base_size, crop_size=d.crop_size), seed=t.seed
+        train_set,
+        train_transforms(d.base_size, d.crop_size, scale_range=tuple(d.scale_range)),
+        seed=t.seed,
     )
     val_aug = engine.SeededAugmentation(val_set, eval_transforms(), seed=t.seed)
     sampler = engine.ResumableSampler(len(train_set), t.seed, True, dist_.rank, dist_.world_size)
