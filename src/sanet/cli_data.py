@@ -137,14 +137,6 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 def _run_check(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
     from rich.table import Table
 
     from sanet.data import build_dataset, parse_data_spec
@@ -153,11 +145,9 @@ def _run_check(args: argparse.Namespace) -> int:
     kind, path = parse_data_spec(args.data)
     ds = build_dataset(kind, path, split=args.split)
     console = Console(emoji=False)  # "voc:train:" must not become an emoji
-    columns = (
-        TextColumn("[bold]check-data"), BarColumn(), MofNCompleteColumn(), _rate_column(),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, console=console) as bar:
+    from sanet.progress import progress_bar
+
+    with progress_bar(unit="pairs", console=console) as bar:
         task = bar.add_task(ds.name, total=len(ds))
         report = check_dataset(
             ds,
@@ -172,18 +162,6 @@ def _run_check(args: argparse.Namespace) -> int:
     _print_report(console, report, args.show, Table)
     console.print(f"report: {out}")
     return 1 if report["errors"] else 0
-
-
-def _rate_column():
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.1f} pairs/s" if speed else "? pairs/s")
-
-    return RateColumn()
 
 
 def _print_report(console, report: dict, show: int, Table) -> None:

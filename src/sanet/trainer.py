@@ -442,14 +442,10 @@ def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
 
 
 def _progress(enabled: bool) -> Any:
-    from rich import progress as p
+    from sanet.progress import progress_bar
 
-    return p.Progress(
-        p.TextColumn("[bold]{task.description}"), p.BarColumn(), p.MofNCompleteColumn(),
-        p.TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.1f} img/s"),
-        p.TimeElapsedColumn(), p.TextColumn("ETA"), p.TimeRemainingColumn(),
-        disable=not enabled,
-    )  # fmt: skip
+    fields = "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.1f} img/s"
+    return progress_bar(fields, unit="step", enabled=enabled)
 
 
 def _show_validation(result: dict[str, Any], class_names: list[str], entry: dict[str, Any]) -> None:

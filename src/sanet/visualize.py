@@ -26,17 +26,9 @@ IGNORE_COLOR = (255, 255, 255)  # how ignore (255) pixels are drawn in colour im
 
 def default_palette(num_colors: int = 256) -> list[tuple[int, int, int]]:
     """The PASCAL VOC bit-interleaved colour map (class 0 black), extended to ``num_colors``."""
-    palette = []
-    for k in range(num_colors):
-        r = g = b = 0
-        c = k
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
+    from sanet.data.classes import voc_palette
+
+    return voc_palette(num_colors)
 
 
 def _full_palette(palette: Sequence[Sequence[int]] | None) -> list[tuple[int, int, int]]:

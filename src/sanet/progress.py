@@ -1,0 +1,22 @@
+"""One look for every progress bar: description, bar, done/total, rate, elapsed and ETA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def progress_bar(*extra: Any, unit: str = "it", enabled: bool = True, console: Any = None) -> Any:
+    """A ``rich.progress.Progress`` with the shared columns; ``extra`` columns (text templates
+    or column objects) go between the rate and the clock."""
+    from rich import progress as p
+    from rich.text import Text
+
+    class RateColumn(p.ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} {unit}/s" if speed else f"? {unit}/s")
+
+    columns = [p.TextColumn("[bold]{task.description}"), p.BarColumn(), p.MofNCompleteColumn(),
+               RateColumn(), *(p.TextColumn(c) if isinstance(c, str) else c for c in extra),
+               p.TimeElapsedColumn(), p.TextColumn("ETA"), p.TimeRemainingColumn()]  # fmt: skip
+    return p.Progress(*columns, console=console, disable=not enabled)
