@@ -155,3 +155,11 @@ def test_backbone_file_for_another_architecture_is_rejected(tmp_path: Path) -> N
         Backbone(TINY_BACKBONE, pretrained=path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Backbone(TINY_BACKBONE, pretrained=tmp_path / "missing.pth")
+
+
+def test_efficientnet_b7_preset_builds_and_runs() -> None:
+    model = sanet.build_model("sanet", backbone="tf_efficientnet_b7", num_classes=K).eval()
+    assert model.backbone.channels == [48, 80, 224, 640]
+    assert model.backbone.reductions == [4, 8, 8, 8]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 65, 97))["out"].shape == (1, K, 65, 97)
