@@ -12,11 +12,15 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 
 def test_overrides_are_typed() -> None:
-    cfg = load_config(None, ["train.lr=0.01", "train.epochs=3", "eval.scales=[0.5, 1]", "train.amp=bf16"])
+    cfg = load_config(
+        None, ["train.lr=0.01", "train.epochs=3", "eval.scales=[0.5, 1]", "train.amp=bf16"]
+    )
     assert cfg.train.lr == 0.01 and cfg.train.epochs == 3 and cfg.train.amp == "bf16"
     assert cfg.eval.scales == [0.5, 1.0] and all(isinstance(s, float) for s in cfg.eval.scales)
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0  # int accepted for a float
-    assert load_config(None, ["model.pretrained_backbone=w.pth"]).model.pretrained_backbone == "w.pth"
+    assert (
+        load_config(None, ["model.pretrained_backbone=w.pth"]).model.pretrained_backbone == "w.pth"
+    )
 
 
 @pytest.mark.parametrize(
