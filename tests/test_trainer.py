@@ -133,3 +133,34 @@ def test_tiny_sanet_learns_the_synthetic_scenes(tmp_path: Path) -> None:
     chance = chance.compute()
     assert result["pixAcc"] > chance["pixAcc"] + 0.02
     assert result["mIoU"] > chance["mIoU"] + 0.04, (result, chance["mIoU"])
+
+
+def test_sigterm_through_the_cli_saves_and_resumes(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    run, config = tmp_path / "run", tmp_path / "tiny.yaml"
+    config.write_text("model:\n  name: sanet\n")
+    cmd = [sys.executable, "-m", "sanet.cli", "train", str(config), "--out", str(run), "--set",
+           *TINY, "train.epochs=4", "train.log_every=1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = run / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and log.read_text().count('"kind": "train"') >= 2:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Stopped by SIGTERM" in stderr and "--resume" in stderr
+    stopped_at = safe_torch_load(run / "checkpoints/last.pt")["state"]["global_step"]
+    assert 2 <= stopped_at < 12
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == list(range(1, 13))  # every step logged once: none lost, none twice
+    assert os.path.isfile(run / "model/model.safetensors")
