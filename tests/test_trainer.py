@@ -164,3 +164,14 @@ def test_sigterm_through_the_cli_saves_and_resumes(tmp_path: Path) -> None:
     train_steps = [r["step"] for r in records if r["kind"] == "train"]
     assert train_steps == list(range(1, 13))  # every step logged once: none lost, none twice
     assert os.path.isfile(run / "model/model.safetensors")
+
+
+def test_resume_refuses_a_different_model_or_data(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _trainer(run, "train.epochs=1").fit()
+    config_before = (run / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"model.backbone: 'resnet18d' -> 'resnet10t'"):
+        _trainer(run, "model.backbone=resnet10t", resume=True)
+    assert (run / "config.yaml").read_text() == config_before  # nothing rewritten
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _trainer(tmp_path / "empty", resume=True)

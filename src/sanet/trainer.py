@@ -206,6 +206,9 @@ class Trainer:
         self._build_model()
         self.state = RunState()
         self.log = None
+        last = self.run_dir / "checkpoints/last.pt"
+        if resume:
+            _check_resume_config(cfg, last)  # before anything in the run directory is rewritten
         if self.dist.is_main:
             from sanet.runlog import RunLog
 
@@ -213,7 +216,7 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
             self.log = RunLog(self.run_dir)
         if resume:
-            self.resume(self.run_dir / "checkpoints/last.pt")
+            self.resume(last)
 
     def _build_model(self) -> None:
         cfg, t = self.cfg, self.cfg.train
@@ -269,11 +272,6 @@ class Trainer:
         return path
 
     def resume(self, path: Path) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"--resume: {str(path)!r} does not exist. Resume needs the run directory of an "
-                "earlier `sanet train` (with --out DIR) that saved checkpoints/last.pt."
-            )
         ckpt = safe_torch_load(path, self.device)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -430,6 +428,25 @@ class Trainer:
                 self.model.save_pretrained(self.run_dir / "model", metadata=self.metadata)
                 _plot_validation(result, cm, self.metadata["class_names"], self.run_dir / "plots")
         return result
+
+
+def _check_resume_config(cfg: Config, last: Path) -> None:
+    """A resumed run must train the same model on the same data with the same loss."""
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"--resume: {str(last)!r} does not exist. Resume needs the run directory of an "
+            "earlier `sanet train` (with --out DIR) that saved checkpoints/last.pt."
+        )
+    saved, now = safe_torch_load(last)["config"], cfg.to_dict()
+    changed = [f"{sec}.{key}: {saved[sec].get(key)!r} -> {value!r}"
+               for sec in ("model", "loss", "data") for key, value in now[sec].items()
+               if saved[sec].get(key) != value]  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"--resume: the config differs from the run's in {', '.join(changed)}. Resume with "
+            f"the run's own config: sanet train {last.parents[1] / 'config.yaml'} --out "
+            f"{last.parents[1]} --resume (train.* keys such as epochs may change)."
+        )
 
 
 def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
