@@ -175,3 +175,10 @@ def test_resume_refuses_a_different_model_or_data(tmp_path: Path) -> None:
     assert (run / "config.yaml").read_text() == config_before  # nothing rewritten
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _trainer(tmp_path / "empty", resume=True)
+
+
+def test_worker_count_does_not_change_the_result(tmp_path: Path) -> None:
+    _trainer(tmp_path / "w0", "train.epochs=1").fit()
+    _trainer(tmp_path / "w2", "train.epochs=1", "data.num_workers=2").fit()
+    w0, w2 = _weights(tmp_path / "w0"), _weights(tmp_path / "w2")
+    assert all(torch.equal(w0[k], w2[k]) for k in w0)
