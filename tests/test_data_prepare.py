@@ -221,3 +221,11 @@ def test_voc_aug_reads_sbd_mat_directly(tmp_path):
     assert ds[2][1].tolist() == [[20, 0, 3, 7]] * 3  # the .mat values, exactly
     assert ds[0][1][0].tolist() == [0, 1, 255, 15]
     assert len(build_dataset("voc-aug", tmp_path, split="val")) == 2
+
+
+def test_prepare_synthetic_refuses_a_folder_with_old_scenes(tmp_path) -> None:
+    prepare_synthetic(tmp_path / "s", num_train=2, num_val=1, size=48)
+    before = sorted(p.name for p in (tmp_path / "s/images/train").iterdir())
+    with pytest.raises(FileExistsError, match="already holds images"):
+        prepare_synthetic(tmp_path / "s", num_train=1, num_val=1, size=48)
+    assert sorted(p.name for p in (tmp_path / "s/images/train").iterdir()) == before

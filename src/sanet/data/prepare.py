@@ -398,6 +398,12 @@ def prepare_synthetic(
         f"{n} {r} {g} {b}"
         for n, (r, g, b) in zip(SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, strict=True)
     ]
+    stale = [d for d in (out / "images", out / "masks") if d.is_dir() and any(d.rglob("*.*"))]
+    if stale:  # old scenes left beside new ones would silently join the dataset
+        raise FileExistsError(
+            f"{str(out)!r} already holds images or masks ({stale[0]}). Choose an empty --out, "
+            "or delete that folder first; nothing was written."
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("\n".join(lines) + "\n")
     for split, n in (("train", num_train), ("val", num_val)):
