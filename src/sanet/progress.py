@@ -16,7 +16,7 @@ def progress_bar(*extra: Any, unit: str = "it", enabled: bool = True, console: A
             speed = task.finished_speed or task.speed
             return Text(f"{speed:.1f} {unit}/s" if speed else f"? {unit}/s")
 
-    columns = [p.TextColumn("[bold]{task.description}"), p.BarColumn(), p.MofNCompleteColumn(),
-               RateColumn(), *(p.TextColumn(c) if isinstance(c, str) else c for c in extra),
+    columns = [p.TextColumn("[bold]{task.description}"), p.BarColumn(bar_width=12), p.MofNCompleteColumn(),
+               *([RateColumn()] if unit else []), *(p.TextColumn(c) if isinstance(c, str) else c for c in extra),
                p.TimeElapsedColumn(), p.TextColumn("ETA"), p.TimeRemainingColumn()]  # fmt: skip
     return p.Progress(*columns, console=console, disable=not enabled)

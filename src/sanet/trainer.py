@@ -461,8 +461,8 @@ def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
 def _progress(enabled: bool) -> Any:
     from sanet.progress import progress_bar
 
-    fields = "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.1f} img/s"
-    return progress_bar(fields, unit="step", enabled=enabled)
+    fields = "loss {task.fields[loss]:.3f} lr {task.fields[lr]:.1e} {task.fields[ips]:.1f} img/s"
+    return progress_bar(fields, unit=None, enabled=enabled)
 
 
 def _show_validation(result: dict[str, Any], class_names: list[str], entry: dict[str, Any]) -> None:
