@@ -7,17 +7,12 @@ and ``best.pt`` (resumable state), ``model/`` (best weights, ``save_pretrained``
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import random
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -28,6 +23,14 @@ from sanet.checkpoint import atomic_torch_save, safe_torch_load
 from sanet.config import Config, save_config
 from sanet.losses import SANetLoss
 from sanet.models import build_model
+from sanet.runtime import (
+    Dist,
+    StopFlag,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,93 +52,6 @@ class RunState:
     global_step: int = 0  # optimiser steps done in total
     best_miou: float = -1.0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the ``torchrun`` process group when launched by it (``WORLD_SIZE`` > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank if world > 1 else (device.index or 0))
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return d, device
-
-
-class _StopFlag:
-    """Records SIGINT/SIGTERM so the loop can finish its step, save and exit cleanly."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # not the main thread (e.g. a notebook worker): no handler, Ctrl-C works as usual
-            with contextlib.suppress(ValueError):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        logger.warning(
-            "%s received: finishing this step, then saving checkpoints/last.pt", self.signal
-        )
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-        "numpy_pos": int(np.random.get_state()[2]),
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(
-        ("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0)
-    )
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([c.cpu() for c in state["cuda"]])
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
 
 
 def build_data(cfg: Config) -> tuple[Any, Any]:
@@ -291,7 +207,7 @@ class Trainer:
         """Train to the end (or ``max_steps``); returns the final summary."""
         t, s = self.cfg.train, self.state
         progress = _progress(self.dist.is_main)
-        with _StopFlag() as stop, progress:
+        with StopFlag() as stop, progress:
             task = progress.add_task("train", total=self.total_steps, completed=s.global_step,
                                      loss=float("nan"), lr=self.scheduler.get_last_lr()[0], ips=0.0)  # fmt: skip
             while s.global_step < self.total_steps:
@@ -317,7 +233,7 @@ class Trainer:
         return {"run_dir": str(self.run_dir), "steps": s.global_step, "best_mIoU": s.best_miou,
                 "history": s.history}  # fmt: skip
 
-    def _train_epoch(self, stop: _StopFlag, progress: Any, task: Any) -> bool:
+    def _train_epoch(self, stop: StopFlag, progress: Any, task: Any) -> bool:
         """Steps until the epoch ends, ``max_steps`` is reached or a signal asks to stop.
 
         Returns True when the epoch's data is exhausted."""
@@ -359,7 +275,7 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, masks.to(self.device, non_blocking=True)
 
-    def _should_stop(self, stop: _StopFlag) -> bool:
+    def _should_stop(self, stop: StopFlag) -> bool:
         if self.dist.world_size == 1:
             return stop.signal is not None
         if self.state.global_step % self.cfg.train.log_every:
