@@ -15,7 +15,7 @@ from sanet import __version__
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
 # ``func`` on its parsers via ``set_defaults(func=...)``.
-_COMMAND_MODULES = ("sanet.cli_train", "sanet.cli_data", "sanet.cli_eval")
+_COMMAND_MODULES = ("sanet.cli_train", "sanet.cli_data", "sanet.cli_eval", "sanet.cli_figures")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,141 @@
+"""`sanet explain`, `sanet figure5` and `sanet sweep`: the paper's Fig. 6, Fig. 5 and Fig. 4."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sanet.cli_eval import (
+    _check_classes,
+    _common,
+    _dataset,
+    _device,
+    _parse_floats,
+    protocol_from_args,
+)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the figure subcommands on the `sanet` parser."""
+    p = sub.add_parser("explain", help="SA attention maps of head 1 and 4 at a pixel (Fig. 6)")
+    p.add_argument("--checkpoint", required=True, help="run dir, .pt or save_pretrained folder")
+    p.add_argument("image", type=Path)
+    p.add_argument("--point", required=True, metavar="X,Y", help="pixel column,row")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.png")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "figure5", help="rows of input / ground truth / baseline / SANet panels (Fig. 5)"
+    )
+    _common(p)
+    p.add_argument("--baseline", required=True, help="the baseline (FCN) checkpoint")
+    p.add_argument("--data", required=True, metavar="KIND:PATH")
+    p.add_argument("--split", default="val")
+    p.add_argument("--indices", default="0,1,2,3", help="comma-separated image indices")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.png")
+    p.set_defaults(func=cmd_figure5)
+
+    p = sub.add_parser("sweep", help="train an α/β grid of loss weights, draw mIoU (Fig. 4)")
+    p.add_argument("config", nargs="?", help="training recipe YAML (default: the demo recipe)")
+    p.add_argument("--alphas", default="0.2,0.4,0.6,0.8,1.0", help="L_cat weights α")
+    p.add_argument("--betas", default="0.2,0.4,0.6,0.8,1.0", help="L_dense weights β")
+    p.add_argument("--out", type=Path, required=True, help="runs, sweep.json and fig4.png")
+    p.add_argument(
+        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="config overrides applied to every run, e.g. --set train.epochs=4",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_sweep)
+
+
+# ---------------------------------------------------------------------------------------------
+# sanet explain (Fig. 6) and sanet figure5
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_point(text: str) -> tuple[int, int]:
+    try:
+        x, y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--point must be X,Y in pixels (column,row), got {text!r}.") from None
+    return x, y
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from sanet.checkpoint import load_model
+    from sanet.figures import attention_maps, plot_attention_maps
+    from sanet.inference import image_to_tensor, normalize
+
+    point = _parse_point(args.point)
+    device = _device(args.device)
+    model, _ = load_model(args.checkpoint, map_location="cpu")
+    model = model.to(device).eval()
+    image = image_to_tensor(args.image)
+    maps = attention_maps(model, normalize(image, device), point)
+    plot_attention_maps(image, maps, point, args.out)
+    print(f"Wrote {args.out}")
+    return 0
+
+
+def cmd_figure5(args: argparse.Namespace) -> int:
+    from sanet.figures import plot_figure5
+    from sanet.inference import Predictor
+
+    protocol = protocol_from_args(args)
+    device = _device(args.device)
+    dataset = _dataset(args.data, args.split)
+    indices = [int(v) for v in _parse_floats(args.indices, "--indices")]
+    if not indices or any(not 0 <= i < len(dataset) for i in indices):
+        raise ValueError(f"--indices must lie in 0..{len(dataset) - 1}, got {args.indices!r}.")
+    sanet_p = Predictor(args.checkpoint, device=device, protocol=protocol)
+    base_p = Predictor(args.baseline, device=device, protocol=protocol)
+    for name, p in (("--checkpoint", sanet_p), ("--baseline", base_p)):
+        _check_classes(p.model, dataset, f"{name} {getattr(args, name[2:])}")
+    images, targets, base, ours = [], [], [], []
+    for i in indices:
+        image, mask = dataset[i]
+        images.append(image)
+        targets.append(mask.numpy())
+        base.append(base_p.predict(image))
+        ours.append(sanet_p.predict(image))
+    plot_figure5(images, targets, base, ours, args.out, palette=dataset.palette)
+    print(f"Wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# sanet sweep (Fig. 4)
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from sanet.config import load_config
+    from sanet.figures import sweep_loss_weights
+
+    alphas = _parse_floats(args.alphas, "--alphas")
+    betas = _parse_floats(args.betas, "--betas")
+    if not alphas or not betas:
+        raise ValueError("--alphas and --betas need at least one value each, e.g. 0.2,0.4.")
+    if args.config is None:
+        from sanet.cli_train import demo_config_path
+
+        args.config = demo_config_path()
+    load_config(args.config, args.overrides)  # fail on a bad recipe before the first run
+
+    def train_one(alpha: float, beta: float, run_dir: Path) -> float:
+        from sanet.trainer import Trainer
+
+        overrides = [*args.overrides, f"loss.alpha={alpha}", f"loss.beta={beta}"]
+        cfg = load_config(args.config, overrides)
+        resume = (run_dir / "checkpoints" / "last.pt").is_file()  # an interrupted cell resumes
+        return float(Trainer(cfg, run_dir, resume=resume).fit()["best_mIoU"])
+
+    grid = sweep_loss_weights(alphas, betas, train_one, args.out)
+    i, j = divmod(int(grid.argmax()), grid.shape[1])
+    Console().print(
+        f"Best mIoU {grid[i, j]:.4f} at α={alphas[i]:g}, β={betas[j]:g}. "
+        f"Wrote {args.out / 'fig4.png'} and {args.out / 'sweep.json'}."
+    )
+    return 0
