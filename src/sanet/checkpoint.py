@@ -76,8 +76,8 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[Any, dict[s
     Returns:
         ``(model in eval mode, metadata)``; metadata holds e.g. ``class_names`` when known.
     """
-    from sanet.models import SegmentationModel, build_model
-    from sanet.models.sanet import CONFIG_NAME, read_pretrained_config
+    from sanet.models import SegmentationModel
+    from sanet.models.sanet import CONFIG_NAME, build_from_config, read_pretrained_config
 
     path = Path(path)
     if path.is_dir():
@@ -101,9 +101,6 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[Any, dict[s
             f"{str(path)!r} is not a sanet training checkpoint (expected keys 'model' and "
             "'model_config'). Pass a run directory, RUN/checkpoints/*.pt or a save_pretrained folder."
         )
-    config = dict(ckpt["model_config"])
-    name = config.pop("name")
-    config.pop("metadata", None)
-    model = build_model(name, pretrained_backbone=False, **config)
+    model = build_from_config(ckpt["model_config"])
     model.load_state_dict(ckpt["model"], strict=True)
     return model.eval(), dict(ckpt.get("metadata", {}))

@@ -78,15 +78,10 @@ class SegmentationModel(nn.Module):
         """Rebuild a model saved by :meth:`save_pretrained`; outputs are bit-identical."""
         from safetensors.torch import load_file
 
-        from sanet.models import build_model
-
-        config = read_pretrained_config(directory)
-        name = config.pop("name")
-        config.pop("metadata", None)
-        model = build_model(name, pretrained_backbone=False, **config)
+        model = build_from_config(read_pretrained_config(directory))
         if not isinstance(model, cls):
             raise TypeError(
-                f"{str(directory)!r} holds a {name!r} model, not a {cls.__name__}. "
+                f"{str(directory)!r} holds a {model.name!r} model, not a {cls.__name__}. "
                 "Load it with sanet.models.SegmentationModel.from_pretrained."
             )
         state = load_file(str(Path(directory) / WEIGHTS_NAME), device=map_location)
@@ -159,6 +154,15 @@ class FCN(SegmentationModel):
         self.config = dict(
             num_classes=num_classes, backbone=backbone, output_stride=output_stride, dropout=dropout
         )
+
+
+def build_from_config(config: dict[str, Any]) -> SegmentationModel:
+    """An untrained model from stored constructor arguments (``{"name": ..., **config}``);
+    ``metadata`` is ignored and no backbone weights are downloaded."""
+    from sanet.models import build_model
+
+    config = {k: v for k, v in config.items() if k != "metadata"}
+    return build_model(config.pop("name"), pretrained_backbone=False, **config)
 
 
 def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
