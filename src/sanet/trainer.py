@@ -123,16 +123,15 @@ class Trainer:
         self.state = RunState()
         self.log = None
         last = self.run_dir / "checkpoints/last.pt"
-        if resume:
-            _check_resume_config(cfg, last)  # before anything in the run directory is rewritten
+        ckpt = _read_resume_checkpoint(cfg, last, self.device) if resume else None
         if self.dist.is_main:
             from sanet.runlog import RunLog
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             self.log = RunLog(self.run_dir)
-        if resume:
-            self.resume(last)
+        if ckpt is not None:
+            self.resume(ckpt, last)
 
     def _build_model(self) -> None:
         cfg, t = self.cfg, self.cfg.train
@@ -187,8 +186,8 @@ class Trainer:
         atomic_torch_save(self.checkpoint(), path)
         return path
 
-    def resume(self, path: Path) -> None:
-        ckpt = safe_torch_load(path, self.device)
+    def resume(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Restore the training state of ``ckpt`` (read from ``path``)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -346,14 +345,16 @@ class Trainer:
         return result
 
 
-def _check_resume_config(cfg: Config, last: Path) -> None:
-    """A resumed run must train the same model on the same data with the same loss."""
+def _read_resume_checkpoint(cfg: Config, last: Path, device: torch.device) -> dict[str, Any]:
+    """Read ``last.pt`` once, checking (before the run directory is rewritten) that the resumed
+    run trains the same model on the same data with the same loss."""
     if not last.is_file():
         raise FileNotFoundError(
             f"--resume: {str(last)!r} does not exist. Resume needs the run directory of an "
             "earlier `sanet train` (with --out DIR) that saved checkpoints/last.pt."
         )
-    saved, now = safe_torch_load(last)["config"], cfg.to_dict()
+    ckpt = safe_torch_load(last, device)
+    saved, now = ckpt["config"], cfg.to_dict()
     changed = [f"{sec}.{key}: {saved[sec].get(key)!r} -> {value!r}"
                for sec in ("model", "loss", "data") for key, value in now[sec].items()
                if saved[sec].get(key) != value]  # fmt: skip
@@ -363,6 +364,7 @@ def _check_resume_config(cfg: Config, last: Path) -> None:
             f"the run's own config: sanet train {last.parents[1] / 'config.yaml'} --out "
             f"{last.parents[1]} --resume (train.* keys such as epochs may change)."
         )
+    return ckpt
 
 
 def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
