@@ -20,7 +20,7 @@ from sanet.config import load_config
 
 
 def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Train, evaluate and draw; returns the summary also written to ``out/metrics.json``."""
+    """Train (validating as it goes), report the best validation and draw; returns the summary also written to ``out/metrics.json``."""
     from sanet.cli_train import demo_config_path
     from sanet.trainer import Trainer
 
@@ -31,11 +31,10 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
         (out / "metrics.jsonl").unlink(missing_ok=True)
     trainer = Trainer(cfg, out)
     trainer.fit()
+    # the best validation already evaluated exactly the weights in model/: no second pass
+    result = trainer.best_result
+    assert result is not None, "fit() always validates at least once"
     model, meta = load_model(out / "model")
-    from sanet.engine import evaluate
-
-    cm = evaluate(model, trainer.val_loader, trainer.num_classes, torch.device("cpu"))
-    result = cm.compute()
     summary = {
         "model": f"{cfg.model.name}-{cfg.model.backbone}",
         "val_mIoU": result["mIoU"], "val_pixAcc": result["pixAcc"],

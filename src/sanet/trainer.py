@@ -121,6 +121,7 @@ class Trainer:
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
         self._build_model()
         self.state = RunState()
+        self.best_result: dict[str, Any] | None = None  # the metrics of model/ (this process)
         self.log = None
         last = self.run_dir / "checkpoints/last.pt"
         ckpt = _read_resume_checkpoint(cfg, last, self.device) if resume else None
@@ -331,7 +332,7 @@ class Trainer:
         s.history.append(entry)
         improved = result["mIoU"] > s.best_miou
         if improved:
-            s.best_miou = result["mIoU"]
+            s.best_miou, self.best_result = result["mIoU"], result
         if self.dist.is_main:
             assert self.log is not None
             self.log.log("val", s.global_step, epoch=s.epoch, pixAcc=result["pixAcc"],
