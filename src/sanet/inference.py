@@ -252,16 +252,7 @@ def predict_proba(
         - images: ``(N, 3, H, W)`` or ``(3, H, W)``
         - output: ``(N, K, H, W)`` (or ``(K, H, W)``) float32, summing to 1 over K.
     """
-    protocol = protocol or EvalProtocol()
-    single = images.ndim == 3
-    batch = images[None] if single else images
-    out = []
-    for image in batch:
-        maps = scale_probs(model, image, protocol, store)
-        bands = _combine(maps, tuple(image.shape[-2:]), protocol.band_rows, lambda b: b)
-        out.append(torch.cat(bands, dim=1))
-    probs = torch.stack(out)
-    return probs[0] if single else probs
+    return _predict(model, images, protocol, store, reduce=lambda band: band, dim=1)
 
 
 def predict_mask(
@@ -274,18 +265,28 @@ def predict_mask(
 
     Shape: images ``(N, 3, H, W)`` or ``(3, H, W)`` → ``(N, H, W)`` or ``(H, W)`` int64.
     """
+    return _predict(model, images, protocol, store, reduce=lambda band: band.argmax(dim=0), dim=0)
+
+
+def _predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    protocol: EvalProtocol | None,
+    store: torch.device | str | None,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+) -> torch.Tensor:
+    """Per image: per-scale probabilities, combined band by band, each band ``reduce``d and
+    the bands concatenated along ``dim`` (the row axis of the reduced band)."""
     protocol = protocol or EvalProtocol()
     single = images.ndim == 3
-    batch = images[None] if single else images
     out = []
-    for image in batch:
+    for image in images[None] if single else images:
         maps = scale_probs(model, image, protocol, store)
-        bands = _combine(
-            maps, tuple(image.shape[-2:]), protocol.band_rows, lambda b: b.argmax(dim=0)
-        )
-        out.append(torch.cat(bands, dim=0))
-    masks = torch.stack(out)
-    return masks[0] if single else masks
+        bands = _combine(maps, tuple(image.shape[-2:]), protocol.band_rows, reduce)
+        out.append(torch.cat(bands, dim=dim))
+    result = torch.stack(out)
+    return result[0] if single else result
 
 
 # ---------------------------------------------------------------------------------------------
