@@ -30,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from sanet.config import load_config
-    from sanet.trainer import Trainer
+    from sanet.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
@@ -39,24 +39,18 @@ def _train(args: argparse.Namespace) -> int:
             f"{out} already holds a run (checkpoints/last.pt). Pass --resume to continue it, "
             "or --out NEW_DIR to start another; nothing was overwritten."
         )
-    return _run(Trainer(cfg, out, resume=args.resume))
-
-
-def _run(trainer: object) -> int:
-    from sanet.trainer import NonFiniteLossError, TrainingInterrupted
-
+    trainer = Trainer(cfg, out, resume=args.resume)
     try:
-        summary = trainer.fit()  # type: ignore[attr-defined]
+        summary = trainer.fit()
     except TrainingInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
         return 130
     except NonFiniteLossError as err:
         print(f"\nsanet train: error: {err}", file=sys.stderr)
         return 3
-    if trainer.dist.is_main:  # type: ignore[attr-defined]
-        print(
-            f"best val mIoU {summary['best_mIoU']:.4f} after {summary['steps']} steps; run: {summary['run_dir']}"
-        )
+    if trainer.dist.is_main:
+        print(f"best val mIoU {summary['best_mIoU']:.4f} after {summary['steps']} steps; "
+              f"run: {summary['run_dir']}")  # fmt: skip
     return 0
 
 
