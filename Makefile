@@ -33,7 +33,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/model_cost.py
+	$(BIN)/python benchmarks/bench_train.py --device cpu --crop 256 --batch 4 --steps 4 --warmup 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

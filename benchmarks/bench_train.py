@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import sanet
-from sanet.engine import autocast
+from sanet.training.engine import autocast
 
 
 def build(spec: str, num_classes: int) -> tuple[torch.nn.Module, str]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from sanet import cli, trainer
+from sanet import cli
+from sanet.training import trainer
 
 _fit = trainer.Trainer.fit
 

@@ -14,7 +14,8 @@ import torch
 
 import sanet
 from conftest import TINY_BACKBONE
-from sanet.checkpoint import atomic_save_bytes, atomic_torch_save, load_model, safe_torch_load
+from sanet import load_model
+from sanet._files import atomic_save_bytes, atomic_torch_save, safe_torch_load
 
 
 def test_failed_write_leaves_previous_file_and_no_temp(tmp_path, monkeypatch) -> None:
@@ -36,7 +37,7 @@ def test_write_killed_halfway_leaves_a_loadable_checkpoint(tmp_path: Path) -> No
     target = tmp_path / "last.pt"
     child = textwrap.dedent(f"""
         import torch
-        from sanet.checkpoint import atomic_torch_save
+        from sanet._files import atomic_torch_save
         step = 0
         while True:  # keep rewriting a ~40 MB checkpoint until killed
             step += 1

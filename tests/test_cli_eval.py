@@ -139,7 +139,7 @@ def test_run_config_protocol_is_used_for_ms_flip(ckpts, tmp_path):
     import argparse
     import shutil
 
-    from sanet.cli_eval import protocol_from_args
+    from sanet.cli.common import protocol_from_args
 
     run = tmp_path / "run"
     shutil.copytree(ckpts / "sanet", run / "model")

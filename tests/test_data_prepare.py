@@ -13,15 +13,9 @@ from scipy.io import savemat
 from scipy.sparse import csc_matrix
 
 from sanet.data import build_dataset
-from sanet.data.prepare import (
-    CONTEXT59_IDS,
-    KNOWN_MD5,
-    prepare_pascal_context,
-    prepare_synthetic,
-    prepare_voc_aug,
-    read_context59_list,
-    train_aug_ids,
-)
+from sanet.data.formats import CONTEXT59_IDS, read_context59_list
+from sanet.data.prepare import KNOWN_MD5, prepare_pascal_context, prepare_synthetic, prepare_voc_aug
+from sanet.data.splits import train_aug_ids
 
 
 def _jpg(path: Path, h: int, w: int) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sanet import engine
-from sanet.checkpoint import load_model
+from sanet import load_model
 from sanet.data import build_dataset
 from sanet.data.transforms import eval_transforms
+from sanet.training import engine
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 SETTINGS = [

@@ -7,7 +7,7 @@ import torch
 
 import sanet
 from conftest import TINY_BACKBONE
-from sanet import engine
+from sanet.training import engine
 
 
 def test_poly_schedule_per_iteration() -> None:

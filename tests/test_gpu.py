@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sanet
-from sanet import engine
+from sanet.training import engine
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,15 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from sanet.inference import (
-    EvalProtocol,
-    Predictor,
-    _combine,
-    _window_starts,
-    evaluate,
-    predict_mask,
-    predict_proba,
-)
+from sanet.inference import EvalProtocol, Predictor, evaluate, predict_mask, predict_proba
+from sanet.inference.protocol import combine_bands, window_starts
 
 
 class SizeLogits(nn.Module):
@@ -94,10 +87,10 @@ def test_flip_unmirrors_before_averaging():
 
 
 def test_window_starts_cover_and_end_at_the_border():
-    assert _window_starts(200, 96, 64) == [0, 64, 104]
-    assert _window_starts(260, 96, 64) == [0, 64, 128, 164]
-    assert _window_starts(96, 96, 64) == [0]
-    assert _window_starts(1000, 480, 320) == [0, 320, 520]
+    assert window_starts(200, 96, 64) == [0, 64, 104]
+    assert window_starts(260, 96, 64) == [0, 64, 128, 164]
+    assert window_starts(96, 96, 64) == [0]
+    assert window_starts(1000, 480, 320) == [0, 320, 520]
 
 
 def _toy_fcn(kernel: int) -> nn.Module:
@@ -159,7 +152,7 @@ def test_banded_resize_matches_interpolate():
         )
         / 3
     )
-    got = torch.cat(_combine(maps, (45, 97), 7, lambda b: b), dim=1)
+    got = torch.cat(combine_bands(maps, (45, 97), 7, lambda b: b), dim=1)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sanet import engine
-from sanet.checkpoint import load_model, safe_torch_load
+from sanet import load_model
+from sanet._files import safe_torch_load
 from sanet.config import load_config
-from sanet.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+from sanet.training import engine
+from sanet.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 TINY = [
     "model.backbone=resnet18d", "data.dataset=synthetic", "data.base_size=64", "data.crop_size=64",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sanet.figures import (
+from sanet.viz.figures import (
     attention_maps,
     cosine_similarity_map,
     feature_point,
@@ -15,7 +15,7 @@ from sanet.figures import (
     plot_figure5,
     plot_sweep_heatmap,
 )
-from sanet.visualize import (
+from sanet.viz.visualize import (
     colorize,
     default_palette,
     mask_to_pil,
@@ -135,7 +135,7 @@ def test_figure5_and_sweep_heatmap(tmp_path):
 
 
 def test_sweep_collects_a_grid_and_resumes(tmp_path):
-    from sanet.figures import sweep_loss_weights
+    from sanet.training.sweep import sweep_loss_weights
 
     calls = []
 

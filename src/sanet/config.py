@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from sanet._errors import suggest
+from sanet._files import atomic_write_text
 
 
 @dataclass
@@ -88,6 +89,20 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def recipe_path(name: str) -> Path:
+    """The embedded recipe ``name`` (``sanet/configs/<name>.yaml``, e.g. ``"demo"``)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("sanet") / "configs"))
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise FileNotFoundError(
+            f"No embedded recipe {name!r}; the package ships {', '.join(names)}.{suggest(name, names)}"
+        )
+    return path
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML recipe (or the defaults) and apply ``section.key=value`` overrides."""
     raw: dict[str, Any] = {}
@@ -134,8 +149,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from sanet.checkpoint import atomic_write_text
-
+    """Write the resolved config as YAML (atomically)."""
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

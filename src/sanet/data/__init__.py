@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from sanet._errors import suggest
 from sanet.data.classes import IGNORE_INDEX
-from sanet.data.datasets import (
-    SegmentationDataset,
-    Transforms,
+from sanet.data.datasets import SegmentationDataset, Transforms
+from sanet.data.io import DataError, load_image, load_mask
+from sanet.data.layouts import (
     build_ade20k,
     build_cityscapes,
     build_folder,
@@ -26,7 +26,6 @@ from sanet.data.datasets import (
     build_voc,
     build_voc_aug,
 )
-from sanet.data.io import DataError, load_image, load_mask
 from sanet.data.synthetic import SyntheticDataset
 from sanet.data.transforms import (
     IMAGENET_MEAN,

@@ -25,25 +25,12 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sanet._errors import DataError
+from sanet.data.formats import read_sbd_mat
+
 # Pillow's own limit (it warns above this and refuses above twice this).
 DEFAULT_MAX_PIXELS = 89_478_485
 _EXIF_ORIENTATION = 0x0112
-
-
-class DataError(ValueError):
-    """A file that cannot be used for training; the message names the file and the fix.
-
-    ``DataError(message)`` also works, so the error survives pickling and the DataLoader's
-    re-raise from worker processes with its type intact.
-    """
-
-    def __init__(self, path: str | os.PathLike, problem: str | None = None, fix: str = "") -> None:
-        if problem is None:  # rebuilt from a message (pickle, DataLoader worker)
-            self.path, self.problem, self.fix = None, str(path), ""
-            super().__init__(str(path))
-            return
-        self.path, self.problem, self.fix = str(path), problem, fix
-        super().__init__(f"{self.path}: {problem}. Fix: {fix}")
 
 
 def _open(path: str | os.PathLike, max_pixels: int, what: str) -> Image.Image:
@@ -186,8 +173,6 @@ def load_mask(
     ``.mat`` files from the SBD release (``GTcls.Segmentation``) are read too.
     """
     if str(path).endswith(".mat"):
-        from sanet.data.prepare import read_sbd_mat
-
         return read_sbd_mat(path)
     im = _open(path, max_pixels, "mask")
     with im:

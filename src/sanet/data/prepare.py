@@ -22,15 +22,26 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 from PIL import Image
 
 from sanet.data.classes import CONTEXT59_CLASSES, VOC_CLASSES, voc_palette
+from sanet.data.formats import (
+    CONTEXT59_IDS,
+    context_lut,
+    convert_context_mat,
+    read_context59_list,
+    read_sbd_mat,
+    save_index_png,
+)
+from sanet.data.io import load_mask
+from sanet.data.splits import read_split_list, train_aug_ids
+from sanet.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, make_scene, scene_rng
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # ``track(iterable, total, description)`` -> iterable; the CLI passes a rich progress bar.
 Track = Callable[[Iterable[T], int, str], Iterable[T]]
+_FULL = "use the complete official release (docs/datasets.md)"
 
 # MD5 of the official archives: (checksum, strict). Sources: torchvision (VOC, SBD); the
 # PASCAL-Context one is from a single third-party script, so a mismatch only warns.
@@ -40,15 +51,6 @@ KNOWN_MD5: dict[str, tuple[str, bool]] = {
     "benchmark.tgz": ("82b4d87ceb2ed10f6038a1cba92111cb", True),
     "trainval.tar.gz": ("df034edb2c12aa7d33b42b20bb1796e3", False),
 }
-
-# PASCAL-Context: the 459-class ids (labels.txt) of the 59 classes, in the order of the 60-label
-# PNGs (label k = CONTEXT59_IDS[k - 1]; everything else is background 0).
-CONTEXT59_IDS = [
-    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113,
-    115, 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326,
-    347, 349, 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
-]  # fmt: skip
-assert len(CONTEXT59_IDS) == len(CONTEXT59_CLASSES) == 59
 
 
 def _no_track(items: Iterable[T], total: int, description: str) -> Iterable[T]:
@@ -127,20 +129,6 @@ def find_dir(base: Path, candidates: Sequence[str], marker: str, what: str) -> P
     )
 
 
-def _read_ids(path: Path) -> list[str]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found. Fix: use the complete official release.")
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def _save_index_png(arr: np.ndarray, path: Path, palette: list[tuple[int, int, int]]) -> None:
-    """An 8-bit palette PNG: indices for the loaders, colours for people."""
-    im = Image.fromarray(arr.astype(np.uint8))
-    flat = [c for rgb in palette for c in rgb]
-    im.putpalette(flat + [0, 0, 0] * (256 - len(palette)))
-    im.save(path)
-
-
 def _write_list(path: Path, stems: Iterable[str]) -> int:
     stems = list(stems)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,39 +146,6 @@ def _link_images(src: Path, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- VOC + SBD
-
-
-def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
-    """SBD ``cls/<id>.mat``: the ``GTcls.Segmentation`` class map as (H, W) uint8 (0..20)."""
-    from scipy.io import loadmat
-
-    try:
-        mat = loadmat(str(path), squeeze_me=True, struct_as_record=False)
-        seg = np.asarray(mat["GTcls"].Segmentation)
-    except (KeyError, AttributeError, ValueError, OSError) as err:
-        from sanet.data.io import DataError
-
-        raise DataError(
-            path,
-            f"not an SBD class file ({type(err).__name__}: {err}); expected a struct GTcls "
-            "with a Segmentation field",
-            "use the cls/*.mat files of the SBD release (benchmark_RELEASE/dataset/cls)",
-        ) from err
-    if seg.ndim != 2 or seg.size == 0 or seg.min() < 0 or seg.max() > 20:
-        from sanet.data.io import DataError
-
-        raise DataError(path, "GTcls.Segmentation is not an (H, W) map of ids 0..20", "re-download")
-    return seg.astype(np.uint8)
-
-
-def train_aug_ids(
-    sbd_train: Iterable[str],
-    sbd_val: Iterable[str],
-    voc_train: Iterable[str],
-    voc_val: Iterable[str],
-) -> list[str]:
-    """The standard augmented train list: SBD train ∪ SBD val ∪ VOC train − VOC val (sorted)."""
-    return sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val))
 
 
 def prepare_voc_aug(
@@ -222,8 +177,14 @@ def prepare_voc_aug(
     )
     out_dir = Path(out).expanduser() if out else voc_dir
     lists = voc_dir / "ImageSets/Segmentation"
-    voc_train, voc_val = _read_ids(lists / "train.txt"), _read_ids(lists / "val.txt")
-    sbd_train, sbd_val = _read_ids(sbd_dir / "train.txt"), _read_ids(sbd_dir / "val.txt")
+    voc_train, voc_val = (
+        read_split_list(lists / "train.txt", "voc-aug", _FULL),
+        read_split_list(lists / "val.txt", "voc-aug", _FULL),
+    )
+    sbd_train, sbd_val = (
+        read_split_list(sbd_dir / "train.txt", "voc-aug", _FULL),
+        read_split_list(sbd_dir / "val.txt", "voc-aug", _FULL),
+    )
     train = train_aug_ids(sbd_train, sbd_val, voc_train, voc_val)
     missing = [s for s in train + voc_val if not (voc_dir / "JPEGImages" / f"{s}.jpg").exists()]
     if missing:
@@ -239,12 +200,10 @@ def prepare_voc_aug(
     for stem in track(stems, len(stems), "voc-aug masks"):
         voc_png = voc_dir / "SegmentationClass" / f"{stem}.png"
         if voc_png.exists():
-            from sanet.data.io import load_mask
-
             arr, counts["voc"] = load_mask(voc_png), counts["voc"] + 1
         else:
             arr, counts["sbd"] = read_sbd_mat(sbd_dir / "cls" / f"{stem}.mat"), counts["sbd"] + 1
-        _save_index_png(arr, mask_dir / f"{stem}.png", palette)
+        save_index_png(arr, mask_dir / f"{stem}.png", palette)
     out_lists = out_dir / "ImageSets/Segmentation"
     n_train = _write_list(out_lists / "train_aug.txt", train)
     _write_list(out_lists / "val.txt", voc_val)
@@ -263,54 +222,6 @@ def prepare_voc_aug(
 
 
 # --------------------------------------------------------------------------- PASCAL-Context
-
-
-def read_context59_list(path: str | os.PathLike) -> tuple[list[int], list[str]]:
-    """The 59-class list: lines ``<459-class id>: <name>`` (as in 59_labels.txt)."""
-    ids, names = [], []
-    for ln in Path(path).read_text().splitlines():
-        if not ln.strip():
-            continue
-        key, sep, name = ln.partition(":")
-        if not sep or not key.strip().isdigit():
-            raise ValueError(
-                f"{path}: line {ln!r} is not '<id>: <name>'. Fix: pass the official 59_labels.txt"
-            )
-        ids.append(int(key))
-        names.append(name.strip())
-    if len(ids) != 59:
-        raise ValueError(f"{path}: expected 59 classes, found {len(ids)}")
-    order = np.argsort(ids, kind="stable")  # the PNG labels follow the 459-class id order
-    return [ids[i] for i in order], [names[i] for i in order]
-
-
-def context_lut(ids59: Sequence[int]) -> np.ndarray:
-    """459-class LabelMap value -> 60-label PNG value (0 = background / unlabeled)."""
-    lut = np.zeros(460, dtype=np.uint8)
-    for k, cid in enumerate(ids59, start=1):
-        lut[cid] = k
-    return lut
-
-
-def convert_context_mat(path: str | os.PathLike, lut: np.ndarray) -> np.ndarray:
-    """``trainval/<id>.mat`` ``LabelMap`` (uint16, 0..459) -> (H, W) uint8 0..59."""
-    from scipy.io import loadmat
-
-    from sanet.data.io import DataError
-
-    try:
-        label_map = np.asarray(loadmat(str(path))["LabelMap"])
-    except (KeyError, ValueError, OSError) as err:
-        raise DataError(
-            path,
-            f"not a PASCAL-Context label file ({type(err).__name__}: {err}); expected a LabelMap",
-            "use the trainval/*.mat files of the official trainval.tar.gz",
-        ) from err
-    if label_map.ndim != 2 or label_map.min() < 0 or label_map.max() >= len(lut):
-        raise DataError(
-            path, f"LabelMap values must be 0..{len(lut) - 1}", "use the official 459-class files"
-        )
-    return lut[label_map.astype(np.int64)]
 
 
 def prepare_pascal_context(
@@ -352,11 +263,17 @@ def prepare_pascal_context(
     mask_dir.mkdir(parents=True, exist_ok=True)
     palette = voc_palette(256)
     for mat in track(mats, len(mats), "context masks"):
-        _save_index_png(convert_context_mat(mat, lut), mask_dir / f"{mat.stem}.png", palette)
+        save_index_png(convert_context_mat(mat, lut), mask_dir / f"{mat.stem}.png", palette)
     have = {m.stem for m in mats}
     counts = {}
     for split in ("train", "val"):
-        stems = [s for s in _read_ids(voc_dir / "ImageSets/Main" / f"{split}.txt") if s in have]
+        stems = [
+            s
+            for s in read_split_list(
+                voc_dir / "ImageSets/Main" / f"{split}.txt", "pascal-context", _FULL
+            )
+            if s in have
+        ]
         counts[split] = _write_list(
             out_dir / "ImageSets/SegmentationContext" / f"{split}.txt", stems
         )
@@ -388,8 +305,6 @@ def prepare_synthetic(
     The files hold exactly what ``build_dataset("synthetic", ...)`` generates for the same
     arguments (with ``image_format="png"``; ``jpg`` is lossy).
     """
-    from sanet.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, make_scene, scene_rng
-
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     track = track or _no_track
@@ -412,5 +327,5 @@ def prepare_synthetic(
         for i in track(range(n), n, f"synthetic {split}"):
             image, mask = make_scene(size, scene_rng(seed, split, i))
             Image.fromarray(image).save(out / "images" / split / f"{i:06d}.{image_format}")
-            _save_index_png(mask, out / "masks" / split / f"{i:06d}.png", SYNTHETIC_PALETTE)
+            save_index_png(mask, out / "masks" / split / f"{i:06d}.png", SYNTHETIC_PALETTE)
     return {"root": str(out), "train": num_train, "val": num_val, "size": size, "seed": seed}

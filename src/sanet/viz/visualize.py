@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sanet.checkpoint import atomic_save_bytes
+from sanet._files import atomic_save_bytes
+from sanet.data.classes import voc_palette
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,6 @@ IGNORE_COLOR = (255, 255, 255)  # how ignore (255) pixels are drawn in colour im
 
 def default_palette(num_colors: int = 256) -> list[tuple[int, int, int]]:
     """The PASCAL VOC bit-interleaved colour map (class 0 black), extended to ``num_colors``."""
-    from sanet.data.classes import voc_palette
-
     return voc_palette(num_colors)
 
 
@@ -164,7 +163,8 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return Path(path)
 
 
-def _save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -174,7 +174,8 @@ def _save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")  # never open a window; works without a display
@@ -190,7 +191,7 @@ def plot_per_class_iou(
     title: str = "Per-class IoU",
 ) -> Path:
     """Horizontal bars of per-class IoU (absent classes drawn as "n/a"), mIoU as a line."""
-    plt = _pyplot()
+    plt = pyplot()
     values = [math.nan if v is None else float(v) for v in iou]
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(values))]
     present = [v for v in values if not math.isnan(v)]
@@ -210,7 +211,7 @@ def plot_per_class_iou(
     ax.set_xlabel("IoU")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def normalize_confusion(matrix: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -227,7 +228,7 @@ def plot_confusion_matrix(
     title: str = "Confusion matrix (row-normalised)",
 ) -> Path:
     """Heatmap of the row-normalised confusion matrix with class names on both axes."""
-    plt = _pyplot()
+    plt = pyplot()
     norm = normalize_confusion(matrix)
     k = norm.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
@@ -248,4 +249,4 @@ def plot_confusion_matrix(
                 ax.text(
                     j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour
                 )
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sanet.cli_eval import (
-    _check_classes,
-    _common,
-    _dataset,
-    _device,
-    _parse_floats,
+from sanet.cli.common import (
+    add_overrides,
+    add_protocol_args,
+    check_classes,
+    device_name,
+    open_dataset,
+    parse_floats,
     protocol_from_args,
 )
+from sanet.rundir import RunDir
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "figure5", help="rows of input / ground truth / baseline / SANet panels (Fig. 5)"
     )
-    _common(p)
+    add_protocol_args(p)
     p.add_argument("--baseline", required=True, help="the baseline (FCN) checkpoint")
     p.add_argument("--data", required=True, metavar="KIND:PATH")
     p.add_argument("--split", default="val")
@@ -41,10 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alphas", default="0.2,0.4,0.6,0.8,1.0", help="L_cat weights α")
     p.add_argument("--betas", default="0.2,0.4,0.6,0.8,1.0", help="L_dense weights β")
     p.add_argument("--out", type=Path, required=True, help="runs, sweep.json and fig4.png")
-    p.add_argument(
-        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-        help="config overrides applied to every run, e.g. --set train.epochs=4",
-    )  # fmt: skip
+    add_overrides(p, "config overrides applied to every run, e.g. --set train.epochs=4")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -62,12 +61,12 @@ def _parse_point(text: str) -> tuple[int, int]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from sanet.checkpoint import load_model
-    from sanet.figures import attention_maps, plot_attention_maps
-    from sanet.inference import image_to_tensor, normalize
+    from sanet.inference.predictor import image_to_tensor, normalize
+    from sanet.models.registry import load_model
+    from sanet.viz.figures import attention_maps, plot_attention_maps
 
     point = _parse_point(args.point)
-    device = _device(args.device)
+    device = device_name(args.device)
     model, _ = load_model(args.checkpoint, map_location="cpu")
     model = model.to(device).eval()
     image = image_to_tensor(args.image)
@@ -78,19 +77,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_figure5(args: argparse.Namespace) -> int:
-    from sanet.figures import plot_figure5
-    from sanet.inference import Predictor
+    from sanet.inference.predictor import Predictor
+    from sanet.viz.figures import plot_figure5
 
     protocol = protocol_from_args(args)
-    device = _device(args.device)
-    dataset = _dataset(args.data, args.split)
-    indices = [int(v) for v in _parse_floats(args.indices, "--indices")]
+    device = device_name(args.device)
+    dataset = open_dataset(args.data, args.split)
+    indices = [int(v) for v in parse_floats(args.indices, "--indices")]
     if not indices or any(not 0 <= i < len(dataset) for i in indices):
         raise ValueError(f"--indices must lie in 0..{len(dataset) - 1}, got {args.indices!r}.")
     sanet_p = Predictor(args.checkpoint, device=device, protocol=protocol)
     base_p = Predictor(args.baseline, device=device, protocol=protocol)
     for name, p in (("--checkpoint", sanet_p), ("--baseline", base_p)):
-        _check_classes(p.model, dataset, f"{name} {getattr(args, name[2:])}")
+        check_classes(p.model, dataset, f"{name} {getattr(args, name[2:])}")
     images, targets, base, ours = [], [], [], []
     for i in indices:
         image, mask = dataset[i]
@@ -111,25 +110,23 @@ def cmd_figure5(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sanet.config import load_config
-    from sanet.figures import sweep_loss_weights
+    from sanet.config import load_config, recipe_path
+    from sanet.training.sweep import sweep_loss_weights
 
-    alphas = _parse_floats(args.alphas, "--alphas")
-    betas = _parse_floats(args.betas, "--betas")
+    alphas = parse_floats(args.alphas, "--alphas")
+    betas = parse_floats(args.betas, "--betas")
     if not alphas or not betas:
         raise ValueError("--alphas and --betas need at least one value each, e.g. 0.2,0.4.")
     if args.config is None:
-        from sanet.cli_train import demo_config_path
-
-        args.config = demo_config_path()
+        args.config = recipe_path("demo")
     load_config(args.config, args.overrides)  # fail on a bad recipe before the first run
 
     def train_one(alpha: float, beta: float, run_dir: Path) -> float:
-        from sanet.trainer import Trainer
+        from sanet.training.trainer import Trainer
 
         overrides = [*args.overrides, f"loss.alpha={alpha}", f"loss.beta={beta}"]
         cfg = load_config(args.config, overrides)
-        resume = (run_dir / "checkpoints" / "last.pt").is_file()  # an interrupted cell resumes
+        resume = RunDir(run_dir).has_checkpoint()  # an interrupted cell resumes
         return float(Trainer(cfg, run_dir, resume=resume).fit()["best_mIoU"])
 
     grid = sweep_loss_weights(alphas, betas, train_one, args.out)

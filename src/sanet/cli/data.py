@@ -1,4 +1,4 @@
-"""`sanet prepare` and `sanet check-data` (see cli.py): parse arguments, call sanet.data, print."""
+"""``sanet prepare`` and ``sanet check-data``: parse arguments, call :mod:`sanet.data`, print."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from sanet.checkpoint import atomic_write_text
+from sanet._files import atomic_write_text
 
 T = TypeVar("T")
 

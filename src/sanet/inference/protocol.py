@@ -1,5 +1,5 @@
-"""Inference with the paper's evaluation protocol (SPEC §2.5): single scale, multi-scale + flip,
-sliding window, and the ``Predictor`` Python API.
+"""The paper's evaluation protocol on tensors (SPEC §2.5): single scale, multi-scale + flip,
+sliding window. Images in, masks out (``Predictor``, ``evaluate``) is ``predictor.py``.
 
 How one image is predicted (:func:`predict_proba`):
 
@@ -24,18 +24,13 @@ band and the ``(H, W)`` output. Without ``base_size`` (native resolution) the ma
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# Importing metrics here also makes `sanet.metrics` reachable after a plain `import sanet`.
-from sanet.metrics import ConfusionMatrix
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +96,7 @@ class EvalProtocol:
 # ---------------------------------------------------------------------------------------------
 
 
-def _window_starts(size: int, window: int, stride: int) -> list[int]:
+def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Window offsets covering ``size``; the last window ends exactly at the border."""
     if size <= window:
         return [0]
@@ -134,8 +129,8 @@ def _sliding_probs(
     ch, cw = min(protocol.crop_size, h), min(protocol.crop_size, w)
     windows = [
         (y, x)
-        for y in _window_starts(h, ch, protocol.stride)
-        for x in _window_starts(w, cw, protocol.stride)
+        for y in window_starts(h, ch, protocol.stride)
+        for x in window_starts(w, cw, protocol.stride)
     ]
     acc: torch.Tensor | None = None
     count = torch.zeros(1, h, w, device=store)
@@ -219,7 +214,7 @@ def _resize_band(p: torch.Tensor, out_hw: tuple[int, int], y0: int, y1: int) -> 
     return F.interpolate(rows[None], size=(y1 - y0, W), mode="bilinear", align_corners=False)[0]
 
 
-def _combine(
+def combine_bands(
     maps: Sequence[torch.Tensor],
     out_hw: tuple[int, int],
     band_rows: int,
@@ -283,164 +278,7 @@ def _predict(
     out = []
     for image in images[None] if single else images:
         maps = scale_probs(model, image, protocol, store)
-        bands = _combine(maps, tuple(image.shape[-2:]), protocol.band_rows, reduce)
+        bands = combine_bands(maps, tuple(image.shape[-2:]), protocol.band_rows, reduce)
         out.append(torch.cat(bands, dim=dim))
     result = torch.stack(out)
     return result[0] if single else result
-
-
-# ---------------------------------------------------------------------------------------------
-# Images in, masks out
-# ---------------------------------------------------------------------------------------------
-
-_FALLBACK_MEAN, _FALLBACK_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _mean_std() -> tuple[Sequence[float], Sequence[float]]:
-    try:  # one source of truth once the data package provides it
-        from sanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        return IMAGENET_MEAN, IMAGENET_STD
-    except ImportError:  # pragma: no cover - only before sanet.data.transforms exists
-        return _FALLBACK_MEAN, _FALLBACK_STD
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB (pixels as stored, no EXIF rotation)."""
-    try:
-        from sanet.data.io import load_image
-    except ImportError:  # pragma: no cover - only before sanet.data.io exists
-        from PIL import Image
-
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"Image {str(path)!r} does not exist.") from None
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    return load_image(path)
-
-
-def image_to_tensor(image: Any) -> torch.Tensor:
-    """A path, PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` uint8 tensor → ``(3, H, W)``
-    uint8 tensor."""
-    from PIL import Image
-
-    if isinstance(image, (str, Path)):
-        image = load_rgb(image)
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype != np.uint8:
-            raise ValueError(
-                f"Expected an (H, W, 3) uint8 image array, got shape {image.shape} dtype "
-                f"{image.dtype}. Convert with np.asarray(PIL.Image.open(p).convert('RGB'))."
-            )
-        return torch.from_numpy(np.array(image[..., :3], copy=True)).permute(2, 0, 1)
-    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
-        if image.dtype != torch.uint8:
-            raise ValueError(f"Expected a uint8 (3, H, W) tensor, got {image.dtype}.")
-        return image
-    raise ValueError(
-        f"Cannot read an image from {type(image).__name__}: pass a file path, a PIL image, an "
-        "(H, W, 3) uint8 numpy array or a (3, H, W) uint8 tensor."
-    )
-
-
-def normalize(image: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(3, H, W)`` uint8 → ImageNet-normalised float32 on ``device`` (what the models expect)."""
-    mean, std = _mean_std()
-    x = image.to(device, non_blocking=True).float().div_(255)
-    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype)[:, None, None]
-    s = torch.as_tensor(std, device=x.device, dtype=x.dtype)[:, None, None]
-    return (x - m) / s
-
-
-class Predictor:
-    """Load a checkpoint once, predict many images: ``sanet.Predictor(ckpt).predict(image)``.
-
-    Args:
-        checkpoint: a ``save_pretrained`` folder, a run directory or a ``.pt`` checkpoint.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-        protocol: inference protocol (default single scale; see :class:`EvalProtocol`).
-
-    Attributes:
-        model, metadata, class_names (list or ``None``), palette (list of RGB or ``None``).
-    """
-
-    def __init__(
-        self,
-        checkpoint: str | Path,
-        device: str | torch.device = "cpu",
-        protocol: EvalProtocol | None = None,
-    ) -> None:
-        from sanet.checkpoint import load_model
-
-        model, metadata = load_model(checkpoint, map_location="cpu")
-        self._setup(model, metadata, device, protocol)
-
-    @classmethod
-    def from_model(
-        cls,
-        model: nn.Module,
-        device: str | torch.device = "cpu",
-        protocol: EvalProtocol | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Predictor:
-        """Wrap an in-memory model (e.g. right after training)."""
-        self = cls.__new__(cls)
-        self._setup(model, metadata or {}, device, protocol)
-        return self
-
-    def _setup(
-        self,
-        model: nn.Module,
-        metadata: dict[str, Any],
-        device: str | torch.device,
-        protocol: EvalProtocol | None,
-    ) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.metadata = dict(metadata)
-        self.protocol = protocol or EvalProtocol()
-        self.class_names: list[str] | None = self.metadata.get("class_names")
-        palette = self.metadata.get("palette")
-        self.palette = [tuple(c) for c in palette] if palette else None
-
-    def predict_proba(self, image: Any) -> np.ndarray:
-        """Class probabilities ``(K, H, W)`` float32 at the image's own size."""
-        x = normalize(image_to_tensor(image), self.device)
-        return predict_proba(self.model, x, self.protocol).cpu().numpy()
-
-    def predict(self, image: Any) -> np.ndarray:
-        """Class ids ``(H, W)`` int64 at the image's own size."""
-        x = normalize(image_to_tensor(image), self.device)
-        return predict_mask(self.model, x, self.protocol).cpu().numpy()
-
-
-def evaluate(
-    model: nn.Module,
-    dataset: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    num_classes: int,
-    protocol: EvalProtocol | None = None,
-    device: str | torch.device = "cpu",
-    ignore_index: int = 255,
-    on_image: Callable[[int, np.ndarray], None] | None = None,
-) -> ConfusionMatrix:
-    """Accumulate a :class:`~sanet.metrics.ConfusionMatrix` over ``(image uint8, mask)`` pairs.
-
-    Images are predicted at their full original size under ``protocol``; ``on_image(i, pred)``
-    is called after each one (progress bars, saving predictions).
-
-    Returns:
-        the ``ConfusionMatrix`` (call ``compute()``; under DDP ``all_reduce()`` first).
-    """
-    device = torch.device(device)
-    model = model.to(device).eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
-    for i, (image, mask) in enumerate(dataset):
-        pred = predict_mask(model, normalize(image_to_tensor(image), device), protocol)
-        cm.update(pred[None], torch.as_tensor(mask)[None].to(device))
-        if on_image is not None:
-            on_image(i, pred.cpu().numpy())
-    return cm

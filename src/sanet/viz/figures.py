@@ -1,7 +1,9 @@
-"""The paper's figures (SPEC §2.6): Fig. 5 panels, Fig. 6 SA attention maps, Fig. 4 α/β heatmap.
+"""The paper's figures (SPEC §2.6): Fig. 5 panels, Fig. 6 SA attention maps, Fig. 4 α/β heatmap,
+and the input / ground truth / prediction panel of a run.
 
 Functions here compute what a figure shows and draw it with matplotlib (Agg) into a PNG;
-the ``sanet figure5`` / ``sanet explain`` / ``sanet sweep`` commands are thin wrappers.
+the ``sanet figure5`` / ``sanet explain`` / ``sanet sweep`` commands are thin wrappers (the
+training side of the Fig. 4 sweep is ``sanet.training.sweep``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sanet.visualize import _pyplot, _save_figure, colorize, to_rgb_array
+from sanet.viz.visualize import colorize, pyplot, save_figure, to_rgb_array
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def plot_attention_maps(
     alpha: float = 0.6,
 ) -> Path:
     """Fig. 6 layout: the input with the chosen pixel, then one heatmap per (head, channel)."""
-    plt = _pyplot()
+    plt = pyplot()
     rgb = to_rgb_array(image)
     keys = sorted(maps, key=lambda k: (k[0], k[1] != "attention"))
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.2 * (len(keys) + 1), 3.4))
@@ -106,7 +108,7 @@ def plot_attention_maps(
         ax.plot([point_xy[0]], [point_xy[1]], marker="x", color="black", ms=7, mew=1.2)
         ax.axis("off")
     fig.colorbar(im, ax=list(axes), fraction=0.015, pad=0.01, label="cosine similarity")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_figure5(
@@ -120,7 +122,7 @@ def plot_figure5(
 ) -> Path:
     """Fig. 5 panels as in the paper: one row per example, columns input / ground truth /
     baseline / SANet."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     fig, axes = plt.subplots(n, 4, figsize=(2.6 * 4, 2.3 * n), squeeze=False)
     for r in range(n):
@@ -138,7 +140,7 @@ def plot_figure5(
             if r == 0:
                 ax.set_title(labels[c])
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sweep_heatmap(
@@ -148,7 +150,7 @@ def plot_sweep_heatmap(
     path: str | Path,
 ) -> Path:
     """Fig. 4: mIoU over the α (rows) × β (columns) grid of loss weights, best cell outlined."""
-    plt = _pyplot()
+    plt = pyplot()
     grid = np.asarray(miou, dtype=np.float64)
     if grid.shape != (len(alphas), len(betas)):
         raise ValueError(f"mIoU grid {grid.shape} does not match {len(alphas)}×{len(betas)}.")
@@ -166,46 +168,33 @@ def plot_sweep_heatmap(
         i, j = np.unravel_index(np.nanargmax(grid), grid.shape)
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
     ax.set_title("mIoU over loss weights (Fig. 4)")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def sweep_loss_weights(
-    alphas: Sequence[float],
-    betas: Sequence[float],
-    train_fn: Any,
-    out_dir: str | Path,
-) -> np.ndarray:
-    """Fig. 4: train one run per (α, β) cell and collect validation mIoU into a grid.
+@torch.no_grad()
+def prediction_panel(
+    model: Any, dataset: Any, palette: list, path: str | Path, rows: int = 4
+) -> Path:
+    """Input / ground truth / prediction for the first ``rows`` images of ``dataset``.
 
-    Args:
-        train_fn: ``train_fn(alpha, beta, run_dir) -> mIoU`` (trains and evaluates one run).
-        out_dir: runs go to ``out_dir/alpha{α}_beta{β}``; results to ``out_dir/sweep.json``
-            after every cell, so an interrupted sweep resumes where it stopped; the heatmap to
-            ``out_dir/fig4.png``.
-
-    Returns:
-        ``(len(alphas), len(betas))`` mIoU grid.
+    ``dataset[i]`` gives ``(image uint8 (3, H, W), mask (H, W))``; the model sees the image
+    normalised as in evaluation.
     """
-    import json
+    from sanet.data.transforms import eval_transforms
 
-    from sanet.checkpoint import atomic_write_text
-
-    out_dir = Path(out_dir)
-    results_path = out_dir / "sweep.json"
-    done: dict[str, float] = {}
-    if results_path.is_file():
-        done = {r["run"]: r["mIoU"] for r in json.loads(results_path.read_text())["runs"]}
-    grid = np.full((len(alphas), len(betas)), np.nan)
-    runs = []
-    for i, a in enumerate(alphas):
-        for j, b in enumerate(betas):
-            name = f"alpha{a:g}_beta{b:g}"
-            if name not in done:
-                logger.info("sweep: training %s (%d/%d)", name, len(runs) + 1, grid.size)
-                done[name] = float(train_fn(float(a), float(b), out_dir / name))
-            grid[i, j] = done[name]
-            runs.append({"run": name, "alpha": a, "beta": b, "mIoU": done[name]})
-            payload = {"alphas": list(alphas), "betas": list(betas), "runs": runs}
-            atomic_write_text(results_path, json.dumps(payload, indent=2) + "\n")
-    plot_sweep_heatmap(alphas, betas, grid, out_dir / "fig4.png")
-    return grid
+    plt = pyplot()
+    norm = eval_transforms()
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), squeeze=False)
+    for r in range(rows):
+        image, mask = dataset[r]
+        x, _ = norm(image, mask)
+        pred = model(x[None])["out"].argmax(1)[0]
+        for ax, img, title in zip(
+            axes[r], (image.permute(1, 2, 0).numpy(), colorize(mask, palette), colorize(pred, palette)),
+            ("input", "ground truth", f"prediction ({model.name})"), strict=True,
+        ):  # fmt: skip
+            ax.imshow(img)
+            ax.set_title(title if r == 0 else "")
+            ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)

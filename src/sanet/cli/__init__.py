@@ -1,7 +1,9 @@
 """The ``sanet`` command line: thin subcommands that parse arguments and call the library.
 
-Each area registers its subcommands from its own module (``cli_*.py``) with ``add_parsers``;
-this file only assembles them and maps errors a user can fix to a one-line message.
+Each command group registers its subcommands from its own module in this package
+(``train.py``, ``data.py``, ``eval.py``, ``figures.py``) with ``add_parsers``; helpers they share
+are in ``common.py``. This file only assembles them and maps errors a user can fix to a
+one-line message. Nothing outside ``sanet/cli/`` imports this package.
 """
 
 from __future__ import annotations
@@ -12,27 +14,29 @@ import sys
 from collections.abc import Sequence
 
 from sanet import __version__
+from sanet.cli import data, eval, figures, train
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
-# ``func`` on its parsers via ``set_defaults(func=...)``.
-_COMMAND_MODULES = ("sanet.cli_train", "sanet.cli_data", "sanet.cli_eval", "sanet.cli_figures")
+# ``func`` on its parsers via ``set_defaults(func=...)``. A new command group is one more
+# module here (docs/architecture.md).
+COMMAND_MODULES = (train, data, eval, figures)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
+    """The ``sanet`` parser with every command group's subcommands."""
     parser = argparse.ArgumentParser(
         prog="sanet", description="Squeeze-and-Attention Networks for semantic segmentation."
     )
     parser.add_argument("--version", action="version", version=f"sanet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).add_parsers(sub)
+    for module in COMMAND_MODULES:
+        module.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``sanet`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -50,7 +54,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"sanet {args.command}: error: {msg}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # `python -m sanet.cli` (also under torchrun)
-    sys.exit(main())

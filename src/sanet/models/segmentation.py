@@ -1,5 +1,8 @@
 """Model assembly: backbone → head → upsampled logits, plus save/load (safetensors + config).
 
+Building a model by name (``build_model``) and loading one from a run directory or checkpoint
+(``load_model``) are in ``registry.py``, which imports this module (never the reverse).
+
 Forward contract (all models): ``model(x)`` returns a dict. In eval mode ``{"out": (N, K, H, W)}``;
 SANet in train mode adds ``"mask": (N, K, H, W)`` and ``"cat": (N, K)`` for the loss (Sec. 3).
 """
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sanet.checkpoint import atomic_save_bytes, atomic_write_text
+from sanet._files import atomic_save_bytes, atomic_write_text
 from sanet.models.backbone import Backbone
 from sanet.models.heads import Block, FCNHead, Gate, SANetHead
 from sanet.models.sa import AttnAct, UpMode
@@ -74,16 +77,34 @@ class SegmentationModel(nn.Module):
         return directory
 
     @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SegmentationModel:
+        """An untrained model from stored constructor arguments (``{"name": ..., **config}``,
+        as in ``config.json``); ``metadata`` is ignored and no backbone weights are downloaded.
+        """
+        args = {k: v for k, v in config.items() if k not in ("name", "metadata")}
+        name = config.get("name")
+        if name in ("sanet", "sanet_se"):
+            model: SegmentationModel = SANet(block="sa" if name == "sanet" else "se", **args)
+        elif name == "fcn":
+            model = FCN(**args)
+        else:
+            raise ValueError(
+                f"Stored model name {name!r} is not one of 'sanet', 'sanet_se', 'fcn': the "
+                "config was not written by sanet's save_pretrained or training checkpoints."
+            )
+        if not isinstance(model, cls):
+            raise TypeError(
+                f"The stored config holds a {name!r} model, not a {cls.__name__}. "
+                "Load it with sanet.load_model or sanet.SegmentationModel.from_pretrained."
+            )
+        return model
+
+    @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> SegmentationModel:
         """Rebuild a model saved by :meth:`save_pretrained`; outputs are bit-identical."""
         from safetensors.torch import load_file
 
-        model = build_from_config(read_pretrained_config(directory))
-        if not isinstance(model, cls):
-            raise TypeError(
-                f"{str(directory)!r} holds a {model.name!r} model, not a {cls.__name__}. "
-                "Load it with sanet.models.SegmentationModel.from_pretrained."
-            )
+        model = cls.from_config(read_pretrained_config(directory))
         state = load_file(str(Path(directory) / WEIGHTS_NAME), device=map_location)
         model.load_state_dict(state, strict=True)
         return model.eval()
@@ -154,15 +175,6 @@ class FCN(SegmentationModel):
         self.config = dict(
             num_classes=num_classes, backbone=backbone, output_stride=output_stride, dropout=dropout
         )
-
-
-def build_from_config(config: dict[str, Any]) -> SegmentationModel:
-    """An untrained model from stored constructor arguments (``{"name": ..., **config}``);
-    ``metadata`` is ignored and no backbone weights are downloaded."""
-    from sanet.models import build_model
-
-    config = {k: v for k, v in config.items() if k != "metadata"}
-    return build_model(config.pop("name"), pretrained_backbone=False, **config)
 
 
 def read_pretrained_config(directory: str | Path) -> dict[str, Any]:

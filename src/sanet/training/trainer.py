@@ -1,8 +1,7 @@
 """A training run from a :class:`~sanet.config.Config`: one process, CPU/GPU, or one rank of a
 ``torchrun`` job (PyTorch DDP). Owns the run directory, checkpoints, resume and signals.
 
-Run directory: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/last.pt``
-and ``best.pt`` (resumable state), ``model/`` (best weights, ``save_pretrained``), ``plots/``.
+The run directory's layout is :class:`~sanet.rundir.RunDir`'s.
 """
 
 from __future__ import annotations
@@ -18,12 +17,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sanet import engine
-from sanet.checkpoint import atomic_torch_save, safe_torch_load
+from sanet._files import atomic_torch_save, safe_torch_load
 from sanet.config import Config, save_config
+from sanet.data import build_dataset
+from sanet.data.transforms import eval_transforms, train_transforms
 from sanet.losses import SANetLoss
-from sanet.models import build_model
-from sanet.runtime import (
+from sanet.metrics import per_class_table
+from sanet.models.registry import build_model, load_model
+from sanet.progress import progress_bar
+from sanet.rundir import RunDir
+from sanet.training import engine
+from sanet.training.runlog import RunLog
+from sanet.training.runtime import (
     Dist,
     StopFlag,
     rng_state,
@@ -31,6 +36,7 @@ from sanet.runtime import (
     set_rng_state,
     setup_distributed,
 )
+from sanet.viz.visualize import plot_confusion_matrix, plot_per_class_iou
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +62,6 @@ class RunState:
 
 def build_data(cfg: Config) -> tuple[Any, Any]:
     """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders)."""
-    from sanet.data import build_dataset
-
     d = cfg.data
     root = d.root or None
     train = build_dataset(d.dataset, root, split=d.train_split, **d.options)
@@ -66,8 +70,7 @@ def build_data(cfg: Config) -> tuple[Any, Any]:
 
 
 def make_loaders(cfg: Config, train_set: Any, val_set: Any, dist_: Dist, micro_batch: int) -> tuple:
-    from sanet.data.transforms import eval_transforms, train_transforms
-
+    """Train loader (seeded augmentation, resumable order) and val loader (batch 1, unpadded)."""
     d, t = cfg.data, cfg.train
     train_aug = engine.SeededAugmentation(
         train_set,
@@ -93,7 +96,8 @@ class Trainer:
     """Builds everything a run needs from ``cfg`` and trains it (``fit``)."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run = cfg, RunDir(run_dir)
+        self.run_dir = self.run.root
         t = cfg.train
         self.dist, self.device = setup_distributed(t.device)
         seed_everything(t.seed, t.deterministic)
@@ -123,16 +127,13 @@ class Trainer:
         self.state = RunState()
         self.best_result: dict[str, Any] | None = None  # the metrics of model/ (this process)
         self.log = None
-        last = self.run_dir / "checkpoints/last.pt"
-        ckpt = _read_resume_checkpoint(cfg, last, self.device) if resume else None
+        ckpt = _read_resume_checkpoint(cfg, self.run, self.device) if resume else None
         if self.dist.is_main:
-            from sanet.runlog import RunLog
-
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-            self.log = RunLog(self.run_dir)
+            self.run.root.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run.config)
+            self.log = RunLog(self.run)
         if ckpt is not None:
-            self.resume(ckpt, last)
+            self.resume(ckpt, self.run.last)
 
     def _build_model(self) -> None:
         cfg, t = self.cfg, self.cfg.train
@@ -141,8 +142,6 @@ class Trainer:
                             output_stride=m.output_stride, pretrained_backbone=m.pretrained_backbone)  # fmt: skip
         self.model_config = {"name": model.name, **model.config}
         if m.init_from:  # e.g. the VOC fine-tune starts from the train_aug run
-            from sanet.checkpoint import load_model
-
             model.load_state_dict(load_model(m.init_from)[0].state_dict())
         if self.dist.world_size > 1 and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -183,7 +182,7 @@ class Trainer:
         """Atomically write ``checkpoints/{name}.pt`` (rank 0 only)."""
         if not self.dist.is_main:
             return None
-        path = self.run_dir / "checkpoints" / f"{name}.pt"
+        path = self.run.checkpoint(name)
         atomic_torch_save(self.checkpoint(), path)
         return path
 
@@ -220,7 +219,7 @@ class Trainer:
                     path = self.save("last")
                     raise TrainingInterrupted(
                         f"Stopped by {stop.signal} after step {s.global_step}; saved {path}. "
-                        f"Resume with: sanet train {self.run_dir / 'config.yaml'} --out {self.run_dir} --resume"
+                        f"Resume with: {self.run.resume_command()}"
                     )
                 if finished_epoch:
                     s.epoch, s.step_in_epoch = s.epoch + 1, 0
@@ -296,7 +295,7 @@ class Trainer:
                     first_step + offset,
                     [self.train_set.files(i)[0] for i in pending[offset][1]],
                 )
-                last = self.run_dir / "checkpoints/last.pt"
+                last = self.run.last
                 raise NonFiniteLossError(
                     f"Non-finite loss at step {step}; batch files: {files}. Last good checkpoint: "
                     f"{last if last.is_file() else 'none yet'}. Lower train.lr, try train.amp=none, "
@@ -341,14 +340,15 @@ class Trainer:
             _show_validation(result, self.metadata["class_names"], entry)
             if improved:
                 self.save("best")
-                self.model.save_pretrained(self.run_dir / "model", metadata=self.metadata)
-                _plot_validation(result, cm, self.metadata["class_names"], self.run_dir / "plots")
+                self.model.save_pretrained(self.run.model, metadata=self.metadata)
+                _plot_validation(result, cm, self.metadata["class_names"], self.run)
         return result
 
 
-def _read_resume_checkpoint(cfg: Config, last: Path, device: torch.device) -> dict[str, Any]:
+def _read_resume_checkpoint(cfg: Config, run: RunDir, device: torch.device) -> dict[str, Any]:
     """Read ``last.pt`` once, checking (before the run directory is rewritten) that the resumed
     run trains the same model on the same data with the same loss."""
+    last = run.last
     if not last.is_file():
         raise FileNotFoundError(
             f"--resume: {str(last)!r} does not exist. Resume needs the run directory of an "
@@ -362,8 +362,7 @@ def _read_resume_checkpoint(cfg: Config, last: Path, device: torch.device) -> di
     if changed:
         raise ValueError(
             f"--resume: the config differs from the run's in {', '.join(changed)}. Resume with "
-            f"the run's own config: sanet train {last.parents[1] / 'config.yaml'} --out "
-            f"{last.parents[1]} --resume (train.* keys such as epochs may change)."
+            f"the run's own config: {run.resume_command()} (train.* keys such as epochs may change)."
         )
     return ckpt
 
@@ -378,8 +377,6 @@ def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
 
 
 def _progress(enabled: bool) -> Any:
-    from sanet.progress import progress_bar
-
     fields = "loss {task.fields[loss]:.3f} lr {task.fields[lr]:.1e} {task.fields[ips]:.1f} img/s"
     return progress_bar(fields, unit=None, enabled=enabled)
 
@@ -387,14 +384,10 @@ def _progress(enabled: bool) -> Any:
 def _show_validation(result: dict[str, Any], class_names: list[str], entry: dict[str, Any]) -> None:
     from rich.console import Console
 
-    from sanet.metrics import per_class_table
-
     title = f"Validation after epoch {entry['epoch']} (step {entry['step']})"
     Console(stderr=True).print(per_class_table(result, class_names, title=title))
 
 
-def _plot_validation(result: dict[str, Any], cm: Any, class_names: list[str], plots: Path) -> None:
-    from sanet.visualize import plot_confusion_matrix, plot_per_class_iou
-
-    plot_per_class_iou(result["IoU"], class_names, plots / "best_per_class_iou.png")
-    plot_confusion_matrix(cm.matrix_cpu(), class_names, plots / "best_confusion.png")
+def _plot_validation(result: dict[str, Any], cm: Any, class_names: list[str], run: RunDir) -> None:
+    plot_per_class_iou(result["IoU"], class_names, run.plot("best_per_class_iou.png"))
+    plot_confusion_matrix(cm.matrix_cpu(), class_names, run.plot("best_confusion.png"))

@@ -11,6 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sanet._files import atomic_write_text
+from sanet.rundir import RunDir
+from sanet.viz.visualize import pyplot, save_figure
+
 logger = logging.getLogger(__name__)
 
 
@@ -18,15 +22,15 @@ class RunLog:
     """Appends JSON lines to ``metrics.jsonl``, mirrors scalars to TensorBoard and redraws the
     loss and mIoU curves in ``plots/`` after each validation."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
-        self.run_dir = Path(run_dir)
-        (self.run_dir / "plots").mkdir(parents=True, exist_ok=True)
-        self.path = self.run_dir / "metrics.jsonl"
+    def __init__(self, run: RunDir | str | Path, tensorboard: bool = True) -> None:
+        self.run = run if isinstance(run, RunDir) else RunDir(run)
+        self.run.plots.mkdir(parents=True, exist_ok=True)
+        self.path = self.run.metrics_log
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self.writer = SummaryWriter(log_dir=str(self.run.tensorboard))
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         """One record: ``{"kind": "train"|"val", "step": ..., **values}``."""
@@ -49,17 +53,11 @@ class RunLog:
     def truncate_after(self, step: int) -> None:
         """On resume, drop records logged after the checkpoint's step (they will be redone)."""
         kept = [r for r in self.records() if r["step"] <= step]
-        from sanet.checkpoint import atomic_write_text
-
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def plot_curves(self) -> list[Path]:
         """Redraw ``plots/loss.png`` (train loss terms) and ``plots/val_miou.png``."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         records = self.records()
         train = [r for r in records if r["kind"] == "train"]
         val = [r for r in records if r["kind"] == "val"]
@@ -71,7 +69,7 @@ class RunLog:
                     ax.plot([r["step"] for r in train], [r[term] for r in train], label=term)
             ax.set(xlabel="step", ylabel="loss", title="Training loss (L = mask + α·cat + β·dense)")
             ax.legend()
-            written.append(_save(fig, self.run_dir / "plots/loss.png"))
+            written.append(_save(fig, self.run.plot("loss.png")))
         if val:
             fig, ax = plt.subplots(figsize=(6, 4))
             ax.plot(
@@ -85,7 +83,7 @@ class RunLog:
             )
             ax.set(xlabel="step", ylabel="%", title="Validation (single scale)")
             ax.legend()
-            written.append(_save(fig, self.run_dir / "plots/val_miou.png"))
+            written.append(_save(fig, self.run.plot("val_miou.png")))
         return written
 
     def close(self) -> None:
@@ -94,15 +92,5 @@ class RunLog:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from sanet.checkpoint import atomic_save_bytes
-
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_save_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -1,0 +1,26 @@
+"""Split lists: reading the official ``<split>.txt`` files and the VOC train_aug arithmetic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def read_split_list(path: Path, kind: str, fix: str) -> list[str]:
+    """Stems listed one per line (blank lines and extra columns ignored)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{kind}: split list {path} not found. Fix: {fix}")
+    ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    if not ids:
+        raise ValueError(f"{kind}: split list {path} is empty. Fix: {fix}")
+    return ids
+
+
+def train_aug_ids(
+    sbd_train: Iterable[str],
+    sbd_val: Iterable[str],
+    voc_train: Iterable[str],
+    voc_val: Iterable[str],
+) -> list[str]:
+    """The standard augmented train list: SBD train ∪ SBD val ∪ VOC train − VOC val (sorted)."""
+    return sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val))

@@ -1,0 +1,109 @@
+"""Building a model by name and loading a trained one from wherever it was saved (SPEC §4).
+
+``build_model`` dispatches to one typed builder per model; ``load_model`` accepts the three
+places a trained model lives: a ``save_pretrained`` folder, a run directory, a ``.pt`` training
+checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sanet._errors import suggest
+from sanet._files import safe_torch_load
+from sanet.models.segmentation import (
+    CONFIG_NAME,
+    FCN,
+    SANet,
+    SegmentationModel,
+    read_pretrained_config,
+)
+from sanet.rundir import RunDir
+
+
+def sanet(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> SANet:
+    """SANet with Squeeze-and-Attention heads (Fig. 3)."""
+    return SANet(num_classes, backbone, block="sa", **kwargs)
+
+
+def sanet_se(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> SANet:
+    """SANet with SE blocks in place of SA: the Table 3 ablation."""
+    return SANet(num_classes, backbone, block="se", **kwargs)
+
+
+def fcn(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> FCN:
+    """Dilated FCN baseline on the same backbone (Fig. 5)."""
+    return FCN(num_classes, backbone, **kwargs)
+
+
+_BUILDERS = {"sanet": sanet, "sanet_se": sanet_se, "fcn": fcn}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`build_model`."""
+    return sorted(_BUILDERS)
+
+
+def build_model(
+    name: str,
+    backbone: str = "resnet50s",
+    num_classes: int = 21,
+    output_stride: int = 8,
+    pretrained_backbone: bool | str | Path = False,
+    **kwargs: Any,
+) -> SegmentationModel:
+    """Build a model by name: ``"sanet"``, ``"sanet_se"`` or ``"fcn"``.
+
+    Args:
+        backbone: any timm CNN with ``features_only``/``output_stride``; presets
+            ``resnet50s``, ``resnet101s``, ``tf_efficientnet_b7``.
+        pretrained_backbone: ``False``, ``True`` (timm download) or a local weights file.
+        kwargs: model options (``gate``, ``attn_act``, ``upsample``, ``dropout`` ...).
+    """
+    if name not in _BUILDERS:
+        raise ValueError(
+            f"Unknown model {name!r}; choose one of {list_models()}.{suggest(name, _BUILDERS)}"
+        )
+    return _BUILDERS[name](
+        num_classes,
+        backbone,
+        output_stride=output_stride,
+        pretrained_backbone=pretrained_backbone,
+        **kwargs,
+    )
+
+
+def load_model(
+    path: str | Path, map_location: str = "cpu"
+) -> tuple[SegmentationModel, dict[str, Any]]:
+    """Load a model for inference from any of the three places SPEC §4 names.
+
+    ``path`` is a ``save_pretrained`` folder (``config.json`` + ``model.safetensors``), a training
+    run directory (uses ``RUN/model``, else ``RUN/checkpoints/best.pt``/``last.pt``) or a ``.pt``
+    training checkpoint (``{"model": state_dict, "model_config": {...}, ...}``).
+
+    Returns:
+        ``(model in eval mode, metadata)``; metadata holds e.g. ``class_names`` when known.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / CONFIG_NAME).is_file():
+            meta = read_pretrained_config(path).get("metadata", {})
+            return SegmentationModel.from_pretrained(path, map_location), meta
+        for candidate in RunDir(path).weights_candidates():
+            if candidate.exists():
+                return load_model(candidate, map_location)
+        raise FileNotFoundError(
+            f"{str(path)!r} is neither a save_pretrained folder (config.json) nor a run directory "
+            "(model/ or checkpoints/*.pt). Pass one of those, or a .pt checkpoint file."
+        )
+    ckpt = safe_torch_load(path, map_location)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(
+            f"{str(path)!r} is not a sanet training checkpoint (expected keys 'model' and "
+            "'model_config'). Pass a run directory, RUN/checkpoints/*.pt or a save_pretrained folder."
+        )
+    model = SegmentationModel.from_config(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.eval(), dict(ckpt.get("metadata", {}))

@@ -1,0 +1,87 @@
+"""The layout of a training run directory, written down once (SPEC §4).
+
+```
+RUN/
+  config.yaml            the resolved config the run was started with
+  metrics.jsonl          one JSON record per log interval and validation
+  metrics.json           summary of `sanet demo` (and of other drivers that write one)
+  tensorboard/           TensorBoard events
+  checkpoints/last.pt    full training state (resume); checkpoints/best.pt the best validation
+  model/                 the best weights, ``save_pretrained`` (config.json + model.safetensors)
+  plots/                 PNG curves, per-class IoU, confusion matrix, prediction panels
+```
+
+Every module that reads or writes a run directory asks a :class:`RunDir` for the path instead of
+joining strings itself. This module imports nothing from sanet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory; nothing is created until a writer asks for it."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics_log(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoint("last")
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoint("best")
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def checkpoint(self, name: str) -> Path:
+        """``checkpoints/<name>.pt``."""
+        return self.checkpoints / f"{name}.pt"
+
+    def plot(self, name: str) -> Path:
+        """``plots/<name>`` (give the extension, e.g. ``"loss.png"``)."""
+        return self.plots / name
+
+    def has_checkpoint(self) -> bool:
+        """True when a run was started here and saved ``last.pt`` (it can be resumed)."""
+        return self.last.is_file()
+
+    def weights_candidates(self) -> tuple[Path, ...]:
+        """Where inference looks for weights, best first: ``model/``, ``best.pt``, ``last.pt``."""
+        return self.model, self.best, self.last
+
+    def resume_command(self) -> str:
+        """The command that continues this run."""
+        return f"sanet train {self.config} --out {self.root} --resume"

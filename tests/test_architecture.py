@@ -1,0 +1,139 @@
+"""The package's layout keeps its promises (docs/architecture.md): imports run one way with no
+cycle, nothing outside ``sanet/cli/`` imports the CLI, no module imports another's private
+helper, files stay short, and the public API works right after ``import sanet``."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "sanet"
+MAX_LINES = 420  # STYLE.md: a file past ~400 lines is split by concept
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _resolve(name: str) -> str | None:
+    """The sanet module an import of ``name`` loads (a module, else its package)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(module: str) -> list[tuple[str, list[str], int]]:
+    """``(target module, imported names, line)`` for every sanet import in ``module``,
+    including imports inside functions (a lazy import still closes a cycle)."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "sanet":
+                    found.append((alias.name, [], node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base.split(".")[0] != "sanet":
+                continue
+            for alias in node.names:  # `from sanet.cli import train` imports a submodule
+                sub = f"{base}.{alias.name}"
+                found.append(
+                    (sub, [], node.lineno) if sub in MODULES else (base, [alias.name], node.lineno)
+                )
+    return [(_resolve(t), names, line) for t, names, line in found if _resolve(t)]
+
+
+def _graph() -> dict[str, set[str]]:
+    return {m: {t for t, _, _ in _imports(m) if t != m} for m in MODULES}
+
+
+def test_import_graph_has_no_cycle() -> None:
+    graph, state, stack = _graph(), {}, []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = _graph()
+    real["sanet.metrics"] = {*real["sanet.metrics"], "sanet.inference.predictor"}
+    monkeypatch.setattr(sys.modules[__name__], "_graph", lambda: real)
+    with pytest.raises(AssertionError, match="import cycles"):
+        test_import_graph_has_no_cycle()
+
+
+def test_only_the_cli_imports_the_cli() -> None:
+    offenders = [
+        f"{m} imports {t} (line {line})"
+        for m in MODULES
+        if not m.startswith("sanet.cli")
+        for t, _, line in _imports(m)
+        if t.startswith("sanet.cli")
+    ]
+    assert not offenders, offenders
+
+
+def test_no_private_helper_is_imported_across_modules() -> None:
+    offenders = [
+        f"{m} imports {name} from {t} (line {line})"
+        for m in MODULES
+        for t, names, line in _imports(m)
+        for name in names
+        if name.startswith("_") and not name.startswith("__") and t != m
+    ]
+    assert not offenders, offenders
+
+
+def test_no_file_is_too_long() -> None:
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these by concept (STYLE.md): {long}"
+
+
+def test_public_api_works_right_after_import_sanet(tmp_path: Path) -> None:
+    # A fresh interpreter that imports nothing but `sanet` first.
+    code = f"""
+import sanet
+ds = sanet.data.build_dataset("synthetic", None, split="val", num_images=2, size=48)
+image, mask = ds[0]
+cm = sanet.metrics.ConfusionMatrix(ds.num_classes)
+cm.update(mask[None], mask[None])
+assert cm.compute()["pixAcc"] == 1.0
+model = sanet.build_model("fcn", backbone="resnet18d", num_classes=ds.num_classes)
+model.save_pretrained({str(tmp_path / "run" / "model")!r}, metadata={{"class_names": ds.class_names}})
+loaded, meta = sanet.load_model({str(tmp_path / "run")!r})
+assert meta["class_names"] == ds.class_names and loaded.name == "fcn"
+assert sanet.Predictor({str(tmp_path / "run")!r}).predict(image).shape == (48, 48)
+print("ok", sorted(sanet.list_models()))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok ['fcn', 'sanet', 'sanet_se']")
