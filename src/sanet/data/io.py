@@ -21,6 +21,7 @@ Conventions (see docs/datasets.md, "Bad input"):
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,10 +33,25 @@ from sanet.data.formats import read_sbd_mat
 DEFAULT_MAX_PIXELS = 89_478_485
 _EXIF_ORIENTATION = 0x0112
 
+#: A file path, or an open binary file (e.g. an HTTP upload) with ``name`` used in messages.
+ImageSource = str | os.PathLike | BinaryIO
 
-def _open(path: str | os.PathLike, max_pixels: int, what: str) -> Image.Image:
+
+class TooManyPixels(DataError):
+    """The image's header declares more than ``max_pixels`` pixels (a possible decompression
+    bomb); raised before any pixel is decoded. The server answers it with 413, not 415."""
+
+
+def _name(source: ImageSource) -> str | os.PathLike:
+    if isinstance(source, (str, os.PathLike)):
+        return source
+    return getattr(source, "name", None) or "<upload>"
+
+
+def _open(source: ImageSource, max_pixels: int, what: str) -> Image.Image:
     """Open lazily (header only) and refuse absurd sizes before decoding any pixel."""
-    if not os.path.exists(path):
+    path = _name(source)
+    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise FileNotFoundError(
             f"{path}: {what} file not found. Fix: check the dataset root and layout "
             "(docs/datasets.md) or run `sanet check-data`."
@@ -44,9 +60,9 @@ def _open(path: str | os.PathLike, max_pixels: int, what: str) -> Image.Image:
         # Pillow itself refuses above 2 × Image.MAX_IMAGE_PIXELS (and warns above 1 ×); our
         # own ``max_pixels`` check below turns the rest into an error. No warnings filter is
         # changed here: that would not be thread-safe (check-data decodes in threads).
-        im = Image.open(path)
+        im = Image.open(source)
     except Image.DecompressionBombError as err:
-        raise DataError(
+        raise TooManyPixels(
             path,
             f"{what} is a possible decompression bomb ({err})",
             "remove the file, or raise max_pixels and PIL.Image.MAX_IMAGE_PIXELS if it really "
@@ -61,7 +77,7 @@ def _open(path: str | os.PathLike, max_pixels: int, what: str) -> Image.Image:
     w, h = im.size
     if w * h > max_pixels:
         im.close()
-        raise DataError(
+        raise TooManyPixels(
             path,
             f"{what} is {w}×{h} = {w * h:,} pixels, more than max_pixels={max_pixels:,} "
             "(possible decompression bomb)",
@@ -108,20 +124,21 @@ def image_to_rgb_array(im: Image.Image) -> np.ndarray:
 
 
 def load_image(
-    path: str | os.PathLike,
+    path: ImageSource,
     *,
     exif_transpose: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Read an image as an (H, W, 3) uint8 RGB array.
+    """Read an image (a file path or an open binary file) as an (H, W, 3) uint8 RGB array.
 
     Raises:
-        DataError: unreadable, truncated or oversized file (the message names the fix).
+        TooManyPixels: more than ``max_pixels`` pixels (a ``DataError``).
+        DataError: unreadable or truncated file (the message names the fix).
         FileNotFoundError: no such file.
     """
     im = _open(path, max_pixels, "image")
     with im:
-        _decode(im, path, "image")
+        _decode(im, _name(path), "image")
         if exif_transpose:
             im = ImageOps.exif_transpose(im)
         return image_to_rgb_array(im)
