@@ -21,7 +21,8 @@ def add_overrides(p: argparse.ArgumentParser, help: str | None = None) -> None:
 
 def add_protocol_args(p: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--device`` and the evaluation-protocol flags (eval, predict, figure5)."""
-    p.add_argument("--checkpoint", required=True, help="run dir, .pt or save_pretrained folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="run dir, .pt or save_pretrained folder (predict, serve: also .onnx)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--ms-flip", action="store_true", help="the paper's multi-scale + flip")
     p.add_argument("--scales", help="comma-separated scales for --ms-flip (0.5,...,1.75)")
@@ -45,7 +46,12 @@ def device_name(name: str | None) -> str:
 
 
 def run_config(checkpoint: str) -> dict[str, Any]:
-    """``config.yaml`` of a run directory (for its eval protocol), else ``{}``."""
+    """``config.yaml`` of a run directory (for its eval protocol), the part of it that
+    ``sanet export`` embedded in an ``.onnx`` file, else ``{}``."""
+    if str(checkpoint).lower().endswith(".onnx"):
+        from sanet.inference import read_onnx_metadata
+
+        return read_onnx_metadata(checkpoint).get("run_config") or {}
     path = RunDir(checkpoint).config
     if not path.is_file():
         return {}

@@ -57,14 +57,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sanet.inference.predictor import evaluate
+    from sanet.inference.predictor import evaluate, open_model
     from sanet.metrics import per_class_table
-    from sanet.models.registry import load_model
 
     protocol = protocol_from_args(args)
     device = device_name(args.device)
     dataset = open_dataset(args.data, args.split)
-    model, meta = load_model(args.checkpoint, map_location="cpu")
+    model, meta = open_model(args.checkpoint, device)  # an .onnx file runs on onnxruntime
     check_classes(model, dataset, args.checkpoint)
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     if n == 0:

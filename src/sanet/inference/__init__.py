@@ -1,14 +1,16 @@
-"""Inference: the paper's evaluation protocol (``protocol.py``) and images in, masks out
-(``predictor.py``)."""
+"""Inference: the paper's evaluation protocol (``protocol.py``), images in, masks out
+(``predictor.py``) and the onnxruntime backend for exported files (``onnx_backend.py``)."""
 
 from __future__ import annotations
 
+from sanet.inference.onnx_backend import OnnxModel, read_onnx_metadata
 from sanet.inference.predictor import (
     Predictor,
     evaluate,
     image_to_tensor,
     load_rgb,
     normalize,
+    open_model,
 )
 from sanet.inference.protocol import (
     MIN_INPUT,
@@ -20,6 +22,7 @@ from sanet.inference.protocol import (
 )
 
 __all__ = [
-    "MIN_INPUT", "PAPER_SCALES", "EvalProtocol", "Predictor", "evaluate", "image_to_tensor",
-    "load_rgb", "normalize", "predict_mask", "predict_proba", "scale_probs",
+    "MIN_INPUT", "PAPER_SCALES", "EvalProtocol", "OnnxModel", "Predictor", "evaluate",
+    "image_to_tensor", "load_rgb", "normalize", "open_model", "predict_mask", "predict_proba",
+    "read_onnx_metadata", "scale_probs",
 ]  # fmt: skip

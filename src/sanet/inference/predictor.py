@@ -1,5 +1,6 @@
-"""Images in, masks out: ``Predictor`` (load once, predict many), image conversion and
-normalisation, and ``evaluate`` (a confusion matrix over a dataset under a protocol)."""
+"""Images in, masks out: ``Predictor`` (load once, predict many) on PyTorch or onnxruntime,
+image conversion and normalisation, and ``evaluate`` (a confusion matrix over a dataset under a
+protocol)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,25 @@ from torch import nn
 
 from sanet.data.io import load_image
 from sanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask, predict_proba
 from sanet.metrics import ConfusionMatrix
 from sanet.models.registry import load_model
+
+
+def open_model(
+    checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, metadata)`` from a ``save_pretrained`` folder, a run directory or a ``.pt``
+    checkpoint (PyTorch), or an ``.onnx`` file (onnxruntime on ``device``'s provider).
+
+    Both kinds of model take a normalised ``(N, 3, h, w)`` batch and return
+    ``{"out": logits}``, so the protocol code drives either.
+    """
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        model = OnnxModel(checkpoint, providers=providers_for(device))
+        return model, model.metadata
+    return load_model(checkpoint, map_location="cpu")
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -64,12 +81,18 @@ class Predictor:
     """Load a checkpoint once, predict many images: ``sanet.Predictor(ckpt).predict(image)``.
 
     Args:
-        checkpoint: a ``save_pretrained`` folder, a run directory or a ``.pt`` checkpoint.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        checkpoint: a ``save_pretrained`` folder, a run directory or a ``.pt`` checkpoint
+            (PyTorch), or an ``.onnx`` file from ``sanet export`` (onnxruntime).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (for ``.onnx``: the execution provider;
+            the protocol's tensor work then stays on the CPU).
         protocol: inference protocol (default single scale; see :class:`EvalProtocol`).
 
+    Both backends share the pre- and post-processing (normalisation, padding of inputs below
+    32 px, sliding window, scales, flips): only the network call differs.
+
     Attributes:
-        model, metadata, class_names (list or ``None``), palette (list of RGB or ``None``).
+        model, metadata, class_names (list or ``None``), palette (list of RGB or ``None``),
+        backend (``"torch"`` or ``"onnxruntime"``).
     """
 
     def __init__(
@@ -78,7 +101,9 @@ class Predictor:
         device: str | torch.device = "cpu",
         protocol: EvalProtocol | None = None,
     ) -> None:
-        model, metadata = load_model(checkpoint, map_location="cpu")
+        model, metadata = open_model(checkpoint, device)
+        if isinstance(model, OnnxModel):
+            device = "cpu"  # onnxruntime returns host arrays; the glue runs where they are
         self._setup(model, metadata, device, protocol)
 
     @classmethod
@@ -105,6 +130,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.metadata = dict(metadata)
         self.protocol = protocol or EvalProtocol()
+        self.backend = "onnxruntime" if isinstance(model, OnnxModel) else "torch"
         self.class_names: list[str] | None = self.metadata.get("class_names")
         palette = self.metadata.get("palette")
         self.palette = [tuple(c) for c in palette] if palette else None

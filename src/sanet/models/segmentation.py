@@ -40,13 +40,7 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Shape: x ``(N, 3, H, W)`` with ``H, W ≥ 32`` → ``{"out": (N, K, H, W), ...}``."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"Expected a (N, 3, H, W) image batch, got shape {tuple(x.shape)}.")
-        if x.shape[-1] < MIN_SIZE or x.shape[-2] < MIN_SIZE:
-            raise ValueError(
-                f"Input {tuple(x.shape[-2:])} is too small: H and W must be ≥ {MIN_SIZE}. "
-                "Resize or pad the image (e.g. with sanet.data transforms) before the model."
-            )
+        check_image_batch(tuple(x.shape))
         size = x.shape[-2:]
         logits = self.head(self.backbone(x))  # at the deepest stage's resolution (H/8, W/8)
         out = {"out": _upsample(logits["dense"], size)}  # (N, K, H, W)
@@ -174,6 +168,21 @@ class FCN(SegmentationModel):
         self.head = FCNHead(self.backbone.channels, num_classes, dropout)
         self.config = dict(
             num_classes=num_classes, backbone=backbone, output_stride=output_stride, dropout=dropout
+        )
+
+
+def check_image_batch(shape: tuple[int, ...], min_size: int = MIN_SIZE) -> None:
+    """Refuse what no model accepts, with the fix (also used by the ONNX backend, whose graph
+    does not enforce the minimum size).
+
+    Shape: ``(N, 3, H, W)`` with ``H, W ≥ min_size``.
+    """
+    if len(shape) != 4 or shape[1] != 3:
+        raise ValueError(f"Expected a (N, 3, H, W) image batch, got shape {shape}.")
+    if shape[-1] < min_size or shape[-2] < min_size:
+        raise ValueError(
+            f"Input {shape[-2:]} is too small: H and W must be ≥ {min_size}. "
+            "Resize or pad the image (e.g. with sanet.data transforms) before the model."
         )
 
 

@@ -1,0 +1,146 @@
+"""The onnxruntime backend: an exported ``.onnx`` file behind the models' forward contract.
+
+:class:`OnnxModel` is an ``nn.Module`` whose ``forward`` runs onnxruntime, so everything that
+drives a model — the protocol in ``protocol.py`` (padding, sliding window, multi-scale + flip),
+:class:`~sanet.inference.Predictor`, ``evaluate`` — drives an exported file with the *same*
+pre- and post-processing code: there is one implementation, and the two backends differ only in
+what maps a normalised ``(N, 3, h, w)`` batch to logits.
+
+Torch still does that glue (resize, softmax, argmax) when serving an ``.onnx`` file: ``import
+sanet`` imports torch (the public API is torch models), and a second numpy copy of the protocol
+would be a second implementation to keep equal. Runtimes that must not have torch use the file
+on its own (docs/deploy.md: Triton, KServe); its metadata says how to prepare the input.
+
+The file's metadata (written by ``sanet export``, read here) is a flat map of JSON strings in the
+ONNX ``metadata_props``; :data:`METADATA_KEYS` lists what sanet writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sanet.models.segmentation import MIN_SIZE, check_image_batch
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+#: Keys of the metadata ``sanet export`` embeds (each value a JSON string).
+METADATA_KEYS = (
+    "sanet_format",  # 1: the version of this layout
+    "class_names",  # ["background", ...], K names
+    "palette",  # [[r, g, b], ...], K colours
+    "mean",  # ImageNet mean of RGB in 0..1: input = (pixel / 255 - mean) / std
+    "std",
+    "min_size",  # 32: H and W below it must be padded (the graph does not check)
+    "model",  # {"name": "sanet", "backbone": ..., "num_classes": ..., ...} constructor args
+    "protocol",  # the EvalProtocol the export was made for (sanet.inference.EvalProtocol)
+    "run_config",  # the run's eval section and data.base_size (what `sanet eval` would use)
+    "validation",  # the run's best validation (mIoU, pixAcc, protocol), when known
+    "parity",  # onnxruntime vs PyTorch at the checked sizes (max |Δ| of logits, argmax agreement)
+    "sanet_version",
+    "torch_version",
+    "opset",
+)
+
+
+def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """``metadata_props`` (JSON strings) → Python values; non-JSON values stay strings."""
+    out: dict[str, Any] = {}
+    for key, text in props.items():
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def _session(path: Path, providers: list[str] | None, optimize: bool = True) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ImportError(
+            "Running an .onnx file needs onnxruntime: pip install 'sanet[export]' "
+            "(or pip install onnxruntime)."
+        ) from err
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file {str(path)!r} does not exist.")
+    options = ort.SessionOptions()
+    if not optimize:  # only the metadata is wanted: skip graph optimisation
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+        )
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ValueError(
+            f"onnxruntime cannot load {str(path)!r} ({type(err).__name__}: {err}). Expected an "
+            "ONNX model written by `sanet export`; re-export it."
+        ) from err
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata ``sanet export`` embedded, read through onnxruntime's
+    ``custom_metadata_map`` (empty for a file from elsewhere)."""
+    session = _session(Path(path), None, optimize=False)
+    return decode_metadata(session.get_modelmeta().custom_metadata_map)
+
+
+def providers_for(device: str | torch.device) -> list[str]:
+    """onnxruntime execution providers for a torch-style device name."""
+    if torch.device(device).type == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxModel(nn.Module):
+    """An exported model run by onnxruntime, with the forward contract of sanet's models.
+
+    Args:
+        path: an ``.onnx`` file written by ``sanet export``.
+        providers: onnxruntime execution providers (default: CPU).
+
+    Attributes:
+        metadata: the embedded metadata (:data:`METADATA_KEYS`), decoded.
+        path: the file.
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.session = _session(self.path, providers)
+        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        if "sanet_format" not in self.metadata:
+            logger.warning(
+                "%s carries no sanet metadata (not written by `sanet export`): class names and "
+                "palette are unknown; the input is assumed to be ImageNet-normalised RGB.",
+                self.path,
+            )
+        self.input_name = self.session.get_inputs()[0].name
+        self.min_size = int(self.metadata.get("min_size", MIN_SIZE))
+
+    @property
+    def num_classes(self) -> int:
+        """K, from the metadata (else the graph's static output shape)."""
+        model = self.metadata.get("model") or {}
+        if "num_classes" in model:
+            return int(model["num_classes"])
+        return int(self.session.get_outputs()[0].shape[1])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits from onnxruntime, on ``x``'s device.
+
+        Shape: x ``(N, 3, H, W)`` float, ``H, W ≥ min_size`` → ``{"out": (N, K, H, W)}``.
+        """
+        check_image_batch(tuple(x.shape), self.min_size)
+        batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        logits = self.session.run(None, {self.input_name: batch})[0]
+        return {"out": torch.from_numpy(logits).to(x.device)}
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, providers={self.session.get_providers()}"
