@@ -1,8 +1,8 @@
 """sanet: Squeeze-and-Attention Networks for Semantic Segmentation (Zhong et al., CVPR 2020).
 
 The public API. Sub-packages: ``sanet.models``, ``sanet.data``, ``sanet.metrics``,
-``sanet.inference``, ``sanet.training``, ``sanet.viz`` (``docs/architecture.md`` shows how they
-depend on each other).
+``sanet.inference``, ``sanet.training``, ``sanet.viz``, ``sanet.deploy`` (``docs/architecture.md``
+shows how they depend on each other).
 """
 
 from __future__ import annotations

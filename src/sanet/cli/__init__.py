@@ -1,8 +1,8 @@
 """The ``sanet`` command line: thin subcommands that parse arguments and call the library.
 
 Each command group registers its subcommands from its own module in this package
-(``train.py``, ``data.py``, ``eval.py``, ``figures.py``) with ``add_parsers``; helpers they share
-are in ``common.py``. This file only assembles them and maps errors a user can fix to a
+(``train.py``, ``data.py``, ``eval.py``, ``figures.py``, ``deploy.py``) with ``add_parsers``;
+helpers they share are in ``common.py``. This file only assembles them and maps errors a user can fix to a
 one-line message. Nothing outside ``sanet/cli/`` imports this package.
 """
 
@@ -14,12 +14,12 @@ import sys
 from collections.abc import Sequence
 
 from sanet import __version__
-from sanet.cli import data, eval, figures, train
+from sanet.cli import data, deploy, eval, figures, train
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
 # ``func`` on its parsers via ``set_defaults(func=...)``. A new command group is one more
 # module here (docs/architecture.md).
-COMMAND_MODULES = (train, data, eval, figures)
+COMMAND_MODULES = (train, data, eval, figures, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,133 @@
+"""``sanet export`` and ``sanet serve``: thin wrappers over :mod:`sanet.deploy`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sanet.cli.common import add_protocol_args, device_name, protocol_from_args, run_config
+from sanet.rundir import RunDir
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``export`` and ``serve``."""
+    p = sub.add_parser("export", help="one self-describing ONNX file, checked against PyTorch")
+    p.add_argument("--checkpoint", required=True, help="run dir, .pt or save_pretrained folder")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="only onnx for now")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20)")
+    p.add_argument(
+        "--size", type=int, default=None,
+        help="export and check size (square; default: the run's data.crop_size, else 480)",
+    )  # fmt: skip
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare onnxruntime with PyTorch at the export size and two odd sizes "
+                   "(default on; --no-check skips it)")  # fmt: skip
+    p.add_argument("--atol", type=float, default=1e-4, help="check: absolute logit tolerance")
+    p.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="web page and HTTP API for a checkpoint or an .onnx file")
+    add_protocol_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="interface (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="413 above (10)")
+    s.add_argument("--max-megapixels", type=float, default=40.0, help="413 above (40)")
+    s.add_argument("--max-concurrent", type=int, default=1, help="inferences at once (1)")
+    s.add_argument("--max-queue", type=int, default=8, help="requests waiting; 503 beyond (8)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request; 504 (60)")
+    s.set_defaults(func=cmd_serve)
+
+
+# ---------------------------------------------------------------------------------------------
+# sanet export
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_extras(checkpoint: str) -> dict[str, Any]:
+    """What a run directory adds to the metadata: its eval settings and best validation."""
+    cfg = run_config(checkpoint)
+    extras: dict[str, Any] = {}
+    if cfg:
+        extras["run_config"] = {
+            "eval": cfg.get("eval") or {},
+            "data": {"base_size": (cfg.get("data") or {}).get("base_size")},
+        }
+    summary = RunDir(checkpoint).summary
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        extras["validation"] = {k: s.get(k) for k in ("val_mIoU", "val_pixAcc", "protocol")}
+    return extras
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sanet.deploy.export import (
+        DEFAULT_OPSET,
+        ParityTolerance,
+        build_metadata,
+        export_onnx,
+    )
+    from sanet.inference import EvalProtocol
+    from sanet.models.registry import load_model
+
+    if str(args.checkpoint).lower().endswith(".onnx"):
+        raise ValueError(f"{args.checkpoint} is already an ONNX file; export a run or model/.")
+    model, meta = load_model(args.checkpoint, map_location="cpu")
+    cfg = run_config(args.checkpoint)
+    ev = cfg.get("eval") or {}
+    protocol = EvalProtocol(crop_size=int(ev.get("crop_size") or 480),
+                            stride=int(ev.get("stride") or 320))  # fmt: skip
+    size = args.size or (cfg.get("data") or {}).get("crop_size") or 480
+    opset = args.opset or DEFAULT_OPSET
+    metadata = build_metadata(model, meta, protocol, opset, **_run_extras(args.checkpoint))
+    written = export_onnx(
+        model, args.out, metadata, example_size=(int(size), int(size)), opset=opset,
+        check=args.check, tolerance=ParityTolerance(atol=args.atol),
+    )  # fmt: skip
+    mb = args.out.stat().st_size / 1e6
+    if written["parity"]:
+        rows = written["parity"]["sizes"]
+        checked = ", ".join(f"{h}×{w}" for h, w in (r["size"] for r in rows))
+        worst = max(r["max_abs_diff"] for r in rows)
+        agree = min(r["argmax_agreement"] for r in rows)
+        print(f"check: onnxruntime = PyTorch at {checked} (max |Δ logits| {worst:.2g}, "
+              f"argmax agreement {agree:.2%})")  # fmt: skip
+    print(f"Wrote {args.out} ({mb:.1f} MB, opset {opset}, {len(metadata['class_names'])} classes)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# sanet serve
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from sanet.deploy.limits import ServeLimits
+    from sanet.deploy.serve import create_app, serve
+    from sanet.inference import Predictor
+
+    limits = ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=int(args.max_megapixels * 1_000_000), max_concurrent=args.max_concurrent,
+        max_queue=args.max_queue, timeout_s=args.timeout,
+    )  # fmt: skip
+    protocol = protocol_from_args(args)
+    device = device_name(args.device)
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist.")
+    _access_log_as_json_lines()
+    app = create_app(lambda: Predictor(args.checkpoint, device=device, protocol=protocol), limits)
+    print(f"Serving {args.checkpoint} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    serve(app, host=args.host, port=args.port)
+    return 0
+
+
+def _access_log_as_json_lines() -> None:
+    """Access records as bare JSON lines on stderr (one per request), for log collectors."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("sanet.access")
+    access.addHandler(handler)
+    access.propagate = False
