@@ -11,3 +11,18 @@ TINY_BACKBONE = "resnet18d"  # same deep-stem family as the presets, ~11 M param
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A ``save_pretrained`` folder of an untrained 3-class SANet-resnet18d with class names and
+    a palette (what a run's ``model/`` holds), for the export and serve tests."""
+    import sanet
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    model = sanet.build_model("sanet", backbone=TINY_BACKBONE, num_classes=3)
+    meta = {"class_names": ["background", "disc", "square"],
+            "palette": [[0, 0, 0], [230, 25, 75], [60, 180, 75]]}  # fmt: skip
+    model.save_pretrained(folder, metadata=meta)
+    return folder

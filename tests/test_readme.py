@@ -35,3 +35,4 @@ def test_readme_synthetic_tour_runs(tmp_path: Path) -> None:
     assert '"mIoU"' in metrics
     predictions = sorted((tmp_path / "runs/tour/predictions").rglob("*.png"))
     assert len(predictions) >= 8  # one index PNG (plus an overlay) per val image
+    assert (tmp_path / "runs/tour/model.onnx").stat().st_size > 1_000_000  # checked by export
