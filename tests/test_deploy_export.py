@@ -115,6 +115,11 @@ def test_serve_runs_an_onnx_file(conv_file: Path) -> None:
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), hand_mask(rgb))
 
 
+def test_pytorch_only_commands_name_the_onnx_file(conv_file: Path) -> None:
+    with pytest.raises(ValueError, match="is an ONNX export"):
+        sanet.load_model(conv_file)
+
+
 def test_export_cli_refuses_wrong_arguments(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", "--checkpoint", "x.onnx", "--out", str(tmp_path / "y.onnx")]) == 2
     assert "already an ONNX file" in capsys.readouterr().err

@@ -22,7 +22,7 @@ def add_overrides(p: argparse.ArgumentParser, help: str | None = None) -> None:
 def add_protocol_args(p: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--device`` and the evaluation-protocol flags (eval, predict, figure5)."""
     p.add_argument("--checkpoint", required=True,
-                   help="run dir, .pt or save_pretrained folder (predict, serve: also .onnx)")  # fmt: skip
+                   help="run dir, .pt, save_pretrained folder or an .onnx file (sanet export)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--ms-flip", action="store_true", help="the paper's multi-scale + flip")
     p.add_argument("--scales", help="comma-separated scales for --ms-flip (0.5,...,1.75)")

@@ -98,6 +98,12 @@ def load_model(
             f"{str(path)!r} is neither a save_pretrained folder (config.json) nor a run directory "
             "(model/ or checkpoints/*.pt). Pass one of those, or a .pt checkpoint file."
         )
+    if path.suffix.lower() == ".onnx":
+        raise ValueError(
+            f"{str(path)!r} is an ONNX export: it runs through sanet.Predictor, `sanet predict`, "
+            "`eval` and `serve`, but this needs the PyTorch model: pass the run directory, its "
+            "model/ folder or a .pt checkpoint."
+        )
     ckpt = safe_torch_load(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise ValueError(
