@@ -177,7 +177,8 @@ def create_app(
         yield
         gate.shutdown()
 
-    app = FastAPI(title="sanet", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # no /docs page: FastAPI's Swagger UI loads its assets from a CDN; /openapi.json stays
+    app = FastAPI(title="sanet", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)
     app.add_middleware(AccessLog)  # added last = outermost: it also sees BodyLimit's 413s
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
