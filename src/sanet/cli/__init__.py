@@ -2,8 +2,9 @@
 
 Each command group registers its subcommands from its own module in this package
 (``train.py``, ``data.py``, ``eval.py``, ``figures.py``, ``deploy.py``) with ``add_parsers``;
-helpers they share are in ``common.py``. This file only assembles them and maps errors a user can fix to a
-one-line message. Nothing outside ``sanet/cli/`` imports this package.
+helpers they share are in ``common.py``. This file only assembles them and applies the error
+rule of docs/reliability.md: a problem the user can fix is one line and exit 2, a bug keeps its
+traceback. Nothing outside ``sanet/cli/`` imports this package.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from sanet import __version__
+from sanet._errors import is_user_error, one_line
 from sanet.cli import data, deploy, eval, figures, train
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
@@ -47,10 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
-        # Errors a user can fix: one clear line, no traceback (use -v for one).
-        if args.verbose:
+    except KeyboardInterrupt:
+        print(f"sanet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        # The rule (docs/reliability.md): a problem the user can fix is one line and exit 2;
+        # anything else is a bug and keeps its traceback. -v shows the traceback of both.
+        if args.verbose or not is_user_error(err):
             raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"sanet {args.command}: error: {msg}", file=sys.stderr)
+        print(f"sanet {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
