@@ -1,29 +1,47 @@
 """Crash-safe file writes and safe loading (SPEC §5): the bottom floor of the package.
 
 Every file a user keeps is written to a temporary file in the same folder, fsynced, then renamed
-over the target: a crash leaves either the old file or the new one, never half of one. This module imports nothing from sanet, so every other module may use it.
+over the target: a crash leaves either the old file or the new one, never half of one. The new
+file gets the mode the umask gives any other new file (``mkstemp`` alone would leave it 0600).
+A ``kill -9`` between the write and the rename leaves the temporary file behind; its name
+(:func:`temp_name`) is written down once here so that :func:`remove_stale_temp_files` can find
+it on the next run. This module imports nothing from sanet but ``_errors``.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sanet._errors import DamagedFileError
+
+# ".<target name>.<random>.sanet-tmp": hidden, beside its target, and distinctive enough that
+# cleaning never touches a file sanet did not write.
+_TEMP_SUFFIX = ".sanet-tmp"
+
+
+def temp_name(target: str | Path) -> str:
+    """The glob pattern of ``target``'s temporary files (``.last.pt.*.sanet-tmp``)."""
+    return f".{Path(target).name}.*{_TEMP_SUFFIX}"
+
 
 def atomic_save_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (same-folder temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would have created it
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -44,12 +62,131 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_save_bytes(path, buf.getvalue())
 
 
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers, no code."""
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that interrupted writes left in ``folder``; returns them.
+
+    Call it only where no other process is writing (e.g. a run directory when its run starts).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted(folder.glob(temp_name("*")))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def ensure_writable_dir(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` (and parents) and prove that a file can be written in it.
+
+    Called before long work, so that a bad ``--out`` fails in a second instead of after the work.
+    ``what`` names the option in the message (e.g. ``"--out"``).
+
+    Raises:
+        NotADirectoryError: ``folder`` (or a parent) is a file.
+        PermissionError: the folder cannot be created or written (read-only, full, no access).
+    """
+    folder = Path(folder)
+    fix = f"Choose a {what} folder you can write to."
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=_TEMP_SUFFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(
+            f"{what} {str(folder)!r} is a file (or lies under one), not a folder. {fix}"
+        ) from None
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise PermissionError(f"{what} {str(folder)!r} is not writable ({reason}). {fix}") from err
+    return folder
+
+
+def ensure_writable_file(path: str | Path, what: str) -> Path:
+    """Check that the file ``path`` can be written: it is not a folder and its folder is
+    writable (created if missing)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{what} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'report.json')!r}."
+        )
+    ensure_writable_dir(path.parent, f"the folder of {what}")
+    return path
+
+
+def safe_torch_load(
+    path: str | Path, map_location: str | torch.device = "cpu", fix: str = ""
+) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers, no code.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DamagedFileError: truncated or corrupt, or holding objects that could run code (named,
+            never built); ``fix`` replaces the generic advice in its message.
+    """
+    path = _existing_file(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (PermissionError, IsADirectoryError):
+        raise
+    except pickle.UnpicklingError as err:
+        # torch's text advises weights_only=False, i.e. running the file's code: never relay it.
+        found = re.search(r"GLOBAL [\w.]+", str(err))
+        problem = (
+            f"holds Python objects that a weights-only load refuses to build ({found.group()}; "
+            "loading it could run code)"
+            if found
+            else "is corrupt or not a PyTorch weights file (its pickle data is not plain tensors)"
+        )
+        raise DamagedFileError(path, problem, fix or "use a checkpoint written by sanet") from None
+    except Exception as err:  # a damaged zip makes torch's reader fail in many ways (measured:
+        # RuntimeError, OSError, EOFError, UnicodeDecodeError, KeyError, IndexError, TypeError)
+        raise DamagedFileError(path, _damage(path, err), fix or _COPY_AGAIN) from err
+
+
+def safe_safetensors_load(
+    path: str | Path, device: str | torch.device = "cpu", fix: str = ""
+) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with :class:`DamagedFileError` for a damaged file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = _existing_file(path)
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as err:
+        raise DamagedFileError(path, _damage(path, err), fix or _COPY_AGAIN) from err
+
+
+_COPY_AGAIN = "copy the file again, or use another checkpoint"
+
+
+def _existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return path
+
+
+def _damage(path: Path, err: Exception) -> str:
+    detail = "the file is empty" if path.stat().st_size == 0 else str(err).split(". ")[0]
+    return f"is truncated or corrupt and cannot be loaded ({detail or type(err).__name__})"
+
+
+def _umask() -> int:
+    """The process umask. Linux shows it in /proc; elsewhere set-and-restore (not thread-safe,
+    but only called around file creation)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -82,6 +82,34 @@ class RunDir:
         """Where inference looks for weights, best first: ``model/``, ``best.pt``, ``last.pt``."""
         return self.model, self.best, self.last
 
+    def available_weights(self) -> list[Path]:
+        """The candidates that hold weights now: ``model/`` once its ``config.json`` is written
+        (its last file: a run killed during its first save leaves the folder without it)."""
+        return [
+            c
+            for c in self.weights_candidates()
+            if c.is_file() or (c.is_dir() and (c / "config.json").is_file())
+        ]
+
+    @classmethod
+    def containing(cls, path: str | Path) -> RunDir | None:
+        """The run directory that ``path`` (a checkpoint, ``model/`` or a file in it) belongs to,
+        or ``None`` when it is not inside one."""
+        path = Path(path)
+        for root in (path.parent, path.parent.parent):
+            run = cls(root)
+            if run.config.is_file() and any(
+                path == c or c in path.parents for c in run.weights_candidates()
+            ):
+                return run
+        return None
+
+    def other_weights(self, damaged: str | Path) -> list[Path]:
+        """The weights of this run that exist and are not (and do not hold) ``damaged``: what to
+        use instead of a damaged file."""
+        damaged = Path(damaged)
+        return [c for c in self.available_weights() if c != damaged and c not in damaged.parents]
+
     def resume_command(self) -> str:
         """The command that continues this run."""
         return f"sanet train {self.config} --out {self.root} --resume"

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sanet._errors import suggest
+from sanet._files import safe_safetensors_load, safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +94,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"Backbone weights file {str(path)!r} does not exist. Pass an existing .safetensors "
             "or .pth state-dict file, True (download through timm), or False."
         )
+    fix = "save it with safetensors.torch.save_file or torch.save(model.state_dict(), path)"
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"Cannot read {str(path)!r} as a state dict ({err}). Save it with "
-            "safetensors.torch.save_file or torch.save(model.state_dict(), path)."
-        ) from err
+        return safe_safetensors_load(path, fix=fix)
+    obj = safe_torch_load(path, fix=fix)
     for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

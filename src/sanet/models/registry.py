@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sanet._errors import suggest
+from sanet._errors import DamagedFileError, suggest
 from sanet._files import safe_torch_load
 from sanet.models.segmentation import (
     CONFIG_NAME,
@@ -85,15 +85,29 @@ def load_model(
 
     Returns:
         ``(model in eval mode, metadata)``; metadata holds e.g. ``class_names`` when known.
+
+    Raises:
+        DamagedFileError: a truncated or unsafe file; the message names the run's other weights.
     """
-    path = Path(path)
+    try:
+        return _load(Path(path), map_location)
+    except DamagedFileError as err:
+        run = RunDir.containing(err.path) if err.path else None
+        others = run.other_weights(err.path) if run and err.path else []
+        if not others:
+            raise
+        instead = " or ".join(repr(str(p)) for p in others)
+        raise DamagedFileError(err.path, err.problem, f"load {instead} instead") from err
+
+
+def _load(path: Path, map_location: str) -> tuple[SegmentationModel, dict[str, Any]]:
     if path.is_dir():
         if (path / CONFIG_NAME).is_file():
             meta = read_pretrained_config(path).get("metadata", {})
             return SegmentationModel.from_pretrained(path, map_location), meta
-        for candidate in RunDir(path).weights_candidates():
-            if candidate.exists():
-                return load_model(candidate, map_location)
+        available = RunDir(path).available_weights()
+        if available:
+            return _load(available[0], map_location)
         raise FileNotFoundError(
             f"{str(path)!r} is neither a save_pretrained folder (config.json) nor a run directory "
             "(model/ or checkpoints/*.pt). Pass one of those, or a .pt checkpoint file."

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sanet._files import atomic_save_bytes, atomic_write_text
+from sanet._files import atomic_save_bytes, atomic_write_text, safe_safetensors_load
 from sanet.models.backbone import Backbone
 from sanet.models.heads import Block, FCNHead, Gate, SANetHead
 from sanet.models.sa import AttnAct, UpMode
@@ -41,6 +41,7 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Shape: x ``(N, 3, H, W)`` with ``H, W ≥ 32`` → ``{"out": (N, K, H, W), ...}``."""
         check_image_batch(tuple(x.shape))
+        _check_dtype_and_device(x, next(self.parameters()))
         size = x.shape[-2:]
         logits = self.head(self.backbone(x))  # at the deepest stage's resolution (H/8, W/8)
         out = {"out": _upsample(logits["dense"], size)}  # (N, K, H, W)
@@ -96,10 +97,8 @@ class SegmentationModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> SegmentationModel:
         """Rebuild a model saved by :meth:`save_pretrained`; outputs are bit-identical."""
-        from safetensors.torch import load_file
-
         model = cls.from_config(read_pretrained_config(directory))
-        state = load_file(str(Path(directory) / WEIGHTS_NAME), device=map_location)
+        state = safe_safetensors_load(Path(directory) / WEIGHTS_NAME, map_location)
         model.load_state_dict(state, strict=True)
         return model.eval()
 
@@ -200,6 +199,25 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
         return json.loads(cfg.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{str(cfg)!r} is not valid JSON ({err}).") from err
+
+
+def _check_dtype_and_device(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """One clear line instead of torch's internal text for an input the weights cannot take."""
+    if not x.is_floating_point():
+        raise ValueError(
+            f"Expected a float image batch, normalised with the ImageNet mean and std, got "
+            f"{x.dtype}. Convert uint8 images with sanet.inference.normalize(image)."
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"The input is on {x.device} but the model is on {weight.device}. Move one to the "
+            f"other, e.g. x.to({str(weight.device)!r})."
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(
+            f"The input is {x.dtype} but the model's weights are {weight.dtype}. Cast the input "
+            f"(x.to({weight.dtype})) or run under torch.autocast."
+        )
 
 
 def _check_num_classes(num_classes: int) -> None:
