@@ -6,6 +6,7 @@ Only this module and the CLI turn a config into constructor calls; library objec
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,6 +138,12 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
             raise ValueError(f"{source}: unknown section {section!r}.{suggest(section, sections)}")
         target = getattr(cfg, section)
         fields = {f.name: f for f in dataclasses.fields(target)}
+        if values is not None and not isinstance(values, dict):
+            raise ValueError(
+                f"{source}: section {section!r} must be a mapping of key: value lines, got a "
+                f"{type(values).__name__} ({values!r}). Write it as `{section}:` followed by "
+                f"indented `key: value` lines."
+            )
         for key, value in (values or {}).items():
             if key not in fields:
                 raise ValueError(
@@ -145,7 +152,86 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
                 )
             hint = typing.get_type_hints(type(target))[key]
             setattr(target, key, _coerce(value, hint, f"{section}.{key}", source))
+    check_ranges(cfg, source)
     return cfg
+
+
+# The smallest value each number may take (types are checked by the annotations). A value out
+# of range fails when the config is loaded, not steps into a run (e.g. log_every=0 used to
+# crash after the first step, batch_size=0 inside torch).
+MINIMUM: dict[str, float] = {
+    "model.num_classes": 0,  # 0: the dataset's
+    "loss.alpha": 0, "loss.beta": 0,
+    "data.base_size": 1, "data.crop_size": 32, "data.num_workers": 0,  # the models need ≥ 32 px
+    "train.epochs": 1, "train.batch_size": 1, "train.lr": 0, "train.momentum": 0,
+    "train.weight_decay": 0, "train.head_lr_mult": 0, "train.poly_power": 0,
+    "train.accumulate": 1, "train.seed": 0, "train.val_every": 0, "train.log_every": 1,
+    "train.max_steps": 0,
+    "eval.crop_size": 32, "eval.stride": 1,
+}  # fmt: skip
+_POSITIVE = {"train.lr", "train.head_lr_mult"}  # strictly above the minimum
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_ranges(cfg: Config, source: str = "config") -> None:
+    """Refuse values outside :data:`MINIMUM` and other impossible settings, naming the key."""
+    values = {f"{s}.{k}": v for s, section in cfg.to_dict().items() for k, v in section.items()}
+    for key, low in MINIMUM.items():
+        value = values[key]
+        if value < low or (key in _POSITIVE and value == low):
+            bound = f"> {low}" if key in _POSITIVE else f"≥ {low}"
+            raise ValueError(f"{source}: {key} must be {bound}, got {value!r}.")
+    scale_range = cfg.data.scale_range
+    if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+        raise ValueError(
+            f"{source}: data.scale_range must be [low, high] with 0 < low ≤ high, got "
+            f"{cfg.data.scale_range!r} (the paper: [0.5, 2.0])."
+        )
+    if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
+        raise ValueError(f"{source}: eval.scales must be positive numbers, got {cfg.eval.scales}.")
+    if cfg.model.output_stride not in (8, 16, 32):
+        raise ValueError(
+            f"{source}: model.output_stride must be 8, 16 or 32, got {cfg.model.output_stride}."
+        )
+    if not _DEVICE.match(cfg.train.device):
+        raise ValueError(
+            f"{source}: train.device must be auto, cpu, mps, cuda or cuda:N, got {cfg.train.device!r}."
+        )
+
+
+# --resume (docs/reliability.md). A key in RESUME_MAY_CHANGE may take any new value and one in
+# RESUME_MAY_GROW a larger one (0 = no limit counts as the largest): neither changes which
+# samples come next nor the maths of a step. Every other key does (batch size, seed, LR, the
+# model, the loss, the data ...), so --resume refuses a change of it, naming the key.
+RESUME_MAY_CHANGE = frozenset({
+    "data.num_workers",  # the sample order does not depend on workers (tests/test_trainer.py)
+    "data.root",  # the same dataset, moved (another machine)
+    "train.log_every", "train.val_every", "train.nonfinite",  # logging, validation, NaN policy
+    "train.device", "train.channels_last", "train.compile", "train.deterministic",  # kernels
+    "model.init_from", "model.pretrained_backbone",  # read when a run starts, not on resume
+    "eval.*",  # evaluation protocol: read after training steps, never by them
+})  # fmt: skip
+RESUME_MAY_GROW = frozenset({"train.epochs", "train.max_steps"})  # the poly schedule stretches
+
+
+def resume_conflicts(saved: dict[str, Any], now: Config) -> list[str]:
+    """The changes from a run's saved config that ``--resume`` refuses, as
+    ``"section.key: old -> new"`` (keys the saved config predates count as their default)."""
+    defaults, conflicts = Config().to_dict(), []
+    for section, values in now.to_dict().items():
+        old_values = {**defaults[section], **(saved.get(section) or {})}
+        for key, new in values.items():
+            old, name = old_values.get(key), f"{section}.{key}"
+            if old == new or name in RESUME_MAY_CHANGE or f"{section}.*" in RESUME_MAY_CHANGE:
+                continue
+            if name in RESUME_MAY_GROW and _limit(new) >= _limit(old):
+                continue
+            conflicts.append(f"{name}: {old!r} -> {new!r}")
+    return conflicts
+
+
+def _limit(value: Any) -> float:
+    return float("inf") if value == 0 else float(value)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

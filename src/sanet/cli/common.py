@@ -39,10 +39,11 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
 
 
 def device_name(name: str | None) -> str:
-    """``--device``, else ``cuda`` when there is one, else ``cpu``."""
-    import torch
+    """``--device``, else ``cuda`` when there is one, else ``cpu``; a device this machine does
+    not have is a one-line error before any work."""
+    from sanet.devices import resolve_device
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    return str(resolve_device(name))
 
 
 def run_config(checkpoint: str) -> dict[str, Any]:

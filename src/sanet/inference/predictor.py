@@ -14,6 +14,7 @@ from torch import nn
 
 from sanet.data.io import load_image
 from sanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sanet.devices import resolve_device
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask, predict_proba
 from sanet.metrics import ConfusionMatrix
@@ -126,7 +127,7 @@ class Predictor:
         device: str | torch.device,
         protocol: EvalProtocol | None,
     ) -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.metadata = dict(metadata)
         self.protocol = protocol or EvalProtocol()

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from sanet.devices import resolve_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,11 +35,9 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Join the ``torchrun`` process group when launched by it (``WORLD_SIZE`` > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+    device = resolve_device(device_name)  # a missing GPU is one clear line, before any work
     if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank if world > 1 else (device.index or 0))
+        device = resolve_device(f"cuda:{d.local_rank if world > 1 else (device.index or 0)}")
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
