@@ -26,6 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from sanet._files import ensure_writable_dir
     from sanet.config import load_config
     from sanet.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
@@ -36,7 +37,11 @@ def _train(args: argparse.Namespace) -> int:
             f"{out} already holds a run (checkpoints/last.pt). Pass --resume to continue it, "
             "or --out NEW_DIR to start another; nothing was overwritten."
         )
+    ensure_writable_dir(out, "--out")
     trainer = Trainer(cfg, out, resume=args.resume)
+    if trainer.state.global_step >= trainer.total_steps and trainer.dist.is_main:
+        print(f"{out} finished its {trainer.total_steps} steps already; to train longer, resume "
+              "with a larger train.epochs (--set train.epochs=N).", file=sys.stderr)  # fmt: skip
     try:
         summary = trainer.fit()
     except TrainingInterrupted as err:
@@ -46,14 +51,17 @@ def _train(args: argparse.Namespace) -> int:
         print(f"\nsanet train: error: {err}", file=sys.stderr)
         return 3
     if trainer.dist.is_main:
-        print(f"best val mIoU {summary['best_mIoU']:.4f} after {summary['steps']} steps; "
-              f"run: {summary['run_dir']}")  # fmt: skip
+        best = summary["best_mIoU"]
+        shown = f"{best:.4f}" if best >= 0 else "n/a (no validation ran)"
+        print(f"best val mIoU {shown} after {summary['steps']} steps; run: {summary['run_dir']}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from sanet._files import ensure_writable_dir
     from sanet.training.demo import run_demo
 
+    ensure_writable_dir(args.out, "--out")
     summary = run_demo(Path(args.out), args.overrides)
     print(json.dumps({k: summary[k] for k in ("val_mIoU", "val_pixAcc", "seconds", "run_dir")}))
     print(f"demo: final val mIoU {summary['val_mIoU']:.4f} (synthetic scenes, {summary['model']}); "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
@@ -108,7 +109,7 @@ class SeededAugmentation(Dataset):
 @dataclass
 class StepResult:
     loss_terms: dict[str, torch.Tensor]  # detached, on the device (no host sync)
-    finite: torch.Tensor  # bool scalar on the device
+    finite: torch.Tensor  # bool scalar on the device; False: the update was skipped
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -118,6 +119,34 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def make_sgd(param_groups: list[dict[str, Any]], lr: float, momentum: float) -> torch.optim.SGD:
+    """SGD (Sec. 4) whose update :func:`train_step` can skip on the device, without a host sync.
+
+    Fused where torch has the kernel (CPU and CUDA): its ``found_inf`` argument, the one
+    ``GradScaler`` uses, skips the update inside the kernel. The momentum buffers start at zero
+    instead of as the fused kernel's uninitialised first-step buffers, which a skipped first step
+    would leave behind (the maths is unchanged: ``0.9·0 + g = g`` exactly).
+    """
+    try:
+        optimizer = torch.optim.SGD(param_groups, lr=lr, momentum=momentum, fused=True)
+    except RuntimeError:  # no fused kernel for this device: train_step syncs once per step
+        optimizer = torch.optim.SGD(param_groups, lr=lr, momentum=momentum)
+    if momentum:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return optimizer
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict`` that keeps this optimiser's implementation (fused or not):
+    that is this machine's choice, not the checkpoint's."""
+    flags = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, flags, strict=True):
+        group.update(kept)
+
+
 def train_step(
     model: nn.Module,
     criterion: nn.Module,
@@ -125,11 +154,17 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     amp: str = "none",
-    skip_nonfinite: bool = False,
 ) -> StepResult:
-    """One optimiser step over ``micro_batches`` (gradient accumulation); no host sync unless
-    ``skip_nonfinite`` asks to check the loss before the update."""
+    """One optimiser step over ``micro_batches`` (gradient accumulation), skipped when the loss
+    or a gradient is NaN/inf (SPEC §5: never train on NaN); no host sync with a fused optimiser
+    (:func:`make_sgd`): the caller reads ``finite`` at its next sync.
+
+    A skipped step leaves the model exactly as it was: the BatchNorm statistics that its forward
+    passes updated are put back too (a NaN image would otherwise poison them for evaluation).
+    """
     device = micro_batches[0][0].device
+    buffers = list(model.buffers())
+    before = [b.clone() for b in buffers]  # BN statistics: a few values per channel
     optimizer.zero_grad(set_to_none=True)
     total: dict[str, torch.Tensor] = {}
     for i, (images, masks) in enumerate(micro_batches):
@@ -142,16 +177,51 @@ def train_step(
             (scaler.scale(loss) if scaler else loss).backward()
         for k, v in terms.items():
             total[k] = total.get(k, 0) + v.detach() / len(micro_batches)
-    finite = torch.isfinite(total["loss"])
-    if skip_nonfinite and not bool(finite):
-        optimizer.zero_grad(set_to_none=True)  # documented `train.nonfinite=skip`: drop this step
-        return StepResult(total, finite)
-    if scaler:
+    # Under a GradScaler inf gradients are its scale search, and scaler.step skips them itself.
+    finite = step_is_finite(total["loss"], optimizer, check_grads=scaler is None)
+    apply_step(optimizer, scaler, finite)
+    for buffer, old in zip(buffers, before, strict=True):
+        buffer.copy_(torch.where(finite, buffer, old))  # on the device, no host sync
+    return StepResult(total, finite)
+
+
+def step_is_finite(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, check_grads: bool = True
+) -> torch.Tensor:
+    """Bool scalar on the device: the loss and (``check_grads``) every gradient are finite, on
+    every rank.
+
+    An inf loss can have finite gradients, so both are checked; under DDP the flag is
+    all-reduced so that every rank skips the same steps and the replicas stay equal.
+    """
+    finite = torch.isfinite(loss)
+    if check_grads:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        finite = finite & torch.isfinite(torch.nn.utils.get_total_norm(grads))
+    if dist.is_available() and dist.is_initialized():
+        flag = finite.float()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # queued on the device, no host sync
+        finite = flag.bool()
+    return finite
+
+
+def apply_step(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, finite: torch.Tensor
+) -> None:
+    """``optimizer.step()`` unless ``finite`` is False, decided on the device where possible."""
+    if scaler is not None:
+        # GradScaler skips a step whose gradients are inf/NaN by itself (that is its job), and a
+        # NaN loss has NaN gradients.
         scaler.step(optimizer)
         scaler.update()
-    else:
+    elif getattr(optimizer, "_step_supports_amp_scaling", False):  # fused (make_sgd)
+        optimizer.found_inf = (~finite).float()  # read by the fused kernel, as GradScaler does
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(finite):  # no fused kernel: this host sync is the price
         optimizer.step()
-    return StepResult(total, finite)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sanet._errors import DataError
 from sanet._files import atomic_write_text
 from sanet.rundir import RunDir
 from sanet.viz.visualize import pyplot, save_figure
@@ -46,9 +47,22 @@ class RunLog:
             self.writer.flush()
 
     def records(self) -> list[dict[str, Any]]:
+        """The records logged so far; a last line cut short (a run killed while appending it)
+        is dropped, with a warning."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if number < len(lines):  # damage before the end: not an interrupted append
+                    raise DataError(self.path, f"line {number} is not JSON ({err})",
+                                    "restore the file or delete that line") from err  # fmt: skip
+                logger.warning("Ignoring the last line of %s: cut short by an interrupted write",
+                               self.path)  # fmt: skip
+        return records
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop records logged after the checkpoint's step (they will be redone)."""

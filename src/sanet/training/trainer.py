@@ -17,7 +17,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sanet._files import atomic_torch_save, safe_torch_load
+from sanet._errors import plain_worker_errors
+from sanet._files import atomic_torch_save
 from sanet.config import Config, save_config
 from sanet.data import build_dataset
 from sanet.data.transforms import eval_transforms, train_transforms
@@ -27,6 +28,7 @@ from sanet.models.registry import build_model, load_model
 from sanet.progress import progress_bar
 from sanet.rundir import RunDir
 from sanet.training import engine
+from sanet.training.resume import read_resume_checkpoint, remove_interrupted_writes
 from sanet.training.runlog import RunLog
 from sanet.training.runtime import (
     Dist,
@@ -127,11 +129,14 @@ class Trainer:
         self.state = RunState()
         self.best_result: dict[str, Any] | None = None  # the metrics of model/ (this process)
         self.log = None
-        ckpt = _read_resume_checkpoint(cfg, self.run, self.device) if resume else None
+        ckpt = read_resume_checkpoint(cfg, self.run, self.device) if resume else None
         if self.dist.is_main:
             self.run.root.mkdir(parents=True, exist_ok=True)
+            remove_interrupted_writes(self.run)
             save_config(cfg, self.run.config)
             self.log = RunLog(self.run)
+            if ckpt is None:  # a fresh start: drop what a run killed before its first
+                self.log.truncate_after(0)  # checkpoint logged here
         if ckpt is not None:
             self.resume(ckpt, self.run.last)
 
@@ -150,10 +155,8 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the bare model: its state_dict is what checkpoints hold
         lr = t.lr * t.batch_size / 16  # linear scaling with the global batch (Sec. 4 recipe)
-        self.optimizer = torch.optim.SGD(
-            engine.param_groups(model, lr, t.head_lr_mult, t.weight_decay),
-            lr=lr,
-            momentum=t.momentum,
+        self.optimizer = engine.make_sgd(
+            engine.param_groups(model, lr, t.head_lr_mult, t.weight_decay), lr, t.momentum
         )
         self.scheduler = engine.poly_schedule(self.optimizer, self.total_steps, t.poly_power)
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
@@ -189,7 +192,7 @@ class Trainer:
     def resume(self, ckpt: dict[str, Any], path: Path) -> None:
         """Restore the training state of ``ckpt`` (read from ``path``)."""
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        engine.load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -206,7 +209,9 @@ class Trainer:
         """Train to the end (or ``max_steps``); returns the final summary."""
         t, s = self.cfg.train, self.state
         progress = _progress(self.dist.is_main)
-        with StopFlag() as stop, progress:
+        # A DataError in a DataLoader worker arrives wrapped in the worker's traceback text:
+        # plain_worker_errors re-raises its own message (it names the file).
+        with StopFlag() as stop, progress, plain_worker_errors():
             task = progress.add_task("train", total=self.total_steps, completed=s.global_step,
                                      loss=float("nan"), lr=self.scheduler.get_last_lr()[0], ips=0.0)  # fmt: skip
             while s.global_step < self.total_steps:
@@ -226,6 +231,10 @@ class Trainer:
                 done = s.global_step >= self.total_steps
                 if done or (finished_epoch and t.val_every and s.epoch % t.val_every == 0):
                     self.validate()
+                self.save("last")
+            if not s.history or s.history[-1]["step"] < s.global_step:
+                # finished, but stopped by a signal between its last step and the validation
+                self.validate()
                 self.save("last")
         if self.log:
             self.log.close()
@@ -247,8 +256,9 @@ class Trainer:
             indices += idx.tolist()
             if len(micro) < t.accumulate:
                 continue
-            result = engine.train_step(self.net, self.criterion, micro, self.optimizer, self.scaler,
-                                       t.amp, skip_nonfinite=t.nonfinite == "skip")  # fmt: skip
+            result = engine.train_step(
+                self.net, self.criterion, micro, self.optimizer, self.scaler, t.amp
+            )
             self.scheduler.step()
             pending.append((result, indices))
             images_seen += len(indices) * self.dist.world_size
@@ -297,7 +307,8 @@ class Trainer:
                 )
                 last = self.run.last
                 raise NonFiniteLossError(
-                    f"Non-finite loss at step {step}; batch files: {files}. Last good checkpoint: "
+                    f"Non-finite loss or gradients at step {step} (the step was not applied); "
+                    f"batch files: {files}. Last good checkpoint: "
                     f"{last if last.is_file() else 'none yet'}. Lower train.lr, try train.amp=none, "
                     "check these files with `sanet check-data`, or set train.nonfinite=skip."
                 )
@@ -343,28 +354,6 @@ class Trainer:
                 self.model.save_pretrained(self.run.model, metadata=self.metadata)
                 _plot_validation(result, cm, self.metadata["class_names"], self.run)
         return result
-
-
-def _read_resume_checkpoint(cfg: Config, run: RunDir, device: torch.device) -> dict[str, Any]:
-    """Read ``last.pt`` once, checking (before the run directory is rewritten) that the resumed
-    run trains the same model on the same data with the same loss."""
-    last = run.last
-    if not last.is_file():
-        raise FileNotFoundError(
-            f"--resume: {str(last)!r} does not exist. Resume needs the run directory of an "
-            "earlier `sanet train` (with --out DIR) that saved checkpoints/last.pt."
-        )
-    ckpt = safe_torch_load(last, device)
-    saved, now = ckpt["config"], cfg.to_dict()
-    changed = [f"{sec}.{key}: {saved[sec].get(key)!r} -> {value!r}"
-               for sec in ("model", "loss", "data") for key, value in now[sec].items()
-               if saved[sec].get(key) != value]  # fmt: skip
-    if changed:
-        raise ValueError(
-            f"--resume: the config differs from the run's in {', '.join(changed)}. Resume with "
-            f"the run's own config: {run.resume_command()} (train.* keys such as epochs may change)."
-        )
-    return ckpt
 
 
 def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
