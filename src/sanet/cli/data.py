@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from sanet._files import atomic_write_text
+from sanet._files import atomic_write_text, ensure_writable_dir
 
 T = TypeVar("T")
 
@@ -77,6 +77,7 @@ def _print_summary(title: str, summary: dict) -> None:
 def _run_prepare_synthetic(args: argparse.Namespace) -> int:
     from sanet.data.prepare import prepare_synthetic
 
+    ensure_writable_dir(args.out, "--out")
     summary = prepare_synthetic(
         args.out,
         num_train=args.num_train,
@@ -139,13 +140,16 @@ def _run_check(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from sanet._files import ensure_writable_file
     from sanet.data import build_dataset, parse_data_spec
     from sanet.data.check import check_dataset, default_workers
+    from sanet.progress import progress_bar
 
     kind, path = parse_data_spec(args.data)
-    ds = build_dataset(kind, path, split=args.split)
+    out = ensure_writable_file(args.out or Path(f"check-data-{kind}-{args.split}.json"), "--out")
+    # Missing files are issues of the scan like any other (all listed), not a stop at building.
+    ds = build_dataset(kind, path, split=args.split, check_files=False)
     console = Console(emoji=False)  # "voc:train:" must not become an emoji
-    from sanet.progress import progress_bar
 
     with progress_bar(unit="pairs", console=console) as bar:
         task = bar.add_task(ds.name, total=len(ds))
@@ -154,10 +158,8 @@ def _run_check(args: argparse.Namespace) -> int:
             workers=args.workers or default_workers(),
             progress=lambda n: bar.advance(task, n),
         )
-    out = args.out or Path(f"check-data-{kind}-{args.split}.json")
     report["data"] = args.data
     report["split"] = args.split
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     _print_report(console, report, args.show, Table)
     console.print(f"report: {out}")

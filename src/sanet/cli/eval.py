@@ -7,10 +7,14 @@ Thin wrappers: they parse arguments, call :mod:`sanet.inference`, :mod:`sanet.me
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import glob
 import json
 import logging
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +59,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from sanet._errors import DataError
+    from sanet._files import ensure_writable_dir
     from sanet.inference.predictor import evaluate, open_model
-    from sanet.metrics import per_class_table
 
     protocol = protocol_from_args(args)
     device = device_name(args.device)
@@ -70,20 +73,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data} split {args.split!r} has no images to evaluate.")
     if args.save_predictions and args.out is None:
         raise ValueError("--save-predictions writes into --out DIR; add --out.")
+    if args.out is not None:  # a bad --out fails now, not after the evaluation
+        ensure_writable_dir(
+            args.out / "predictions" if args.save_predictions else args.out, "--out"
+        )
     start = time.perf_counter()
+    failed: list[str] = []  # unreadable pairs: left out of the metrics, listed at the end
+    done: list[int] = []  # dataset index of each evaluated image
     with progress() as bar:
         task = bar.add_task(f"eval {args.split}", total=n)
 
-        def on_image(i: int, pred: Any) -> None:
+        def readable_pairs() -> Iterator[Any]:
+            for i in range(n):
+                try:
+                    pair = dataset[i]
+                except (DataError, FileNotFoundError) as err:
+                    failed.append(str(err))
+                    bar.advance(task)
+                    continue
+                done.append(i)
+                yield pair
+
+        def on_image(j: int, pred: Any) -> None:
             if args.save_predictions:
-                _save_prediction(dataset, i, pred, args.out / "predictions")
+                _save_prediction(dataset, done[j], pred, args.out / "predictions")
             bar.advance(task)
 
-        pairs = (dataset[i] for i in range(n))
+        pairs = readable_pairs()
         cm = evaluate(model, pairs, dataset.num_classes, protocol, device, on_image=on_image)
-    seconds = time.perf_counter() - start
-    result = cm.compute()
-    names = list(dataset.class_names)
+    if done:
+        _show_and_write(
+            args, cm, dataset, protocol, done, failed, time.perf_counter() - start, meta
+        )
+    fix = "the metrics leave them out; fix them (`sanet check-data` lists every problem) and rerun"
+    return _report_failed("eval", failed, n, fix)
+
+
+def _show_and_write(args: argparse.Namespace, cm: Any, dataset: Any, protocol: Any,
+                    done: list[int], failed: list[str], seconds: float, meta: dict) -> None:  # fmt: skip
+    """Print the per-class table and the totals; write ``--out`` (metrics.json and plots)."""
+    from rich.console import Console
+
+    from sanet.metrics import per_class_table
+
+    result, names, n = cm.compute(), list(dataset.class_names), len(done)
     console = Console()
     console.print(per_class_table(result, names, confusion=cm.matrix_cpu()))
     console.print(result["convention"], style="dim")
@@ -92,9 +125,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if args.out is not None:
         report = eval_report(result, names, protocol, cm, args, n, seconds, meta)
+        report["failed"] = failed
         write_eval_outputs(args.out, report, result, names, cm)
         console.print(f"Wrote {args.out / 'metrics.json'} and plots.")
-    return 0
 
 
 def _save_prediction(dataset: Any, index: int, pred: Any, folder: Path) -> None:
@@ -213,24 +246,91 @@ def output_plan(
 def cmd_predict(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from sanet._errors import DataError
+    from sanet._files import ensure_writable_dir
     from sanet.inference.predictor import Predictor, load_rgb
     from sanet.viz.visualize import mask_to_pil, overlay_with_legend, save_png
 
     protocol = protocol_from_args(args)
     plan = output_plan(expand_inputs(args.inputs), args.out, args.overlay)
+    ensure_writable_dir(args.out / "overlays" if args.overlay else args.out, "--out")
     predictor = Predictor(args.checkpoint, device=device_name(args.device), protocol=protocol)
+    failed: list[str] = []  # a bad image is reported at the end; the good ones are all written
     with progress() as bar:
         task = bar.add_task("predict", total=len(plan))
+        windows = WindowProgress(bar, predictor.model, protocol)
         for image_path, mask_path, overlay_path in plan:
-            rgb = load_rgb(image_path)
-            mask = predictor.predict(rgb)
+            try:
+                rgb = load_rgb(image_path)
+            except (DataError, FileNotFoundError) as err:
+                failed.append(f"{image_path}: {getattr(err, 'problem', None) or err}")
+                bar.advance(task)
+                continue
+            with windows.image(image_path, *rgb.shape[:2]):
+                mask = predictor.predict(rgb)
             save_png(mask_to_pil(mask, predictor.palette), mask_path)
             if overlay_path is not None:
                 pic = overlay_with_legend(rgb, mask, predictor.class_names, predictor.palette)
                 save_png(pic, overlay_path)
             bar.advance(task)
+    done = len(plan) - len(failed)
     Console().print(
-        f"Wrote {len(plan)} mask{'s' if len(plan) != 1 else ''} to {args.out}"
+        f"Wrote {done} mask{'s' if done != 1 else ''} to {args.out}"
         + (" (+ overlays)" if args.overlay else "")
     )
-    return 0
+    return _report_failed("predict", failed, len(plan), "fix or convert these files and rerun")
+
+
+def _report_failed(command: str, failed: list[str], total: int, fix: str) -> int:
+    """Batch commands finish the good items, then list the bad ones here: exit 1 if any."""
+    if not failed:
+        return 0
+    print(f"sanet {command}: {len(failed)} of {total} inputs failed (the others are done); "
+          f"{fix}:", file=sys.stderr)  # fmt: skip
+    for line in failed:
+        print(f"  {line}", file=sys.stderr)
+    return 1
+
+
+class WindowProgress:
+    """Progress inside an image that takes many forward passes (windows done / total), and a
+    hint about ``--base-size`` the first time an image is huge at native size."""
+
+    MIN_WINDOWS = 8  # fewer: the image bar alone moves often enough
+
+    def __init__(self, bar: Any, model: Any, protocol: Any) -> None:
+        self.bar, self.model, self.protocol, self.hinted = bar, model, protocol, False
+
+    @contextlib.contextmanager
+    def image(self, path: Path, height: int, width: int) -> Iterator[None]:
+        from sanet.inference.protocol import window_count
+
+        total = window_count(height, width, self.protocol)
+        if total < self.MIN_WINDOWS:
+            yield
+            return
+        self._hint(path, height, width, total)
+        task = self.bar.add_task(f"  {path.name}", total=total, unit="win")
+
+        def count(module: Any, inputs: tuple, output: Any) -> None:
+            self.bar.advance(task, inputs[0].shape[0])  # windows (and mirrors) in this batch
+
+        handle = self.model.register_forward_hook(count)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self.bar.remove_task(task)
+
+    def _hint(self, path: Path, height: int, width: int, total: int) -> None:
+        from sanet.inference.protocol import window_count
+
+        if self.hinted or self.protocol.base_size is not None or max(height, width) <= 2048:
+            return
+        self.hinted = True
+        small = window_count(height, width, dataclasses.replace(self.protocol, base_size=1024))
+        self.bar.console.print(
+            f"[yellow]hint[/yellow] {path.name} is {width}×{height} px: at native size it takes "
+            f"{total} forward windows. --base-size 1024 predicts at a long side of 1024 px "
+            f"({small} windows), the mask is resized back to {width}×{height}."
+        )

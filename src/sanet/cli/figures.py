@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sanet._files import ensure_writable_dir, ensure_writable_file
 from sanet.cli.common import (
     add_overrides,
     add_protocol_args,
@@ -66,6 +67,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from sanet.viz.figures import attention_maps, plot_attention_maps
 
     point = _parse_point(args.point)
+    ensure_writable_file(args.out, "--out")
     device = device_name(args.device)
     model, _ = load_model(args.checkpoint, map_location="cpu")
     model = model.to(device).eval()
@@ -81,6 +83,7 @@ def cmd_figure5(args: argparse.Namespace) -> int:
     from sanet.viz.figures import plot_figure5
 
     protocol = protocol_from_args(args)
+    ensure_writable_file(args.out, "--out")
     device = device_name(args.device)
     dataset = open_dataset(args.data, args.split)
     indices = [int(v) for v in parse_floats(args.indices, "--indices")]
@@ -120,6 +123,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.config is None:
         args.config = recipe_path("demo")
     load_config(args.config, args.overrides)  # fail on a bad recipe before the first run
+    ensure_writable_dir(args.out, "--out")
 
     def train_one(alpha: float, beta: float, run_dir: Path) -> float:
         from sanet.training.trainer import Trainer

@@ -44,7 +44,7 @@ _BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "folder": build_folder,
 }
 DATASET_KINDS = (*_BUILDERS, "synthetic")
-_COMMON_OPTIONS = ("exif_transpose", "max_pixels")
+_COMMON_OPTIONS = ("exif_transpose", "max_pixels", "check_files")
 _SYNTHETIC_OPTIONS = ("num_images", "size", "seed")
 
 
@@ -67,8 +67,9 @@ def build_dataset(
         root: the dataset folder (ignored for ``synthetic``).
         split: ``train``/``val`` (and the layout's own split names).
         transforms: ``transforms(image, mask) -> (image, mask)``, e.g. ``train_transforms()``.
-        **kwargs: ``exif_transpose``, ``max_pixels``; for ``synthetic`` also ``num_images``,
-            ``size``, ``seed``.
+        **kwargs: ``exif_transpose``, ``max_pixels``, ``check_files`` (see
+            :class:`SegmentationDataset`); for ``synthetic`` also ``num_images``, ``size``,
+            ``seed``.
 
     Returns:
         A dataset with ``num_classes``, ``class_names``, ``palette`` and ``files(i)``.

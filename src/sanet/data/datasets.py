@@ -12,6 +12,7 @@ The builders of each on-disk layout are in ``layouts.py`` (docs/datasets.md).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -38,6 +39,8 @@ class SegmentationDataset(Dataset):
         name: for messages, e.g. ``"voc:val"``.
         exif_transpose: apply each file's EXIF orientation (image and mask alike).
         max_pixels: refuse larger images (decompression bombs).
+        check_files: refuse, here, a dataset with missing files (counted, with examples);
+            ``False`` defers each to its read (``sanet check-data`` lists them all).
     """
 
     def __init__(
@@ -51,8 +54,11 @@ class SegmentationDataset(Dataset):
         name: str = "dataset",
         exif_transpose: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        check_files: bool = True,
     ) -> None:
         self.pairs = [(str(i), str(m)) for i, m in pairs]
+        if check_files:
+            _check_files_exist(self.pairs, name)
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.palette = list(palette) if palette is not None else C.voc_palette(self.num_classes)
@@ -127,6 +133,18 @@ class SegmentationDataset(Dataset):
         if self.transforms is not None:
             return self.transforms(image, mask)
         return image, mask
+
+
+def _check_files_exist(pairs: list[tuple[str, str]], name: str) -> None:
+    """Fail early, with a count and examples, when listed files are missing."""
+    missing = [p for pair in pairs for p in pair if not os.path.exists(p)]
+    if missing:
+        kind = name.partition(":")[0]
+        raise FileNotFoundError(
+            f"{name}: {len(missing)} of {2 * len(pairs)} files are missing (e.g. "
+            f"{', '.join(missing[:3])}). Fix: complete the download or re-run `sanet prepare`; "
+            f"`sanet check-data --data {kind}:ROOT` lists every missing file."
+        )
 
 
 def _describe_lut(lut: np.ndarray) -> str:

@@ -72,7 +72,7 @@ def _open(source: ImageSource, max_pixels: int, what: str) -> Image.Image:
         raise DataError(
             path,
             f"cannot read the {what} ({type(err).__name__}: {err}); expected a PNG or JPEG file",
-            "re-download or re-export the file, or remove it from the split list",
+            "re-download or re-export the file, or remove it from the dataset",
         ) from err
     w, h = im.size
     if w * h > max_pixels:
@@ -93,7 +93,7 @@ def _decode(im: Image.Image, path: str | os.PathLike, what: str) -> None:
         raise DataError(
             path,
             f"the {what} is truncated or corrupt ({err})",
-            "re-download or re-export the file, or remove it from the split list",
+            "re-download or re-export the file, or remove it from the dataset",
         ) from err
 
 

@@ -32,17 +32,6 @@ def find_root(root: str | os.PathLike, subdirs: Sequence[str], marker: str, kind
     )
 
 
-def check_pairs_exist(pairs: list[tuple[str, str]], kind: str) -> None:
-    """Fail early, with a count and examples, when listed files are missing."""
-    missing = [p for pair in pairs for p in pair if not os.path.exists(p)]
-    if missing:
-        examples = ", ".join(missing[:3])
-        raise FileNotFoundError(
-            f"{kind}: {len(missing)} listed files are missing (e.g. {examples}). Fix: complete "
-            "the download / re-run `sanet prepare`, or remove the stems from the split list."
-        )
-
-
 def _split_pairs(
     base: Path, stems: list[str], image_dir: str, mask_dir: str, image_ext: str, kind: str
 ) -> list[tuple[str, str]]:
@@ -50,7 +39,6 @@ def _split_pairs(
         (str(base / image_dir / f"{s}{image_ext}"), str(base / mask_dir / f"{s}.png"))
         for s in stems
     ]
-    check_pairs_exist(pairs, kind)
     return pairs
 
 
@@ -135,7 +123,6 @@ def _voc_aug_from_sbd(root: Path, split: str) -> list[tuple[str, str]]:
         png = voc / "SegmentationClass" / f"{s}.png"
         mask = png if png.exists() else sbd / "cls" / f"{s}.mat"
         pairs.append((str(voc / "JPEGImages" / f"{s}.jpg"), str(mask)))
-    check_pairs_exist(pairs, "voc-aug")
     return pairs
 
 
@@ -180,7 +167,6 @@ def build_ade20k(root: str | os.PathLike, split: str = "train", **kw) -> Segment
     pairs = []
     for mask in sorted(mask_dir.glob("*.png")):
         pairs.append((str(base / "images" / sub / f"{mask.stem}.jpg"), str(mask)))
-    check_pairs_exist(pairs, "ade20k")
     return SegmentationDataset(
         pairs,
         class_names=C.ADE20K_CLASSES,
@@ -208,7 +194,6 @@ def build_cityscapes(root: str | os.PathLike, split: str = "train", **kw) -> Seg
         stem = image.name[: -len("_leftImg8bit.png")]
         mask = base / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
         pairs.append((str(image), str(mask)))
-    check_pairs_exist(pairs, "cityscapes")
     return SegmentationDataset(
         pairs,
         class_names=C.CITYSCAPES_CLASSES,
@@ -256,7 +241,6 @@ def build_folder(root: str | os.PathLike, split: str = "train", **kw) -> Segment
     if not images:
         raise FileNotFoundError(f"folder: no images in {image_dir}")
     pairs = [(str(p), str(mask_dir / f"{p.stem}.png")) for p in images]
-    check_pairs_exist(pairs, "folder")
     return SegmentationDataset(
         pairs, class_names=names, palette=colours, name=f"folder:{split}", **kw
     )

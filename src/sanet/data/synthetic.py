@@ -206,6 +206,7 @@ class SyntheticDataset(SegmentationDataset):
         transforms: Transforms | None = None,
         exif_transpose: bool = False,  # accepted for a uniform interface; nothing to rotate
         max_pixels: int | None = None,
+        check_files: bool = False,  # likewise: its "files" are generated
     ) -> None:
         if num_images is None:
             num_images = 512 if split == "train" else 64
@@ -226,6 +227,7 @@ class SyntheticDataset(SegmentationDataset):
             palette=SYNTHETIC_PALETTE,
             transforms=transforms,
             name=f"synthetic:{split}",
+            check_files=False,
         )
 
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -103,6 +103,19 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return [*range(0, size - window, stride), size - window]
 
 
+def window_count(height: int, width: int, protocol: EvalProtocol) -> int:
+    """Model inputs (windows, mirrored ones included) that one ``height × width`` image takes
+    under ``protocol``: the unit of progress inside a large image."""
+    total = 0
+    for s in protocol.scales:
+        h, w = _scaled_size(height, width, s, protocol.base_size)
+        ch, cw = min(protocol.crop_size, h), min(protocol.crop_size, w)
+        total += len(window_starts(h, ch, protocol.stride)) * len(
+            window_starts(w, cw, protocol.stride)
+        )
+    return total * (2 if protocol.flip else 1)
+
+
 def _forward_probs(model: nn.Module, tiles: torch.Tensor, amp: str = "none") -> torch.Tensor:
     """Softmax probabilities of a batch of equal-size tiles, zero-padding tiles below 32 px.
 
