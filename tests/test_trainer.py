@@ -3,7 +3,9 @@ signals, the non-finite guard, and that a small SANet actually learns."""
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 from pathlib import Path
 
 import pytest
@@ -63,23 +65,41 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, s
     assert (tmp_path / "cut/checkpoints/best.pt").is_file()
 
 
-def test_run_directory_contents(tmp_path: Path) -> None:
+def test_r02_run_directory_contents_and_modes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _trainer(run, "train.epochs=1").fit()
     for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
                  "model/config.json", "model/model.safetensors", "plots/loss.png", "plots/val_miou.png"):  # fmt: skip
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in run.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # r02: what the umask gives, not 0600
     model, meta = load_model(run)
     assert meta["class_names"][0] == "background" and model.num_classes == len(meta["class_names"])
 
 
-def test_nonfinite_loss_stops_with_step_and_files(tmp_path, monkeypatch) -> None:
-    trainer = _trainer(tmp_path / "nan", "train.lr=1e30", "train.epochs=1")
-    with pytest.raises(
-        NonFiniteLossError, match=r"Non-finite loss at step \d+; batch files: \['synthetic:"
-    ):
+def test_r11_nonfinite_loss_stops_at_the_sync_with_no_nan_step_applied(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path / "nan", "train.epochs=1", "train.log_every=10")  # sync: step 3
+    real_criterion, real_step, after_step = trainer.criterion, engine.train_step, []
+
+    def poisoned(outputs, target):  # from step 2 on every loss is NaN (an exploding run)
+        terms = real_criterion(outputs, target)
+        return {k: v * float("nan") for k, v in terms.items()} if after_step else terms
+
+    def step(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        after_step.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return result
+
+    trainer.criterion = poisoned
+    monkeypatch.setattr(engine, "train_step", step)
+    with pytest.raises(NonFiniteLossError, match=r"at step 2 \(the step was not applied\); batch"):
         trainer.fit()
+    assert len(after_step) == 3  # steps 2 and 3 ran (no host sync in between) but changed nothing
+    weights = trainer.model.state_dict()
+    assert all(torch.equal(weights[k], after_step[0][k]) for k in weights)
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
@@ -167,13 +187,17 @@ def test_sigterm_through_the_cli_saves_and_resumes(tmp_path: Path) -> None:
     assert os.path.isfile(run / "model/model.safetensors")
 
 
-def test_resume_refuses_a_different_model_or_data(tmp_path: Path) -> None:
+def test_r08_resume_refuses_what_changes_the_run_and_accepts_speed_knobs(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _trainer(run, "train.epochs=1").fit()
     config_before = (run / "config.yaml").read_text()
     with pytest.raises(ValueError, match=r"model.backbone: 'resnet18d' -> 'resnet10t'"):
         _trainer(run, "model.backbone=resnet10t", resume=True)
+    with pytest.raises(ValueError, match=r"train.batch_size: 4 -> 2, train.seed: 7 -> 8"):
+        _trainer(run, "train.batch_size=2", "train.seed=8", resume=True)
     assert (run / "config.yaml").read_text() == config_before  # nothing rewritten
+    resumed = _trainer(run, "data.num_workers=2", "train.epochs=3", resume=True)
+    assert resumed.state.global_step == 3 and resumed.total_steps == 9
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _trainer(tmp_path / "empty", resume=True)
 

@@ -1,0 +1,53 @@
+"""docs/reliability.md's table of faults and bad inputs stays true to the tests: every id in it
+is a test (``test_<id>_...``), every such test is in it, and its "tried" column is the number of
+cases those tests run (parametrisations counted from the source, so nothing is imported)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_ID = re.compile(r"^test_(r\d\d)_")
+ROW = re.compile(r"^\| (r\d\d) \|(?:[^|]*\|){2} (\d+) \|")  # | id | fault | item | tried | ...
+
+
+def _cases(call: ast.Call, constants: dict[str, ast.AST]) -> int:
+    """Number of cases of one ``@pytest.mark.parametrize(names, values)``."""
+    values = call.args[1] if len(call.args) > 1 else call.keywords[0].value
+    values = constants.get(values.id, values) if isinstance(values, ast.Name) else values
+    assert isinstance(values, (ast.List, ast.Tuple)), ast.dump(values)
+    return len(values.elts)
+
+
+def _tests_by_id() -> dict[str, int]:
+    """Cases per id, summed over every test function that carries it."""
+    found: dict[str, int] = {}
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        constants = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+                     for t in node.targets if isinstance(t, ast.Name)}  # fmt: skip
+        for node in tree.body:
+            match = isinstance(node, ast.FunctionDef) and TEST_ID.match(node.name)
+            if not match:
+                continue
+            cases = 1
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and ast.unparse(deco.func).endswith("parametrize"):
+                    cases *= _cases(deco, constants)
+            found[match.group(1)] = found.get(match.group(1), 0) + cases
+    return found
+
+
+def _table() -> dict[str, int]:
+    text = (ROOT / "docs/reliability.md").read_text()
+    return {m.group(1): int(m.group(2)) for line in text.splitlines() if (m := ROW.match(line))}
+
+
+def test_the_table_lists_every_reliability_test_with_its_case_count() -> None:
+    tests, table = _tests_by_id(), _table()
+    assert len(tests) >= 17
+    assert sorted(table) == sorted(tests), "ids in docs/reliability.md != ids of tests"
+    wrong = {i: (table[i], tests[i]) for i in tests if table[i] != tests[i]}
+    assert not wrong, f"'tried' column (table, tests) disagrees: {wrong}"
