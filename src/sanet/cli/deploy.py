@@ -63,6 +63,7 @@ def _run_extras(checkpoint: str) -> dict[str, Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from sanet._files import ensure_writable_file
     from sanet.deploy.export import (
         DEFAULT_OPSET,
         ParityTolerance,
@@ -74,6 +75,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if str(args.checkpoint).lower().endswith(".onnx"):
         raise ValueError(f"{args.checkpoint} is already an ONNX file; export a run or model/.")
+    ensure_writable_file(args.out, "--out")  # before the export and its parity check
     model, meta = load_model(args.checkpoint, map_location="cpu")
     cfg = run_config(args.checkpoint)
     ev = cfg.get("eval") or {}
