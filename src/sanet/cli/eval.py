@@ -252,9 +252,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from sanet.viz.visualize import mask_to_pil, overlay_with_legend, save_png
 
     protocol = protocol_from_args(args)
+    device = device_name(args.device)
     plan = output_plan(expand_inputs(args.inputs), args.out, args.overlay)
     ensure_writable_dir(args.out / "overlays" if args.overlay else args.out, "--out")
-    predictor = Predictor(args.checkpoint, device=device_name(args.device), protocol=protocol)
+    predictor = Predictor(args.checkpoint, device=device, protocol=protocol)
     failed: list[str] = []  # a bad image is reported at the end; the good ones are all written
     with progress() as bar:
         task = bar.add_task("predict", total=len(plan))
