@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sanet.models import SqueezeAttention, SqueezeExcitation
+from sanet.models.sa import HalfAvgPool
 
 
 def _conv_bn_relu_ref(x: torch.Tensor, seq: torch.nn.Sequential) -> torch.Tensor:
@@ -18,24 +19,23 @@ def _conv_bn_relu_ref(x: torch.Tensor, seq: torch.nn.Sequential) -> torch.Tensor
     return y.clamp(min=0)
 
 
+def _ceil_pool_reference(x: torch.Tensor) -> torch.Tensor:
+    """APool with ceil mode by hand: zero-pad to even size, sum each 2×2 window, divide by the
+    number of its pixels inside the image (2 × 2, or 1 in the last row/column of an odd size)."""
+    h, w = x.shape[-2:]
+    hp, wp = (h + 1) // 2, (w + 1) // 2
+    padded = F.pad(x, (0, 2 * wp - w, 0, 2 * hp - h))
+    sums = padded.unflatten(-2, (hp, 2)).unflatten(-1, (wp, 2)).sum(dim=(-3, -1))
+    rows, cols = torch.full((hp,), 2.0), torch.full((wp,), 2.0)
+    rows[-1], cols[-1] = 2 - h % 2, 2 - w % 2
+    return sums / (rows[:, None] * cols[None, :]).to(x.dtype)
+
+
 def _sa_reference(sa: SqueezeAttention, x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     main = _conv_bn_relu_ref(_conv_bn_relu_ref(x, sa.main[0]), sa.main[1])
-    # APool with ceil mode: average each 2×2 window, the last one clipped to the image.
-    hp, wp = (h + 1) // 2, (w + 1) // 2
-    pooled = torch.stack(
-        [
-            torch.stack(
-                [
-                    x[..., 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(-2, -1))
-                    for j in range(wp)
-                ],
-                -1,
-            )
-            for i in range(hp)
-        ],
-        -2,
-    )
+    pooled = _ceil_pool_reference(x)
+    hp, wp = pooled.shape[-2:]
     attn = _conv_bn_relu_ref(_conv_bn_relu_ref(pooled, sa.attn[0]), sa.attn[1])
     # nearest upsampling to (h, w): output row i reads input row floor(i · hp / h)
     rows = torch.div(torch.arange(h) * hp, h, rounding_mode="floor")
@@ -89,3 +89,41 @@ def test_se_block_rescales_channels() -> None:
     g = torch.sigmoid((w1 @ main.mean(dim=(2, 3)).T + b1[:, None]).clamp(min=0).T @ w2.T + b2)
     torch.testing.assert_close(out, main * g[:, :, None, None])
     torch.testing.assert_close(gate[:, :, 0, 0], g)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 5), (63, 63), (65, 97), (64, 64), (2, 7)])
+def test_half_pool_is_ceil_mode_average_pooling(size: tuple[int, int]) -> None:
+    # Replicate-pad + 2×2 mean against windows clipped by hand and against PyTorch's own ceil
+    # mode (which divides a clipped window by its in-bounds count), values and gradients.
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    pooled = HalfAvgPool()(x)
+    assert pooled.shape == (2, 3, (size[0] + 1) // 2, (size[1] + 1) // 2)
+    torch.testing.assert_close(pooled, _ceil_pool_reference(x))
+    torch.testing.assert_close(pooled, F.avg_pool2d(x, 2, 2, ceil_mode=True))
+    grad_out = torch.randn_like(pooled)
+    (ours,) = torch.autograd.grad(pooled, x, grad_out)
+    (ref,) = torch.autograd.grad(_ceil_pool_reference(x), x, grad_out)
+    torch.testing.assert_close(ours, ref)
+    if size == (5, 5):  # by hand: the corner pixel is alone in its window, gets all of its grad
+        assert ours[0, 0, 4, 4] == grad_out[0, 0, 2, 2]
+        assert ours[0, 0, 4, 0] == grad_out[0, 0, 2, 0] / 2  # a 1×2 window: half each
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(5, 5), (63, 63), (65, 97)])
+def test_compiled_sa_matches_eager_at_odd_sizes(size: tuple[int, int]) -> None:
+    # The inductor backward of avg_pool2d(ceil_mode=True) is wrong at odd sizes (issue 11);
+    # SA's pooling must give compiled forward and gradients equal to eager ones.
+    torch.manual_seed(0)  # float64: what is left is the bug, not reduction-order rounding
+    sa = SqueezeAttention(4, 3).train().double()
+    x = torch.randn(2, 4, *size, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 3, *size, dtype=torch.float64)
+
+    def grads(module: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+        out = module(x)
+        return (out, *torch.autograd.grad(out, [x, *sa.parameters()], grad_out))
+
+    eager = grads(sa)
+    compiled = grads(torch.compile(sa, dynamic=False))
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(b, a)

@@ -25,6 +25,34 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> n
     )
 
 
+class HalfAvgPool(nn.Module):
+    """APool of Eq. 3: 2×2 average pooling, stride 2, ceil mode (odd sizes keep their last
+    row/column), written so that ``torch.compile`` differentiates it correctly.
+
+    Ceil-mode pooling averages a window clipped at the border over its in-bounds pixels.
+    Replicating the last row/column to an even size and taking plain 2×2 means gives exactly
+    that (a clipped window ``[a, b]`` becomes ``[a, b, a, b]``, whose mean is ``(a + b) / 2``),
+    and backward sends each replica's gradient back to its source. We do not call
+    ``avg_pool2d(ceil_mode=True)`` itself: its compiled backward (torch 2.14, inductor) gives
+    wrong gradients at odd sizes (issue 11; reproduced with the CPU backend, exact at even
+    sizes), and a 520 crop reaches odd sizes at output stride 8 (65×65). The replication is an
+    index gather rather than ``F.pad(mode="replicate")``, whose compiled backward fails a
+    stride check on CPU. Even inputs skip the gather in eager mode; when compiling or tracing
+    it is always applied (it is the identity at even sizes), so no graph depends on parity.
+
+    Shape: ``(N, C, H, W)`` → ``(N, C, ⌈H/2⌉, ⌈W/2⌉)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or h % 2 or w % 2:
+            # rows 0..h-1 then row h-1 again when h is odd (likewise columns)
+            rows = torch.arange(h + h % 2, device=x.device).clamp(max=h - 1)
+            cols = torch.arange(w + w % 2, device=x.device).clamp(max=w - 1)
+            x = x.index_select(-2, rows).index_select(-1, cols)  # (N, C, 2⌈H/2⌉, 2⌈W/2⌉)
+        return F.avg_pool2d(x, kernel_size=2, stride=2)
+
+
 def _two_convs(in_channels: int, out_channels: int) -> nn.Sequential:
     # F_main and F_attn: in→out then out→out (docs/paper-fidelity.md, "SA branches").
     return nn.Sequential(
@@ -69,8 +97,8 @@ class SqueezeAttention(nn.Module):
         self.attn = _two_convs(in_channels, out_channels)
         if attn_act == "sigmoid":
             self.attn[-1][-1] = nn.Sigmoid()  # σ replaces the last ReLU of F_attn
-        # APool: kernel 2, stride 2, ceil_mode so that odd sizes keep their last row/column.
-        self.pool = nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True)
+        # APool: kernel 2, stride 2, ceil mode so that odd sizes keep their last row/column.
+        self.pool = HalfAvgPool()
 
     def forward(
         self, x: torch.Tensor, return_parts: bool = False
