@@ -1,7 +1,7 @@
 """SANet, its baselines and their building blocks; ``build_model`` picks one by name.
 
-Floors inside this package (each imports only those below it): ``sa`` (SA and SE blocks) and
-``backbone`` → ``heads`` → ``segmentation`` (model assembly, save/load) → ``registry``
+Floors inside this package (each imports only those below it): ``sa`` (SA and SE blocks),
+``resize`` (exact bilinear resizing, the fastest way per device) and ``backbone`` → ``heads`` → ``segmentation`` (model assembly, save/load) → ``registry``
 (``build_model``, ``load_model``).
 """
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sanet.models.resize import resize_bilinear
 from sanet.models.sa import AttnAct, SqueezeAttention, SqueezeExcitation, UpMode, conv_bn_relu
 
 Gate = Literal["logsigmoid", "sigmoid"]
@@ -108,4 +109,5 @@ class FCNHead(nn.Module):
 
 
 def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    # bilinear, align_corners=False: by matrix products where that is faster (models/resize.py)
+    return resize_bilinear(x, size)

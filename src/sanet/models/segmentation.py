@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sanet._files import atomic_save_bytes, atomic_write_text, safe_safetensors_load
 from sanet.models.backbone import Backbone
 from sanet.models.heads import Block, FCNHead, Gate, SANetHead
+from sanet.models.resize import resize_bilinear
 from sanet.models.sa import AttnAct, UpMode
 
 MIN_SIZE = 32  # the deepest stage is H/8 at output stride 8: below 32 px it has < 4 positions
@@ -226,4 +226,5 @@ def _check_num_classes(num_classes: int) -> None:
 
 
 def _upsample(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    # bilinear, align_corners=False: by matrix products where that is faster (models/resize.py)
+    return resize_bilinear(x, size)
