@@ -168,6 +168,30 @@ def test_predict_mask_equals_argmax_of_proba_multiscale():
     assert torch.equal(predict_mask(model, image, protocol), probs.argmax(0))
 
 
+def test_windows_of_equal_size_share_forwards_across_scales():
+    # The paper's protocol on a 500×375 image (hand-computed from 520·s and the 480 window):
+    # s = 0.5, 0.75, 1.0 give one 195×260, one 292×390 (375/500·390 = 292.5, rounded half to
+    # even) and two 390×480 windows; s = 1.25, 1.5, 1.75 give 4 + 4 + 6 = 14 windows of
+    # 480×480. With flips and 32 tiles per forward:
+    model = SizeLogits()
+    predict_proba(model, torch.randn(3, 375, 500), EvalProtocol.paper_ms_flip(window_batch=32))
+    assert model.calls == [
+        (2, 3, 195, 260), (2, 3, 292, 390), (4, 3, 390, 480), (28, 3, 480, 480),
+    ]  # fmt: skip
+
+
+def test_batching_windows_does_not_change_the_result():
+    # One window (and its mirror) per forward against everything that fits in one forward;
+    # fp32, a conv net whose windows overlap and whose scales share window sizes.
+    model = _toy_fcn(3)
+    image = torch.randn(3, 50, 37)
+    kwargs = dict(base_size=72, crop_size=40, stride=24)
+    one = predict_proba(model, image, EvalProtocol.paper_ms_flip(window_batch=1, **kwargs))
+    many = predict_proba(model, image, EvalProtocol.paper_ms_flip(window_batch=64, **kwargs))
+    torch.testing.assert_close(many, one)
+    assert torch.equal(many.argmax(0), one.argmax(0))
+
+
 def test_images_smaller_than_the_model_minimum_are_padded():
     out = predict_proba(_toy_fcn(3), torch.randn(2, 3, 20, 25))
     assert out.shape == (2, 4, 20, 25)

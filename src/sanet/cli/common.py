@@ -10,6 +10,11 @@ from sanet.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
+# Windows per forward in `sanet eval/predict` on a GPU: wider batches than on a CPU (a 500×375
+# image at the paper's six scales has 14 windows of 480×480, 28 with mirrors). A chosen default,
+# not a measured optimum (no GPU was lent): `sanet bench --mode eval --window-batch N` measures.
+CUDA_WINDOW_BATCH = 16
+
 
 def add_overrides(p: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--set KEY=VALUE ...`` (repeatable): config overrides with type checking."""
@@ -33,7 +38,11 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--crop-size", type=int, help="sliding-window size (480)")
     p.add_argument("--stride", type=int, help="sliding-window stride (320)")
-    p.add_argument("--window-batch", type=int, default=4, help="windows per forward pass")
+    p.add_argument(
+        "--window-batch", type=int,
+        help="windows (mirrors included) per forward pass, across scales (default: 4 on CPU, "
+        f"{CUDA_WINDOW_BATCH} on CUDA)",
+    )  # fmt: skip
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                    help="autocast forward passes (GPU speed; recorded in the protocol)")  # fmt: skip
 
@@ -81,9 +90,10 @@ def protocol_from_args(args: argparse.Namespace) -> Any:
     ev, data = cfg.get("eval") or {}, cfg.get("data") or {}
     crop = args.crop_size or ev.get("crop_size") or 480
     stride = args.stride or ev.get("stride") or 320
-    common = dict(
-        crop_size=int(crop), stride=int(stride), window_batch=args.window_batch, amp=args.amp
+    window_batch = args.window_batch or (
+        CUDA_WINDOW_BATCH if device_name(args.device).startswith("cuda") else 4
     )
+    common = dict(crop_size=int(crop), stride=int(stride), window_batch=window_batch, amp=args.amp)
     if not args.ms_flip:
         if args.scales:
             raise ValueError("--scales applies to --ms-flip; add --ms-flip.")

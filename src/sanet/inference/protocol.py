@@ -6,9 +6,10 @@ How one image is predicted (:func:`predict_proba`):
 1. For each scale ``s``: resize the image so that its long side is ``base_size · s`` (or, with
    ``base_size=None``, scale both sides by ``s``; single scale at ``s = 1`` keeps the image).
 2. At that size, images larger than ``crop_size`` go through a sliding window (``crop_size``
-   windows every ``stride`` px, the last window aligned to the border); windows are batched
-   (``window_batch`` per forward) and their softmax probabilities averaged where they overlap.
-   With ``flip`` every window is also run mirrored (in the same batch) and the two averaged.
+   windows every ``stride`` px, the last window aligned to the border); windows of equal size,
+   across scales, are batched (``window_batch`` per forward) and their softmax probabilities
+   averaged where they overlap. With ``flip`` every window is also run mirrored (in the same
+   batch) and the two averaged.
 3. The per-scale probability maps are bilinearly resized to the input size and averaged.
 
 Memory bound: per-scale probability maps are kept at their *scaled* resolution, and step 3 is
@@ -131,40 +132,17 @@ def _forward_probs(model: nn.Module, tiles: torch.Tensor, amp: str = "none") -> 
     return logits[..., :h, :w].float().softmax(dim=1)
 
 
-def _sliding_probs(
-    model: nn.Module, image: torch.Tensor, protocol: EvalProtocol, store: torch.device
-) -> torch.Tensor:
-    """Probabilities of one image at its current size, by (batched, flipped) sliding window.
+def _window_probs(model: nn.Module, tiles: torch.Tensor, protocol: EvalProtocol) -> torch.Tensor:
+    """Probabilities of equal-size windows; with ``flip`` their mirrors go in the same forward
+    and are un-mirrored and averaged with them.
 
-    Shape: image ``(3, h, w)`` → ``(K, h, w)`` on ``store``.
+    Shape: tiles ``(B, 3, h, w)`` → ``(B, K, h, w)``.
     """
-    h, w = image.shape[-2:]
-    ch, cw = min(protocol.crop_size, h), min(protocol.crop_size, w)
-    windows = [
-        (y, x)
-        for y in window_starts(h, ch, protocol.stride)
-        for x in window_starts(w, cw, protocol.stride)
-    ]
-    acc: torch.Tensor | None = None
-    count = torch.zeros(1, h, w, device=store)
-    per_batch = max(1, protocol.window_batch // (2 if protocol.flip else 1))
-    for i in range(0, len(windows), per_batch):
-        chunk = windows[i : i + per_batch]
-        tiles = torch.stack([image[:, y : y + ch, x : x + cw] for y, x in chunk])  # (B, 3, ch, cw)
-        if protocol.flip:
-            tiles = torch.cat([tiles, tiles.flip(-1)])  # originals and mirrors in one forward
-        probs = _forward_probs(model, tiles, protocol.amp)  # (B or 2B, K, ch, cw)
-        if protocol.flip:
-            n = len(chunk)
-            probs = (probs[:n] + probs[n:].flip(-1)) / 2  # un-mirror, then average
-        probs = probs.to(store)
-        if acc is None:
-            acc = torch.zeros(probs.shape[1], h, w, device=store)
-        for (y, x), p in zip(chunk, probs, strict=True):
-            acc[:, y : y + ch, x : x + cw] += p
-            count[:, y : y + ch, x : x + cw] += 1
-    assert acc is not None
-    return acc / count  # overlaps averaged
+    if not protocol.flip:
+        return _forward_probs(model, tiles, protocol.amp)
+    n = len(tiles)
+    probs = _forward_probs(model, torch.cat([tiles, tiles.flip(-1)]), protocol.amp)  # (2B, ...)
+    return (probs[:n] + probs[n:].flip(-1)) / 2
 
 
 def _scaled_size(h: int, w: int, scale: float, base_size: int | None) -> tuple[int, int]:
@@ -176,6 +154,30 @@ def _scaled_size(h: int, w: int, scale: float, base_size: int | None) -> tuple[i
     return max(1, round(h * long_side / w)), long_side
 
 
+def _scaled_windows(
+    image: torch.Tensor, protocol: EvalProtocol
+) -> tuple[list[torch.Tensor], list[tuple[int, int, int, int, int]]]:
+    """The image at every scale, and every sliding window as ``(scale index, top, left, h, w)``.
+
+    Shape: image ``(3, H, W)`` → list of ``(3, h_s, w_s)``.
+    """
+    h, w = image.shape[-2:]
+    scaled, windows = [], []
+    for i, s in enumerate(protocol.scales):
+        size = _scaled_size(h, w, s, protocol.base_size)
+        resized = image
+        if size != (h, w):
+            resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        scaled.append(resized)
+        ch, cw = min(protocol.crop_size, size[0]), min(protocol.crop_size, size[1])
+        windows += [
+            (i, y, x, ch, cw)
+            for y in window_starts(size[0], ch, protocol.stride)
+            for x in window_starts(size[1], cw, protocol.stride)
+        ]
+    return scaled, windows
+
+
 @torch.no_grad()
 def scale_probs(
     model: nn.Module,
@@ -185,18 +187,31 @@ def scale_probs(
 ) -> list[torch.Tensor]:
     """Per-scale probability maps at their scaled resolutions (step 1–2 of the module docstring).
 
+    The sliding windows of all scales are pooled and those of equal size share forward passes
+    (``window_batch`` windows, mirrors included, per pass): with the paper's scales a 500×375
+    image's 480×480 windows of scales 1.25, 1.5 and 1.75 go through together. Each window's
+    probabilities are those of its own forward, so the result equals scale-by-scale inference
+    up to the float rounding of a different batch size.
+
     Shape: image ``(3, H, W)`` normalised → list of ``(K, h_s, w_s)``.
     """
     store = torch.device(store) if store is not None else image.device
-    h, w = image.shape[-2:]
-    maps = []
-    for s in protocol.scales:
-        size = _scaled_size(h, w, s, protocol.base_size)
-        x = image
-        if size != (h, w):
-            x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-        maps.append(_sliding_probs(model, x, protocol, store))
-    return maps
+    scaled, windows = _scaled_windows(image, protocol)
+    acc = [torch.zeros(0, device=store)] * len(scaled)  # (K, h_s, w_s) once K is known
+    count = [torch.zeros(1, *x.shape[-2:], device=store) for x in scaled]
+    per_batch = max(1, protocol.window_batch // (2 if protocol.flip else 1))
+    for shape in dict.fromkeys(win[3:] for win in windows):  # window sizes, first-seen order
+        same = [win for win in windows if win[3:] == shape]
+        for k in range(0, len(same), per_batch):
+            chunk = same[k : k + per_batch]
+            tiles = torch.stack([scaled[i][:, y : y + ch, x : x + cw] for i, y, x, ch, cw in chunk])
+            probs = _window_probs(model, tiles, protocol).to(store)  # (B, K, ch, cw)
+            for (i, y, x, ch, cw), p in zip(chunk, probs, strict=True):
+                if not acc[i].numel():
+                    acc[i] = torch.zeros(p.shape[0], *scaled[i].shape[-2:], device=store)
+                acc[i][:, y : y + ch, x : x + cw] += p
+                count[i][:, y : y + ch, x : x + cw] += 1
+    return [a / c for a, c in zip(acc, count, strict=True)]  # overlaps averaged
 
 
 def _linear_taps(out_size: int, in_size: int, start: int, stop: int, device: torch.device):
