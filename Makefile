@@ -34,7 +34,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/model_cost.py
-	$(BIN)/python benchmarks/bench_train.py --device cpu --crop 256 --batch 4 --steps 4 --warmup 1
+	$(BIN)/sanet bench --device cpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
