@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sanet.cli import main
-from sanet.training.bench import add_ratios, count_flops, parse_spec, time_calls
+from sanet.training.bench import add_ratios, count_flops, interleaved, parse_spec, warm_up
 
 
 class TwoConvs(nn.Module):
@@ -46,12 +46,15 @@ def test_ratios_by_hand() -> None:
     assert [r["ratio_per_flop"] for r in rows] == [1.0, 0.75, None, None]
 
 
-def test_time_calls_counts_first_warmup_and_timed_calls() -> None:
-    calls = []
-    timing = time_calls(lambda: calls.append(1), torch.device("cpu"), warmup=2, steps=3)
-    assert len(calls) == 1 + 2 + 3
-    assert timing["first_step_s"] >= 0 and timing["latency_s"] >= 0
-    assert timing["peak_memory_gb"] is None  # CUDA only
+def test_warm_up_then_interleaved_rounds() -> None:
+    log: list[str] = []
+    call, info = warm_up(lambda: lambda: log.append("a"), torch.device("cpu"), 2, resident=0)
+    assert log == ["a"] * 3 and info["first_step_s"] >= 0
+    assert info["peak_memory_gb"] is None  # CUDA only
+    log.clear()
+    seconds = interleaved([call, lambda: log.append("b")], torch.device("cpu"), steps=3)
+    assert log == ["a", "b"] * 3  # every round calls each peer once, in turn
+    assert [len(s) for s in seconds] == [3, 3]
 
 
 @pytest.mark.parametrize("spec", ["resnet50s", "unet:resnet50s", "tv:unet", "sanet:"])
@@ -89,3 +92,16 @@ def test_cli_prints_both_peers_with_ratios_and_writes_json(
         assert peer["latency_ms"] == pytest.approx(1e3 / peer["images_per_s"])  # batch 1
     # a training step counts the forward and (about twice as much) the backward
     assert 2.5 < rows[2]["gflops_per_image"] / rows[0]["gflops_per_image"] < 3.5
+
+
+def test_cli_resize_times_both_methods(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "resize.json"
+    argv = ["bench", "--resize", "--device", "cpu", "--size", "32", "--batch", "1",
+            "--classes", "2", "--steps", "1", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "(1, 2, 4, 4) → 32×32" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["method"], r["pass"]) for r in rows} == {
+        (m, p) for m in ("interpolate", "matmul") for p in ("forward", "forward+backward")
+    }
+    assert all(r["ms"] > 0 for r in rows)

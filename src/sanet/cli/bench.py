@@ -115,6 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _write_profile(args.profile, rows, settings)
             console.print(f"Wrote the profiler tables to {args.profile}")
         console.print(bench_table(rows))
+    env["load_average_1min_end"] = environment(settings.device)["load_average_1min"]
     report = {
         "command": shlex.join(["sanet", *sys.argv[1:]]) if sys.argv[0] else "sanet bench",
         "environment": env,

@@ -12,8 +12,9 @@ measured in the same process, so the ratios to the first peer hold even on a bus
   mirrors, 480 sliding windows) or at single scale (:func:`~sanet.inference.predict_mask`).
 
 The first call of each is timed apart (``first_step_s``: compilation, allocator and kernel
-warm-up), then ``warmup`` more untimed calls, then ``steps`` timed ones, with a device sync
-before every clock read. FLOPs come from ``torch.utils.flop_counter`` on a ``meta``-device copy
+warm-up), then ``warmup`` more untimed calls; then ``steps`` timed rounds call every peer once
+in turn (a device sync around each call), and a peer's latency is its median call. Interleaving
+keeps the ratios fair when the machine's load changes during the run. FLOPs come from ``torch.utils.flop_counter`` on a ``meta``-device copy
 of the model (nothing runs, so counting is free): convolutions and matrix products of the forward
 (``infer``) or forward + backward (``train``); the loss, the optimiser and the bilinear
 resizing are not counted, so the figure is the network's and not the upsampling method's.
@@ -22,6 +23,7 @@ resizing are not counted, so the figure is the network's and not the upsampling 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -179,25 +181,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, steps: int) -> dict:
-    """``{"first_step_s", "latency_s", "peak_memory_gb"}`` of ``fn`` (module docstring)."""
+def warm_up(
+    make_call: Callable[[], Callable[[], Any]], device: torch.device, warmup: int, resident: int
+) -> tuple[Callable[[], Any], dict]:
+    """Make a peer's call, run it once (timed: ``first_step_s``) and ``warmup`` more times.
+
+    ``peak_memory_gb`` (CUDA) is what this peer alone would have needed: the peak during these
+    calls above what was allocated before its inputs and optimiser existed (other peers'
+    models, this one's included), plus its own ``resident`` model bytes.
+    """
+    peak = None
     if device.type == "cuda":
+        _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    call = make_call()
     _sync(device)
     start = time.perf_counter()
-    fn()
+    call()
     _sync(device)
     first = time.perf_counter() - start
     for _ in range(warmup):
-        fn()
+        call()
     _sync(device)
-    start = time.perf_counter()
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(device) - base + resident) / 1e9
+    return call, {"first_step_s": first, "peak_memory_gb": peak}
+
+
+def interleaved(calls: list[Callable[[], Any]], device: torch.device, steps: int) -> list[list]:
+    """Seconds of each call over ``steps`` rounds, every round calling each peer once in turn,
+    so that a change in the machine's load during the run reaches every peer alike."""
+    seconds: list[list[float]] = [[] for _ in calls]
     for _ in range(steps):
-        fn()
-    _sync(device)
-    latency = (time.perf_counter() - start) / max(steps, 1)
-    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    return {"first_step_s": first, "latency_s": latency, "peak_memory_gb": peak}
+        for call, out in zip(calls, seconds, strict=True):
+            _sync(device)
+            start = time.perf_counter()
+            call()
+            _sync(device)
+            out.append(time.perf_counter() - start)
+    return seconds
 
 
 def step_function(
@@ -236,31 +259,52 @@ def step_function(
     return lambda: train_step(net, criterion, [(x, y)], opt, scaler, settings.amp)
 
 
-def measure_peer(
-    spec: str, settings: BenchSettings, modes: Iterable[str], profile: bool = False
-) -> list[dict]:
-    """One row per mode for the peer ``spec`` (ratios are added by :func:`add_ratios`); with
-    ``profile``, each row also holds ``"profile"``, the :func:`profile_calls` table."""
+@dataclass
+class Peer:
+    """One model under test: ``net`` is ``model`` or its compiled wrapper."""
+
+    spec: str
+    model: nn.Module
+    net: nn.Module
+
+    @classmethod
+    def build(cls, spec: str, settings: BenchSettings) -> Peer:
+        torch.manual_seed(0)
+        model = build_peer(spec, settings.classes).to(settings.device)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        net = torch.compile(model, mode=settings.compile) if settings.compile else model
+        return cls(spec, model, net)
+
+    def nbytes(self) -> int:
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def measure_mode(peers: list[Peer], mode: str, settings: BenchSettings, profile: bool) -> list:
+    """One row per peer for ``mode``: first call and warm-up peer by peer, then the timed calls
+    :func:`interleaved`; ``latency_ms`` is the median call. With ``profile``, each row also
+    holds ``"profile"``, the :func:`profile_calls` table."""
     device = torch.device(settings.device)
-    torch.manual_seed(0)
-    model = build_peer(spec, settings.classes).to(device)
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model, mode=settings.compile) if settings.compile else model
-    params = sum(p.numel() for p in model.parameters())
+    calls, infos = [], []
+    for peer in peers:
+        logger.info("bench %s %s: first call and warm-up", peer.spec, mode)
+        make = lambda p=peer: step_function(p.net, p.model, mode, settings)  # noqa: E731
+        call, info = warm_up(make, device, settings.warmup, peer.nbytes())
+        calls.append(call)
+        infos.append(info)
+    logger.info("bench %s: %d timed rounds over %d models", mode, settings.steps, len(peers))
+    seconds = interleaved(calls, device, settings.steps)
     rows = []
-    for mode in modes:
-        logger.info("bench %s %s", spec, mode)
-        fn = step_function(net, model, mode, settings)
-        timing = time_calls(fn, device, settings.warmup, settings.steps)
-        batch = 1 if mode == "eval" else settings.batch
+    for peer, call, info, times in zip(peers, calls, infos, seconds, strict=True):
         flops = None
         if mode != "eval":
             shape = (1, 3, settings.size, settings.size)
-            flops = count_flops(model, torch.empty(shape), train=mode == "train")
-        rows.append(_row(spec, mode, params, batch, flops, timing))
+            flops = count_flops(peer.model, torch.empty(shape), train=mode == "train")
+        batch = 1 if mode == "eval" else settings.batch
+        rows.append(_row(peer, mode, batch, flops, info, times))
         if profile:
-            rows[-1]["profile"] = profile_calls(fn, device)
+            rows[-1]["profile"] = profile_calls(call, device)
     return rows
 
 
@@ -280,19 +324,21 @@ def profile_calls(fn: Callable[[], Any], device: torch.device, calls: int = 2) -
     return prof.key_averages().table(sort_by=key, row_limit=25)
 
 
-def _row(spec: str, mode: str, params: int, batch: int, flops: int | None, timing: dict) -> dict:
-    images_per_s = batch / timing["latency_s"]
+def _row(peer: Peer, mode: str, batch: int, flops: int | None, info: dict, times: list) -> dict:
+    latency = statistics.median(times)
+    images_per_s = batch / latency
     return {
-        "model": spec,
+        "model": peer.spec,
         "mode": mode,
-        "params_M": round(params / 1e6, 2),
+        "params_M": round(sum(p.numel() for p in peer.model.parameters()) / 1e6, 2),
         "batch": batch,
         "gflops_per_image": None if flops is None else round(flops / 1e9, 2),
         "images_per_s": images_per_s,
-        "latency_ms": timing["latency_s"] * 1e3,
-        "first_step_s": timing["first_step_s"],
+        "latency_ms": latency * 1e3,
+        "call_ms": [round(t * 1e3, 2) for t in times],
+        "first_step_s": info["first_step_s"],
         "tflops": None if flops is None else flops * images_per_s / 1e12,
-        "peak_memory_gb": timing["peak_memory_gb"],
+        "peak_memory_gb": info["peak_memory_gb"],
     }
 
 
@@ -313,11 +359,11 @@ def run_bench(
     specs: list[str],
     settings: BenchSettings,
     modes: Iterable[str] = ("infer", "train"),
-    on_row: Callable[[dict], None] | None = None,
     profile: bool = False,
 ) -> list[dict]:
     """Measure every peer in ``specs`` (the first is the reference) in every mode.
 
+    All peers are built first and stay on the device; their timed calls are interleaved.
     Returns rows grouped by mode, peers in the order given, with ratios (:func:`add_ratios`).
     """
     modes = list(modes)
@@ -325,14 +371,11 @@ def run_bench(
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     for spec in specs:
-        parse_spec(spec)  # every spec checked before the first (long) measurement
+        parse_spec(spec)  # every spec checked before the first (long) build
+    peers = [Peer.build(spec, settings) for spec in specs]
     rows = []
-    for spec in specs:
-        for row in measure_peer(spec, settings, modes, profile):
-            rows.append(row)
-            if on_row:
-                on_row(row)
-    rows.sort(key=lambda r: modes.index(r["mode"]))  # stable: peers keep their order
+    for mode in modes:
+        rows += measure_mode(peers, mode, settings, profile)
     return add_ratios(rows)
 
 
@@ -349,17 +392,21 @@ def resize_timings(settings: BenchSettings) -> list[dict]:
     x = torch.randn(settings.batch, settings.classes, small, small, generator=gen)
     x = x.to(device, dtype).requires_grad_()
     grad = torch.randn(settings.batch, settings.classes, *size, generator=gen).to(device, dtype)
-    rows = []
-    for method in ("interpolate", "matmul"):
+    methods = ("interpolate", "matmul")
+
+    def forward(m: str) -> None:
         with torch.no_grad():
-            fwd = time_calls(
-                lambda m=method: resize_bilinear(x, size, m), device, 1, settings.steps
-            )
+            resize_bilinear(x, size, m)
 
-        def fwd_bwd(m: str = method) -> None:
-            torch.autograd.grad(resize_bilinear(x, size, m), x, grad)
+    def forward_backward(m: str) -> None:
+        torch.autograd.grad(resize_bilinear(x, size, m), x, grad)
 
-        both = time_calls(fwd_bwd, device, 1, settings.steps)
-        for name, t in (("forward", fwd), ("forward+backward", both)):
-            rows.append({"method": method, "pass": name, "ms": t["latency_s"] * 1e3})
+    rows = []
+    for name, fn in (("forward", forward), ("forward+backward", forward_backward)):
+        calls = [lambda m=m, fn=fn: fn(m) for m in methods]
+        for call in calls:  # warm-up
+            call()
+        seconds = interleaved(calls, device, settings.steps)
+        for method, times in zip(methods, seconds, strict=True):
+            rows.append({"method": method, "pass": name, "ms": statistics.median(times) * 1e3})
     return rows
