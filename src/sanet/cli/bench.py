@@ -95,7 +95,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from sanet import __version__
     from sanet.models.resize import set_bilinear_method
-    from sanet.training.bench import GPU_COMMAND, environment, resize_timings, run_bench
+    from sanet.training.bench import GPU_COMMAND, resize_timings, run_bench
+    from sanet.training.measure import environment
 
     settings = settings_from_args(args)
     device_type = settings.device.split(":")[0]

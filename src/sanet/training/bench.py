@@ -14,30 +14,32 @@ measured in the same process, so the ratios to the first peer hold even on a bus
 The first call of each is timed apart (``first_step_s``: compilation, allocator and kernel
 warm-up), then ``warmup`` more untimed calls; then ``steps`` timed rounds call every peer once
 in turn (a device sync around each call), and a peer's latency is its median call. Interleaving
-keeps the ratios fair when the machine's load changes during the run. FLOPs come from ``torch.utils.flop_counter`` on a ``meta``-device copy
-of the model (nothing runs, so counting is free): convolutions and matrix products of the forward
-(``infer``) or forward + backward (``train``); the loss, the optimiser and the bilinear
-resizing are not counted, so the figure is the network's and not the upsampling method's.
+keeps the ratios fair when the machine's load changes during the run.
+
+FLOPs come from ``torch.utils.flop_counter`` with ``meta`` stand-ins for the weights (nothing
+runs, so counting is free): convolutions and matrix products of the forward (``infer``) or
+forward + backward (``train``) of one image; the loss, the optimiser and the bilinear resizing
+are not counted, so the figure is the network's and not the upsampling method's. The timing
+and counting tools are in ``measure.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from sanet.inference.protocol import EvalProtocol, predict_mask
 from sanet.losses import SANetLoss
 from sanet.models.registry import build_model, list_models
 from sanet.models.resize import resize_bilinear
 from sanet.training.engine import autocast, train_step
+from sanet.training.measure import count_flops, interleaved, profile_calls, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -88,43 +90,6 @@ class BenchSettings:
         return {**asdict(self), "image": list(self.image)}
 
 
-def environment(device: str) -> dict[str, Any]:
-    """Where the figures were measured: versions, device name, threads and the machine's load
-    (1-minute load average; ratios survive a busy machine, absolute rates do not)."""
-    import os
-    import platform
-
-    import timm
-    import torchvision
-
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-    else:
-        name = _cpu_model() or platform.processor() or platform.machine()
-    return {
-        "device": str(dev),
-        "device_name": name,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def parse_spec(spec: str) -> tuple[str, str]:
     """``"sanet:resnet50s"`` → ``("sanet", "resnet50s")``; a clear error for anything else."""
     kind, sep, name = spec.partition(":")
@@ -149,78 +114,6 @@ def build_peer(spec: str, num_classes: int) -> nn.Module:
 
     builder = getattr(torchvision.models.segmentation, name)
     return builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
-
-
-def count_flops(model: nn.Module, images: torch.Tensor, train: bool) -> int:
-    """FLOPs (a multiply-add = 2) of a forward, or forward + backward, of ``images``.
-
-    The model runs with ``meta`` stand-ins for its parameters and buffers: shapes only, no
-    arithmetic and no copy of the weights; the model itself is left as it was.
-    """
-    from torch.func import functional_call
-
-    state = {
-        name: torch.empty_like(t, device="meta", requires_grad=t.requires_grad)
-        for name, t in [*model.named_parameters(), *model.named_buffers()]
-    }
-    x = torch.empty(images.shape, device="meta")
-    was_training = model.training
-    model.train(train)
-    try:
-        with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(train):
-            out = functional_call(model, state, (x,))
-            if train:
-                sum(v.float().sum() for v in out.values()).backward()
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops())
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def warm_up(
-    make_call: Callable[[], Callable[[], Any]], device: torch.device, warmup: int, resident: int
-) -> tuple[Callable[[], Any], dict]:
-    """Make a peer's call, run it once (timed: ``first_step_s``) and ``warmup`` more times.
-
-    ``peak_memory_gb`` (CUDA) is what this peer alone would have needed: the peak during these
-    calls above what was allocated before its inputs and optimiser existed (other peers'
-    models, this one's included), plus its own ``resident`` model bytes.
-    """
-    peak = None
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    call = make_call()
-    _sync(device)
-    start = time.perf_counter()
-    call()
-    _sync(device)
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-        call()
-    _sync(device)
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - base + resident) / 1e9
-    return call, {"first_step_s": first, "peak_memory_gb": peak}
-
-
-def interleaved(calls: list[Callable[[], Any]], device: torch.device, steps: int) -> list[list]:
-    """Seconds of each call over ``steps`` rounds, every round calling each peer once in turn,
-    so that a change in the machine's load during the run reaches every peer alike."""
-    seconds: list[list[float]] = [[] for _ in calls]
-    for _ in range(steps):
-        for call, out in zip(calls, seconds, strict=True):
-            _sync(device)
-            start = time.perf_counter()
-            call()
-            _sync(device)
-            out.append(time.perf_counter() - start)
-    return seconds
 
 
 def step_function(
@@ -306,22 +199,6 @@ def measure_mode(peers: list[Peer], mode: str, settings: BenchSettings, profile:
         if profile:
             rows[-1]["profile"] = profile_calls(call, device)
     return rows
-
-
-def profile_calls(fn: Callable[[], Any], device: torch.device, calls: int = 2) -> str:
-    """``torch.profiler``'s table of the top kernels (by self time on ``device``) over
-    ``calls`` calls of ``fn``."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        for _ in range(calls):
-            fn()
-        _sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=25)
 
 
 def _row(peer: Peer, mode: str, batch: int, flops: int | None, info: dict, times: list) -> dict:
