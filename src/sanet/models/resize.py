@@ -15,7 +15,8 @@ whether a backward pass follows, so the choice is a table keyed by ``(device typ
 - ``cpu`` with a backward pass: ``"matmul"``; forward only: ``"interpolate"``. Measured on the
   2-core development CPU (docs/benchmarks.md): forward + backward 1.4–1.6× faster as matrix
   products, forward alone as fast or slower.
-- anything else (``meta``, ``mps``, ...): ``"interpolate"``.
+- anything else (``meta``, ``mps``, ...), and any export (ONNX, ``torch.export``):
+  ``"interpolate"``.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def resize_bilinear(
     if method == "auto":
         grad = torch.is_grad_enabled() and x.requires_grad
         method = bilinear_method(x.device.type, grad)  # type: ignore[assignment]
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            method = "interpolate"  # an exported graph gets ONNX's own Resize, whatever device
     if method == "interpolate":
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     if method != "matmul":
