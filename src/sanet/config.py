@@ -63,6 +63,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     deterministic: bool = False
+    threads: int = 0  # torch CPU threads (0: torch's default); results depend on it, so pin it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     val_every: int = 1  # epochs between validations (0: only at the end)
     log_every: int = 10  # steps between host syncs (loss logging, non-finite check)

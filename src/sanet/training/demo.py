@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sanet._files import atomic_write_text
 from sanet.config import load_config, recipe_path
 from sanet.models.registry import load_model
@@ -44,6 +46,9 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
         "protocol": {"scales": [1.0], "flip": False, "dataset": "synthetic", "split": "val",
                      "images": len(trainer.val_set)},
         "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run.root),
+        # what the numbers depend on beyond the recipe (docs/reproducibility.md)
+        "threads": trainer.threads, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
     }  # fmt: skip
     atomic_write_text(run.summary, json.dumps(summary, indent=2) + "\n")
     prediction_panel(model, trainer.val_set, meta["palette"], run.plot("predictions.png"))

@@ -93,6 +93,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([c.cpu() for c in state["cuda"]])
 
 
+def set_threads(threads: int) -> int:
+    """Pin torch's intra-op CPU thread count (``0`` keeps torch's default); returns the count.
+
+    CPU kernels split float reductions by thread, so a run's numbers are bit-identical only for
+    the same thread count on the same CPU type (docs/reproducibility.md). The count and the
+    vector-kernel level ATen dispatched to (e.g. ``AVX2``) are logged with the run.
+    """
+    if threads < 0:
+        raise ValueError(
+            f"train.threads must be ≥ 0 (0: torch's default), got {threads}. "
+            "Set it to the number of cores to use, e.g. --set train.threads=2."
+        )
+    if threads:
+        torch.set_num_threads(threads)
+    count = torch.get_num_threads()
+    logger.info(
+        "torch CPU threads: %d; CPU kernels: %s", count, torch.backends.cpu.get_cpu_capability()
+    )
+    return count
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -36,6 +36,7 @@ from sanet.training.runtime import (
     rng_state,
     seed_everything,
     set_rng_state,
+    set_threads,
     setup_distributed,
 )
 from sanet.viz.visualize import plot_confusion_matrix, plot_per_class_iou
@@ -102,6 +103,7 @@ class Trainer:
         self.run_dir = self.run.root
         t = cfg.train
         self.dist, self.device = setup_distributed(t.device)
+        self.threads = set_threads(t.threads)
         seed_everything(t.seed, t.deterministic)
         self.micro_batch = _micro_batch(t.batch_size, self.dist.world_size, t.accumulate)
         train_set, val_set = build_data(cfg)
