@@ -1,12 +1,16 @@
-"""SANetLoss against cross-entropy and BCE computed by hand (Sec. 3)."""
+"""SANetLoss against cross-entropy and BCE computed by hand (Sec. 3), on chosen tensors and on
+a real SANet's train-mode outputs."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import sanet
+from conftest import TINY_BACKBONE
 from sanet import SANetLoss
 from sanet.losses import class_presence
 
@@ -100,3 +104,36 @@ def test_class_presence_and_bad_labels() -> None:
         class_presence(torch.tensor([[[7]]]), 4)
     with pytest.raises(ValueError, match="differ in size"):
         SANetLoss()({"out": torch.randn(1, 3, 4, 4)}, torch.zeros(1, 5, 5, dtype=torch.long))
+
+
+def test_loss_on_a_real_sanets_train_outputs() -> None:
+    """The loss of SANet's own train-mode outputs (upsampled M and D, c) at an odd size with
+    ignored pixels, against CE / BCE in float64 numpy (log-sum-exp, the BCE formula)."""
+    torch.manual_seed(0)
+    model = sanet.build_model("sanet", backbone=TINY_BACKBONE, num_classes=5).train()
+    target = torch.randint(0, 3, (2, 45, 61))  # crop 0 and 1 hold classes 0..2 only
+    target[0, :10] = 255
+    target[1, 20:, :] = 4
+    out = model(torch.randn(2, 3, 45, 61))
+    assert out["mask"].shape == out["out"].shape == (2, 5, 45, 61)
+    terms = SANetLoss(alpha=0.2, beta=0.8)(out, target)
+
+    t = target.numpy()
+    valid = t != 255
+
+    def ce(logits: torch.Tensor) -> float:
+        z = logits.detach().double().numpy().transpose(0, 2, 3, 1)[valid]  # (P, K)
+        m = z.max(1, keepdims=True)
+        lse = (m + np.log(np.exp(z - m).sum(1, keepdims=True)))[:, 0]
+        return float(np.mean(lse - z[np.arange(len(z)), t[valid]]))
+
+    present = np.array([[float((t[i][valid[i]] == k).any()) for k in range(5)] for i in range(2)])
+    c = out["cat"].detach().double().numpy()
+    p = 1 / (1 + np.exp(-c))
+    bce = float(np.mean(-(present * np.log(p) + (1 - present) * np.log(1 - p))))
+    assert present.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 0, 1]]
+    assert terms["mask"].item() == pytest.approx(ce(out["mask"]), rel=1e-5)
+    assert terms["dense"].item() == pytest.approx(ce(out["out"]), rel=1e-5)
+    assert terms["cat"].item() == pytest.approx(bce, rel=1e-5)
+    total = ce(out["mask"]) + 0.2 * bce + 0.8 * ce(out["out"])
+    assert terms["loss"].item() == pytest.approx(total, rel=1e-5)

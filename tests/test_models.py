@@ -69,14 +69,6 @@ class TestSANet(ModelContract):
         assert [tuple(a.shape) == tuple(m.shape) for a, m in parts] == [True] * 4
         assert parts[0][0].shape[-2:] == (16, 20) and parts[3][0].shape[-2:] == (8, 10)
 
-    def test_sigmoid_gate_option(self) -> None:
-        model = sanet.build_model("sanet", backbone=TINY_BACKBONE, num_classes=K, gate="sigmoid")
-        feats = model.backbone(torch.randn(1, 3, 64, 64))
-        out = model.head.eval()(feats)
-        torch.testing.assert_close(
-            out["dense"], out["mask"] * torch.sigmoid(out["cat"])[..., None, None]
-        )
-
     def test_from_pretrained_on_wrong_class(self, tmp_path: Path) -> None:
         sanet.build_model("fcn", backbone=TINY_BACKBONE, num_classes=K).save_pretrained(tmp_path)
         with pytest.raises(TypeError, match="holds a 'fcn' model"):
