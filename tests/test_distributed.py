@@ -1,5 +1,6 @@
-"""Two CPU processes under torchrun (gloo): DDP keeps ranks identical, and the all-reduced
-validation equals a single-process evaluation of the saved checkpoint."""
+"""Two CPU processes under torchrun (gloo): DDP keeps ranks identical, the all-reduced
+validation equals a single-process evaluation of the saved checkpoint, and two processes take
+the same step as ``accumulate=2`` on one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import sanet
 from sanet import load_model
 from sanet.data import build_dataset
 from sanet.data.transforms import eval_transforms
@@ -25,15 +27,25 @@ SETTINGS = [
 ]  # fmt: skip
 
 
-def test_two_process_ddp_matches_single_process_evaluation(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `sanet train` under torchrun with two CPU processes (tests/_ddp_worker.py)."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
     run, config = tmp_path / "run", tmp_path / "tiny.yaml"
     config.write_text("model:\n  name: sanet\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--standalone", str(WORKER), "train", str(config), "--out", str(run),
            "--set", *SETTINGS]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
+    # keep the caller's PYTHONPATH: it may point at the checkout under test (a worktree)
+    path = os.pathsep.join(p for p in (str(WORKER.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_two_process_ddp_matches_single_process_evaluation(ddp_run: Path) -> None:
+    run = ddp_run
     w0 = torch.load(run / "rank0_weights.pt", weights_only=True)
     w1 = torch.load(run / "rank1_weights.pt", weights_only=True)
     for key in w0:
@@ -50,3 +62,19 @@ def test_two_process_ddp_matches_single_process_evaluation(tmp_path: Path) -> No
     single = engine.evaluate(model, batches, model.num_classes, torch.device("cpu")).compute()
     assert val["pixAcc"] == pytest.approx(single["pixAcc"], abs=1e-12)
     assert val["mIoU"] == pytest.approx(single["mIoU"], abs=1e-12)
+
+
+def test_two_processes_step_like_accumulate_two(ddp_run: Path) -> None:
+    """Micro-batches with 128 and 10 valid pixels: two DDP ranks with one each end with the
+    weights of one process accumulating both (each micro-batch's own mean, averaged)."""
+    from test_engine import TinySeg, micro_batches_with_unequal_valid_pixels
+
+    torch.manual_seed(0)
+    model = TinySeg()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    micro = micro_batches_with_unequal_valid_pixels()
+    engine.train_step(model, sanet.SANetLoss(), micro, opt, scaler=None)
+    for rank in (0, 1):
+        weights = torch.load(ddp_run / f"rank{rank}_step.pt", weights_only=True)
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6)

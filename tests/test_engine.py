@@ -1,4 +1,5 @@
-"""Engine pieces: poly schedule, LR groups, resumable data order, seeded augmentation."""
+"""Engine pieces: poly schedule, LR and weight-decay groups, SyncBN, resumable data order,
+seeded augmentation, and what a step's loss is under gradient accumulation."""
 
 from __future__ import annotations
 
@@ -23,15 +24,35 @@ def test_poly_schedule_per_iteration() -> None:
     assert opt.param_groups[0]["lr"] == 0.0
 
 
-def test_head_parameters_get_the_multiplier() -> None:
+def test_param_groups_split_backbone_and_head_and_decay_every_parameter() -> None:
+    """Backbone at lr, the rest at head_lr_mult × lr; weight decay on every parameter, BN and
+    biases included, as the paper's code base (PyTorch-Encoding) passed one weight_decay to SGD."""
     model = sanet.build_model("sanet", backbone=TINY_BACKBONE, num_classes=3)
     groups = engine.param_groups(model, lr=0.001, head_lr_mult=10, weight_decay=1e-4)
+    assert [g["name"] for g in groups] == ["backbone", "head"]
     assert [g["lr"] for g in groups] == [0.001, pytest.approx(0.01)]
-    n_backbone = sum(p.numel() for p in groups[0]["params"])
-    assert n_backbone == sum(p.numel() for p in model.backbone.parameters())
-    assert n_backbone + sum(p.numel() for p in groups[1]["params"]) == sum(
-        p.numel() for p in model.parameters()
-    )
+    assert [g["weight_decay"] for g in groups] == [1e-4, 1e-4]
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    assert ids[0] == {id(p) for p in model.backbone.parameters()}
+    assert ids[1] == {id(p) for p in model.head.parameters()}
+    assert not ids[0] & ids[1] and ids[0] | ids[1] == {id(p) for p in model.parameters()}
+    bn = model.head.fuse[1]
+    assert {id(bn.weight), id(bn.bias)} <= ids[1]  # BN's γ and β decay too
+
+
+def test_sync_batchnorm_only_for_several_gpu_processes() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    model = sanet.build_model("sanet", backbone=TINY_BACKBONE, num_classes=3)
+    for world, device in ((1, cuda), (2, cpu)):
+        assert engine.sync_batchnorm(model, world, device) is model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    synced = engine.sync_batchnorm(model, 2, cuda)  # converting needs no GPU
+    kinds = [type(m) for m in synced.modules()]
+    assert kinds.count(torch.nn.SyncBatchNorm) == n_bn > 0
+    assert torch.nn.BatchNorm2d not in kinds
+    after = synced.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
 
 
 def test_sampler_resumes_mid_epoch_and_shards_without_overlap() -> None:
@@ -67,29 +88,66 @@ def test_seeded_augmentation_is_per_sample_and_leaves_global_rng() -> None:
     assert not torch.equal(aug[(2, 5)][0], a) and not torch.equal(aug[(1, 6)][0], a)
 
 
-class _Pointwise(torch.nn.Module):
-    """A BN-free toy segmenter: with no batch statistics, accumulation must equal one big batch."""
+class TinySeg(torch.nn.Module):
+    """A BN-free segmenter with SANet's three outputs, so every loss term takes part."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.dense = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.mask = torch.nn.Conv2d(3, 4, 1)
+        self.cat = torch.nn.Linear(3, 4)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.conv(x)}
+        return {"out": self.dense(x), "mask": self.mask(x), "cat": self.cat(x.mean(dim=(2, 3)))}
 
 
-def test_gradient_accumulation_equals_one_large_batch() -> None:
-    images, masks = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4, 8, 8))
-    results = []
-    for micro in ([(images, masks)], [(images[:2], masks[:2]), (images[2:], masks[2:])]):
-        torch.manual_seed(0)
-        model = _Pointwise()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        out = engine.train_step(model, sanet.SANetLoss(), micro, opt, scaler=None)
-        results.append((model.conv.weight.detach().clone(), out.loss_terms["loss"]))
-    # equal pixel counts per micro-batch, so the mean of the two means is the full-batch mean
-    torch.testing.assert_close(results[0][0], results[1][0])
-    torch.testing.assert_close(results[0][1], results[1][1])
+def micro_batches_with_unequal_valid_pixels() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Micro-batch 1: all 128 pixels labelled. Micro-batch 2: 10 labelled pixels, one crop all
+    ignored. A per-pixel mean over the step and the mean of per-micro-batch means differ."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 3, 8, 8, generator=g)
+    masks = torch.randint(0, 4, (4, 8, 8), generator=g)
+    masks[2:] = 255
+    masks[2, :2, :5] = torch.tensor([[0, 1, 1, 3, 3], [0, 0, 2, 2, 1]])
+    return [(images[:2], masks[:2]), (images[2:], masks[2:])]
+
+
+def loss_by_hand(out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """L = CE(M) + 0.2·BCE(c) + 0.8·CE(D) over one micro-batch (Sec. 3), from log-softmax and
+    the BCE formula: CE averaged over valid pixels, BCE over crops with a valid pixel."""
+    valid = target != 255
+    t = target.clamp(max=3)
+
+    def ce(logits: torch.Tensor) -> torch.Tensor:
+        nll = -logits.log_softmax(1).gather(1, t[:, None])[:, 0]  # (N, H, W)
+        return nll[valid].mean()
+
+    present = torch.stack([torch.bincount(t[i][valid[i]], minlength=4) > 0 for i in range(len(t))])
+    c, y = out["cat"], present.float()
+    bce = -(y * torch.nn.functional.logsigmoid(c) + (1 - y) * torch.nn.functional.logsigmoid(-c))
+    return ce(out["mask"]) + 0.2 * bce[valid.flatten(1).any(1)].mean() + 0.8 * ce(out["out"])
+
+
+def test_step_loss_is_the_mean_of_micro_batch_means() -> None:
+    """With accumulation, a step's loss is (1/k) Σ_i L(B_i), each L(B_i) its own valid-pixel mean
+    (docs/paper-fidelity.md) — not one mean over all valid pixels of the step."""
+    micro = micro_batches_with_unequal_valid_pixels()
+    torch.manual_seed(0)
+    model = TinySeg()
+    start = [p.detach().clone() for p in model.parameters()]
+    per_micro = [loss_by_hand(model(x), y) for x, y in micro]
+    want = sum(per_micro) / 2
+    grads = torch.autograd.grad(want, list(model.parameters()))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)  # plain SGD: Δw = −gradient
+    result = engine.train_step(model, sanet.SANetLoss(), micro, opt, scaler=None)
+    torch.testing.assert_close(result.loss_terms["loss"], want.detach())
+    for p, w0, g in zip(model.parameters(), start, grads, strict=True):
+        torch.testing.assert_close(w0 - p.detach(), g, rtol=1e-5, atol=1e-6)
+    # the other definition, one mean over every valid pixel of the step, differs here
+    with torch.no_grad():
+        images, masks = (torch.cat(t) for t in zip(*micro, strict=True))
+        pooled = loss_by_hand(model(images), masks)
+        assert abs(pooled - sum(loss_by_hand(model(x), y) for x, y in micro) / 2) > 0.05
 
 
 def test_bf16_autocast_step_on_cpu() -> None:

@@ -36,6 +36,15 @@ def param_groups(
     ]
 
 
+def sync_batchnorm(model: nn.Module, world_size: int, device: torch.device) -> nn.Module:
+    """BatchNorm → SyncBatchNorm when several processes train on GPUs, so batch statistics
+    cover the global batch as with the paper's synchronised BN (Sec. 4); otherwise ``model``
+    unchanged (one process has the whole micro-batch; SyncBatchNorm has no CPU kernel)."""
+    if world_size > 1 and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 def poly_schedule(
     optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -161,6 +170,12 @@ def train_step(
 
     A skipped step leaves the model exactly as it was: the BatchNorm statistics that its forward
     passes updated are put back too (a NaN image would otherwise poison them for evaluation).
+
+    The step's loss is the mean of the micro-batches' losses, each the criterion's own mean over
+    its valid pixels (``L = (1/k) Σ_i L(B_i)``), and DDP averages that over processes: so
+    ``accumulate=k`` on one process takes the same step as ``k`` processes with one micro-batch
+    each, and a micro-batch with few valid pixels weighs as much as a full one, as each GPU's
+    batch did in the paper's code (docs/paper-fidelity.md, "Training recipe").
     """
     device = micro_batches[0][0].device
     buffers = list(model.buffers())

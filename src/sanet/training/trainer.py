@@ -150,9 +150,7 @@ class Trainer:
         self.model_config = {"name": model.name, **model.config}
         if m.init_from:  # e.g. the VOC fine-tune starts from the train_aug run
             model.load_state_dict(load_model(m.init_from)[0].state_dict())
-        if self.dist.world_size > 1 and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(self.device)
+        model = engine.sync_batchnorm(model, self.dist.world_size, self.device).to(self.device)
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the bare model: its state_dict is what checkpoints hold
