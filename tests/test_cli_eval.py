@@ -133,29 +133,69 @@ def test_explain_and_figure5_write_pngs(ckpts, odd_images, tmp_path, capsys):
     assert rc == 0 and Image.open(fig5).format == "PNG"
 
 
-def test_run_config_protocol_is_used_for_ms_flip(ckpts, tmp_path):
-    """A run directory's config.yaml gives crop, stride and base size; its single-scale
-    validation scales ([1.0]) do not replace the paper's scales under --ms-flip."""
-    import argparse
+def _protocol(*argv: str):
+    from sanet.cli import build_parser
+    from sanet.cli.common import protocol_from_args
+
+    return protocol_from_args(build_parser().parse_args(["predict", *argv, "x.png", "--out", "o"]))
+
+
+def test_every_eval_key_of_the_run_sets_the_protocol(ckpts, tmp_path):
+    """Unset flags take the run's eval section (SPEC §4: scales, flip, crop_size, stride) and its
+    data.base_size; --ms-flip is the paper's protocol; --single-scale is training's validation."""
     import shutil
 
-    from sanet.cli.common import protocol_from_args
+    from sanet.inference import PAPER_SCALES
 
     run = tmp_path / "run"
     shutil.copytree(ckpts / "sanet", run / "model")
     (run / "config.yaml").write_text(
-        "data: {base_size: 128}\neval: {scales: [1.0], flip: false, crop_size: 96, stride: 64}\n"
+        "data: {base_size: 128}\neval: {scales: [0.75, 1.25], flip: true, crop_size: 96, stride: 64}\n"
     )
-    ns = argparse.Namespace(
-        checkpoint=str(run), ms_flip=True, scales=None, base_size=None, crop_size=None,
-        stride=None, window_batch=4, amp="none",
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints/best.pt").touch()  # a file inside the run finds the same config
+    for where in (run, run / "model", run / "checkpoints/best.pt"):
+        p = _protocol("--checkpoint", str(where))
+        assert (p.scales, p.flip, p.base_size, p.crop_size, p.stride) == (
+            (0.75, 1.25), True, 128, 96, 64,
+        ), where  # fmt: skip
+    p = _protocol("--checkpoint", str(run), "--ms-flip")
+    assert (p.scales, p.flip, p.base_size, p.crop_size) == (PAPER_SCALES, True, 128, 96)
+    p = _protocol("--checkpoint", str(run), "--single-scale")
+    assert (p.scales, p.flip, p.base_size, p.crop_size) == ((1.0,), False, None, 96)
+    p = _protocol("--checkpoint", str(run), "--no-flip", "--scales", "1", "--stride", "50")
+    assert (p.scales, p.flip, p.base_size, p.stride) == ((1.0,), False, None, 50)
+    p = _protocol("--checkpoint", str(run), "--scales", "0.5", "--base-size", "200")
+    assert (p.scales, p.flip, p.base_size) == ((0.5,), True, 200)
+    # a model saved outside a run: EvalConfig's defaults (single scale, 480 / 320); the paper's
+    # base size 520 once the scales need one
+    p = _protocol("--checkpoint", str(ckpts / "sanet"))
+    assert (p.scales, p.flip, p.base_size, p.crop_size, p.stride) == ((1.0,), False, None, 480, 320)
+    assert _protocol("--checkpoint", str(ckpts / "sanet"), "--ms-flip").base_size == 520
+    with pytest.raises(ValueError, match="contradicts --single-scale"):
+        _protocol("--checkpoint", str(run), "--single-scale", "--scales", "0.5")
+    with pytest.raises(SystemExit):  # argparse: not allowed with
+        _protocol("--checkpoint", str(run), "--single-scale", "--ms-flip")
+
+
+def test_eval_of_a_run_uses_its_eval_section(ckpts, tmp_path):
+    import shutil
+
+    run, out = tmp_path / "run", tmp_path / "ev"
+    shutil.copytree(ckpts / "sanet", run / "model")
+    (run / "config.yaml").write_text(
+        "data: {base_size: 48}\neval: {scales: [0.75, 1.0], flip: true, crop_size: 40, stride: 24}\n"
+    )
+    args = ["eval", "--checkpoint", str(run), "--data", "synthetic", "--limit", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    proto = json.loads((out / "metrics.json").read_text())["protocol"]
+    assert proto["mode"] == "multi-scale+flip" and proto["scales"] == [0.75, 1.0]
+    assert (proto["flip"], proto["base_size"], proto["crop_size"], proto["stride"]) == (
+        True, 48, 40, 24,
     )  # fmt: skip
-    proto = protocol_from_args(ns)
-    assert proto.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and proto.flip
-    assert (proto.base_size, proto.crop_size, proto.stride) == (128, 96, 64)
-    ns.ms_flip = False
-    single = protocol_from_args(ns)
-    assert single.scales == (1.0,) and not single.flip and single.crop_size == 96
+    assert main([*args, "--single-scale", "--out", str(out)]) == 0
+    proto = json.loads((out / "metrics.json").read_text())["protocol"]
+    assert proto["mode"] == "single-scale" and (proto["flip"], proto["base_size"]) == (False, None)
 
 
 @pytest.mark.slow

@@ -207,3 +207,53 @@ def test_worker_count_does_not_change_the_result(tmp_path: Path) -> None:
     _trainer(tmp_path / "w2", "train.epochs=1", "data.num_workers=2").fit()
     w0, w2 = _weights(tmp_path / "w0"), _weights(tmp_path / "w2")
     assert all(torch.equal(w0[k], w2[k]) for k in w0)
+
+
+def test_validation_is_sanet_eval_single_scale_with_the_runs_window(tmp_path, monkeypatch):
+    """Validation during training runs under the run's eval.crop_size/stride at single scale:
+    the protocol `sanet eval --checkpoint RUN --single-scale` rebuilds from the run directory."""
+    from sanet.cli import build_parser
+    from sanet.cli.common import protocol_from_args
+    from sanet.inference import EvalProtocol
+
+    seen = []
+    real = engine.predict_mask
+
+    def spy(model, images, protocol=None, store=None):
+        seen.append(protocol)
+        return real(model, images, protocol, store)
+
+    monkeypatch.setattr(engine, "predict_mask", spy)
+    run = tmp_path / "run"
+    trainer = _trainer(run, "eval.scales=[0.5, 1.0]", "eval.flip=true", "eval.crop_size=64",
+                       "eval.stride=40")  # fmt: skip
+    trainer.validate()
+    assert trainer.val_protocol == EvalProtocol(crop_size=64, stride=40)
+    assert seen == [trainer.val_protocol] * len(trainer.val_set)  # every val image, batch 1
+    args = build_parser().parse_args(
+        ["eval", "--checkpoint", str(run), "--data", "synthetic", "--single-scale"]
+    )
+    assert protocol_from_args(args) == trainer.val_protocol
+
+
+def test_thread_count_is_pinned_by_train_threads(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        trainer = _trainer(tmp_path / "t1", "train.threads=1")
+        assert trainer.threads == torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        assert _trainer(tmp_path / "t0", "train.threads=0").threads == before  # torch's default
+        with pytest.raises(ValueError, match=r"train.threads must be ≥ 0"):
+            _trainer(tmp_path / "bad", "train.threads=-1")
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("batch", "accumulate"), [(4, 1), (8, 2)])
+def test_lr_scales_linearly_with_the_global_batch(tmp_path, batch, accumulate) -> None:
+    """Recipe LRs are at batch 16 (Sec. 4): lr · batch_size / 16, the head at head_lr_mult ×."""
+    trainer = _trainer(tmp_path / "run", f"train.batch_size={batch}",
+                       f"train.accumulate={accumulate}", "train.lr=0.01", "train.head_lr_mult=10")  # fmt: skip
+    want = [0.01 * batch / 16, 0.1 * batch / 16]
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx(want)
+    assert trainer.scheduler.base_lrs == pytest.approx(want)  # the poly schedule starts there

@@ -73,10 +73,14 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    scales: list[float] = field(default_factory=lambda: [1.0])
-    flip: bool = False
-    crop_size: int = 480
-    stride: int = 320
+    """The run's evaluation protocol (SPEC §2.5): what ``sanet eval``/``predict`` use for a
+    ``--checkpoint`` in this run unless flags say otherwise. Validation during training uses
+    only ``crop_size`` and ``stride``, at single scale (``trainer.validation_protocol``)."""
+
+    scales: list[float] = field(default_factory=lambda: [1.0])  # of data.base_size; [1.0]: as is
+    flip: bool = False  # also predict the mirror image and average the probabilities
+    crop_size: int = 480  # sliding-window size
+    stride: int = 320  # sliding-window step
 
 
 @dataclass

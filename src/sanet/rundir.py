@@ -93,9 +93,12 @@ class RunDir:
 
     @classmethod
     def containing(cls, path: str | Path) -> RunDir | None:
-        """The run directory that ``path`` (a checkpoint, ``model/`` or a file in it) belongs to,
-        or ``None`` when it is not inside one."""
+        """The run directory that ``path`` is (``RUN``) or holds weights of (``RUN/model`` or a
+        file in it, ``RUN/checkpoints/*.pt``), recognised by its ``config.yaml``; ``None`` for a
+        model saved outside a run."""
         path = Path(path)
+        if (path / "config.yaml").is_file() and path.is_dir():
+            return cls(path)
         for root in (path.parent, path.parent.parent):
             run = cls(root)
             if run.config.is_file() and any(

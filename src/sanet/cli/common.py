@@ -25,19 +25,29 @@ def add_overrides(p: argparse.ArgumentParser, help: str | None = None) -> None:
 
 
 def add_protocol_args(p: argparse.ArgumentParser) -> None:
-    """``--checkpoint``, ``--device`` and the evaluation-protocol flags (eval, predict, figure5)."""
+    """``--checkpoint``, ``--device`` and the evaluation-protocol flags (eval, predict, figure5).
+
+    Unset flags take the run's ``eval`` section (``--checkpoint`` a run directory or a file in
+    one), else the defaults of :class:`~sanet.config.EvalConfig`; see :func:`protocol_from_args`.
+    """
     p.add_argument("--checkpoint", required=True,
                    help="run dir, .pt, save_pretrained folder or an .onnx file (sanet export)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
-    p.add_argument("--ms-flip", action="store_true", help="the paper's multi-scale + flip")
-    p.add_argument("--scales", help="comma-separated scales for --ms-flip (0.5,...,1.75)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--ms-flip", action="store_true",
+                      help="the paper's protocol: scales 0.5,...,1.75 of --base-size, with flips")  # fmt: skip
+    mode.add_argument("--single-scale", action="store_true",
+                      help="scale 1.0 at the image's own size, no flip (training's validation)")  # fmt: skip
+    p.add_argument("--scales", help="comma-separated scales (default: the run's eval.scales)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="also predict mirror images (default: the run's eval.flip)")  # fmt: skip
     p.add_argument(
         "--base-size", type=int,
-        help="long side at scale 1: --ms-flip default 520 (or the run's data.base_size); "
-        "without --ms-flip, resize to it instead of predicting at native size",
+        help="long side at scale 1.0 (default: the run's data.base_size, else 520, when the scales "
+        "are not just 1.0; a single scale 1.0 keeps the image's own size unless this is given)",
     )  # fmt: skip
-    p.add_argument("--crop-size", type=int, help="sliding-window size (480)")
-    p.add_argument("--stride", type=int, help="sliding-window stride (320)")
+    p.add_argument("--crop-size", type=int, help="sliding-window size (the run's eval.crop_size)")
+    p.add_argument("--stride", type=int, help="sliding-window stride (the run's eval.stride)")
     p.add_argument(
         "--window-batch", type=int,
         help="windows (mirrors included) per forward pass, across scales (default: 4 on CPU, "
@@ -56,21 +66,21 @@ def device_name(name: str | None) -> str:
 
 
 def run_config(checkpoint: str) -> dict[str, Any]:
-    """``config.yaml`` of a run directory (for its eval protocol), the part of it that
-    ``sanet export`` embedded in an ``.onnx`` file, else ``{}``."""
+    """``config.yaml`` of the run ``checkpoint`` is or lies in (for its eval protocol), the part
+    of it that ``sanet export`` embedded in an ``.onnx`` file, else ``{}``."""
     if str(checkpoint).lower().endswith(".onnx"):
         from sanet.inference import read_onnx_metadata
 
         return read_onnx_metadata(checkpoint).get("run_config") or {}
-    path = RunDir(checkpoint).config
-    if not path.is_file():
+    run = RunDir.containing(checkpoint)
+    if run is None:
         return {}
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(run.config.read_text()) or {}
     except yaml.YAMLError as err:
-        logger.warning("Ignoring unreadable %s (%s)", path, err)
+        logger.warning("Ignoring unreadable %s (%s)", run.config, err)
         return {}
 
 
@@ -83,29 +93,47 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
 
 
 def protocol_from_args(args: argparse.Namespace) -> Any:
-    """The evaluation protocol: flags, else the run's ``config.yaml``, else the paper's values."""
+    """The one place flags and a run's config become an ``EvalProtocol``.
+
+    Each setting comes from its flag, else from the run's ``eval`` section, else from
+    :class:`~sanet.config.EvalConfig`'s default; ``--ms-flip`` and ``--single-scale`` replace
+    the run's scales and flip. Scales other than a lone 1.0 are fractions of the base size
+    (``--base-size``, else the run's ``data.base_size``, else 520), as in the paper.
+    """
+    from dataclasses import asdict
+
+    from sanet.config import DataConfig, EvalConfig
     from sanet.inference import PAPER_SCALES, EvalProtocol
 
     cfg = run_config(args.checkpoint)
-    ev, data = cfg.get("eval") or {}, cfg.get("data") or {}
-    crop = args.crop_size or ev.get("crop_size") or 480
-    stride = args.stride or ev.get("stride") or 320
-    window_batch = args.window_batch or (
-        CUDA_WINDOW_BATCH if device_name(args.device).startswith("cuda") else 4
-    )
-    common = dict(crop_size=int(crop), stride=int(stride), window_batch=window_batch, amp=args.amp)
-    if not args.ms_flip:
+    ev = {**asdict(EvalConfig()), **(cfg.get("eval") or {})}
+    scales, flip = tuple(ev["scales"]), bool(ev["flip"])
+    if args.ms_flip:
+        scales, flip = PAPER_SCALES, True
+    elif args.single_scale:
         if args.scales:
-            raise ValueError("--scales applies to --ms-flip; add --ms-flip.")
-        # single scale: native size, or the long side resized to --base-size (large photos)
-        return EvalProtocol(base_size=args.base_size, **common)
-    # A run's eval.scales count only when they are multi-scale: its default [1.0] is the
-    # single-scale validation protocol used during training, not what --ms-flip asks for.
-    run_scales = tuple(ev.get("scales") or ())
-    scales = parse_floats(args.scales, "--scales") if args.scales else None
-    scales = scales or (run_scales if len(run_scales) > 1 else PAPER_SCALES)
-    base = args.base_size or data.get("base_size") or 520
-    return EvalProtocol(scales=tuple(scales), flip=True, base_size=int(base), **common)
+            raise ValueError("--scales contradicts --single-scale (scale 1.0); pass one of them.")
+        scales, flip = (1.0,), False
+    if args.scales:
+        scales = parse_floats(args.scales, "--scales")
+    if args.flip is not None:
+        flip = args.flip
+    base = args.base_size
+    if base is None and tuple(scales) != (1.0,):
+        base = (cfg.get("data") or {}).get("base_size") or DataConfig().base_size
+    return EvalProtocol(
+        scales=tuple(float(s) for s in scales), flip=flip, base_size=base,
+        crop_size=int(args.crop_size or ev["crop_size"]), stride=int(args.stride or ev["stride"]),
+        window_batch=args.window_batch
+        or (CUDA_WINDOW_BATCH if device_name(args.device).startswith("cuda") else 4),
+        amp=args.amp,
+    )  # fmt: skip
+
+
+def protocol_mode(protocol: Any) -> str:
+    """``single-scale``, ``multi-scale``, with ``+flip`` when mirrors are averaged."""
+    mode = "single-scale" if tuple(protocol.scales) == (1.0,) else "multi-scale"
+    return mode + ("+flip" if protocol.flip else "")
 
 
 def progress() -> Any:

@@ -25,6 +25,7 @@ from sanet.cli.common import (
     open_dataset,
     progress,
     protocol_from_args,
+    protocol_mode,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,8 +157,7 @@ def eval_report(
         "IoU": dict(zip(names, result["IoU"], strict=True)),
         "class_names": names,
         "convention": result["convention"],
-        "protocol": {"mode": "multi-scale+flip" if args.ms_flip else "single-scale"}
-        | protocol.to_dict(),
+        "protocol": {"mode": protocol_mode(protocol)} | protocol.to_dict(),
         "checkpoint": str(args.checkpoint),
         "data": args.data,
         "split": args.split,

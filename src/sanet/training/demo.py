@@ -43,8 +43,8 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
         "val_mIoU": result["mIoU"], "val_pixAcc": result["pixAcc"],
         "IoU": dict(zip(meta["class_names"], result["IoU"], strict=True)),
         "convention": result["convention"],
-        "protocol": {"scales": [1.0], "flip": False, "dataset": "synthetic", "split": "val",
-                     "images": len(trainer.val_set)},
+        "protocol": trainer.val_protocol.to_dict() | {"dataset": cfg.data.dataset,
+                     "split": cfg.data.val_split, "images": len(trainer.val_set)},
         "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run.root),
         # what the numbers depend on beyond the recipe (docs/reproducibility.md)
         "threads": trainer.threads, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),

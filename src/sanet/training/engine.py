@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
+from sanet.inference.protocol import EvalProtocol, predict_mask
 from sanet.metrics import ConfusionMatrix
 
 PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -245,20 +246,16 @@ def evaluate(
     loader: Any,
     num_classes: int,
     device: torch.device,
-    amp: str = "none",
-    channels_last: bool = False,
+    protocol: EvalProtocol | None = None,
     on_batch: Callable[[], None] | None = None,
 ) -> ConfusionMatrix:
-    """Single-scale evaluation: a confusion matrix accumulated over ``loader`` (not reduced)."""
+    """A confusion matrix over ``loader``'s ``(images, masks, ...)`` batches (not reduced),
+    predicted under ``protocol`` (default: single scale, one window per image up to 480 px)."""
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index=255, device=device)
     for images, masks, *_ in loader:
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(images)["out"]
-        cm.update(logits.argmax(1), masks.to(device, non_blocking=True))
+        pred = predict_mask(model, images.to(device, non_blocking=True), protocol)
+        cm.update(pred, masks.to(device, non_blocking=True))
         if on_batch:
             on_batch()
     return cm

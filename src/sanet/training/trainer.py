@@ -22,6 +22,7 @@ from sanet._files import atomic_torch_save
 from sanet.config import Config, save_config
 from sanet.data import build_dataset
 from sanet.data.transforms import eval_transforms, train_transforms
+from sanet.inference.protocol import EvalProtocol
 from sanet.losses import SANetLoss
 from sanet.metrics import per_class_table
 from sanet.models.registry import build_model, load_model
@@ -119,6 +120,7 @@ class Trainer:
         self.train_loader, self.val_loader, self.sampler = make_loaders(
             cfg, train_set, val_set, self.dist, self.micro_batch
         )
+        self.val_protocol = validation_protocol(cfg)
         self.steps_per_epoch = len(self.sampler) // (self.micro_batch * t.accumulate)
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -325,10 +327,10 @@ class Trainer:
                          epoch=self.state.epoch, skipped_nonfinite=skipped)  # fmt: skip
 
     def validate(self) -> dict[str, Any]:
-        """Single-scale validation on every rank's shard; counts all-reduced, best saved."""
-        t = self.cfg.train
+        """Validation under :attr:`val_protocol` on every rank's shard; counts all-reduced,
+        best saved."""
         cm = engine.evaluate(
-            self.net, self.val_loader, self.num_classes, self.device, t.amp, t.channels_last
+            self.net, self.val_loader, self.num_classes, self.device, self.val_protocol
         )
         cm.all_reduce()
         result = cm.compute()
@@ -354,6 +356,14 @@ class Trainer:
                 self.model.save_pretrained(self.run.model, metadata=self.metadata)
                 _plot_validation(result, cm, self.metadata["class_names"], self.run)
         return result
+
+
+def validation_protocol(cfg: Config) -> EvalProtocol:
+    """Validation during training: single scale at the images' own size with the run's sliding
+    window (``eval.crop_size``/``stride``), as ``sanet eval --checkpoint RUN --single-scale``.
+    The full ``eval`` section is ``sanet eval``'s: the paper's 6 scales × flip took ≈22× the
+    single-scale time (docs/benchmarks.md), too much to repeat every few epochs."""
+    return EvalProtocol(crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, amp=cfg.train.amp)
 
 
 def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
