@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -78,6 +79,29 @@ def test_load_model_errors_say_what_to_pass(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a sanet training checkpoint"):
         load_model(tmp_path / "other.pt")
-    atomic_save_bytes(tmp_path / "evil.pt", b"not a zip or pickle")
-    with pytest.raises(Exception):  # noqa: B017 - torch's own error for an unreadable file
+    atomic_save_bytes(tmp_path / "junk.pt", b"not a zip or pickle")
+    with pytest.raises(pickle.UnpicklingError):  # refused while unpickling, not later
+        load_model(tmp_path / "junk.pt")
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.makedirs(path)``: a stand-in for arbitrary code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.path),))
+
+
+def test_loading_never_runs_code_from_a_checkpoint(tmp_path: Path) -> None:
+    """SPEC §5: weights_only loading. The file really runs code under a plain torch.load."""
+    marker = tmp_path / "code-ran"
+    torch.save({"model": _RunsCode(marker), "model_config": {}}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError, match="makedirs"):
         load_model(tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        safe_torch_load(tmp_path / "evil.pt")
+    assert not marker.exists()
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # what safe loading must prevent
+    assert marker.is_dir()

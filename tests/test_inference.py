@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from sanet.inference import EvalProtocol, Predictor, evaluate, predict_mask, predict_proba
 from sanet.inference.protocol import combine_bands, window_starts
@@ -267,16 +269,44 @@ def test_evaluate_accumulates_confusion_over_a_dataset():
     assert math.isfinite(cm.compute()["mIoU"])
 
 
+class LargestAllocation(TorchDispatchMode):
+    """Records the largest new buffer (storage bytes) any tensor operation allocates; views
+    and in-place results share an input's storage and are not counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes: dict[bool, int] = {True: 0, False: 0}  # by "is floating point"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        shared = {t.untyped_storage().data_ptr() for t in inputs}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in shared:
+                kind = t.is_floating_point()
+                self.bytes[kind] = max(self.bytes[kind], t.untyped_storage().nbytes())
+        return out
+
+
 def test_large_image_memory_stays_bounded_by_base_size():
+    """predict_mask never allocates a full-resolution probability map (protocol.py's promise):
+    per-scale maps at base-size resolution, then bands of rows; only the id mask is full size."""
     from sanet.inference import scale_probs
 
     model = SizeLogits()
-    image = torch.zeros(3, 1500, 2000)  # 3 MP: the per-scale maps must not grow with it
-    protocol = EvalProtocol(scales=(0.5, 1.0), base_size=64, band_rows=100)
+    H, W, K, band = 1500, 2000, 3, 100
+    image = torch.zeros(3, H, W)  # 3 MP: the per-scale maps must not grow with it
+    protocol = EvalProtocol(scales=(0.5, 1.0), base_size=64, band_rows=band)
     maps = scale_probs(model, image, protocol)
     assert [tuple(m.shape) for m in maps] == [(3, 24, 32), (3, 48, 64)]
-    mask = predict_mask(model, image, protocol)
-    assert mask.shape == (1500, 2000) and mask.dtype == torch.int64
+    with LargestAllocation() as seen:
+        mask = predict_mask(model, image, protocol)
+    assert mask.shape == (H, W) and mask.dtype == torch.int64
+    assert seen.bytes[True] <= 4 * K * band * W  # one band of float32 probabilities
+    assert seen.bytes[False] <= 8 * H * W  # the int64 mask itself
+    with LargestAllocation() as full:  # the measurement can tell: predict_proba needs K·H·W
+        predict_proba(model, image, protocol)
+    assert full.bytes[True] >= 4 * K * H * W
 
 
 def test_bf16_autocast_stays_close_and_float32():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from sanet.viz.figures import (
@@ -108,10 +109,21 @@ def test_attention_maps_of_a_tiny_sanet(tmp_path):
     image = torch.randn(3, 65, 97)
     maps = attention_maps(model, image, (50, 20))
     assert set(maps) == {(1, "attention"), (1, "main"), (4, "attention"), (4, "main")}
-    for m in maps.values():
-        assert m.shape == (65, 97) and np.all(m <= 1 + 1e-5) and np.all(m >= -1 - 1e-5)
-    # the chosen pixel is (nearly) its own best match in the main channel of head 1
-    assert maps[(1, "main")][20, 50] > 0.9
+    # By hand (float64 numpy) from the SA parts: the chosen pixel (X 50, Y 20) lies in feature
+    # cell (⌊20·h/65⌋, ⌊50·w/97⌋); each position's cosine similarity to that cell's vector
+    # (0 where a vector is all zero), resized bilinearly to the image for display.
+    parts = model.attention_parts(image[None])
+    for head in (1, 4):
+        for kind, feats in zip(("attention", "main"), parts[head - 1], strict=True):
+            f = feats[0].double().numpy()  # (C, h, w)
+            _, h, w = f.shape
+            ref = f[:, 20 * h // 65, 50 * w // 97]
+            norms = np.linalg.norm(f, axis=0) * np.linalg.norm(ref)
+            dots = np.tensordot(ref, f, axes=(0, 0))
+            sim = np.where(norms > 0, dots / np.maximum(norms, 1e-300), 0.0)
+            up = F.interpolate(torch.from_numpy(sim)[None, None], size=(65, 97), mode="bilinear")
+            np.testing.assert_allclose(maps[(head, kind)], up[0, 0].numpy(), atol=1e-5)
+    assert parts[0][0].shape[-2:] == (17, 25)  # head 1 at stride 4: cell (5, 12), not (20, 50)
     with pytest.raises(ValueError, match="outside"):
         attention_maps(model, image, (97, 0))
     fcn = build_model("fcn", backbone="resnet18d", num_classes=3).eval()
