@@ -172,6 +172,10 @@ def test_every_eval_key_of_the_run_sets_the_protocol(ckpts, tmp_path):
     p = _protocol("--checkpoint", str(ckpts / "sanet"))
     assert (p.scales, p.flip, p.base_size, p.crop_size, p.stride) == ((1.0,), False, None, 480, 320)
     assert _protocol("--checkpoint", str(ckpts / "sanet"), "--ms-flip").base_size == 520
+    # a recipe that trained at each image's own size (data.base_size 0) scales images, not a side
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own/config.yaml").write_text("data: {base_size: 0}\n")
+    assert _protocol("--checkpoint", str(tmp_path / "own"), "--ms-flip").base_size is None
     with pytest.raises(ValueError, match="contradicts --single-scale"):
         _protocol("--checkpoint", str(run), "--single-scale", "--scales", "0.5")
     with pytest.raises(SystemExit):  # argparse: not allowed with

@@ -98,7 +98,8 @@ def protocol_from_args(args: argparse.Namespace) -> Any:
     Each setting comes from its flag, else from the run's ``eval`` section, else from
     :class:`~sanet.config.EvalConfig`'s default; ``--ms-flip`` and ``--single-scale`` replace
     the run's scales and flip. Scales other than a lone 1.0 are fractions of the base size
-    (``--base-size``, else the run's ``data.base_size``, else 520), as in the paper.
+    (``--base-size``, else the run's ``data.base_size``, else 520), as in the paper; a base size
+    of 0 scales each image's own size.
     """
     from dataclasses import asdict
 
@@ -120,9 +121,10 @@ def protocol_from_args(args: argparse.Namespace) -> Any:
         flip = args.flip
     base = args.base_size
     if base is None and tuple(scales) != (1.0,):
-        base = (cfg.get("data") or {}).get("base_size") or DataConfig().base_size
+        base = (cfg.get("data") or {}).get("base_size", DataConfig().base_size)
+    # base size 0 (a recipe trained at each image's own size): scales multiply the image's sides
     return EvalProtocol(
-        scales=tuple(float(s) for s in scales), flip=flip, base_size=base,
+        scales=tuple(float(s) for s in scales), flip=flip, base_size=base or None,
         crop_size=int(args.crop_size or ev["crop_size"]), stride=int(args.stride or ev["stride"]),
         window_batch=args.window_batch
         or (CUDA_WINDOW_BATCH if device_name(args.device).startswith("cuda") else 4),
