@@ -179,7 +179,7 @@ def test_synthetic_is_deterministic_and_split_dependent():
     assert torch.equal(a[2][0], b[2][0]) and torch.equal(a[2][1], b[2][1])
     assert not torch.equal(a[2][0], v[2][0])
     assert not torch.equal(a[2][0], c[2][0])
-    assert a.files(2) == ("synthetic:seed=1:split=train:index=2",) * 2
+    assert a.files(2) == ("synthetic:scenes:seed=1:split=train:index=2",) * 2
     image, mask = a[0]
     assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
     assert set(mask.unique().tolist()) <= {*range(a.num_classes), 255}
@@ -199,6 +199,16 @@ def test_unknown_option_suggests_closest(tmp_path):
         build_dataset("synthetic", None, num_image=3)
     with pytest.raises(ValueError, match="unknown dataset option 'seed'"):
         build_dataset("voc", tmp_path, seed=3)
+
+
+def test_synthetic_generator_option():
+    glyphs = build_dataset("synthetic", None, num_images=2, size=48, generator="glyphs")
+    scenes = build_dataset("synthetic", None, num_images=2, size=48)
+    assert glyphs.class_names[0] == "background" and "hexagon" in glyphs.class_names
+    assert glyphs.class_names != scenes.class_names
+    assert glyphs.files(1) == ("synthetic:glyphs:seed=0:split=train:index=1",) * 2
+    with pytest.raises(ValueError, match="Did you mean 'glyphs'"):
+        build_dataset("synthetic", None, generator="glyph")
 
 
 def test_synthetic_size_from_yaml_list():

@@ -171,10 +171,13 @@ def test_context_missing_mats_explained(tmp_path):
         prepare_pascal_context(tmp_path / "empty", voc)
 
 
-def test_prepare_synthetic_matches_generator(tmp_path):
-    prepare_synthetic(tmp_path, num_train=3, num_val=2, size=40, seed=5)
+@pytest.mark.parametrize("generator", ["scenes", "glyphs"])
+def test_prepare_synthetic_matches_generator(tmp_path, generator):
+    prepare_synthetic(tmp_path, num_train=3, num_val=2, size=40, seed=5, generator=generator)
     folder = build_dataset("folder", tmp_path, split="val")
-    gen = build_dataset("synthetic", None, split="val", num_images=2, size=40, seed=5)
+    gen = build_dataset(
+        "synthetic", None, split="val", num_images=2, size=40, seed=5, generator=generator
+    )
     assert len(folder) == 2 and folder.class_names == gen.class_names
     assert folder.palette == gen.palette
     for i in range(2):

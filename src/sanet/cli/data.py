@@ -37,6 +37,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-val", type=int, default=64)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--generator", choices=["scenes", "glyphs"], default="scenes",
+        help="scenes (the demo's) or glyphs (other shapes and textures, for held-out checks)",
+    )  # fmt: skip
     s.add_argument("--format", choices=["png", "jpg"], default="png", help="image format")
     s.set_defaults(func=_run_prepare_synthetic)
 
@@ -84,6 +88,7 @@ def _run_prepare_synthetic(args: argparse.Namespace) -> int:
         num_val=args.num_val,
         size=args.size,
         seed=args.seed,
+        generator=args.generator,
         image_format=args.format,
         track=_track,
     )

@@ -45,7 +45,7 @@ _BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
 }
 DATASET_KINDS = (*_BUILDERS, "synthetic")
 _COMMON_OPTIONS = ("exif_transpose", "max_pixels", "check_files")
-_SYNTHETIC_OPTIONS = ("num_images", "size", "seed")
+_SYNTHETIC_OPTIONS = ("num_images", "size", "seed", "generator")
 
 
 def list_datasets() -> list[str]:
@@ -69,7 +69,7 @@ def build_dataset(
         transforms: ``transforms(image, mask) -> (image, mask)``, e.g. ``train_transforms()``.
         **kwargs: ``exif_transpose``, ``max_pixels``, ``check_files`` (see
             :class:`SegmentationDataset`); for ``synthetic`` also ``num_images``, ``size``,
-            ``seed``.
+            ``seed`` and ``generator`` (``"scenes"`` or ``"glyphs"``).
 
     Returns:
         A dataset with ``num_classes``, ``class_names``, ``palette`` and ``files(i)``.

@@ -107,3 +107,20 @@ def cityscapes_lut() -> np.ndarray:
         lut[label_id] = train_id
     lut[IGNORE_INDEX] = IGNORE_INDEX
     return lut
+
+
+def ignore_borders(label: np.ndarray) -> np.ndarray:
+    """Set a 2-pixel band across every label change to 255, like VOC's object outlines.
+
+    Shape: label ``(H, W)`` integer ids → a copy with ``IGNORE_INDEX`` on the band.
+    """
+    edge = np.zeros(label.shape, bool)
+    dx = label[:, 1:] != label[:, :-1]
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    dy = label[1:, :] != label[:-1, :]
+    edge[1:, :] |= dy
+    edge[:-1, :] |= dy
+    out = label.copy()
+    out[edge] = IGNORE_INDEX
+    return out

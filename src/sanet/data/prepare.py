@@ -35,7 +35,7 @@ from sanet.data.formats import (
 )
 from sanet.data.io import load_mask
 from sanet.data.splits import read_split_list, train_aug_ids
-from sanet.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, make_scene, scene_rng
+from sanet.data.synthetic import get_generator, scene_rng
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -297,22 +297,22 @@ def prepare_synthetic(
     num_val: int = 64,
     size: int = 128,
     seed: int = 0,
+    generator: str = "scenes",
     image_format: str = "png",
     track: Track | None = None,
 ) -> dict[str, Any]:
     """Write synthetic scenes in the ``folder`` layout (``images/``, ``masks/``, ``classes.txt``).
 
     The files hold exactly what ``build_dataset("synthetic", ...)`` generates for the same
-    arguments (with ``image_format="png"``; ``jpg`` is lossy).
+    arguments (with ``image_format="png"``; ``jpg`` is lossy). ``generator`` is ``"scenes"``
+    or ``"glyphs"`` (:data:`sanet.data.synthetic.GENERATORS`).
     """
+    gen = get_generator(generator)
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     track = track or _no_track
     out = Path(out).expanduser()
-    lines = [
-        f"{n} {r} {g} {b}"
-        for n, (r, g, b) in zip(SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, strict=True)
-    ]
+    lines = [f"{n} {r} {g} {b}" for n, (r, g, b) in zip(gen.class_names, gen.palette, strict=True)]
     stale = [d for d in (out / "images", out / "masks") if d.is_dir() and any(d.rglob("*.*"))]
     if stale:  # old scenes left beside new ones would silently join the dataset
         raise FileExistsError(
@@ -325,7 +325,8 @@ def prepare_synthetic(
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "masks" / split).mkdir(parents=True, exist_ok=True)
         for i in track(range(n), n, f"synthetic {split}"):
-            image, mask = make_scene(size, scene_rng(seed, split, i))
+            image, mask = gen.make(size, scene_rng(seed, split, i))
             Image.fromarray(image).save(out / "images" / split / f"{i:06d}.{image_format}")
-            save_index_png(mask, out / "masks" / split / f"{i:06d}.png", SYNTHETIC_PALETTE)
-    return {"root": str(out), "train": num_train, "val": num_val, "size": size, "seed": seed}
+            save_index_png(mask, out / "masks" / split / f"{i:06d}.png", gen.palette)
+    return {"root": str(out), "generator": generator, "train": num_train, "val": num_val,
+            "size": size, "seed": seed}  # fmt: skip

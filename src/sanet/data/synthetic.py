@@ -1,5 +1,10 @@
 """Synthetic scenes: the embedded dataset that `make demo` trains on (no download needed).
 
+Two generators share the label conventions below: ``"scenes"`` (this module, the default and the
+demo's data) and ``"glyphs"`` (:mod:`sanet.data.glyphs`: other shapes, textures and statistics,
+for judging a recipe on scenes it was not tuned on). ``SyntheticDataset(generator=...)`` picks one.
+The rest of this docstring describes ``"scenes"``.
+
 Each image holds 2–5 objects of 6 classes on a cluttered background (class 0). A class is a
 *shape* and a *texture* (e.g. "disc" = disc filled with stripes); colours are drawn from one
 distribution for every class, so colour says nothing. Why a model needs context:
@@ -21,11 +26,15 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from sanet.data.classes import IGNORE_INDEX, voc_palette
+from sanet._errors import suggest
+from sanet.data.classes import ignore_borders, voc_palette
 from sanet.data.datasets import SegmentationDataset, Transforms
+from sanet.data.glyphs import GLYPH_CLASSES, GLYPH_PALETTE, make_glyph_scene
 
 SYNTHETIC_CLASSES = [
     "background", "disc", "square", "triangle", "ring", "cross", "star",
@@ -141,20 +150,6 @@ def _background(h: int, w: int, rng) -> np.ndarray:
     return np.einsum("yi,ijc,xj->yxc", wy, grid, wx, optimize=True)
 
 
-def _ignore_borders(label: np.ndarray) -> np.ndarray:
-    """Set a 2-pixel band across every label change to 255 (like VOC's object outlines)."""
-    edge = np.zeros(label.shape, bool)
-    dx = label[:, 1:] != label[:, :-1]
-    edge[:, 1:] |= dx
-    edge[:, :-1] |= dx
-    dy = label[1:, :] != label[:-1, :]
-    edge[1:, :] |= dy
-    edge[:-1, :] |= dy
-    out = label.copy()
-    out[edge] = IGNORE_INDEX
-    return out
-
-
 def make_scene(
     size: int | tuple[int, int], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -178,12 +173,38 @@ def make_scene(
         cy, cx = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.1 * w, 0.9 * w)
         _paint(image, label, cls, shape, texture, cy, cx, r, rng)
     image += rng.standard_normal((h, w, 3), dtype=np.float32) * 5.0
-    return np.clip(image, 0, 255).astype(np.uint8), _ignore_borders(label)
+    return np.clip(image, 0, 255).astype(np.uint8), ignore_borders(label)
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator of image ``index`` of ``split``: independent of every other image."""
     return np.random.default_rng([int(seed), split_code(split), int(index)])
+
+
+@dataclass(frozen=True)
+class SceneGenerator:
+    """A synthetic scene generator: its classes, palette and ``make(size, rng) -> (image, mask)``."""
+
+    name: str
+    class_names: list[str]
+    palette: list[tuple[int, int, int]]
+    make: Callable[[int | tuple[int, int], np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+GENERATORS = {
+    "scenes": SceneGenerator("scenes", SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, make_scene),
+    "glyphs": SceneGenerator("glyphs", GLYPH_CLASSES, GLYPH_PALETTE, make_glyph_scene),
+}
+
+
+def get_generator(name: str) -> SceneGenerator:
+    """The generator called ``name`` (``"scenes"`` or ``"glyphs"``)."""
+    if name not in GENERATORS:
+        raise ValueError(
+            f"synthetic: unknown generator {name!r}; expected one of {', '.join(GENERATORS)}."
+            + suggest(name, GENERATORS)
+        )
+    return GENERATORS[name]
 
 
 class SyntheticDataset(SegmentationDataset):
@@ -194,6 +215,7 @@ class SyntheticDataset(SegmentationDataset):
         num_images: length of the dataset.
         size: image side (or (H, W)).
         seed: base seed.
+        generator: ``"scenes"`` (default, the demo's) or ``"glyphs"``; see :data:`GENERATORS`.
     """
 
     def __init__(
@@ -203,6 +225,7 @@ class SyntheticDataset(SegmentationDataset):
         num_images: int | None = None,
         size: int | tuple[int, int] = 128,
         seed: int = 0,
+        generator: str = "scenes",
         transforms: Transforms | None = None,
         exif_transpose: bool = False,  # accepted for a uniform interface; nothing to rotate
         max_pixels: int | None = None,
@@ -219,12 +242,15 @@ class SyntheticDataset(SegmentationDataset):
         side = min(size) if isinstance(size, tuple) else int(size)
         if side < 16:
             raise ValueError(f"synthetic: size must be at least 16 pixels, got {size}")
+        self.generator = get_generator(generator)
         self.size, self.seed, self.split = size, int(seed), split
-        names = [f"synthetic:seed={seed}:split={split}:index={i}" for i in range(num_images)]
+        names = [
+            f"synthetic:{generator}:seed={seed}:split={split}:index={i}" for i in range(num_images)
+        ]
         super().__init__(
             [(n, n) for n in names],
-            class_names=SYNTHETIC_CLASSES,
-            palette=SYNTHETIC_PALETTE,
+            class_names=self.generator.class_names,
+            palette=self.generator.palette,
             transforms=transforms,
             name=f"synthetic:{split}",
             check_files=False,
@@ -233,7 +259,7 @@ class SyntheticDataset(SegmentationDataset):
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
             raise IndexError(f"synthetic: index {index} out of range 0..{len(self) - 1}")
-        return make_scene(self.size, scene_rng(self.seed, self.split, index))
+        return self.generator.make(self.size, scene_rng(self.seed, self.split, index))
 
     def read_image(self, index: int) -> np.ndarray:
         return self.load_raw(index)[0]
