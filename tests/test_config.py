@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sanet.config import config_from_dict, load_config, save_config
+import sanet
+from sanet.config import config_from_dict, load_config, model_kwargs, save_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -38,6 +39,17 @@ def test_overrides_are_typed() -> None:
 def test_bad_overrides_are_clear_errors(override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_config(None, [override])
+
+
+def test_model_options_reach_the_models_that_take_them() -> None:
+    sa = ["model.attn_act=sigmoid", "model.attn_combine=residual", "model.head_init=kaiming"]
+    options = model_kwargs(load_config(None, sa).model)
+    assert options == {"attn_act": "sigmoid", "attn_combine": "residual", "head_init": "kaiming"}
+    # one recipe serves every model of `sanet compare`: SA-only options are left out for fcn
+    fcn = model_kwargs(load_config(None, [*sa, "model.name=fcn"]).model)
+    assert fcn == {"head_init": "kaiming"}
+    model = sanet.build_model("fcn", backbone="resnet18d", num_classes=3, **fcn)
+    assert model.config["head_init"] == "kaiming"
 
 
 def test_round_trip_through_yaml(tmp_path: Path) -> None:

@@ -24,6 +24,25 @@ def test_poly_schedule_per_iteration() -> None:
     assert opt.param_groups[0]["lr"] == 0.0
 
 
+def test_poly_schedule_with_linear_warmup() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = engine.poly_schedule(opt, total_steps=10, power=1.0, warmup_steps=3)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # (step + 1) / 4 for steps 0..2, then 1; times the poly factor 1 − step/10
+    assert lrs == pytest.approx([0.1 * 0.25, 0.1 * 0.5 * 0.9, 0.1 * 0.75 * 0.8, 0.07, 0.06])
+
+
+def test_set_bn_momentum() -> None:
+    model = sanet.build_model("fcn", backbone=TINY_BACKBONE, num_classes=3)
+    engine.set_bn_momentum(model, 0.01)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) > 20 and {m.momentum for m in bns} == {0.01}
+
+
 def test_param_groups_split_backbone_and_head_and_decay_every_parameter() -> None:
     """Backbone at lr, the rest at head_lr_mult × lr; weight decay on every parameter, BN and
     biases included, as the paper's code base (PyTorch-Encoding) passed one weight_decay to SGD."""

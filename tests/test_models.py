@@ -69,6 +69,26 @@ class TestSANet(ModelContract):
         assert [tuple(a.shape) == tuple(m.shape) for a, m in parts] == [True] * 4
         assert parts[0][0].shape[-2:] == (16, 20) and parts[3][0].shape[-2:] == (8, 10)
 
+    def test_options_survive_save_and_load(self, tmp_path: Path) -> None:
+        options = dict(attn_act="sigmoid", attn_combine="residual", head_init="kaiming")
+        model = sanet.build_model("sanet", backbone=TINY_BACKBONE, num_classes=K, **options)
+        model.save_pretrained(tmp_path)
+        loaded = SegmentationModel.from_pretrained(tmp_path)
+        assert {k: loaded.config[k] for k in options} == options
+        assert all(h.combine == "residual" and h.attn_act == "sigmoid" for h in loaded.head.heads)
+
+    def test_kaiming_head_init(self) -> None:
+        model = sanet.build_model(
+            "sanet", backbone=TINY_BACKBONE, num_classes=K, head_init="kaiming"
+        )
+        mask = model.head.mask.weight  # N(0, 0.01): every class starts equally likely
+        assert abs(float(mask.std()) - 0.01) < 0.002 and not model.head.mask.bias.any()
+        conv = model.head.fuse[0].weight  # kaiming_normal_(fan_out): std = √(2 / (C_out·3·3))
+        expected = (2 / (conv.shape[0] * 9)) ** 0.5
+        assert abs(float(conv.std()) / expected - 1) < 0.05
+        with pytest.raises(ValueError, match="head_init"):
+            sanet.build_model("fcn", backbone=TINY_BACKBONE, num_classes=K, head_init="xavier")
+
     def test_from_pretrained_on_wrong_class(self, tmp_path: Path) -> None:
         sanet.build_model("fcn", backbone=TINY_BACKBONE, num_classes=K).save_pretrained(tmp_path)
         with pytest.raises(TypeError, match="holds a 'fcn' model"):

@@ -76,6 +76,21 @@ def test_sa_options() -> None:
         SqueezeAttention(4, 8, attn_act="tanh")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="upsample"):
         SqueezeAttention(4, 8, upsample="bicubic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="combine"):
+        SqueezeAttention(4, 8, combine="sum")  # type: ignore[arg-type]
+
+
+def test_sa_residual_combine_passes_the_main_branch() -> None:
+    sa = SqueezeAttention(6, 4, combine="residual").eval()
+    _randomise_bn(sa)
+    x = torch.randn(2, 6, 45, 45)
+    out, attn, main = sa(x, return_parts=True)
+    torch.testing.assert_close(out, main * (1 + attn))  # (1 + X_attn) ⊙ X_res
+    eq4 = SqueezeAttention(6, 4).eval()
+    eq4.load_state_dict(sa.state_dict())
+    torch.testing.assert_close(eq4(x), attn * (main + 1))  # same weights, Eq. 4
+    dead = attn == 0  # where the ReLU attention is 0, Eq. 4 outputs 0 and "residual" X_res
+    assert dead.any() and torch.equal(out[dead], main[dead])
 
 
 def test_se_block_rescales_channels() -> None:

@@ -27,6 +27,27 @@ class ModelConfig:
     pretrained_backbone: bool | str = False  # True: timm download; str: a local weights file
     num_classes: int = 0  # 0: take it from the dataset
     init_from: str = ""  # initialise all weights from a run dir / .pt / save_pretrained folder
+    # SA options (sanet only; docs/paper-fidelity.md): σ of the attention branch, and how
+    # X_attn meets X_res ("eq4": X_attn ⊙ X_res + X_attn; "residual": (1 + X_attn) ⊙ X_res).
+    attn_act: Literal["relu", "sigmoid"] = "relu"
+    attn_combine: Literal["eq4", "residual"] = "eq4"
+    head_init: Literal["default", "kaiming"] = "default"  # head layers (all models)
+
+
+#: ModelConfig keys that are constructor options, and the models that take each one.
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "attn_act": ("sanet",),
+    "attn_combine": ("sanet",),
+    "head_init": ("sanet", "sanet_se", "fcn"),
+}
+
+
+def model_kwargs(m: ModelConfig) -> dict[str, Any]:
+    """The ``build_model`` keyword arguments of ``m``: the options that model ``m.name`` takes.
+
+    SA-only options are left out for ``fcn``/``sanet_se``, so one recipe serves every model
+    (``sanet compare``)."""
+    return {key: getattr(m, key) for key, names in MODEL_OPTIONS.items() if m.name in names}
 
 
 @dataclass
@@ -57,6 +78,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     head_lr_mult: float = 10.0
     poly_power: float = 0.9
+    warmup_steps: int = 0  # linear LR warm-up over the first steps, then poly (0: none)
+    bn_momentum: float = 0.1  # BatchNorm running-stat momentum of every BN layer (PyTorch's 0.1)
     accumulate: int = 1  # micro-batches per optimiser step
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False

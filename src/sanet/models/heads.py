@@ -13,10 +13,43 @@ import torch.nn.functional as F
 from torch import nn
 
 from sanet.models.resize import resize_bilinear
-from sanet.models.sa import AttnAct, SqueezeAttention, SqueezeExcitation, UpMode, conv_bn_relu
+from sanet.models.sa import (
+    AttnAct,
+    Combine,
+    SqueezeAttention,
+    SqueezeExcitation,
+    UpMode,
+    conv_bn_relu,
+)
 
 Gate = Literal["logsigmoid", "sigmoid"]
 Block = Literal["sa", "se"]
+HeadInit = Literal["default", "kaiming"]
+
+
+def init_head(head: nn.Module, classifiers: list[nn.Module], scheme: HeadInit) -> None:
+    """Initialise a head's layers (the backbone keeps timm's own initialisation).
+
+    ``"default"`` keeps PyTorch's layer defaults (what the paper's code base did).
+    ``"kaiming"``: convolutions ``kaiming_normal_(fan_out, relu)`` as in torchvision/timm
+    ResNets, BN γ = 1 and β = 0, and the final classifiers ``N(0, 0.01)`` with zero bias so
+    that every class starts equally likely.
+    """
+    if scheme not in ("default", "kaiming"):
+        raise ValueError(f"head_init must be 'default' or 'kaiming', got {scheme!r}")
+    if scheme == "default":
+        return
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in classifiers:
+        nn.init.normal_(m.weight, std=0.01)
+        nn.init.zeros_(m.bias)
 
 
 class SANetHead(nn.Module):
@@ -30,7 +63,8 @@ class SANetHead(nn.Module):
         dropout: dropout on F (0.1).
         gate: how the image-level class presence gates the mask: ``"logsigmoid"``
             (``D = M + logsigmoid(c)``, default) or ``"sigmoid"`` (``D = M ⊙ sigmoid(c)``).
-        attn_act, upsample: forwarded to :class:`SqueezeAttention`.
+        attn_act, upsample, combine: forwarded to :class:`SqueezeAttention`.
+        init: :func:`init_head` scheme.
 
     Shape:
         - feats: four tensors ``(N, C_i, H_i, W_i)``; the last has the smallest size ``(h, w)``.
@@ -47,12 +81,14 @@ class SANetHead(nn.Module):
         gate: Gate = "logsigmoid",
         attn_act: AttnAct = "relu",
         upsample: UpMode = "nearest",
+        combine: Combine = "eq4",
+        init: HeadInit = "default",
     ) -> None:
         super().__init__()
         if gate not in ("logsigmoid", "sigmoid"):
             raise ValueError(f"gate must be 'logsigmoid' or 'sigmoid', got {gate!r}")
         if block == "sa":
-            blocks = [SqueezeAttention(c, c // 4, attn_act, upsample) for c in in_channels]
+            blocks = [SqueezeAttention(c, c // 4, attn_act, upsample, combine) for c in in_channels]
         elif block == "se":
             blocks = [SqueezeExcitation(c, c // 4) for c in in_channels]
         else:
@@ -63,6 +99,7 @@ class SANetHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.mask = nn.Conv2d(fuse_channels, num_classes, 1)  # "each channel is one class's mask"
         self.cat = nn.Linear(fuse_channels, num_classes)  # image-level class presence
+        init_head(self, [self.mask, self.cat], init)
 
     def fused(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """The fused feature F before dropout: ``(N, fuse_channels, h, w)``."""
@@ -95,7 +132,13 @@ class FCNHead(nn.Module):
         - output: ``{"dense": (N, K, h, w)}``.
     """
 
-    def __init__(self, in_channels: list[int], num_classes: int, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        in_channels: list[int],
+        num_classes: int,
+        dropout: float = 0.1,
+        init: HeadInit = "default",
+    ) -> None:
         super().__init__()
         inter = in_channels[-1] // 4
         self.block = nn.Sequential(
@@ -103,6 +146,7 @@ class FCNHead(nn.Module):
             nn.Dropout2d(dropout),
             nn.Conv2d(inter, num_classes, 1),
         )
+        init_head(self, [self.block[-1]], init)
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"dense": self.block(feats[-1])}

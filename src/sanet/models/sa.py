@@ -14,6 +14,7 @@ from torch import nn
 
 AttnAct = Literal["relu", "sigmoid"]
 UpMode = Literal["nearest", "bilinear"]
+Combine = Literal["eq4", "residual"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
@@ -72,6 +73,9 @@ class SqueezeAttention(nn.Module):
         attn_act: σ. ``"relu"`` (default) keeps the last ReLU of ``F_attn`` as σ, as the
             paper's code did; ``"sigmoid"`` replaces it with a sigmoid gate in (0, 1).
         upsample: ``"nearest"`` (default) or ``"bilinear"``; always to ``X_res``'s exact size.
+        combine: ``"eq4"`` (default) is the paper's ``X_attn ⊙ X_res + X_attn``; ``"residual"``
+            is ``(1 + X_attn) ⊙ X_res``, which passes ``X_res`` (and its gradient) through where
+            the ReLU attention is 0 — a documented deviation (docs/paper-fidelity.md).
 
     Shape:
         - x: ``(N, in_channels, H, W)``, any ``H, W ≥ 1`` (odd sizes work: the pool uses ceil mode).
@@ -85,14 +89,17 @@ class SqueezeAttention(nn.Module):
         out_channels: int,
         attn_act: AttnAct = "relu",
         upsample: UpMode = "nearest",
+        combine: Combine = "eq4",
     ) -> None:
         super().__init__()
+        if combine not in ("eq4", "residual"):
+            raise ValueError(f"combine must be 'eq4' or 'residual', got {combine!r}")
         if attn_act not in ("relu", "sigmoid"):
             raise ValueError(f"attn_act must be 'relu' or 'sigmoid', got {attn_act!r}")
         if upsample not in ("nearest", "bilinear"):
             raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.attn_act, self.upsample = attn_act, upsample
+        self.attn_act, self.upsample, self.combine = attn_act, upsample, combine
         self.main = _two_convs(in_channels, out_channels)
         self.attn = _two_convs(in_channels, out_channels)
         if attn_act == "sigmoid":
@@ -110,13 +117,15 @@ class SqueezeAttention(nn.Module):
             attn = F.interpolate(attn, size=main.shape[-2:], mode="nearest")
         else:
             attn = F.interpolate(attn, size=main.shape[-2:], mode="bilinear", align_corners=False)
-        out = attn * main + attn  # Eq. 4: X_attn ⊙ X_res + X_attn
+        # Eq. 4: X_attn ⊙ X_res + X_attn; "residual": (1 + X_attn) ⊙ X_res (X_res passes where
+        # X_attn = 0, so F_main keeps its gradient there)
+        out = attn * main + attn if self.combine == "eq4" else main + attn * main
         if return_parts:
             return out, attn, main
         return out
 
     def extra_repr(self) -> str:
-        return f"attn_act={self.attn_act!r}, upsample={self.upsample!r}"
+        return f"attn_act={self.attn_act!r}, upsample={self.upsample!r}, combine={self.combine!r}"
 
 
 class SqueezeExcitation(nn.Module):

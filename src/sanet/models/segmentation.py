@@ -18,9 +18,9 @@ from torch import nn
 
 from sanet._files import atomic_save_bytes, atomic_write_text, safe_safetensors_load
 from sanet.models.backbone import Backbone
-from sanet.models.heads import Block, FCNHead, Gate, SANetHead
+from sanet.models.heads import Block, FCNHead, Gate, HeadInit, SANetHead
 from sanet.models.resize import resize_bilinear
-from sanet.models.sa import AttnAct, UpMode
+from sanet.models.sa import AttnAct, Combine, UpMode
 
 MIN_SIZE = 32  # the deepest stage is H/8 at output stride 8: below 32 px it has < 4 positions
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -105,7 +105,11 @@ class SegmentationModel(nn.Module):
 
 class SANet(SegmentationModel):
     """Squeeze-and-Attention Network (Fig. 3): dilated backbone, four SA heads, fused F, and the
-    mask (M), categorical (c) and dense (D) outputs. ``block="se"`` gives the SE ablation."""
+    mask (M), categorical (c) and dense (D) outputs. ``block="se"`` gives the SE ablation.
+
+    ``attn_act``, ``upsample`` and ``attn_combine`` configure the SA blocks
+    (:class:`~sanet.models.sa.SqueezeAttention`: ``combine``); ``head_init`` picks the head's
+    initialisation (:func:`~sanet.models.heads.init_head`). All are stored in ``config``."""
 
     def __init__(
         self,
@@ -119,6 +123,8 @@ class SANet(SegmentationModel):
         upsample: UpMode = "nearest",
         fuse_channels: int = 512,
         dropout: float = 0.1,
+        attn_combine: Combine = "eq4",
+        head_init: HeadInit = "default",
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
@@ -133,10 +139,13 @@ class SANet(SegmentationModel):
             gate,
             attn_act,
             upsample,
+            attn_combine,
+            head_init,
         )
         self.config = dict(
             num_classes=num_classes, backbone=backbone, output_stride=output_stride, gate=gate,
             attn_act=attn_act, upsample=upsample, fuse_channels=fuse_channels, dropout=dropout,
+            attn_combine=attn_combine, head_init=head_init,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -160,14 +169,16 @@ class FCN(SegmentationModel):
         output_stride: int = 8,
         pretrained_backbone: bool | str | Path = False,
         dropout: float = 0.1,
+        head_init: HeadInit = "default",
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
         self.backbone = Backbone(backbone, output_stride, pretrained_backbone)
-        self.head = FCNHead(self.backbone.channels, num_classes, dropout)
+        self.head = FCNHead(self.backbone.channels, num_classes, dropout, head_init)
         self.config = dict(
-            num_classes=num_classes, backbone=backbone, output_stride=output_stride, dropout=dropout
-        )
+            num_classes=num_classes, backbone=backbone, output_stride=output_stride,
+            dropout=dropout, head_init=head_init,
+        )  # fmt: skip
 
 
 def check_image_batch(shape: tuple[int, ...], min_size: int = MIN_SIZE) -> None:

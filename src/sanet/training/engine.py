@@ -47,12 +47,25 @@ def sync_batchnorm(model: nn.Module, world_size: int, device: torch.device) -> n
 
 
 def poly_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9
+    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """``lr = base · (1 − step/total)^power``, stepped once per iteration (Sec. 4)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(0.0, 1.0 - step / max(total_steps, 1)) ** power
-    )
+    """``lr = base · (1 − step/total)^power``, stepped once per iteration (Sec. 4).
+
+    With ``warmup_steps`` the factor is also multiplied by ``(step + 1) / (warmup_steps + 1)``
+    for the first ``warmup_steps`` steps (a linear warm-up; not in the paper)."""
+
+    def factor(step: int) -> float:
+        poly = max(0.0, 1.0 - step / max(total_steps, 1)) ** power
+        return poly * min(1.0, (step + 1) / (warmup_steps + 1))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every BatchNorm layer of ``model``."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
 
 
 class ResumableSampler(Sampler):

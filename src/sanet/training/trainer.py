@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from sanet._errors import plain_worker_errors
 from sanet._files import atomic_torch_save
-from sanet.config import Config, save_config
+from sanet.config import Config, model_kwargs, save_config
 from sanet.data import build_dataset
 from sanet.data.transforms import eval_transforms, train_transforms
 from sanet.inference.protocol import EvalProtocol
@@ -148,7 +148,9 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         m = cfg.model
         model = build_model(m.name, backbone=m.backbone, num_classes=self.num_classes,
-                            output_stride=m.output_stride, pretrained_backbone=m.pretrained_backbone)  # fmt: skip
+                            output_stride=m.output_stride, pretrained_backbone=m.pretrained_backbone,
+                            **model_kwargs(m))  # fmt: skip
+        engine.set_bn_momentum(model, t.bn_momentum)
         self.model_config = {"name": model.name, **model.config}
         if m.init_from:  # e.g. the VOC fine-tune starts from the train_aug run
             model.load_state_dict(load_model(m.init_from)[0].state_dict())
@@ -160,7 +162,9 @@ class Trainer:
         self.optimizer = engine.make_sgd(
             engine.param_groups(model, lr, t.head_lr_mult, t.weight_decay), lr, t.momentum
         )
-        self.scheduler = engine.poly_schedule(self.optimizer, self.total_steps, t.poly_power)
+        self.scheduler = engine.poly_schedule(
+            self.optimizer, self.total_steps, t.poly_power, t.warmup_steps
+        )
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
         self.criterion = SANetLoss(cfg.loss.alpha, cfg.loss.beta)
         wrapped: nn.Module = model
