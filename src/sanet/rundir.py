@@ -66,6 +66,12 @@ class RunDir:
     def plots(self) -> Path:
         return self.root / "plots"
 
+    @property
+    def compare_run(self) -> Path:
+        """``compare_run.json``: wall time so far and, once finished, the run's result in a
+        ``sanet compare`` (``sanet.training.compare``)."""
+        return self.root / "compare_run.json"
+
     def checkpoint(self, name: str) -> Path:
         """``checkpoints/<name>.pt``."""
         return self.checkpoints / f"{name}.pt"

@@ -1,7 +1,8 @@
 """The ``sanet`` command line: thin subcommands that parse arguments and call the library.
 
 Each command group registers its subcommands from its own module in this package
-(``train.py``, ``data.py``, ``eval.py``, ``figures.py``, ``deploy.py``, ``bench.py``) with
+(``train.py``, ``data.py``, ``eval.py``, ``figures.py``, ``compare.py``, ``deploy.py``,
+``bench.py``) with
 ``add_parsers``; helpers they share are in ``common.py``. This file only assembles them and
 applies the error rule of docs/reliability.md: a problem the user can fix is one line and exit 2,
 a bug keeps its traceback. Nothing outside ``sanet/cli/`` imports this package.
@@ -16,12 +17,12 @@ from collections.abc import Sequence
 
 from sanet import __version__
 from sanet._errors import is_user_error, one_line
-from sanet.cli import bench, data, deploy, eval, figures, train
+from sanet.cli import bench, compare, data, deploy, eval, figures, train
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
 # ``func`` on its parsers via ``set_defaults(func=...)``. A new command group is one more
 # module here (docs/architecture.md).
-COMMAND_MODULES = (train, data, eval, figures, deploy, bench)
+COMMAND_MODULES = (train, data, eval, figures, compare, deploy, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """The paper's figures (SPEC §2.6): Fig. 5 panels, Fig. 6 SA attention maps, Fig. 4 α/β heatmap,
-and the input / ground truth / prediction panel of a run.
+the Table 3 comparison plot, and the input / ground truth / prediction panel of a run.
 
 Functions here compute what a figure shows and draw it with matplotlib (Agg) into a PNG;
 the ``sanet figure5`` / ``sanet explain`` / ``sanet sweep`` commands are thin wrappers (the
@@ -168,6 +168,37 @@ def plot_sweep_heatmap(
         i, j = np.unravel_index(np.nanargmax(grid), grid.shape)
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
     ax.set_title("mIoU over loss weights (Fig. 4)")
+    return save_figure(fig, path)
+
+
+def plot_compare(payload: dict[str, Any], path: str | Path) -> Path:
+    """Table 3 as a picture: mean final val mIoU ± std per model (dots: seeds), and the
+    validation curves (thick: mean over seeds, thin: each seed).
+
+    Args:
+        payload: ``compare.json`` of ``sanet compare`` (``models``, ``per_model``, ``runs``).
+    """
+    plt = pyplot()
+    models = payload["models"]
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, model in enumerate(models):
+        stats, colour = payload["per_model"][model], f"C{i}"
+        bars.bar(i, 100 * stats["mIoU_mean"], yerr=100 * stats["mIoU_std"], capsize=6,
+                 color=colour, alpha=0.6)  # fmt: skip
+        bars.scatter([i] * stats["n"], [100 * v for v in stats["mIoU"]], color="k", s=12, zorder=3)
+        runs = [r for r in payload["runs"] if r["model"] == model]
+        for r in runs:
+            steps, values = zip(*r["curve"], strict=True)
+            curves.plot(steps, [100 * v for v in values], color=colour, alpha=0.3, lw=0.8)
+        steps = sorted({s for r in runs for s, _ in r["curve"]})
+        mean = [100 * float(np.mean([v for r in runs for s, v in r["curve"] if s == step]))
+                for step in steps]  # fmt: skip
+        curves.plot(steps, mean, marker="o", color=colour, label=f"{model} (n={stats['n']})")
+    bars.set_xticks(range(len(models)), models)
+    bars.set(ylabel="val mIoU (%)", title="Final val mIoU: mean ± std over seeds")
+    curves.set(xlabel="step", ylabel="val mIoU (%)", title="Validation during training")
+    curves.legend()
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
