@@ -134,6 +134,17 @@ def test_scale_range_of_long_side():
     assert min(longs) >= 50 and max(longs) <= 200 and len(longs) > 50
 
 
+def test_base_size_zero_scales_each_image_by_its_own_long_side():
+    from sanet.data.transforms import Compose, RandomLongSideResize
+
+    resize = Compose([RandomLongSideResize(0, (0.5, 1.5))])
+    torch.manual_seed(0)
+    for h, w in ((40, 80), (90, 30)):
+        image, mask = torch.zeros(3, h, w, dtype=torch.uint8), torch.zeros(h, w)
+        longs = {max(resize(image, mask)[0].shape[-2:]) for _ in range(100)}
+        assert min(longs) >= max(h, w) // 2 and max(longs) <= 1.5 * max(h, w) and len(longs) > 20
+
+
 def test_deterministic_under_manual_seed():
     image, mask = _coded_pair(50, 70, 5, 0)
     t = train_transforms(64, 32)

@@ -62,7 +62,7 @@ class DataConfig:
     root: str = ""
     train_split: str = "train"
     val_split: str = "val"
-    base_size: int = 520
+    base_size: int = 520  # long side at scale 1.0; 0: each image's own long side
     crop_size: int = 480
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # long side × base_size
     num_workers: int = 4

@@ -87,7 +87,11 @@ class RandomHorizontalFlip:
 
 
 class RandomLongSideResize:
-    """Resize so the long side is ``U(lo, hi) × base_size`` (aspect kept)."""
+    """Resize so the long side is ``U(lo, hi) × base_size`` (aspect kept).
+
+    ``base_size=0`` scales each image relative to its own long side (``U(lo, hi) × max(H, W)``):
+    for datasets whose images are already at the size the model will be evaluated at.
+    """
 
     def __init__(
         self,
@@ -100,8 +104,10 @@ class RandomLongSideResize:
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
         lo, hi = self.scale_range
         scale = lo + (hi - lo) * float(torch.rand(()))
-        long_side = max(1, int(self.base_size * scale + 0.5))
-        size = _long_side_size(*image.shape[-2:], long_side)
+        h, w = image.shape[-2:]
+        base = self.base_size or max(h, w)
+        long_side = max(1, int(base * scale + 0.5))
+        size = _long_side_size(h, w, long_side)
         return _resize(image, mask, size, self.interpolation)
 
     def __repr__(self) -> str:
@@ -187,6 +193,9 @@ def train_transforms(
     interpolation: InterpolationMode = InterpolationMode.BILINEAR,
 ) -> Compose:
     """The paper's train pipeline (SPEC §2.4) for uint8 image + integer mask.
+
+    ``base_size=0`` resizes relative to each image's own long side (see
+    :class:`RandomLongSideResize`).
 
     Shape:
         image (3, H, W) uint8, mask (H, W) int -> image (3, crop, crop) float32 normalised,
