@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import sanet
-from sanet.config import config_from_dict, load_config, model_kwargs, save_config
+from sanet.config import config_from_dict, load_config, model_kwargs, recipe_path, save_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -63,6 +63,8 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
 def test_shipped_recipes_load(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.model.name in ("sanet", "sanet_se", "fcn")
+    # the package embeds the same recipes (`recipe_path`, `sanet demo`): keep the copies equal
+    assert recipe_path(path.stem).read_text() == path.read_text()
 
 
 def test_paper_recipes_match_the_paper() -> None:
