@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import torch
 import sanet
 from conftest import TINY_BACKBONE
 from sanet import load_model
+from sanet._errors import DamagedFileError
 from sanet._files import atomic_save_bytes, atomic_torch_save, safe_torch_load
 
 
@@ -80,8 +80,8 @@ def test_load_model_errors_say_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a sanet training checkpoint"):
         load_model(tmp_path / "other.pt")
     atomic_save_bytes(tmp_path / "junk.pt", b"not a zip or pickle")
-    with pytest.raises(pickle.UnpicklingError):  # refused while unpickling, not later
-        load_model(tmp_path / "junk.pt")
+    with pytest.raises(DamagedFileError, match=r"junk\.pt: is corrupt or not a PyTorch weights"):
+        load_model(tmp_path / "junk.pt")  # refused while unpickling, named, not a torch trace
 
 
 class _RunsCode:
@@ -98,9 +98,9 @@ def test_loading_never_runs_code_from_a_checkpoint(tmp_path: Path) -> None:
     """SPEC §5: weights_only loading. The file really runs code under a plain torch.load."""
     marker = tmp_path / "code-ran"
     torch.save({"model": _RunsCode(marker), "model_config": {}}, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError, match="makedirs"):
+    with pytest.raises(DamagedFileError, match=r"GLOBAL os\.makedirs; loading it could run code"):
         load_model(tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(DamagedFileError, match=r"evil\.pt"):
         safe_torch_load(tmp_path / "evil.pt")
     assert not marker.exists()
     torch.load(tmp_path / "evil.pt", weights_only=False)  # what safe loading must prevent
