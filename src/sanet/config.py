@@ -190,7 +190,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 MINIMUM: dict[str, float] = {
     "model.num_classes": 0,  # 0: the dataset's
     "loss.alpha": 0, "loss.beta": 0,
-    "data.base_size": 1, "data.crop_size": 32, "data.num_workers": 0,  # the models need ≥ 32 px
+    "data.base_size": 0, "data.crop_size": 32, "data.num_workers": 0,  # the models need ≥ 32 px
     "train.epochs": 1, "train.batch_size": 1, "train.lr": 0, "train.momentum": 0,
     "train.weight_decay": 0, "train.head_lr_mult": 0, "train.poly_power": 0,
     "train.accumulate": 1, "train.seed": 0, "train.val_every": 0, "train.log_every": 1,
