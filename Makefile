@@ -17,7 +17,7 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/python -m pytest -q -m "not slow and not gpu and not export"
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu"

@@ -1,4 +1,5 @@
-"""The README's examples run as written: the Python block, and the synthetic-data tour."""
+"""The README's examples run as written: the Python block, the synthetic-data tour and the
+`sanet compare` example."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -46,7 +45,6 @@ def test_readme_synthetic_tour_runs(tmp_path: Path) -> None:
     assert (tmp_path / "runs/tour/model.onnx").stat().st_size > 1_000_000  # checked by export
 
 
-@pytest.mark.slow
 def test_readme_compare_example_runs(tmp_path: Path) -> None:
     _run_bash_block("### Comparing models", tmp_path)
     payload = json.loads((tmp_path / "runs/compare-quick/compare.json").read_text())
