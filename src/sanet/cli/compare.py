@@ -64,7 +64,8 @@ def _print_tables(payload: dict[str, Any]) -> None:
             ci = d["ci95"]
             diff = f"{d['mean']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
             p = f"{d['p_value']:.3f}" if d["p_value"] is not None else "—"
-        table.add_row(model, str(s["n"]), f"{s['mIoU_mean']:.4f} ± {s['mIoU_std']:.4f}",
+        spread = f" ± {s['mIoU_std']:.4f}" if s["n"] > 1 else " (one seed: no spread)"
+        table.add_row(model, str(s["n"]), f"{s['mIoU_mean']:.4f}{spread}",
                       " ".join(f"{v:.3f}" for v in s["mIoU"]), diff, p,
                       f"{s['seconds_mean']:.0f}")  # fmt: skip
     per_class = Table(title="per-class IoU, mean over seeds")
