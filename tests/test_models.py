@@ -81,9 +81,10 @@ class TestSANet(ModelContract):
         model = sanet.build_model(
             "sanet", backbone=TINY_BACKBONE, num_classes=K, head_init="kaiming"
         )
-        mask = model.head.mask.weight  # N(0, 0.01): every class starts equally likely
+        mask = model.head.mask.weight.detach()  # N(0, 0.01): every class starts equally likely
         assert abs(float(mask.std()) - 0.01) < 0.002 and not model.head.mask.bias.any()
-        conv = model.head.fuse[0].weight  # kaiming_normal_(fan_out): std = √(2 / (C_out·3·3))
+        # kaiming_normal_(fan_out): std = √(2 / (C_out·3·3))
+        conv = model.head.fuse[0].weight.detach()
         expected = (2 / (conv.shape[0] * 9)) ** 0.5
         assert abs(float(conv.std()) / expected - 1) < 0.05
         with pytest.raises(ValueError, match="head_init"):
