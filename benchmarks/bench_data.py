@@ -102,17 +102,32 @@ def main() -> None:
             line = {"bench": "data", "stage": stage, "images_per_s_per_worker": round(rate, 1)}
             print(json.dumps({**line, "image": "500x375 jpg", "crop": 480, **common}))
         per_worker = rates["pipeline"]
-        print(json.dumps({
-            "bench": "data", "stage": "workers_needed", "target_images_per_s": GPU_IMAGES_PER_S,
-            "workers": math.ceil(GPU_IMAGES_PER_S / per_worker),
-            "images_per_s_per_worker": round(per_worker, 1), **common,
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "bench": "data",
+                    "stage": "workers_needed",
+                    "target_images_per_s": GPU_IMAGES_PER_S,
+                    "workers": math.ceil(GPU_IMAGES_PER_S / per_worker),
+                    "images_per_s_per_worker": round(per_worker, 1),
+                    **common,
+                }
+            )
+        )
         if args.workers:
             rate = time_loader(aug, args.workers, args.batch, args.loader_samples)
-            print(json.dumps({
-                "bench": "data", "stage": "dataloader", "workers": args.workers,
-                "images_per_s": round(rate, 1), "batch": args.batch, **common,
-            }))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "bench": "data",
+                        "stage": "dataloader",
+                        "workers": args.workers,
+                        "images_per_s": round(rate, 1),
+                        "batch": args.batch,
+                        **common,
+                    }
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,22 @@ def jpeg(size: int) -> bytes:
 
 
 def start_server(args: argparse.Namespace, checkpoint: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "sanet.cli", "serve", "--checkpoint", str(checkpoint),
-           "--port", str(port), "--max-concurrent", str(args.max_concurrent),
-           "--max-queue", str(args.max_queue), "--timeout", str(args.timeout)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "sanet.cli",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--max-concurrent",
+        str(args.max_concurrent),
+        "--max-queue",
+        str(args.max_queue),
+        "--timeout",
+        str(args.timeout),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -103,13 +116,20 @@ def summarise(results: list, wall: float, args: argparse.Namespace) -> dict:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
     pct = (lambda q: round(float(np.percentile(ok, q)) * 1000, 1)) if ok else (lambda q: None)
     return {
-        "bench": "serve", "checkpoint": str(args.checkpoint or "tiny untrained resnet18d"),
-        "image": f"{args.size * 4 // 3}x{args.size} JPEG", "clients": args.clients,
-        "requests_per_client": args.requests, "max_concurrent": args.max_concurrent,
-        "max_queue": args.max_queue, "statuses": statuses, "p50_ms": pct(50), "p95_ms": pct(95),
-        "throughput_rps": round(len(ok) / wall, 2), "wall_s": round(wall, 2),
+        "bench": "serve",
+        "checkpoint": str(args.checkpoint or "tiny untrained resnet18d"),
+        "image": f"{args.size * 4 // 3}x{args.size} JPEG",
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "max_concurrent": args.max_concurrent,
+        "max_queue": args.max_queue,
+        "statuses": statuses,
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "throughput_rps": round(len(ok) / wall, 2),
+        "wall_s": round(wall, 2),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-    }  # fmt: skip
+    }
 
 
 def main() -> int:

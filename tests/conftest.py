@@ -22,7 +22,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny") / "model"
     model = sanet.build_model("sanet", backbone=TINY_BACKBONE, num_classes=3)
-    meta = {"class_names": ["background", "disc", "square"],
-            "palette": [[0, 0, 0], [230, 25, 75], [60, 180, 75]]}  # fmt: skip
+    meta = {
+        "class_names": ["background", "disc", "square"],
+        "palette": [[0, 0, 0], [230, 25, 75], [60, 180, 75]],
+    }
     model.save_pretrained(folder, metadata=meta)
     return folder

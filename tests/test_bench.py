@@ -69,9 +69,26 @@ def test_cli_prints_both_peers_with_ratios_and_writes_json(
 ) -> None:
     # The done-when command at a tiny size: ours and torchvision's in one process.
     out = tmp_path / "bench.json"
-    argv = ["bench", "--device", "cpu", "--models", "sanet:resnet18d", "tv:fcn_resnet50",
-            "--steps", "1", "--warmup", "0", "--size", "32", "--batch", "1", "--classes", "3",
-            "--json", str(out)]  # fmt: skip
+    argv = [
+        "bench",
+        "--device",
+        "cpu",
+        "--models",
+        "sanet:resnet18d",
+        "tv:fcn_resnet50",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--size",
+        "32",
+        "--batch",
+        "1",
+        "--classes",
+        "3",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "sanet:resnet18d" in printed and "tv:fcn_resnet50" in printed
@@ -81,9 +98,11 @@ def test_cli_prints_both_peers_with_ratios_and_writes_json(
     assert report["settings"]["size"] == 32 and report["settings"]["upsample"] == "auto"
     rows = report["rows"]
     assert [(r["model"], r["mode"]) for r in rows] == [
-        ("sanet:resnet18d", "infer"), ("tv:fcn_resnet50", "infer"),
-        ("sanet:resnet18d", "train"), ("tv:fcn_resnet50", "train"),
-    ]  # fmt: skip
+        ("sanet:resnet18d", "infer"),
+        ("tv:fcn_resnet50", "infer"),
+        ("sanet:resnet18d", "train"),
+        ("tv:fcn_resnet50", "train"),
+    ]
     for ref, peer in (rows[0], rows[1]), (rows[2], rows[3]):
         assert ref["ratio"] == 1.0
         assert peer["ratio"] == pytest.approx(peer["images_per_s"] / ref["images_per_s"])
@@ -97,8 +116,22 @@ def test_cli_prints_both_peers_with_ratios_and_writes_json(
 
 def test_cli_resize_times_both_methods(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "resize.json"
-    argv = ["bench", "--resize", "--device", "cpu", "--size", "32", "--batch", "1",
-            "--classes", "2", "--steps", "1", "--json", str(out)]  # fmt: skip
+    argv = [
+        "bench",
+        "--resize",
+        "--device",
+        "cpu",
+        "--size",
+        "32",
+        "--batch",
+        "1",
+        "--classes",
+        "2",
+        "--steps",
+        "1",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "(1, 2, 4, 4) → 32×32" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]

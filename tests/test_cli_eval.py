@@ -32,9 +32,23 @@ def ckpts(tmp_path_factory):
 def test_eval_writes_metrics_with_protocol_and_plots(ckpts, tmp_path):
     out = tmp_path / "ev"
     rc = main(
-        ["eval", "--checkpoint", str(ckpts / "sanet"), "--data", "synthetic", "--limit", "1",
-         "--ms-flip", "--scales", "0.75,1.0", "--base-size", "64", "--out", str(out)]
-    )  # fmt: skip
+        [
+            "eval",
+            "--checkpoint",
+            str(ckpts / "sanet"),
+            "--data",
+            "synthetic",
+            "--limit",
+            "1",
+            "--ms-flip",
+            "--scales",
+            "0.75,1.0",
+            "--base-size",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "metrics.json").read_text())
     proto = report["protocol"]
@@ -61,8 +75,20 @@ def test_eval_writes_metrics_with_protocol_and_plots(ckpts, tmp_path):
 
 
 def test_eval_single_scale_protocol_and_class_mismatch(ckpts, tmp_path, capsys):
-    rc = main(["eval", "--checkpoint", str(ckpts / "sanet"), "--data", "synthetic",
-               "--limit", "1", "--out", str(tmp_path), "--save-predictions"])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(ckpts / "sanet"),
+            "--data",
+            "synthetic",
+            "--limit",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--save-predictions",
+        ]
+    )
     assert rc == 0
     from sanet.data import build_dataset
 
@@ -91,8 +117,19 @@ def odd_images(tmp_path):
 def test_predict_folder_and_glob_keep_names_and_sizes(ckpts, odd_images, tmp_path):
     folder, sizes = odd_images
     out = tmp_path / "out"
-    rc = main(["predict", "--checkpoint", str(ckpts / "sanet"), str(folder / "a.jpg"),
-               str(folder / "*.png"), str(folder), "--out", str(out), "--overlay"])  # fmt: skip
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(ckpts / "sanet"),
+            str(folder / "a.jpg"),
+            str(folder / "*.png"),
+            str(folder),
+            "--out",
+            str(out),
+            "--overlay",
+        ]
+    )
     assert rc == 0
     for name, (h, w) in sizes.items():
         stem = name.split(".")[0]
@@ -128,8 +165,21 @@ def test_explain_and_figure5_write_pngs(ckpts, odd_images, tmp_path, capsys):
     assert main([*args, "--point", "97,10", "--out", str(fig6)]) == 2
     assert "outside" in capsys.readouterr().err
     fig5 = tmp_path / "fig5.png"
-    rc = main(["figure5", "--checkpoint", str(ckpts / "sanet"), "--baseline", str(ckpts / "fcn"),
-               "--data", "synthetic", "--indices", "1", "--out", str(fig5)])  # fmt: skip
+    rc = main(
+        [
+            "figure5",
+            "--checkpoint",
+            str(ckpts / "sanet"),
+            "--baseline",
+            str(ckpts / "fcn"),
+            "--data",
+            "synthetic",
+            "--indices",
+            "1",
+            "--out",
+            str(fig5),
+        ]
+    )
     assert rc == 0 and Image.open(fig5).format == "PNG"
 
 
@@ -157,8 +207,12 @@ def test_every_eval_key_of_the_run_sets_the_protocol(ckpts, tmp_path):
     for where in (run, run / "model", run / "checkpoints/best.pt"):
         p = _protocol("--checkpoint", str(where))
         assert (p.scales, p.flip, p.base_size, p.crop_size, p.stride) == (
-            (0.75, 1.25), True, 128, 96, 64,
-        ), where  # fmt: skip
+            (0.75, 1.25),
+            True,
+            128,
+            96,
+            64,
+        ), where
     p = _protocol("--checkpoint", str(run), "--ms-flip")
     assert (p.scales, p.flip, p.base_size, p.crop_size) == (PAPER_SCALES, True, 128, 96)
     p = _protocol("--checkpoint", str(run), "--single-scale")
@@ -195,8 +249,11 @@ def test_eval_of_a_run_uses_its_eval_section(ckpts, tmp_path):
     proto = json.loads((out / "metrics.json").read_text())["protocol"]
     assert proto["mode"] == "multi-scale+flip" and proto["scales"] == [0.75, 1.0]
     assert (proto["flip"], proto["base_size"], proto["crop_size"], proto["stride"]) == (
-        True, 48, 40, 24,
-    )  # fmt: skip
+        True,
+        48,
+        40,
+        24,
+    )
     assert main([*args, "--single-scale", "--out", str(out)]) == 0
     proto = json.loads((out / "metrics.json").read_text())["protocol"]
     assert proto["mode"] == "single-scale" and (proto["flip"], proto["base_size"]) == (False, None)
@@ -206,11 +263,26 @@ def test_eval_of_a_run_uses_its_eval_section(ckpts, tmp_path):
 def test_sweep_trains_a_grid_and_draws_fig4(tmp_path):
     out = tmp_path / "sweep"
     rc = main(
-        ["sweep", "--alphas", "0.2", "--betas", "0.6,0.8", "--out", str(out), "--set",
-         "train.max_steps=1", "train.epochs=1", "train.batch_size=2", "train.val_every=0",
-         "data.base_size=48", "data.crop_size=48", "data.options={num_images: 2, size: 48}",
-         "eval.crop_size=48", "eval.stride=32"]
-    )  # fmt: skip
+        [
+            "sweep",
+            "--alphas",
+            "0.2",
+            "--betas",
+            "0.6,0.8",
+            "--out",
+            str(out),
+            "--set",
+            "train.max_steps=1",
+            "train.epochs=1",
+            "train.batch_size=2",
+            "train.val_every=0",
+            "data.base_size=48",
+            "data.crop_size=48",
+            "data.options={num_images: 2, size: 48}",
+            "eval.crop_size=48",
+            "eval.stride=32",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "sweep.json").read_text())
     assert [(r["alpha"], r["beta"]) for r in report["runs"]] == [(0.2, 0.6), (0.2, 0.8)]

@@ -14,11 +14,18 @@ from sanet.rundir import RunDir
 from sanet.training import compare as C
 
 TINY = [
-    "model.backbone=resnet18d", "data.dataset=synthetic", "data.base_size=32", "data.crop_size=32",
-    "data.num_workers=0", "data.options={num_images: 4, size: 32, seed: 0}", "train.batch_size=2",
-    "train.epochs=1", "train.log_every=1", "train.val_every=0",
+    "model.backbone=resnet18d",
+    "data.dataset=synthetic",
+    "data.base_size=32",
+    "data.crop_size=32",
+    "data.num_workers=0",
+    "data.options={num_images: 4, size: 32, seed: 0}",
+    "train.batch_size=2",
+    "train.epochs=1",
+    "train.log_every=1",
+    "train.val_every=0",
     "train.device=cpu",
-]  # fmt: skip
+]
 
 # Student's t quantiles t(0.975, df) from a printed table, independent of scipy.
 T975 = {1: 12.7062, 2: 4.3027}
@@ -52,8 +59,19 @@ def test_summarize_per_class_skips_absent_classes() -> None:
 
 def test_compare_aggregates_its_runs_and_resumes(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "cmp"
-    args = ["compare", "configs/demo.yaml", "--models", "sanet", "fcn", "--seeds", "2",
-            "--set", *TINY, "--out", str(out)]  # fmt: skip
+    args = [
+        "compare",
+        "configs/demo.yaml",
+        "--models",
+        "sanet",
+        "fcn",
+        "--seeds",
+        "2",
+        "--set",
+        *TINY,
+        "--out",
+        str(out),
+    ]
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     assert main(args) == 0
     payload = json.loads((out / "compare.json").read_text())
@@ -84,10 +102,10 @@ def test_compare_aggregates_its_runs_and_resumes(tmp_path: Path, monkeypatch) ->
     started = []
     real_fit = C.ensure_run
 
-    def counting(cfg, run, model, seed):
+    def counting(cfg, run, model, seed, callbacks=None):
         if not run.compare_run.is_file():
             started.append(run.root.name)
-        return real_fit(cfg, run, model, seed)
+        return real_fit(cfg, run, model, seed, callbacks)
 
     monkeypatch.setattr(C, "ensure_run", counting)
     assert main(args) == 0

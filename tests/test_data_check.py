@@ -89,8 +89,23 @@ def test_cli_check_data_exit_code_and_json(messy, tmp_path, capsys, monkeypatch)
 
 
 def test_cli_check_data_clean_exit_zero(tmp_path):
-    assert main(["prepare", "synthetic", "--out", str(tmp_path / "s"), "--num-train", "4",
-                 "--num-val", "2", "--size", "32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "prepare",
+                "synthetic",
+                "--out",
+                str(tmp_path / "s"),
+                "--num-train",
+                "4",
+                "--num-val",
+                "2",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "r.json"
     assert main(["check-data", "--data", f"folder:{tmp_path / 's'}", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["num_pairs"] == 4

@@ -28,8 +28,14 @@ from sanet.inference import Predictor
 
 CHROMIUM = os.environ.get("SANET_CHROMIUM", "/usr/bin/chromium")
 # The test boxes have no internet: without these chromium stalls on background connections.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 VIEWPORTS = {"desktop": (1280, 800), "phone": (390, 844)}
 NAMES = ["background", "disc", "square"]
 PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75)]

@@ -60,8 +60,13 @@ def hand_mask(rgb: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def conv_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    meta = {"sanet_format": 1, "class_names": NAMES, "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0]],
-            "min_size": 32, "model": {"name": "conv1x1", "num_classes": 3}}  # fmt: skip
+    meta = {
+        "sanet_format": 1,
+        "class_names": NAMES,
+        "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0]],
+        "min_size": 32,
+        "model": {"name": "conv1x1", "num_classes": 3},
+    }
     return conv1x1_onnx(tmp_path_factory.mktemp("onnx") / "conv.onnx", meta)
 
 

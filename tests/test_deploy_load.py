@@ -20,8 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_fifty_clients_get_answers_or_503(tiny_checkpoint: Path) -> None:
     # --timeout 600: a 504 would only say that this shared machine is slow, not that a request
     # failed; the test is about load shedding (503) and never erroring.
-    cmd = [sys.executable, str(ROOT / "benchmarks/bench_serve.py"), "--checkpoint",
-           str(tiny_checkpoint), "--clients", "50", "--requests", "4", "--timeout", "600"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks/bench_serve.py"),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--clients",
+        "50",
+        "--requests",
+        "4",
+        "--timeout",
+        "600",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]

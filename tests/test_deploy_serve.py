@@ -129,8 +129,10 @@ def test_upload_over_the_limit_is_413(client: TestClient) -> None:
 
 def test_chunked_upload_without_length_is_counted(client: TestClient) -> None:
     boundary = "sanetboundary"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"'
-            "\r\nContent-Type: image/png\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"'
+        "\r\nContent-Type: image/png\r\n\r\n"
+    ).encode()
 
     def body():  # a generator: httpx sends it chunked, with no Content-Length
         yield head
@@ -138,9 +140,10 @@ def test_chunked_upload_without_length_is_counted(client: TestClient) -> None:
             yield b"\0" * 10_000
 
     r = client.post(
-        "/v1/segment", content=body(),
+        "/v1/segment",
+        content=body(),
         headers={"content-type": f"multipart/form-data; boundary={boundary}"},
-    )  # fmt: skip
+    )
     assert r.status_code == 413, r.text
     assert "more than" in r.json()["detail"]
 

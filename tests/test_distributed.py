@@ -21,10 +21,18 @@ from sanet.training import engine
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 SETTINGS = [
-    "model.backbone=resnet18d", "data.dataset=synthetic", "data.base_size=64", "data.crop_size=64",
-    "data.num_workers=0", "data.options={num_images: 9, size: 64, seed: 0}", "train.batch_size=4",
-    "train.epochs=1", "train.lr=0.01", "train.log_every=1", "train.device=cpu",
-]  # fmt: skip
+    "model.backbone=resnet18d",
+    "data.dataset=synthetic",
+    "data.base_size=64",
+    "data.crop_size=64",
+    "data.num_workers=0",
+    "data.options={num_images: 9, size: 64, seed: 0}",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "train.lr=0.01",
+    "train.log_every=1",
+    "train.device=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +41,21 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp_path = tmp_path_factory.mktemp("ddp")
     run, config = tmp_path / "run", tmp_path / "tiny.yaml"
     config.write_text("model:\n  name: sanet\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--standalone", str(WORKER), "train", str(config), "--out", str(run),
-           "--set", *SETTINGS]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(WORKER),
+        "train",
+        str(config),
+        "--out",
+        str(run),
+        "--set",
+        *SETTINGS,
+    ]
     # keep the caller's PYTHONPATH: it may point at the checkout under test (a worktree)
     path = os.pathsep.join(p for p in (str(WORKER.parent), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}

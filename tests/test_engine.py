@@ -174,6 +174,12 @@ def test_bf16_autocast_step_on_cpu() -> None:
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    result = engine.train_step(model, sanet.SANetLoss(), [(x, torch.randint(0, 3, (2, 64, 64)))],
-                               opt, scaler=None, amp="bf16")  # fmt: skip
+    result = engine.train_step(
+        model,
+        sanet.SANetLoss(),
+        [(x, torch.randint(0, 3, (2, 64, 64)))],
+        opt,
+        scaler=None,
+        amp="bf16",
+    )
     assert bool(result.finite) and result.loss_terms["loss"].dtype == torch.float32

@@ -26,11 +26,21 @@ from sanet.training.trainer import Trainer
 
 CHILD = Path(__file__).with_name("_fault_child.py")
 TINY = [
-    "model.backbone=resnet10t", "data.dataset=synthetic", "data.base_size=32", "data.crop_size=32",
-    "data.num_workers=0", "data.options={num_images: 4, size: 32, seed: 0}", "train.batch_size=2",
-    "train.epochs=2", "train.lr=0.01", "train.log_every=1", "train.val_every=1",
-    "train.device=cpu", "train.deterministic=true", "train.seed=3",
-]  # fmt: skip  # 2 epochs × 2 steps; a validation and a last.pt after each epoch
+    "model.backbone=resnet10t",
+    "data.dataset=synthetic",
+    "data.base_size=32",
+    "data.crop_size=32",
+    "data.num_workers=0",
+    "data.options={num_images: 4, size: 32, seed: 0}",
+    "train.batch_size=2",
+    "train.epochs=2",
+    "train.lr=0.01",
+    "train.log_every=1",
+    "train.val_every=1",
+    "train.device=cpu",
+    "train.deterministic=true",
+    "train.seed=3",
+]  # 2 epochs × 2 steps; a validation and a last.pt after each epoch
 STEPS = 4
 slow = pytest.mark.slow
 
@@ -69,11 +79,23 @@ def reference(config: Path, tmp_path_factory) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("sig", "where", "n"), FAULTS)
-def test_r17_a_fault_anywhere_in_training_loses_nothing_done(sig, where, n, config, tmp_path,
-                                                             request):  # fmt: skip
+def test_r17_a_fault_anywhere_in_training_loses_nothing_done(
+    sig, where, n, config, tmp_path, request
+):
     run = RunDir(tmp_path / "run")
-    cmd = [sys.executable, str(CHILD), sig, where, str(n), "--", str(config), "--out",
-           str(run.root), "--set", *TINY]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(CHILD),
+        sig,
+        where,
+        str(n),
+        "--",
+        str(config),
+        "--out",
+        str(run.root),
+        "--set",
+        *TINY,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     allowed = {"KILL": {-signal.SIGKILL}, "TERM": {130, -signal.SIGTERM, 0}}[sig]
     assert proc.returncode in allowed, proc.stderr[-3000:]

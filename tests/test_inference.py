@@ -178,8 +178,11 @@ def test_windows_of_equal_size_share_forwards_across_scales():
     model = SizeLogits()
     predict_proba(model, torch.randn(3, 375, 500), EvalProtocol.paper_ms_flip(window_batch=32))
     assert model.calls == [
-        (2, 3, 195, 260), (2, 3, 292, 390), (4, 3, 390, 480), (28, 3, 480, 480),
-    ]  # fmt: skip
+        (2, 3, 195, 260),
+        (2, 3, 292, 390),
+        (4, 3, 390, 480),
+        (28, 3, 480, 480),
+    ]
 
 
 def test_batching_windows_does_not_change_the_result():

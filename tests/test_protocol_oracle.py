@@ -149,13 +149,19 @@ CASES = {
     "single-sliding-stride-eq-crop": (70, 101, dict(crop_size=40, stride=40)),
     "single-flip-sliding": (65, 97, dict(flip=True, crop_size=48, stride=20)),
     "single-base-size": (45, 61, dict(base_size=80, crop_size=48, stride=32)),
-    "multi-base-portrait": (97, 45, dict(scales=(0.5, 1.25, 1.75), base_size=64, crop_size=48,
-                                         stride=32)),
+    "multi-base-portrait": (
+        97,
+        45,
+        dict(scales=(0.5, 1.25, 1.75), base_size=64, crop_size=48, stride=32),
+    ),
     "multi-native-flip": (45, 61, dict(scales=(0.75, 1.5), flip=True, crop_size=40, stride=27)),
-    "paper-ms-flip": (60, 80, dict(scales=PAPER_SCALES, flip=True, base_size=72, crop_size=64,
-                                   stride=43)),
+    "paper-ms-flip": (
+        60,
+        80,
+        dict(scales=PAPER_SCALES, flip=True, base_size=72, crop_size=64, stride=43),
+    ),
     "tiles-under-32px": (21, 27, dict(scales=(1.0, 1.5), flip=True)),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))

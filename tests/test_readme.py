@@ -31,8 +31,14 @@ def _run_bash_block(heading: str, cwd: Path) -> None:
     for line in block.strip().splitlines():
         args = shlex.split(line)
         assert args[0] == "sanet", line
-        proc = subprocess.run([sys.executable, "-m", "sanet.cli", *args[1:]], cwd=cwd,
-                              capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "sanet.cli", *args[1:]],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-2000:]}"
 
 

@@ -87,10 +87,12 @@ def test_r12_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch,
 # --------------------------------------------------------- B: validation before the work starts
 
 
-@pytest.mark.parametrize("case", ["predict-out-file", "eval-out-readonly", "check-data-out-dir",
-                                  "train-out-file"])  # fmt: skip
-def test_r03_unwritable_outputs_fail_before_the_work(case, ckpt, folder_data, tmp_path,
-                                                     monkeypatch, capsys):  # fmt: skip
+@pytest.mark.parametrize(
+    "case", ["predict-out-file", "eval-out-readonly", "check-data-out-dir", "train-out-file"]
+)
+def test_r03_unwritable_outputs_fail_before_the_work(
+    case, ckpt, folder_data, tmp_path, monkeypatch, capsys
+):
     import sanet.data.check
     import sanet.inference.predictor
 
@@ -104,20 +106,44 @@ def test_r03_unwritable_outputs_fail_before_the_work(case, ckpt, folder_data, tm
     a_file.write_text("x")
     readonly = Path("/sys/sanet-no-such-folder/out")  # sysfs: no one may create folders there
     args = {
-        "predict-out-file": ["predict", "--checkpoint", str(ckpt), str(folder_data / "images/val/a.png"),
-                             "--out", str(a_file)],
-        "eval-out-readonly": ["eval", "--checkpoint", str(ckpt), "--data", f"folder:{folder_data}",
-                              "--out", str(readonly)],
-        "check-data-out-dir": ["check-data", "--data", f"folder:{folder_data}", "--split", "val",
-                               "--out", str(tmp_path)],
+        "predict-out-file": [
+            "predict",
+            "--checkpoint",
+            str(ckpt),
+            str(folder_data / "images/val/a.png"),
+            "--out",
+            str(a_file),
+        ],
+        "eval-out-readonly": [
+            "eval",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            f"folder:{folder_data}",
+            "--out",
+            str(readonly),
+        ],
+        "check-data-out-dir": [
+            "check-data",
+            "--data",
+            f"folder:{folder_data}",
+            "--split",
+            "val",
+            "--out",
+            str(tmp_path),
+        ],
         "train-out-file": ["train", str(tmp_path / "c.yaml"), "--out", str(a_file / "run")],
-    }[case]  # fmt: skip
+    }[case]
     (tmp_path / "c.yaml").write_text("train: {device: cpu}\n")
     if case == "eval-out-readonly" and not Path("/sys").is_dir():
         pytest.skip("needs Linux sysfs")
     assert main(args) == 2
-    expected = {"predict-out-file": "is a file", "eval-out-readonly": "is not writable",
-                "check-data-out-dir": "is a folder", "train-out-file": "is a file"}[case]  # fmt: skip
+    expected = {
+        "predict-out-file": "is a file",
+        "eval-out-readonly": "is not writable",
+        "check-data-out-dir": "is a folder",
+        "train-out-file": "is a file",
+    }[case]
     _one_error_line(capsys.readouterr().err, expected)
 
 
@@ -127,13 +153,36 @@ def test_r06_cuda_on_a_machine_without_it_is_one_line(case, ckpt, folder_data, t
     (tmp_path / "c.yaml").write_text("model: {backbone: resnet10t}\n")
     image = str(folder_data / "images/val/a.png")
     args = {
-        "predict": ["predict", "--checkpoint", str(ckpt), image, "--out", str(tmp_path / "p"),
-                    "--device", "cuda"],
-        "eval": ["eval", "--checkpoint", str(ckpt), "--data", f"folder:{folder_data}",
-                 "--split", "val", "--device", "cuda:1"],
-        "train": ["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--set",
-                  "train.device=cuda"],
-    }[case]  # fmt: skip
+        "predict": [
+            "predict",
+            "--checkpoint",
+            str(ckpt),
+            image,
+            "--out",
+            str(tmp_path / "p"),
+            "--device",
+            "cuda",
+        ],
+        "eval": [
+            "eval",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            f"folder:{folder_data}",
+            "--split",
+            "val",
+            "--device",
+            "cuda:1",
+        ],
+        "train": [
+            "train",
+            str(tmp_path / "c.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "train.device=cuda",
+        ],
+    }[case]
     assert main(args) == 2
     _one_error_line(capsys.readouterr().err, "no CUDA device", "--device cpu")
 
@@ -188,8 +237,20 @@ def test_r01_predict_writes_every_readable_image_and_lists_the_rest(ckpt, tmp_pa
 
 def test_r16_eval_leaves_out_unreadable_pairs_and_says_so(ckpt, folder_data, tmp_path, capsys):
     out = tmp_path / "ev"
-    rc = main(["eval", "--checkpoint", str(ckpt), "--data", f"folder:{folder_data}",
-               "--split", "val", "--out", str(out), "--save-predictions"])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            f"folder:{folder_data}",
+            "--split",
+            "val",
+            "--out",
+            str(out),
+            "--save-predictions",
+        ]
+    )
     assert rc == 1
     report = json.loads((out / "metrics.json").read_text())
     assert report["num_images"] == 4 and len(report["failed"]) == 1
@@ -203,8 +264,17 @@ def test_r15_check_data_lists_every_missing_file(folder_data, tmp_path):
     for stem in ("a", "c", "d"):
         (folder_data / "masks/val" / f"{stem}.png").unlink()
     report_path = tmp_path / "report.json"
-    rc = main(["check-data", "--data", f"folder:{folder_data}", "--split", "val",
-               "--out", str(report_path)])  # fmt: skip
+    rc = main(
+        [
+            "check-data",
+            "--data",
+            f"folder:{folder_data}",
+            "--split",
+            "val",
+            "--out",
+            str(report_path),
+        ]
+    )
     assert rc == 1
     report = json.loads(report_path.read_text())
     missing = sorted(Path(it["mask"]).stem for it in report["issues"] if it["kind"] == "missing")

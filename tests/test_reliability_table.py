@@ -26,8 +26,13 @@ def _tests_by_id() -> dict[str, int]:
     found: dict[str, int] = {}
     for path in sorted((ROOT / "tests").glob("test_*.py")):
         tree = ast.parse(path.read_text())
-        constants = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
-                     for t in node.targets if isinstance(t, ast.Name)}  # fmt: skip
+        constants = {
+            t.id: node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        }
         for node in tree.body:
             match = isinstance(node, ast.FunctionDef) and TEST_ID.match(node.name)
             if not match:

@@ -22,11 +22,20 @@ from sanet.training.runlog import RunLog
 from sanet.training.trainer import Trainer, TrainingInterrupted
 
 TINY = [
-    "model.backbone=resnet10t", "data.dataset=synthetic", "data.base_size=64", "data.crop_size=64",
-    "data.num_workers=0", "data.options={num_images: 12, size: 64, seed: 0}", "train.batch_size=4",
-    "train.epochs=1", "train.lr=0.01", "train.log_every=2", "train.device=cpu",
-    "train.deterministic=true", "train.seed=7",
-]  # fmt: skip
+    "model.backbone=resnet10t",
+    "data.dataset=synthetic",
+    "data.base_size=64",
+    "data.crop_size=64",
+    "data.num_workers=0",
+    "data.options={num_images: 12, size: 64, seed: 0}",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "train.lr=0.01",
+    "train.log_every=2",
+    "train.device=cpu",
+    "train.deterministic=true",
+    "train.seed=7",
+]
 
 
 # ---------------------------------------------------------------- r11: the non-finite guard
@@ -65,8 +74,9 @@ def _train(
     opt = engine.make_sgd(params, lr=0.1, momentum=0.9)
 
     def state() -> dict[str, torch.Tensor]:
-        momentum = {f"m.{n}": opt.state[p]["momentum_buffer"].clone()
-                    for n, p in model.named_parameters()}  # fmt: skip
+        momentum = {
+            f"m.{n}": opt.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()
+        }
         return {**{k: v.clone() for k, v in model.state_dict().items()}, **momentum}
 
     states, flags = [state()], []
@@ -84,8 +94,10 @@ def _train(
 @pytest.mark.parametrize(("nan_at", "nan_in"), [(1, "loss"), (3, "images")])
 def test_r11_a_nan_step_changes_nothing(nan_at: int, nan_in: str) -> None:
     g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(2, 3, 8, 8, generator=g), torch.randint(0, 2, (2, 8, 8), generator=g))
-               for _ in range(5)]  # fmt: skip
+    batches = [
+        (torch.randn(2, 3, 8, 8, generator=g), torch.randint(0, 2, (2, 8, 8), generator=g))
+        for _ in range(5)
+    ]
     states, flags = _train(batches, nan_at, nan_in)
     assert flags == [step != nan_at for step in range(1, 6)]
     before, after = states[nan_at - 1], states[nan_at]  # states[0]: before the first step
@@ -104,8 +116,9 @@ def test_r11_the_guard_makes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> No
     syncs: list[str] = []
     for name in ("__bool__", "item", "tolist", "__float__", "__int__", "numpy", "cpu"):
         real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda *a, _n=name, _r=real, **k: (
-            syncs.append(_n), _r(*a, **k))[1])  # fmt: skip
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda *a, _n=name, _r=real, **k: (syncs.append(_n), _r(*a, **k))[1]
+        )
     engine.train_step(model, criterion, [batch], opt, None)  # a NaN step, skipped on the device
     monkeypatch.undo()
     assert syncs == [] and getattr(opt, "_step_supports_amp_scaling", False)
@@ -136,17 +149,26 @@ def test_the_guard_makes_no_host_sync_on_cuda() -> None:
 @pytest.mark.parametrize(
     ("change", "refused"),
     [
-        ("data.num_workers=0", None), ("train.log_every=50", None), ("train.val_every=5", None),
-        ("train.device=cpu", None), ("train.epochs=120", None), ("train.max_steps=0", None),
-        ("data.root=/moved/data", None), ("eval.stride=100", None),
+        ("data.num_workers=0", None),
+        ("train.log_every=50", None),
+        ("train.val_every=5", None),
+        ("train.device=cpu", None),
+        ("train.epochs=120", None),
+        ("train.max_steps=0", None),
+        ("data.root=/moved/data", None),
+        ("eval.stride=100", None),
         ("train.batch_size=8", "train.batch_size: 16 -> 8"),
         ("train.accumulate=2", "train.accumulate: 1 -> 2"),
-        ("train.seed=1", "train.seed: 0 -> 1"), ("train.lr=0.01", "train.lr: 0.001 -> 0.01"),
-        ("train.epochs=40", "train.epochs: 80 -> 40"), ("train.max_steps=10", "train.max_steps"),
-        ("model.backbone=resnet10t", "model.backbone"), ("loss.alpha=0.4", "loss.alpha"),
-        ("data.crop_size=320", "data.crop_size"), ("train.amp=bf16", "train.amp"),
+        ("train.seed=1", "train.seed: 0 -> 1"),
+        ("train.lr=0.01", "train.lr: 0.001 -> 0.01"),
+        ("train.epochs=40", "train.epochs: 80 -> 40"),
+        ("train.max_steps=10", "train.max_steps"),
+        ("model.backbone=resnet10t", "model.backbone"),
+        ("loss.alpha=0.4", "loss.alpha"),
+        ("data.crop_size=320", "data.crop_size"),
+        ("train.amp=bf16", "train.amp"),
     ],
-)  # fmt: skip
+)
 def test_r08_resume_accepts_speed_knobs_and_refuses_what_changes_the_run(change, refused) -> None:
     conflicts = resume_conflicts(Config().to_dict(), load_config(None, [change]))
     if refused is None:
@@ -182,9 +204,20 @@ def test_r04_a_bad_file_in_a_worker_is_one_line_naming_it(tmp_path: Path, capsys
     bad.write_bytes(bad.read_bytes()[:80])
     config = tmp_path / "c.yaml"
     config.write_text("model: {backbone: resnet10t}\n")
-    rc = main(["train", str(config), "--out", str(tmp_path / "run"), "--set", *TINY,
-               "data.dataset=folder", f"data.root={root}", "data.options={}",
-               "data.num_workers=1"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            str(config),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            *TINY,
+            "data.dataset=folder",
+            f"data.root={root}",
+            "data.options={}",
+            "data.num_workers=1",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert f"error: {bad}: the image is truncated or corrupt" in err
@@ -197,8 +230,12 @@ def test_r04_a_bad_file_in_a_worker_is_one_line_naming_it(tmp_path: Path, capsys
 
 def test_r09_a_run_removes_what_interrupted_writes_left(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    left = [run / "checkpoints/.last.pt.x1y2z3.sanet-tmp", run / "model/.model.safetensors.a.sanet-tmp",
-            run / ".config.yaml.b.sanet-tmp", run / "plots/.loss.png.c.sanet-tmp"]  # fmt: skip
+    left = [
+        run / "checkpoints/.last.pt.x1y2z3.sanet-tmp",
+        run / "model/.model.safetensors.a.sanet-tmp",
+        run / ".config.yaml.b.sanet-tmp",
+        run / "plots/.loss.png.c.sanet-tmp",
+    ]
     for path in left:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")

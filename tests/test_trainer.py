@@ -18,11 +18,21 @@ from sanet.training import engine
 from sanet.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 TINY = [
-    "model.backbone=resnet18d", "data.dataset=synthetic", "data.base_size=64", "data.crop_size=64",
-    "data.num_workers=0", "data.options={num_images: 12, size: 64, seed: 0}", "train.batch_size=4",
-    "train.epochs=2", "train.lr=0.01", "train.log_every=2", "train.val_every=1", "train.device=cpu",
-    "train.deterministic=true", "train.seed=7",
-]  # fmt: skip
+    "model.backbone=resnet18d",
+    "data.dataset=synthetic",
+    "data.base_size=64",
+    "data.crop_size=64",
+    "data.num_workers=0",
+    "data.options={num_images: 12, size: 64, seed: 0}",
+    "train.batch_size=4",
+    "train.epochs=2",
+    "train.lr=0.01",
+    "train.log_every=2",
+    "train.val_every=1",
+    "train.device=cpu",
+    "train.deterministic=true",
+    "train.seed=7",
+]
 
 
 def _trainer(run: Path, *extra: str, resume: bool = False) -> Trainer:
@@ -68,8 +78,16 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, s
 def test_r02_run_directory_contents_and_modes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _trainer(run, "train.epochs=1").fit()
-    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
-                 "model/config.json", "model/model.safetensors", "plots/loss.png", "plots/val_miou.png"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "model/config.json",
+        "model/model.safetensors",
+        "plots/loss.png",
+        "plots/val_miou.png",
+    ):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     umask = os.umask(0)
@@ -144,8 +162,16 @@ def test_tiny_sanet_learns_the_synthetic_scenes(tmp_path: Path) -> None:
 
     size = ["data.base_size=64", "data.crop_size=64", "data.scale_range=[0.75, 1.5]"]
     data = "data.options={num_images: 160, size: 64, seed: 0}"
-    trainer = _trainer(tmp_path / "learn", *size, data, "train.batch_size=8", "train.epochs=3",
-                       "train.lr=0.05", "train.head_lr_mult=1", "train.val_every=3")  # fmt: skip
+    trainer = _trainer(
+        tmp_path / "learn",
+        *size,
+        data,
+        "train.batch_size=8",
+        "train.epochs=3",
+        "train.lr=0.05",
+        "train.head_lr_mult=1",
+        "train.val_every=3",
+    )
     result = trainer.fit()["history"][-1]
     chance = ConfusionMatrix(trainer.num_classes)
     for i in range(len(trainer.val_set)):
@@ -165,8 +191,19 @@ def test_sigterm_through_the_cli_saves_and_resumes(tmp_path: Path) -> None:
 
     run, config = tmp_path / "run", tmp_path / "tiny.yaml"
     config.write_text("model:\n  name: sanet\n")
-    cmd = [sys.executable, "-m", "sanet.cli", "train", str(config), "--out", str(run), "--set",
-           *TINY, "train.epochs=4", "train.log_every=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "sanet.cli",
+        "train",
+        str(config),
+        "--out",
+        str(run),
+        "--set",
+        *TINY,
+        "train.epochs=4",
+        "train.log_every=1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log, deadline = run / "metrics.jsonl", time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -225,8 +262,9 @@ def test_validation_is_sanet_eval_single_scale_with_the_runs_window(tmp_path, mo
 
     monkeypatch.setattr(engine, "predict_mask", spy)
     run = tmp_path / "run"
-    trainer = _trainer(run, "eval.scales=[0.5, 1.0]", "eval.flip=true", "eval.crop_size=64",
-                       "eval.stride=40")  # fmt: skip
+    trainer = _trainer(
+        run, "eval.scales=[0.5, 1.0]", "eval.flip=true", "eval.crop_size=64", "eval.stride=40"
+    )
     trainer.validate()
     assert trainer.val_protocol == EvalProtocol(crop_size=64, stride=40)
     assert seen == [trainer.val_protocol] * len(trainer.val_set)  # every val image, batch 1
@@ -252,8 +290,13 @@ def test_thread_count_is_pinned_by_train_threads(tmp_path):
 @pytest.mark.parametrize(("batch", "accumulate"), [(4, 1), (8, 2)])
 def test_lr_scales_linearly_with_the_global_batch(tmp_path, batch, accumulate) -> None:
     """Recipe LRs are at batch 16 (Sec. 4): lr · batch_size / 16, the head at head_lr_mult ×."""
-    trainer = _trainer(tmp_path / "run", f"train.batch_size={batch}",
-                       f"train.accumulate={accumulate}", "train.lr=0.01", "train.head_lr_mult=10")  # fmt: skip
+    trainer = _trainer(
+        tmp_path / "run",
+        f"train.batch_size={batch}",
+        f"train.accumulate={accumulate}",
+        "train.lr=0.01",
+        "train.head_lr_mult=10",
+    )
     want = [0.01 * batch / 16, 0.1 * batch / 16]
     assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx(want)
     assert trainer.scheduler.base_lrs == pytest.approx(want)  # the poly schedule starts there

@@ -16,7 +16,19 @@ from sanet.models import FCN, SANet, SegmentationModel, build_model, list_models
 __version__ = "0.1.0"
 
 __all__ = [
-    "FCN", "ConfusionMatrix", "EvalProtocol", "Predictor", "SANet", "SANetLoss",
-    "SegmentationModel", "__version__", "build_model", "data", "inference", "list_models",
-    "load_model", "metrics", "models",
-]  # fmt: skip
+    "FCN",
+    "ConfusionMatrix",
+    "EvalProtocol",
+    "Predictor",
+    "SANet",
+    "SANetLoss",
+    "SegmentationModel",
+    "__version__",
+    "build_model",
+    "data",
+    "inference",
+    "list_models",
+    "load_model",
+    "metrics",
+    "models",
+]

@@ -189,14 +189,26 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 # crash after the first step, batch_size=0 inside torch).
 MINIMUM: dict[str, float] = {
     "model.num_classes": 0,  # 0: the dataset's
-    "loss.alpha": 0, "loss.beta": 0,
-    "data.base_size": 0, "data.crop_size": 32, "data.num_workers": 0,  # the models need ≥ 32 px
-    "train.epochs": 1, "train.batch_size": 1, "train.lr": 0, "train.momentum": 0,
-    "train.weight_decay": 0, "train.head_lr_mult": 0, "train.poly_power": 0,
-    "train.accumulate": 1, "train.seed": 0, "train.val_every": 0, "train.log_every": 1,
+    "loss.alpha": 0,
+    "loss.beta": 0,
+    "data.base_size": 0,
+    "data.crop_size": 32,
+    "data.num_workers": 0,  # the models need ≥ 32 px
+    "train.epochs": 1,
+    "train.batch_size": 1,
+    "train.lr": 0,
+    "train.momentum": 0,
+    "train.weight_decay": 0,
+    "train.head_lr_mult": 0,
+    "train.poly_power": 0,
+    "train.accumulate": 1,
+    "train.seed": 0,
+    "train.val_every": 0,
+    "train.log_every": 1,
     "train.max_steps": 0,
-    "eval.crop_size": 32, "eval.stride": 1,
-}  # fmt: skip
+    "eval.crop_size": 32,
+    "eval.stride": 1,
+}
 _POSITIVE = {"train.lr", "train.head_lr_mult"}  # strictly above the minimum
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -231,14 +243,22 @@ def check_ranges(cfg: Config, source: str = "config") -> None:
 # RESUME_MAY_GROW a larger one (0 = no limit counts as the largest): neither changes which
 # samples come next nor the maths of a step. Every other key does (batch size, seed, LR, the
 # model, the loss, the data ...), so --resume refuses a change of it, naming the key.
-RESUME_MAY_CHANGE = frozenset({
-    "data.num_workers",  # the sample order does not depend on workers (tests/test_trainer.py)
-    "data.root",  # the same dataset, moved (another machine)
-    "train.log_every", "train.val_every", "train.nonfinite",  # logging, validation, NaN policy
-    "train.device", "train.channels_last", "train.compile", "train.deterministic",  # kernels
-    "model.init_from", "model.pretrained_backbone",  # read when a run starts, not on resume
-    "eval.*",  # evaluation protocol: read after training steps, never by them
-})  # fmt: skip
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "data.num_workers",  # the sample order does not depend on workers (tests/test_trainer.py)
+        "data.root",  # the same dataset, moved (another machine)
+        "train.log_every",
+        "train.val_every",
+        "train.nonfinite",  # logging, validation, NaN policy
+        "train.device",
+        "train.channels_last",
+        "train.compile",
+        "train.deterministic",  # kernels
+        "model.init_from",
+        "model.pretrained_backbone",  # read when a run starts, not on resume
+        "eval.*",  # evaluation protocol: read after training steps, never by them
+    }
+)
 RESUME_MAY_GROW = frozenset({"train.epochs", "train.max_steps"})  # the poly schedule stretches
 
 

@@ -9,8 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sanet.conventions import IGNORE_INDEX
 
-def class_presence(target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+
+def class_presence(
+    target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Multi-hot ``(N, K)`` vector of the classes present among the valid pixels of each crop.
 
     Shape: target ``(N, H, W)`` int64 → ``(N, K)`` float.
@@ -31,7 +35,7 @@ def class_presence(target: torch.Tensor, num_classes: int, ignore_index: int = 2
 
 
 def cross_entropy_or_zero(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """Pixel cross-entropy averaged over valid pixels; exactly 0 (not NaN) when none is valid."""
     total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
@@ -57,7 +61,9 @@ class SANetLoss(nn.Module):
         - returns: ``{"loss", "mask", "cat", "dense"}``, each a scalar tensor.
     """
 
-    def __init__(self, alpha: float = 0.2, beta: float = 0.8, ignore_index: int = 255) -> None:
+    def __init__(
+        self, alpha: float = 0.2, beta: float = 0.8, ignore_index: int = IGNORE_INDEX
+    ) -> None:
         super().__init__()
         self.alpha, self.beta, self.ignore_index = alpha, beta, ignore_index
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from sanet.conventions import IGNORE_INDEX
+
 logger = logging.getLogger(__name__)
 
 MIOU_CONVENTION = (
@@ -46,7 +48,7 @@ class ConfusionMatrix:
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         device: torch.device | str | None = None,
     ) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:

@@ -17,7 +17,14 @@ def progress_bar(*extra: Any, unit: str = "it", enabled: bool = True, console: A
             speed, name = task.finished_speed or task.speed, task.fields.get("unit", unit)
             return Text(f"{speed:.1f} {name}/s" if speed else f"? {name}/s")
 
-    columns = [p.TextColumn("[bold]{task.description}"), p.BarColumn(bar_width=12), p.MofNCompleteColumn(),
-               *([RateColumn()] if unit else []), *(p.TextColumn(c) if isinstance(c, str) else c for c in extra),
-               p.TimeElapsedColumn(), p.TextColumn("ETA"), p.TimeRemainingColumn()]  # fmt: skip
+    columns = [
+        p.TextColumn("[bold]{task.description}"),
+        p.BarColumn(bar_width=12),
+        p.MofNCompleteColumn(),
+        *([RateColumn()] if unit else []),
+        *(p.TextColumn(c) if isinstance(c, str) else c for c in extra),
+        p.TimeElapsedColumn(),
+        p.TextColumn("ETA"),
+        p.TimeRemainingColumn(),
+    ]
     return p.Progress(*columns, console=console, disable=not enabled)

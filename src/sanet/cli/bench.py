@@ -17,11 +17,13 @@ from sanet.cli.common import device_name
 
 # Defaults per device type: the paper-sized setting on a GPU, a small one a CPU finishes.
 _DEFAULTS = {
-    "cuda": dict(models=["tv:fcn_resnet101", "sanet:resnet101s"], size=512, batch=16, steps=20,
-                 warmup=5),
-    "cpu": dict(models=["tv:fcn_resnet50", "sanet:resnet50s"], size=256, batch=4, steps=3,
-                warmup=1),
-}  # fmt: skip
+    "cuda": dict(
+        models=["tv:fcn_resnet101", "sanet:resnet101s"], size=512, batch=16, steps=20, warmup=5
+    ),
+    "cpu": dict(
+        models=["tv:fcn_resnet50", "sanet:resnet50s"], size=256, batch=4, steps=3, warmup=1
+    ),
+}
 _MODES = {"infer": ["infer"], "train": ["train"], "both": ["infer", "train"], "eval": ["eval"]}
 
 
@@ -35,12 +37,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument(
-        "--models", nargs="+", metavar="KIND:BACKBONE|tv:NAME",
+        "--models",
+        nargs="+",
+        metavar="KIND:BACKBONE|tv:NAME",
         help="peers, the first is the reference, e.g. tv:fcn_resnet101 sanet:resnet101s "
         "(default: tv:fcn_resnet50 sanet:resnet50s on CPU, the R101 pair on CUDA)",
-    )  # fmt: skip
-    p.add_argument("--mode", choices=list(_MODES), default="both",
-                   help="infer, train, both (default) or eval (one image, multi-scale + flip)")  # fmt: skip
+    )
+    p.add_argument(
+        "--mode",
+        choices=list(_MODES),
+        default="both",
+        help="infer, train, both (default) or eval (one image, multi-scale + flip)",
+    )
     p.add_argument("--size", type=int, help="square input side (default 256 CPU, 512 CUDA)")
     p.add_argument("--batch", type=int, help="images per step (default 4 CPU, 16 CUDA)")
     p.add_argument("--classes", type=int, default=59, help="output classes (59: PASCAL Context)")
@@ -49,25 +57,41 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input")
     p.add_argument(
-        "--compile", nargs="?", const="default", metavar="MODE",
+        "--compile",
+        nargs="?",
+        const="default",
+        metavar="MODE",
         help="torch.compile every peer (MODE: default, max-autotune-no-cudagraphs, ...)",
-    )  # fmt: skip
-    p.add_argument("--upsample", choices=["auto", "matmul", "interpolate"], default="auto",
-                   help="how our models resize bilinearly (auto: the device's faster exact one)")  # fmt: skip
+    )
+    p.add_argument(
+        "--upsample",
+        choices=["auto", "matmul", "interpolate"],
+        default="auto",
+        help="how our models resize bilinearly (auto: the device's faster exact one)",
+    )
     p.add_argument("--image", default="500x375", metavar="WxH", help="--mode eval image size")
-    p.add_argument("--protocol", choices=["ms-flip", "single"], default="ms-flip",
-                   help="--mode eval: the paper's multi-scale + flip, or single scale")  # fmt: skip
+    p.add_argument(
+        "--protocol",
+        choices=["ms-flip", "single"],
+        default="ms-flip",
+        help="--mode eval: the paper's multi-scale + flip, or single scale",
+    )
     p.add_argument("--window-batch", type=int, default=4, help="--mode eval windows per forward")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     p.add_argument(
-        "--profile", nargs="?", const=Path("bench_profile.txt"), type=Path, metavar="PATH",
+        "--profile",
+        nargs="?",
+        const=Path("bench_profile.txt"),
+        type=Path,
+        metavar="PATH",
         help="write torch.profiler's top-kernel table of each peer and mode (default file "
         "bench_profile.txt)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--resize", action="store_true",
+        "--resize",
+        action="store_true",
         help="instead: time F.interpolate against the matrix form for this run's logit upsampling",
-    )  # fmt: skip
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -83,11 +107,19 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise ValueError(f"--image must be WxH, e.g. 500x375, got {args.image!r}.") from None
     pick = lambda name: defaults[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
     return BenchSettings(
-        device=device, size=pick("size"), batch=pick("batch"), classes=args.classes,
-        steps=pick("steps"), warmup=pick("warmup"), amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile, image=(height, width),
-        protocol=args.protocol, window_batch=args.window_batch,
-    )  # fmt: skip
+        device=device,
+        size=pick("size"),
+        batch=pick("batch"),
+        classes=args.classes,
+        steps=pick("steps"),
+        warmup=pick("warmup"),
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        image=(height, width),
+        protocol=args.protocol,
+        window_batch=args.window_batch,
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -140,10 +172,13 @@ def _describe(env: dict[str, Any], settings: Any, mode: str) -> str:
     else:
         what = f"{settings.size}×{settings.size}, batch {settings.batch}"
     how = ", ".join(
-        [f"{settings.classes} classes", f"amp {settings.amp}",
-         "channels_last" if settings.channels_last else "contiguous",
-         f"compile {settings.compile}" if settings.compile else "eager"]
-    )  # fmt: skip
+        [
+            f"{settings.classes} classes",
+            f"amp {settings.amp}",
+            "channels_last" if settings.channels_last else "contiguous",
+            f"compile {settings.compile}" if settings.compile else "eager",
+        ]
+    )
     return (
         f"{env['device_name']} ({env['device']}), torch {env['torch']}, {env['threads']} threads, "
         f"load {env['load_average_1min']}; {what}; {how}; {settings.steps} timed calls after "
@@ -160,15 +195,32 @@ def bench_table(rows: list[dict]) -> Any:
     from rich.table import Table
 
     table = Table(title="sanet bench (ratios: to the first model of each mode)")
-    for name in ("model", "mode", "GFLOPs/img", "img/s", "ms/batch", "first call s",
-                 "TFLOP/s", "peak GB", "× first", "× first per FLOP"):  # fmt: skip
+    for name in (
+        "model",
+        "mode",
+        "GFLOPs/img",
+        "img/s",
+        "ms/batch",
+        "first call s",
+        "TFLOP/s",
+        "peak GB",
+        "× first",
+        "× first per FLOP",
+    ):
         table.add_column(name, justify="left" if name in ("model", "mode") else "right")
     for r in rows:
         table.add_row(
-            r["model"], r["mode"], _fmt(r["gflops_per_image"], 1), _fmt(r["images_per_s"]),
-            _fmt(r["latency_ms"], 1), _fmt(r["first_step_s"], 1), _fmt(r["tflops"], 3),
-            _fmt(r["peak_memory_gb"]), _fmt(r["ratio"]), _fmt(r["ratio_per_flop"]),
-        )  # fmt: skip
+            r["model"],
+            r["mode"],
+            _fmt(r["gflops_per_image"], 1),
+            _fmt(r["images_per_s"]),
+            _fmt(r["latency_ms"], 1),
+            _fmt(r["first_step_s"], 1),
+            _fmt(r["tflops"], 3),
+            _fmt(r["peak_memory_gb"]),
+            _fmt(r["ratio"]),
+            _fmt(r["ratio_per_flop"]),
+        )
     return table
 
 

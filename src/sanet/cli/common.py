@@ -19,9 +19,15 @@ CUDA_WINDOW_BATCH = 16
 def add_overrides(p: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--set KEY=VALUE ...`` (repeatable): config overrides with type checking."""
     p.add_argument(
-        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-        help=help or "override config keys, e.g. --set train.lr=0.01 data.root=/data/VOC (repeatable)",
-    )  # fmt: skip
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help
+        or "override config keys, e.g. --set train.lr=0.01 data.root=/data/VOC (repeatable)",
+    )
 
 
 def add_protocol_args(p: argparse.ArgumentParser) -> None:
@@ -30,31 +36,50 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     Unset flags take the run's ``eval`` section (``--checkpoint`` a run directory or a file in
     one), else the defaults of :class:`~sanet.config.EvalConfig`; see :func:`protocol_from_args`.
     """
-    p.add_argument("--checkpoint", required=True,
-                   help="run dir, .pt, save_pretrained folder or an .onnx file (sanet export)")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run dir, .pt, save_pretrained folder or an .onnx file (sanet export)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--ms-flip", action="store_true",
-                      help="the paper's protocol: scales 0.5,...,1.75 of --base-size, with flips")  # fmt: skip
-    mode.add_argument("--single-scale", action="store_true",
-                      help="scale 1.0 at the image's own size, no flip (training's validation)")  # fmt: skip
+    mode.add_argument(
+        "--ms-flip",
+        action="store_true",
+        help="the paper's protocol: scales 0.5,...,1.75 of --base-size, with flips",
+    )
+    mode.add_argument(
+        "--single-scale",
+        action="store_true",
+        help="scale 1.0 at the image's own size, no flip (training's validation)",
+    )
     p.add_argument("--scales", help="comma-separated scales (default: the run's eval.scales)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="also predict mirror images (default: the run's eval.flip)")  # fmt: skip
     p.add_argument(
-        "--base-size", type=int,
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also predict mirror images (default: the run's eval.flip)",
+    )
+    p.add_argument(
+        "--base-size",
+        type=int,
         help="long side at scale 1.0 (default: the run's data.base_size, else 520, when the scales "
         "are not just 1.0; a single scale 1.0 keeps the image's own size unless this is given)",
-    )  # fmt: skip
+    )
     p.add_argument("--crop-size", type=int, help="sliding-window size (the run's eval.crop_size)")
     p.add_argument("--stride", type=int, help="sliding-window stride (the run's eval.stride)")
     p.add_argument(
-        "--window-batch", type=int,
+        "--window-batch",
+        type=int,
         help="windows (mirrors included) per forward pass, across scales (default: 4 on CPU, "
         f"{CUDA_WINDOW_BATCH} on CUDA)",
-    )  # fmt: skip
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
-                   help="autocast forward passes (GPU speed; recorded in the protocol)")  # fmt: skip
+    )
+    p.add_argument(
+        "--amp",
+        choices=["none", "bf16", "fp16"],
+        default="none",
+        help="autocast forward passes (GPU speed; recorded in the protocol)",
+    )
 
 
 def device_name(name: str | None) -> str:
@@ -124,12 +149,15 @@ def protocol_from_args(args: argparse.Namespace) -> Any:
         base = (cfg.get("data") or {}).get("base_size", DataConfig().base_size)
     # base size 0 (a recipe trained at each image's own size): scales multiply the image's sides
     return EvalProtocol(
-        scales=tuple(float(s) for s in scales), flip=flip, base_size=base or None,
-        crop_size=int(args.crop_size or ev["crop_size"]), stride=int(args.stride or ev["stride"]),
+        scales=tuple(float(s) for s in scales),
+        flip=flip,
+        base_size=base or None,
+        crop_size=int(args.crop_size or ev["crop_size"]),
+        stride=int(args.stride or ev["stride"]),
         window_batch=args.window_batch
         or (CUDA_WINDOW_BATCH if device_name(args.device).startswith("cuda") else 4),
         amp=args.amp,
-    )  # fmt: skip
+    )
 
 
 def protocol_mode(protocol: Any) -> str:

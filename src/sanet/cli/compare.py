@@ -16,8 +16,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="train models × seeds with one recipe; mean ± std, paired differences (Table 3)",
     )
     p.add_argument("config", help="YAML recipe (e.g. configs/demo.yaml) or an embedded one (demo)")
-    p.add_argument("--models", nargs="+", default=["sanet", "fcn", "sanet_se"],
-                   help="models to compare; differences are paired against the first")  # fmt: skip
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["sanet", "fcn", "sanet_se"],
+        help="models to compare; differences are paired against the first",
+    )
     p.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1 (default 3)")
     p.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
@@ -28,6 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from sanet.cli.views import TrainingView
     from sanet.config import recipe_path
     from sanet.training.compare import compare
 
@@ -42,7 +47,7 @@ def _compare(args: argparse.Namespace) -> int:
     recipe = Path(args.config)
     if not recipe.is_file() and recipe.suffix == "" and len(recipe.parts) == 1:
         recipe = recipe_path(args.config)  # an embedded recipe by name, e.g. "demo"
-    payload = compare(recipe, args.models, seeds, args.out, overrides)
+    payload = compare(recipe, args.models, seeds, args.out, overrides, TrainingView())
     _print_tables(payload)
     print(f"Wrote {args.out / 'compare.json'} and {args.out / 'compare.png'}")
     return 0
@@ -54,8 +59,15 @@ def _print_tables(payload: dict[str, Any]) -> None:
 
     models, first = payload["models"], payload["models"][0]
     table = Table(title=f"val mIoU of the final weights, seeds {payload['seeds']}")
-    for col in ("model", "n", "mIoU mean ± std", "per seed", f"Δ vs {first} [95% CI]", "p",
-                "s / run"):  # fmt: skip
+    for col in (
+        "model",
+        "n",
+        "mIoU mean ± std",
+        "per seed",
+        f"Δ vs {first} [95% CI]",
+        "p",
+        "s / run",
+    ):
         table.add_column(col, justify="left" if col in ("model", "per seed") else "right")
     for model in models:
         s, d = payload["per_model"][model], payload["paired"].get(model)
@@ -65,9 +77,15 @@ def _print_tables(payload: dict[str, Any]) -> None:
             diff = f"{d['mean']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
             p = f"{d['p_value']:.3f}" if d["p_value"] is not None else "—"
         spread = f" ± {s['mIoU_std']:.4f}" if s["n"] > 1 else " (one seed: no spread)"
-        table.add_row(model, str(s["n"]), f"{s['mIoU_mean']:.4f}{spread}",
-                      " ".join(f"{v:.3f}" for v in s["mIoU"]), diff, p,
-                      f"{s['seconds_mean']:.0f}")  # fmt: skip
+        table.add_row(
+            model,
+            str(s["n"]),
+            f"{s['mIoU_mean']:.4f}{spread}",
+            " ".join(f"{v:.3f}" for v in s["mIoU"]),
+            diff,
+            p,
+            f"{s['seconds_mean']:.0f}",
+        )
     per_class = Table(title="per-class IoU, mean over seeds")
     per_class.add_column("class")
     for model in models:

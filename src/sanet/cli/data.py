@@ -38,9 +38,11 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
-        "--generator", choices=["scenes", "glyphs"], default="scenes",
+        "--generator",
+        choices=["scenes", "glyphs"],
+        default="scenes",
         help="scenes (the demo's) or glyphs (other shapes and textures, for held-out checks)",
-    )  # fmt: skip
+    )
     s.add_argument("--format", choices=["png", "jpg"], default="png", help="image format")
     s.set_defaults(func=_run_prepare_synthetic)
 
@@ -187,8 +189,13 @@ def _print_report(console, report: dict, show: int, Table) -> None:
     if len(report["issues"]) > show:
         console.print(f"... and {len(report['issues']) - show} more in the JSON report")
     classes = Table(title="class frequencies (valid pixels)")
-    for col, just in (("id", "right"), ("class", "left"), ("images", "right"),
-                      ("pixels %", "right"), ("weight", "right")):  # fmt: skip
+    for col, just in (
+        ("id", "right"),
+        ("class", "left"),
+        ("images", "right"),
+        ("pixels %", "right"),
+        ("weight", "right"),
+    ):
         classes.add_column(col, justify=just)
     rows = zip(
         report["class_names"],

@@ -20,12 +20,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx"], default="onnx", help="only onnx for now")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20)")
     p.add_argument(
-        "--size", type=int, default=None,
+        "--size",
+        type=int,
+        default=None,
         help="export and check size (square; default: the run's data.crop_size, else 480)",
-    )  # fmt: skip
-    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                   help="compare onnxruntime with PyTorch at the export size and two odd sizes "
-                   "(default on; --no-check skips it)")  # fmt: skip
+    )
+    p.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare onnxruntime with PyTorch at the export size and two odd sizes "
+        "(default on; --no-check skips it)",
+    )
     p.add_argument("--atol", type=float, default=1e-4, help="check: absolute logit tolerance")
     p.set_defaults(func=cmd_export)
 
@@ -79,23 +85,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, meta = load_model(args.checkpoint, map_location="cpu")
     cfg = run_config(args.checkpoint)
     ev = cfg.get("eval") or {}
-    protocol = EvalProtocol(crop_size=int(ev.get("crop_size") or 480),
-                            stride=int(ev.get("stride") or 320))  # fmt: skip
+    protocol = EvalProtocol(
+        crop_size=int(ev.get("crop_size") or 480), stride=int(ev.get("stride") or 320)
+    )
     size = args.size or (cfg.get("data") or {}).get("crop_size") or 480
     opset = args.opset or DEFAULT_OPSET
     metadata = build_metadata(model, meta, protocol, opset, **_run_extras(args.checkpoint))
     written = export_onnx(
-        model, args.out, metadata, example_size=(int(size), int(size)), opset=opset,
-        check=args.check, tolerance=ParityTolerance(atol=args.atol),
-    )  # fmt: skip
+        model,
+        args.out,
+        metadata,
+        example_size=(int(size), int(size)),
+        opset=opset,
+        check=args.check,
+        tolerance=ParityTolerance(atol=args.atol),
+    )
     mb = args.out.stat().st_size / 1e6
     if written["parity"]:
         rows = written["parity"]["sizes"]
         checked = ", ".join(f"{h}×{w}" for h, w in (r["size"] for r in rows))
         worst = max(r["max_abs_diff"] for r in rows)
         agree = min(r["argmax_agreement"] for r in rows)
-        print(f"check: onnxruntime = PyTorch at {checked} (max |Δ logits| {worst:.2g}, "
-              f"argmax agreement {agree:.2%})")  # fmt: skip
+        print(
+            f"check: onnxruntime = PyTorch at {checked} (max |Δ logits| {worst:.2g}, "
+            f"argmax agreement {agree:.2%})"
+        )
     print(f"Wrote {args.out} ({mb:.1f} MB, opset {opset}, {len(metadata['class_names'])} classes)")
     return 0
 
@@ -112,9 +126,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     limits = ServeLimits(
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        max_pixels=int(args.max_megapixels * 1_000_000), max_concurrent=args.max_concurrent,
-        max_queue=args.max_queue, timeout_s=args.timeout,
-    )  # fmt: skip
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        max_concurrent=args.max_concurrent,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+    )
     protocol = protocol_from_args(args)
     device = device_name(args.device)
     if not Path(args.checkpoint).exists():

@@ -110,8 +110,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return _report_failed("eval", failed, n, fix)
 
 
-def _show_and_write(args: argparse.Namespace, cm: Any, dataset: Any, protocol: Any,
-                    done: list[int], failed: list[str], seconds: float, meta: dict) -> None:  # fmt: skip
+def _show_and_write(
+    args: argparse.Namespace,
+    cm: Any,
+    dataset: Any,
+    protocol: Any,
+    done: list[int],
+    failed: list[str],
+    seconds: float,
+    meta: dict,
+) -> None:
     """Print the per-class table and the totals; write ``--out`` (metrics.json and plots)."""
     from rich.console import Console
 
@@ -286,8 +294,10 @@ def _report_failed(command: str, failed: list[str], total: int, fix: str) -> int
     """Batch commands finish the good items, then list the bad ones here: exit 1 if any."""
     if not failed:
         return 0
-    print(f"sanet {command}: {len(failed)} of {total} inputs failed (the others are done); "
-          f"{fix}:", file=sys.stderr)  # fmt: skip
+    print(
+        f"sanet {command}: {len(failed)} of {total} inputs failed (the others are done); {fix}:",
+        file=sys.stderr,
+    )
     for line in failed:
         print(f"  {line}", file=sys.stderr)
     return 1

@@ -113,6 +113,7 @@ def cmd_figure5(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from sanet.cli.views import TrainingView
     from sanet.config import load_config, recipe_path
     from sanet.training.sweep import sweep_loss_weights
 
@@ -125,13 +126,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     load_config(args.config, args.overrides)  # fail on a bad recipe before the first run
     ensure_writable_dir(args.out, "--out")
 
+    view = TrainingView()
+
     def train_one(alpha: float, beta: float, run_dir: Path) -> float:
         from sanet.training.trainer import Trainer
 
         overrides = [*args.overrides, f"loss.alpha={alpha}", f"loss.beta={beta}"]
         cfg = load_config(args.config, overrides)
         resume = RunDir(run_dir).has_checkpoint()  # an interrupted cell resumes
-        return float(Trainer(cfg, run_dir, resume=resume).fit()["best_mIoU"])
+        return float(Trainer(cfg, run_dir, resume=resume, callbacks=view).fit()["best_mIoU"])
 
     grid = sweep_loss_weights(alphas, betas, train_one, args.out)
     i, j = divmod(int(grid.argmax()), grid.shape[1])

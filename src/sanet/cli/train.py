@@ -27,6 +27,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from sanet._files import ensure_writable_dir
+    from sanet.cli.views import TrainingView
     from sanet.config import load_config
     from sanet.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
@@ -38,10 +39,13 @@ def _train(args: argparse.Namespace) -> int:
             "or --out NEW_DIR to start another; nothing was overwritten."
         )
     ensure_writable_dir(out, "--out")
-    trainer = Trainer(cfg, out, resume=args.resume)
+    trainer = Trainer(cfg, out, resume=args.resume, callbacks=TrainingView())
     if trainer.state.global_step >= trainer.total_steps and trainer.dist.is_main:
-        print(f"{out} finished its {trainer.total_steps} steps already; to train longer, resume "
-              "with a larger train.epochs (--set train.epochs=N).", file=sys.stderr)  # fmt: skip
+        print(
+            f"{out} finished its {trainer.total_steps} steps already; to train longer, resume "
+            "with a larger train.epochs (--set train.epochs=N).",
+            file=sys.stderr,
+        )
     try:
         summary = trainer.fit()
     except TrainingInterrupted as err:
@@ -59,11 +63,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from sanet._files import ensure_writable_dir
+    from sanet.cli.views import TrainingView
     from sanet.training.demo import run_demo
 
     ensure_writable_dir(args.out, "--out")
-    summary = run_demo(Path(args.out), args.overrides)
+    summary = run_demo(Path(args.out), args.overrides, callbacks=TrainingView())
     print(json.dumps({k: summary[k] for k in ("val_mIoU", "val_pixAcc", "seconds", "run_dir")}))
-    print(f"demo: final val mIoU {summary['val_mIoU']:.4f} (synthetic scenes, {summary['model']}); "
-          f"see {args.out}/")  # fmt: skip
+    print(
+        f"demo: final val mIoU {summary['val_mIoU']:.4f} (synthetic scenes, {summary['model']}); "
+        f"see {args.out}/"
+    )
     return 0

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 
 from sanet._errors import suggest
-from sanet.data.classes import IGNORE_INDEX
+from sanet.conventions import IGNORE_INDEX
 from sanet.data.datasets import SegmentationDataset, Transforms
 from sanet.data.io import DataError, load_image, load_mask
 from sanet.data.layouts import (
@@ -107,7 +107,19 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
 
 
 __all__ = [
-    "DATASET_KINDS", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "DataError",
-    "SegmentationDataset", "SyntheticDataset", "build_dataset", "denormalize", "eval_transforms",
-    "list_datasets", "load_image", "load_mask", "parse_data_spec", "train_transforms",
-]  # fmt: skip
+    "DATASET_KINDS",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DataError",
+    "SegmentationDataset",
+    "SyntheticDataset",
+    "build_dataset",
+    "denormalize",
+    "eval_transforms",
+    "list_datasets",
+    "load_image",
+    "load_mask",
+    "parse_data_spec",
+    "train_transforms",
+]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sanet.data.classes import IGNORE_INDEX
+from sanet.conventions import IGNORE_INDEX
 from sanet.data.datasets import SegmentationDataset
 from sanet.data.io import DataError
 

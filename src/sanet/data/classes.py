@@ -1,70 +1,102 @@
 """Class names, palettes and label mappings of the supported datasets (SPEC §3).
 
-Each table is data, not logic: a newcomer checks it against the dataset's official release.
+Each table is data, not logic: a newcomer checks it against the dataset's official release
+(the tests hold independent copies typed from those sources).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from sanet.conventions import IGNORE_INDEX
 
-VOC_CLASSES = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-]  # fmt: skip
+
+def _names(text: str) -> list[str]:
+    """A comma-separated table of names (names may hold spaces: "chest of drawers")."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+VOC_CLASSES = _names("""
+    background, aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, diningtable,
+    dog, horse, motorbike, person, pottedplant, sheep, sofa, train, tvmonitor
+""")
 
 # PASCAL-Context 59 classes in the order of the standard 60-label PNGs (1..59; 0 = background).
 # This is the order of their ids in the official 459-class labels.txt (alphabetical).
-CONTEXT59_CLASSES = [
-    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle",
-    "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow",
-    "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground",
-    "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate", "platform",
-    "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa",
-    "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
-]  # fmt: skip
+CONTEXT59_CLASSES = _names("""
+    aeroplane, bag, bed, bedclothes, bench, bicycle, bird, boat, book, bottle, building, bus,
+    cabinet, car, cat, ceiling, chair, cloth, computer, cow, cup, curtain, dog, door, fence, floor,
+    flower, food, grass, ground, horse, keyboard, light, motorbike, mountain, mouse, person, plate,
+    platform, pottedplant, road, rock, sheep, shelves, sidewalk, sign, sky, snow, sofa, table,
+    track, train, tree, truck, tvmonitor, wall, water, window, wood
+""")
 
 # ADE20K SceneParsing (ADEChallengeData2016) 150 classes, ids 1..150 in the PNGs (0 = other).
-ADE20K_CLASSES = [
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain",
-    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug",
-    "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
-    "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter",
-    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
-    "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
-    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
-    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
-    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
-    "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole",
-    "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van",
-    "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool",
-    "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball",
-    "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
-    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light",
-    "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower",
-    "radiator", "glass", "clock", "flag",
-]  # fmt: skip
+ADE20K_CLASSES = _names("""
+    wall, building, sky, floor, tree, ceiling, road, bed, windowpane, grass, cabinet, sidewalk,
+    person, earth, door, table, mountain, plant, curtain, chair, car, water, painting, sofa, shelf,
+    house, sea, mirror, rug, field, armchair, seat, fence, desk, rock, wardrobe, lamp, bathtub,
+    railing, cushion, base, box, column, signboard, chest of drawers, counter, sand, sink,
+    skyscraper, fireplace, refrigerator, grandstand, path, stairs, runway, case, pool table,
+    pillow, screen door, stairway, river, bridge, bookcase, blind, coffee table, toilet, flower,
+    book, hill, bench, countertop, stove, palm, kitchen island, computer, swivel chair, boat, bar,
+    arcade machine, hovel, bus, towel, light, truck, tower, chandelier, awning, streetlight, booth,
+    television receiver, airplane, dirt track, apparel, pole, land, bannister, escalator, ottoman,
+    bottle, buffet, poster, stage, van, ship, fountain, conveyer belt, canopy, washer, plaything,
+    swimming pool, stool, barrel, basket, waterfall, tent, bag, minibike, cradle, oven, ball, food,
+    step, tank, trade name, microwave, pot, animal, bicycle, lake, dishwasher, screen, blanket,
+    sculpture, hood, sconce, vase, traffic light, tray, ashcan, fan, pier, crt screen, plate,
+    monitor, bulletin board, shower, radiator, glass, clock, flag
+""")
 
 # Cityscapes: the 19 evaluated classes (trainIds 0..18) with their official colours.
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-]  # fmt: skip
+CITYSCAPES_CLASSES = _names("""
+    road, sidewalk, building, wall, fence, pole, traffic light, traffic sign, vegetation, terrain,
+    sky, person, rider, car, truck, bus, train, motorcycle, bicycle
+""")
 CITYSCAPES_PALETTE = [
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-    (0, 80, 100), (0, 0, 230), (119, 11, 32),
-]  # fmt: skip
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+]
 # labelId -> trainId, from cityscapesScripts/helpers/labels.py (everything else is ignored).
 CITYSCAPES_LABEL_TO_TRAIN = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}  # fmt: skip
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 
 
 def voc_palette(n: int) -> list[tuple[int, int, int]]:

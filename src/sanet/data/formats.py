@@ -19,16 +19,20 @@ import numpy as np
 from PIL import Image
 
 from sanet._errors import DataError
-from sanet.data.classes import CONTEXT59_CLASSES
+
+
+def _ints(text: str) -> list[int]:
+    """A whitespace-separated table of integers."""
+    return [int(word) for word in text.split()]
+
 
 # PASCAL-Context: the 459-class ids (labels.txt) of the 59 classes, in the order of the 60-label
 # PNGs (label k = CONTEXT59_IDS[k - 1]; everything else is background 0).
-CONTEXT59_IDS = [
-    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113,
-    115, 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326,
-    347, 349, 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
-]  # fmt: skip
-assert len(CONTEXT59_IDS) == len(CONTEXT59_CLASSES) == 59
+CONTEXT59_IDS = _ints("""
+    2 9 18 19 22 23 25 31 33 34 44 45 46 59 65 68 72 80 85 98 104 105 113 115 144 158 159 162 187
+    189 207 220 232 258 259 260 284 295 296 308 324 326 347 349 354 355 360 366 368 397 415 416 420
+    424 427 440 445 454 458
+""")
 
 
 def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:

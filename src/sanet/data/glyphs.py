@@ -23,8 +23,14 @@ import numpy as np
 from sanet.data.classes import ignore_borders, voc_palette
 
 GLYPH_CLASSES = [
-    "background", "hexagon", "crescent", "arrow", "ellipse", "ell", "frame",
-]  # fmt: skip
+    "background",
+    "hexagon",
+    "crescent",
+    "arrow",
+    "ellipse",
+    "ell",
+    "frame",
+]
 GLYPH_PALETTE = voc_palette(len(GLYPH_CLASSES))
 #: class id -> (shape, texture). "blotch" is the texture of right-shape/wrong-texture distractors.
 GLYPH_STYLE = {

@@ -328,5 +328,11 @@ def prepare_synthetic(
             image, mask = gen.make(size, scene_rng(seed, split, i))
             Image.fromarray(image).save(out / "images" / split / f"{i:06d}.{image_format}")
             save_index_png(mask, out / "masks" / split / f"{i:06d}.png", gen.palette)
-    return {"root": str(out), "generator": generator, "train": num_train, "val": num_val,
-            "size": size, "seed": seed}  # fmt: skip
+    return {
+        "root": str(out),
+        "generator": generator,
+        "train": num_train,
+        "val": num_val,
+        "size": size,
+        "seed": seed,
+    }

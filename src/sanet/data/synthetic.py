@@ -37,8 +37,14 @@ from sanet.data.datasets import SegmentationDataset, Transforms
 from sanet.data.glyphs import GLYPH_CLASSES, GLYPH_PALETTE, make_glyph_scene
 
 SYNTHETIC_CLASSES = [
-    "background", "disc", "square", "triangle", "ring", "cross", "star",
-]  # fmt: skip
+    "background",
+    "disc",
+    "square",
+    "triangle",
+    "ring",
+    "cross",
+    "star",
+]
 SYNTHETIC_PALETTE = voc_palette(len(SYNTHETIC_CLASSES))
 # class id -> (shape, texture); background clutter uses random combinations of these.
 CLASS_STYLE = {

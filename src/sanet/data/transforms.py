@@ -19,10 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from sanet.data.classes import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sanet.conventions import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from sanet import __version__
 from sanet._files import atomic_save_bytes
-from sanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
 from sanet.inference.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from sanet.inference.protocol import EvalProtocol
 from sanet.models.segmentation import MIN_SIZE, SegmentationModel

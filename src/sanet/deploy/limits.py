@@ -168,9 +168,14 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                  "method": scope["method"], "path": scope["path"], "status": 500,
-                  "bytes_in": 0, "bytes_out": 0}  # fmt: skip
+        record = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": 500,
+            "bytes_in": 0,
+            "bytes_out": 0,
+        }
 
         async def counting_receive() -> dict:
             message = await receive()
@@ -202,7 +207,10 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
 
 async def _send_json(send: Callable, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]  # fmt: skip
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

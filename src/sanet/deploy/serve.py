@@ -88,9 +88,13 @@ def model_info(predictor: Predictor, limits: ServeLimits) -> dict[str, Any]:
     if "model" not in info and hasattr(model, "config"):
         info["model"] = {"name": model.name, **model.config}
     info.update(
-        backend=predictor.backend, num_classes=len(names), class_names=names, palette=palette,
-        protocol=predictor.protocol.to_dict(), limits=limits.to_dict(),
-    )  # fmt: skip
+        backend=predictor.backend,
+        num_classes=len(names),
+        class_names=names,
+        palette=palette,
+        protocol=predictor.protocol.to_dict(),
+        limits=limits.to_dict(),
+    )
     return info
 
 
@@ -130,12 +134,20 @@ def segment_bytes(
     counts = np.bincount(mask.ravel(), minlength=len(names))
     present = sorted(np.flatnonzero(counts), key=lambda k: -counts[k])  # largest first
     body: dict[str, Any] = {
-        "width": int(mask.shape[1]), "height": int(mask.shape[0]),
-        "classes": [{"id": int(k), "name": names[k], "pixels": int(counts[k]),
-                     "fraction": round(float(counts[k] / mask.size), 6)} for k in present],
+        "width": int(mask.shape[1]),
+        "height": int(mask.shape[0]),
+        "classes": [
+            {
+                "id": int(k),
+                "name": names[k],
+                "pixels": int(counts[k]),
+                "fraction": round(float(counts[k] / mask.size), 6),
+            }
+            for k in present
+        ],
         "mask_png_base64": _base64(_png(mask_to_pil(mask, palette))),
         "seconds": round(seconds, 4),
-    }  # fmt: skip
+    }
     if overlay:
         body["overlay_png_base64"] = _base64(_png(overlay_with_legend(rgb, mask, names, palette)))
     return body, "application/json"
@@ -150,16 +162,18 @@ async def read_upload(request: Request) -> Upload:
     kind = request.headers.get("content-type", "")
     if not kind.startswith("multipart/form-data"):
         raise HTTPException(
-            415, f"Expected multipart/form-data with a file field 'image', got {kind or 'none'!r}. "
+            415,
+            f"Expected multipart/form-data with a file field 'image', got {kind or 'none'!r}. "
             "Send e.g.: curl -F image=@photo.jpg http://HOST:PORT/v1/segment",
-        )  # fmt: skip
+        )
     async with request.form(max_files=1, max_fields=4) as form:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise HTTPException(
-                422, f"The form has no file field 'image' (fields: {sorted(form.keys())}). "
+                422,
+                f"The form has no file field 'image' (fields: {sorted(form.keys())}). "
                 "Send the image as: -F image=@photo.jpg",
-            )  # fmt: skip
+            )
         return Upload(await upload.read(), upload.filename or "upload")
 
 
@@ -210,9 +224,10 @@ def create_app(
             gate.admit()
         except Busy:
             raise HTTPException(
-                503, f"Busy: {gate.capacity} requests are running or queued. Retry shortly.",
+                503,
+                f"Busy: {gate.capacity} requests are running or queued. Retry shortly.",
                 headers={"Retry-After": str(limits.retry_after_s)},
-            ) from None  # fmt: skip
+            ) from None
         try:
             upload = await read_upload(request)
         except BaseException:
@@ -241,6 +256,7 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
         logger.warning(
             "Listening on %s: anyone who can reach this machine on port %d can use the model. "
             "There is no authentication or TLS; put a reverse proxy in front (docs/deploy.md).",
-            host, port,
-        )  # fmt: skip
+            host,
+            port,
+        )
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

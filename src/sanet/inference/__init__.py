@@ -22,7 +22,18 @@ from sanet.inference.protocol import (
 )
 
 __all__ = [
-    "MIN_INPUT", "PAPER_SCALES", "EvalProtocol", "OnnxModel", "Predictor", "evaluate",
-    "image_to_tensor", "load_rgb", "normalize", "open_model", "predict_mask", "predict_proba",
-    "read_onnx_metadata", "scale_probs",
-]  # fmt: skip
+    "MIN_INPUT",
+    "PAPER_SCALES",
+    "EvalProtocol",
+    "OnnxModel",
+    "Predictor",
+    "evaluate",
+    "image_to_tensor",
+    "load_rgb",
+    "normalize",
+    "open_model",
+    "predict_mask",
+    "predict_proba",
+    "read_onnx_metadata",
+    "scale_probs",
+]

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sanet.conventions import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from sanet.data.io import load_image
-from sanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sanet.devices import resolve_device
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask, predict_proba
@@ -153,7 +153,7 @@ def evaluate(
     num_classes: int,
     protocol: EvalProtocol | None = None,
     device: str | torch.device = "cpu",
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     on_image: Callable[[int, np.ndarray], None] | None = None,
 ) -> ConfusionMatrix:
     """Accumulate a :class:`~sanet.metrics.ConfusionMatrix` over ``(image uint8, mask)`` pairs.

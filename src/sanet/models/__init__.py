@@ -14,7 +14,19 @@ from sanet.models.sa import SqueezeAttention, SqueezeExcitation
 from sanet.models.segmentation import FCN, SANet, SegmentationModel
 
 __all__ = [
-    "FCN", "PRESETS", "Backbone", "FCNHead", "SANet", "SANetHead", "SegmentationModel",
-    "SqueezeAttention", "SqueezeExcitation", "build_model", "fcn", "list_models", "load_model",
-    "sanet", "sanet_se",
-]  # fmt: skip
+    "FCN",
+    "PRESETS",
+    "Backbone",
+    "FCNHead",
+    "SANet",
+    "SANetHead",
+    "SegmentationModel",
+    "SqueezeAttention",
+    "SqueezeExcitation",
+    "build_model",
+    "fcn",
+    "list_models",
+    "load_model",
+    "sanet",
+    "sanet_se",
+]

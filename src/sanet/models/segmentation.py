@@ -143,10 +143,17 @@ class SANet(SegmentationModel):
             head_init,
         )
         self.config = dict(
-            num_classes=num_classes, backbone=backbone, output_stride=output_stride, gate=gate,
-            attn_act=attn_act, upsample=upsample, fuse_channels=fuse_channels, dropout=dropout,
-            attn_combine=attn_combine, head_init=head_init,
-        )  # fmt: skip
+            num_classes=num_classes,
+            backbone=backbone,
+            output_stride=output_stride,
+            gate=gate,
+            attn_act=attn_act,
+            upsample=upsample,
+            fuse_channels=fuse_channels,
+            dropout=dropout,
+            attn_combine=attn_combine,
+            head_init=head_init,
+        )
 
     @torch.no_grad()
     def attention_parts(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -176,9 +183,12 @@ class FCN(SegmentationModel):
         self.backbone = Backbone(backbone, output_stride, pretrained_backbone)
         self.head = FCNHead(self.backbone.channels, num_classes, dropout, head_init)
         self.config = dict(
-            num_classes=num_classes, backbone=backbone, output_stride=output_stride,
-            dropout=dropout, head_init=head_init,
-        )  # fmt: skip
+            num_classes=num_classes,
+            backbone=backbone,
+            output_stride=output_stride,
+            dropout=dropout,
+            head_init=head_init,
+        )
 
 
 def check_image_batch(shape: tuple[int, ...], min_size: int = MIN_SIZE) -> None:

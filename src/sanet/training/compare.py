@@ -34,6 +34,7 @@ from sanet.config import Config, load_config
 from sanet.models.registry import list_models
 from sanet.models.segmentation import read_pretrained_config
 from sanet.rundir import RunDir
+from sanet.training.runlog import TrainerCallbacks
 from sanet.training.trainer import Trainer
 from sanet.viz.figures import plot_compare
 
@@ -77,14 +78,22 @@ def read_result(run: RunDir, model: str, seed: int, seconds: float) -> RunResult
         raise ValueError(f"{run.metrics_log}: no validation record; the run did not finish.")
     final = val[-1]
     return RunResult(
-        model=model, seed=seed, run_dir=str(run.root), mIoU=final["mIoU"],
-        pixAcc=final["pixAcc"], IoU=final["IoU"], best_mIoU=max(r["mIoU"] for r in val),
-        steps=final["step"], seconds=round(seconds, 1),
+        model=model,
+        seed=seed,
+        run_dir=str(run.root),
+        mIoU=final["mIoU"],
+        pixAcc=final["pixAcc"],
+        IoU=final["IoU"],
+        best_mIoU=max(r["mIoU"] for r in val),
+        steps=final["step"],
+        seconds=round(seconds, 1),
         curve=[(r["step"], r["mIoU"]) for r in val],
-    )  # fmt: skip
+    )
 
 
-def ensure_run(cfg: Config, run: RunDir, model: str, seed: int) -> RunResult:
+def ensure_run(
+    cfg: Config, run: RunDir, model: str, seed: int, callbacks: TrainerCallbacks | None = None
+) -> RunResult:
     """Train one run unless it has finished; resume it if it was interrupted."""
     state = json.loads(run.compare_run.read_text()) if run.compare_run.is_file() else {}
     if state.get("result") or run.has_checkpoint():
@@ -96,7 +105,7 @@ def ensure_run(cfg: Config, run: RunDir, model: str, seed: int) -> RunResult:
     logger.info("compare: %s %s", "resuming" if resume else "training", run.root)
     start = time.perf_counter()
     try:
-        Trainer(cfg, run.root, resume=resume).fit()
+        Trainer(cfg, run.root, resume=resume, callbacks=callbacks).fit()
     finally:  # an interrupted session's time still counts towards the run's wall time
         spent += time.perf_counter() - start
         if run.root.is_dir():
@@ -109,8 +118,12 @@ def ensure_run(cfg: Config, run: RunDir, model: str, seed: int) -> RunResult:
 
 def _check_same_config(cfg: Config, run: RunDir) -> None:
     saved = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
-    changed = [f"{sec}.{key}" for sec, values in cfg.to_dict().items()
-               for key, value in values.items() if saved.get(sec, {}).get(key) != value]  # fmt: skip
+    changed = [
+        f"{sec}.{key}"
+        for sec, values in cfg.to_dict().items()
+        for key, value in values.items()
+        if saved.get(sec, {}).get(key) != value
+    ]
     if changed:
         raise ValueError(
             f"{run.root} was trained with a different config ({', '.join(changed)}). Compare "
@@ -124,6 +137,7 @@ def run_all(
     seeds: Sequence[int],
     out: str | Path,
     overrides: Sequence[str] = (),
+    callbacks: TrainerCallbacks | None = None,
 ) -> list[RunResult]:
     """Train (or reuse) every (model, seed) run of the comparison, seed-major order.
 
@@ -133,7 +147,8 @@ def run_all(
     configs = {(m, s): run_config(recipe, m, s, overrides) for s in seeds for m in models}
     results = []
     for (model, seed), cfg in configs.items():  # every config is checked before any training
-        results.append(ensure_run(cfg, RunDir(out / "runs" / run_name(model, seed)), model, seed))
+        run = RunDir(out / "runs" / run_name(model, seed))
+        results.append(ensure_run(cfg, run, model, seed, callbacks))
     return results
 
 
@@ -168,19 +183,23 @@ def summarize(
     results: Sequence[RunResult], models: Sequence[str], class_names: Sequence[str]
 ) -> dict[str, Any]:
     """The comparison's numbers: per model mean ± std, per-class IoU and paired differences."""
-    by_model = {m: sorted((r for r in results if r.model == m), key=lambda r: r.seed)
-                for m in models}  # fmt: skip
+    by_model = {
+        m: sorted((r for r in results if r.model == m), key=lambda r: r.seed) for m in models
+    }
     summary: dict[str, Any] = {"per_model": {}, "paired": {}, "class_names": list(class_names)}
     for model, runs in by_model.items():
         miou, std = mean_std([r.mIoU for r in runs])
         summary["per_model"][model] = {
-            "n": len(runs), "seeds": [r.seed for r in runs], "mIoU": [r.mIoU for r in runs],
-            "mIoU_mean": miou, "mIoU_std": std,
+            "n": len(runs),
+            "seeds": [r.seed for r in runs],
+            "mIoU": [r.mIoU for r in runs],
+            "mIoU_mean": miou,
+            "mIoU_std": std,
             "pixAcc_mean": mean_std([r.pixAcc for r in runs])[0],
             "best_mIoU_mean": mean_std([r.best_mIoU for r in runs])[0],
             "IoU_mean": _per_class_mean([r.IoU for r in runs]),
             "seconds_mean": mean_std([r.seconds for r in runs])[0],
-        }  # fmt: skip
+        }
     first = models[0]
     for model in models[1:]:
         ref = {r.seed: r.mIoU for r in by_model[first]}
@@ -205,6 +224,7 @@ def compare(
     seeds: Sequence[int],
     out: str | Path,
     overrides: Sequence[str] = (),
+    callbacks: TrainerCallbacks | None = None,
 ) -> dict[str, Any]:
     """Train every run (resumably), then write ``OUT/compare.json`` and ``OUT/compare.png``.
 
@@ -222,13 +242,17 @@ def compare(
     if not seeds:
         raise ValueError("compare needs at least one seed.")
     out = Path(out)
-    results = run_all(recipe, models, seeds, out, overrides)
+    results = run_all(recipe, models, seeds, out, overrides, callbacks)
     names = _class_names(RunDir(results[0].run_dir))
     payload = {
-        "recipe": str(recipe), "overrides": list(overrides), "models": list(models),
-        "seeds": list(seeds), "metric": "val mIoU of the final weights (single scale)",
-        **summarize(results, models, names), "runs": [asdict(r) for r in results],
-    }  # fmt: skip
+        "recipe": str(recipe),
+        "overrides": list(overrides),
+        "models": list(models),
+        "seeds": list(seeds),
+        "metric": "val mIoU of the final weights (single scale)",
+        **summarize(results, models, names),
+        "runs": [asdict(r) for r in results],
+    }
     atomic_write_text(out / "compare.json", json.dumps(payload, indent=1) + "\n")
     plot_compare(payload, out / "compare.png")
     logger.info("compare: wrote %s and %s", out / "compare.json", out / "compare.png")

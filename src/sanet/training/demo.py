@@ -19,20 +19,25 @@ from sanet._files import atomic_write_text
 from sanet.config import load_config, recipe_path
 from sanet.models.registry import load_model
 from sanet.rundir import RunDir
+from sanet.training.runlog import TrainerCallbacks
 from sanet.training.trainer import Trainer
 from sanet.viz.figures import prediction_panel
 
 
-def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+def run_demo(
+    out: str | Path,
+    overrides: list[str] | None = None,
+    callbacks: TrainerCallbacks | None = None,
+) -> dict[str, Any]:
     """Train (validating as it goes), report the best validation and draw; returns the summary
-    also written to ``out/metrics.json``."""
+    also written to ``out/metrics.json``. ``callbacks`` show the run (the CLI's progress bar)."""
     start = time.perf_counter()
     run = RunDir(out)
     cfg = load_config(recipe_path("demo"), overrides)
     if run.checkpoints.exists():  # the demo always starts fresh; keep nothing half-old
         shutil.rmtree(run.checkpoints)
         run.metrics_log.unlink(missing_ok=True)
-    trainer = Trainer(cfg, run.root)
+    trainer = Trainer(cfg, run.root, callbacks=callbacks)
     trainer.fit()
     # the best validation already evaluated exactly the weights in model/: no second pass
     result = trainer.best_result
@@ -40,16 +45,23 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
     model, meta = load_model(run.model)
     summary = {
         "model": f"{cfg.model.name}-{cfg.model.backbone}",
-        "val_mIoU": result["mIoU"], "val_pixAcc": result["pixAcc"],
+        "val_mIoU": result["mIoU"],
+        "val_pixAcc": result["pixAcc"],
         "IoU": dict(zip(meta["class_names"], result["IoU"], strict=True)),
         "convention": result["convention"],
-        "protocol": trainer.val_protocol.to_dict() | {"dataset": cfg.data.dataset,
-                     "split": cfg.data.val_split, "images": len(trainer.val_set)},
-        "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run.root),
+        "protocol": trainer.val_protocol.to_dict()
+        | {
+            "dataset": cfg.data.dataset,
+            "split": cfg.data.val_split,
+            "images": len(trainer.val_set),
+        },
+        "seconds": round(time.perf_counter() - start, 1),
+        "run_dir": str(run.root),
         # what the numbers depend on beyond the recipe (docs/reproducibility.md)
-        "threads": trainer.threads, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+        "threads": trainer.threads,
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
-    }  # fmt: skip
+    }
     atomic_write_text(run.summary, json.dumps(summary, indent=2) + "\n")
     prediction_panel(model, trainer.val_set, meta["palette"], run.plot("predictions.png"))
     return summary

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
+from sanet.conventions import IGNORE_INDEX
 from sanet.inference.protocol import EvalProtocol, predict_mask
 from sanet.metrics import ConfusionMatrix
 
@@ -80,9 +81,14 @@ class ResumableSampler(Sampler):
     """
 
     def __init__(
-        self, length: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
-        world_size: int = 1, pad: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        length: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+    ) -> None:
         self.length, self.seed, self.shuffle, self.pad = length, seed, shuffle, pad
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
@@ -265,7 +271,7 @@ def evaluate(
     """A confusion matrix over ``loader``'s ``(images, masks, ...)`` batches (not reduced),
     predicted under ``protocol`` (default: single scale, one window per image up to 480 px)."""
     model.eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=255, device=device)
+    cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
     for images, masks, *_ in loader:
         pred = predict_mask(model, images.to(device, non_blocking=True), protocol)
         cm.update(pred, masks.to(device, non_blocking=True))

@@ -1,4 +1,5 @@
-"""What a run leaves for people to read: ``metrics.jsonl``, TensorBoard events, PNG curves.
+"""What a run leaves for people to read: ``metrics.jsonl``, TensorBoard events, PNG curves
+(:class:`RunLog`), and what it tells whoever shows it live (:class:`TrainerCallbacks`).
 
 Only rank 0 creates a :class:`RunLog`; every method is cheap enough to call at log intervals.
 """
@@ -14,9 +15,38 @@ from typing import Any
 from sanet._errors import DataError
 from sanet._files import atomic_write_text
 from sanet.rundir import RunDir
-from sanet.viz.visualize import pyplot, save_figure
+from sanet.viz.visualize import (
+    plot_confusion_matrix,
+    plot_per_class_iou,
+    pyplot,
+    save_figure,
+)
 
 logger = logging.getLogger(__name__)
+
+
+class TrainerCallbacks:
+    """What a run tells whoever shows it. The trainer calls these on rank 0 only; each does
+    nothing here: library code only logs, and the CLI passes a view that draws a progress bar
+    and the validation tables (``sanet.cli.views.TrainingView``)."""
+
+    def fit_start(self, total_steps: int, done_steps: int) -> None:
+        """Training (re)starts with ``done_steps`` of ``total_steps`` already taken."""
+
+    def epoch_start(self, epoch: int, epochs: int) -> None:
+        """Epoch ``epoch`` (0-based) of ``epochs`` starts (or continues after a resume)."""
+
+    def step(self, global_step: int) -> None:
+        """An optimiser step was taken (no host sync happened for it)."""
+
+    def logged(self, step: int, values: dict[str, float]) -> None:
+        """A log interval's host sync: mean loss terms, ``lr`` and ``images_per_s``."""
+
+    def validated(self, entry: dict[str, Any], result: dict[str, Any], names: list[str]) -> None:
+        """A validation finished: ``entry`` (epoch, step, pixAcc, mIoU) and the full result."""
+
+    def fit_end(self) -> None:
+        """Training stopped (finished, interrupted or failed)."""
 
 
 class RunLog:
@@ -58,10 +88,14 @@ class RunLog:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
                 if number < len(lines):  # damage before the end: not an interrupted append
-                    raise DataError(self.path, f"line {number} is not JSON ({err})",
-                                    "restore the file or delete that line") from err  # fmt: skip
-                logger.warning("Ignoring the last line of %s: cut short by an interrupted write",
-                               self.path)  # fmt: skip
+                    raise DataError(
+                        self.path,
+                        f"line {number} is not JSON ({err})",
+                        "restore the file or delete that line",
+                    ) from err
+                logger.warning(
+                    "Ignoring the last line of %s: cut short by an interrupted write", self.path
+                )
         return records
 
     def truncate_after(self, step: int) -> None:
@@ -99,6 +133,11 @@ class RunLog:
             ax.legend()
             written.append(_save(fig, self.run.plot("val_miou.png")))
         return written
+
+    def plot_validation(self, iou: list[float | None], confusion: Any, names: list[str]) -> None:
+        """``plots/best_per_class_iou.png`` and ``plots/best_confusion.png`` of the best weights."""
+        plot_per_class_iou(iou, names, self.run.plot("best_per_class_iou.png"))
+        plot_confusion_matrix(confusion, names, self.run.plot("best_confusion.png"))
 
     def close(self) -> None:
         if self.writer:

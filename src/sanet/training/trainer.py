@@ -6,8 +6,10 @@ The run directory's layout is :class:`~sanet.rundir.RunDir`'s.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,24 +17,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 
 from sanet._errors import plain_worker_errors
 from sanet._files import atomic_torch_save
 from sanet.config import Config, model_kwargs, save_config
-from sanet.data import build_dataset
-from sanet.data.transforms import eval_transforms, train_transforms
 from sanet.inference.protocol import EvalProtocol
 from sanet.losses import SANetLoss
-from sanet.metrics import per_class_table
 from sanet.models.registry import build_model, load_model
-from sanet.progress import progress_bar
 from sanet.rundir import RunDir
 from sanet.training import engine
+from sanet.training.loaders import build_data, make_loaders
 from sanet.training.resume import read_resume_checkpoint, remove_interrupted_writes
-from sanet.training.runlog import RunLog
+from sanet.training.runlog import RunLog, TrainerCallbacks
 from sanet.training.runtime import (
-    Dist,
     StopFlag,
     rng_state,
     seed_everything,
@@ -40,7 +37,6 @@ from sanet.training.runtime import (
     set_threads,
     setup_distributed,
 )
-from sanet.viz.visualize import plot_confusion_matrix, plot_per_class_iou
 
 logger = logging.getLogger(__name__)
 
@@ -64,43 +60,18 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_data(cfg: Config) -> tuple[Any, Any]:
-    """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders)."""
-    d = cfg.data
-    root = d.root or None
-    train = build_dataset(d.dataset, root, split=d.train_split, **d.options)
-    val = build_dataset(d.dataset, root, split=d.val_split, **d.options)
-    return train, val
-
-
-def make_loaders(cfg: Config, train_set: Any, val_set: Any, dist_: Dist, micro_batch: int) -> tuple:
-    """Train loader (seeded augmentation, resumable order) and val loader (batch 1, unpadded)."""
-    d, t = cfg.data, cfg.train
-    train_aug = engine.SeededAugmentation(
-        train_set,
-        train_transforms(d.base_size, d.crop_size, scale_range=tuple(d.scale_range)),
-        seed=t.seed,
-    )
-    val_aug = engine.SeededAugmentation(val_set, eval_transforms(), seed=t.seed)
-    sampler = engine.ResumableSampler(len(train_set), t.seed, True, dist_.rank, dist_.world_size)
-    val_sampler = engine.ResumableSampler(
-        len(val_set), 0, False, dist_.rank, dist_.world_size, pad=False
-    )
-    common = dict(
-        num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=d.num_workers > 0,
-        generator=torch.Generator(),  # the loader must not draw from the global RNG (exact resume)
-    )  # fmt: skip
-    train_loader = DataLoader(train_aug, micro_batch, sampler=sampler, drop_last=True, **common)
-    val_loader = DataLoader(val_aug, 1, sampler=val_sampler, **common)
-    return train_loader, val_loader, sampler
-
-
 class Trainer:
     """Builds everything a run needs from ``cfg`` and trains it (``fit``)."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        resume: bool = False,
+        callbacks: TrainerCallbacks | None = None,
+    ) -> None:
         self.cfg, self.run = cfg, RunDir(run_dir)
+        self.callbacks = callbacks or TrainerCallbacks()
         self.run_dir = self.run.root
         t = cfg.train
         self.dist, self.device = setup_distributed(t.device)
@@ -115,8 +86,10 @@ class Trainer:
                 f"model.num_classes={self.num_classes} but dataset {cfg.data.dataset!r} has "
                 f"{train_set.num_classes} classes. Set model.num_classes=0 to take the dataset's."
             )
-        self.metadata = {"class_names": list(train_set.class_names),
-                         "palette": [list(c) for c in train_set.palette]}  # fmt: skip
+        self.metadata = {
+            "class_names": list(train_set.class_names),
+            "palette": [list(c) for c in train_set.palette],
+        }
         self.train_loader, self.val_loader, self.sampler = make_loaders(
             cfg, train_set, val_set, self.dist, self.micro_batch
         )
@@ -147,9 +120,14 @@ class Trainer:
     def _build_model(self) -> None:
         cfg, t = self.cfg, self.cfg.train
         m = cfg.model
-        model = build_model(m.name, backbone=m.backbone, num_classes=self.num_classes,
-                            output_stride=m.output_stride, pretrained_backbone=m.pretrained_backbone,
-                            **model_kwargs(m))  # fmt: skip
+        model = build_model(
+            m.name,
+            backbone=m.backbone,
+            num_classes=self.num_classes,
+            output_stride=m.output_stride,
+            pretrained_backbone=m.pretrained_backbone,
+            **model_kwargs(m),
+        )
         engine.set_bn_momentum(model, t.bn_momentum)
         self.model_config = {"name": model.name, **model.config}
         if m.init_from:  # e.g. the VOC fine-tune starts from the train_aug run
@@ -214,18 +192,17 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the end (or ``max_steps``); returns the final summary."""
         t, s = self.cfg.train, self.state
-        progress = _progress(self.dist.is_main)
+        view = self.callbacks if self.dist.is_main else TrainerCallbacks()
+        view.fit_start(self.total_steps, s.global_step)
         # A DataError in a DataLoader worker arrives wrapped in the worker's traceback text:
         # plain_worker_errors re-raises its own message (it names the file).
-        with StopFlag() as stop, progress, plain_worker_errors():
-            task = progress.add_task("train", total=self.total_steps, completed=s.global_step,
-                                     loss=float("nan"), lr=self.scheduler.get_last_lr()[0], ips=0.0)  # fmt: skip
+        with StopFlag() as stop, plain_worker_errors(), _finally(view.fit_end):
             while s.global_step < self.total_steps:
                 self.sampler.set_epoch(
                     s.epoch, start=s.step_in_epoch * self.micro_batch * t.accumulate
                 )
-                progress.update(task, description=f"epoch {s.epoch + 1}/{t.epochs}")
-                finished_epoch = self._train_epoch(stop, progress, task)
+                view.epoch_start(s.epoch, t.epochs)
+                finished_epoch = self._train_epoch(stop, view)
                 if stop.signal:
                     path = self.save("last")
                     raise TrainingInterrupted(
@@ -244,10 +221,14 @@ class Trainer:
                 self.save("last")
         if self.log:
             self.log.close()
-        return {"run_dir": str(self.run_dir), "steps": s.global_step, "best_mIoU": s.best_miou,
-                "history": s.history}  # fmt: skip
+        return {
+            "run_dir": str(self.run_dir),
+            "steps": s.global_step,
+            "best_mIoU": s.best_miou,
+            "history": s.history,
+        }
 
-    def _train_epoch(self, stop: StopFlag, progress: Any, task: Any) -> bool:
+    def _train_epoch(self, stop: StopFlag, view: TrainerCallbacks) -> bool:
         """Steps until the epoch ends, ``max_steps`` is reached or a signal asks to stop.
 
         Returns True when the epoch's data is exhausted."""
@@ -270,11 +251,11 @@ class Trainer:
             images_seen += len(indices) * self.dist.world_size
             micro, indices = [], []
             s.global_step, s.step_in_epoch = s.global_step + 1, s.step_in_epoch + 1
-            progress.advance(task)
+            view.step(s.global_step)
             last = s.global_step >= self.total_steps or s.step_in_epoch >= self.steps_per_epoch
             if s.global_step % t.log_every == 0 or last or stop.signal:
                 rate = images_seen / max(time.perf_counter() - tick, 1e-9)
-                self._sync(pending, progress, task, rate)
+                self._sync(pending, view, rate)
                 pending, tick, images_seen = [], time.perf_counter(), 0
             if self._should_stop(stop) or s.global_step >= self.total_steps:
                 return s.step_in_epoch >= self.steps_per_epoch
@@ -301,8 +282,8 @@ class Trainer:
             stop.signal = "a signal on another rank"
         return stop.signal is not None
 
-    def _sync(self, pending: list, progress: Any, task: Any, rate: float) -> None:
-        """The host sync of a log interval: non-finite check, loss logging, progress fields."""
+    def _sync(self, pending: list, view: TrainerCallbacks, rate: float) -> None:
+        """The host sync of a log interval: non-finite check, loss logging."""
         finite = torch.stack([r.finite for r, _ in pending]).tolist()
         first_step = self.state.global_step - len(pending) + 1
         for offset, ok in enumerate(finite):
@@ -324,11 +305,18 @@ class Trainer:
         ).mean(0)
         values = dict(zip(keys, means.tolist(), strict=True))
         lr = self.scheduler.get_last_lr()[0]
-        progress.update(task, loss=values["loss"], lr=lr, ips=rate)
+        view.logged(self.state.global_step, {**values, "lr": lr, "images_per_s": rate})
         if self.log:
             skipped = finite.count(False)
-            self.log.log("train", self.state.global_step, **values, lr=lr, images_per_s=rate,
-                         epoch=self.state.epoch, skipped_nonfinite=skipped)  # fmt: skip
+            self.log.log(
+                "train",
+                self.state.global_step,
+                **values,
+                lr=lr,
+                images_per_s=rate,
+                epoch=self.state.epoch,
+                skipped_nonfinite=skipped,
+            )
 
     def validate(self) -> dict[str, Any]:
         """Validation under :attr:`val_protocol` on every rank's shard; counts all-reduced,
@@ -349,16 +337,23 @@ class Trainer:
         improved = result["mIoU"] > s.best_miou
         if improved:
             s.best_miou, self.best_result = result["mIoU"], result
-        if self.dist.is_main:
-            assert self.log is not None
-            self.log.log("val", s.global_step, epoch=s.epoch, pixAcc=result["pixAcc"],
-                         mIoU=result["mIoU"], IoU=result["IoU"], best=improved)  # fmt: skip
+        if self.log is not None:  # rank 0
+            names = self.metadata["class_names"]
+            self.log.log(
+                "val",
+                s.global_step,
+                epoch=s.epoch,
+                pixAcc=result["pixAcc"],
+                mIoU=result["mIoU"],
+                IoU=result["IoU"],
+                best=improved,
+            )
             self.log.plot_curves()
-            _show_validation(result, self.metadata["class_names"], entry)
+            self.callbacks.validated(entry, result, names)
             if improved:
                 self.save("best")
                 self.model.save_pretrained(self.run.model, metadata=self.metadata)
-                _plot_validation(result, cm, self.metadata["class_names"], self.run)
+                self.log.plot_validation(result["IoU"], cm.matrix_cpu(), names)
         return result
 
 
@@ -379,18 +374,9 @@ def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
     return batch_size // (world_size * accumulate)
 
 
-def _progress(enabled: bool) -> Any:
-    fields = "loss {task.fields[loss]:.3f} lr {task.fields[lr]:.1e} {task.fields[ips]:.1f} img/s"
-    return progress_bar(fields, unit=None, enabled=enabled)
-
-
-def _show_validation(result: dict[str, Any], class_names: list[str], entry: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    title = f"Validation after epoch {entry['epoch']} (step {entry['step']})"
-    Console(stderr=True).print(per_class_table(result, class_names, title=title))
-
-
-def _plot_validation(result: dict[str, Any], cm: Any, class_names: list[str], run: RunDir) -> None:
-    plot_per_class_iou(result["IoU"], class_names, run.plot("best_per_class_iou.png"))
-    plot_confusion_matrix(cm.matrix_cpu(), class_names, run.plot("best_confusion.png"))
+@contextlib.contextmanager
+def _finally(fn: Callable[[], None]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        fn()

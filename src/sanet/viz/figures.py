@@ -183,16 +183,24 @@ def plot_compare(payload: dict[str, Any], path: str | Path) -> Path:
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
     for i, model in enumerate(models):
         stats, colour = payload["per_model"][model], f"C{i}"
-        bars.bar(i, 100 * stats["mIoU_mean"], yerr=100 * stats["mIoU_std"], capsize=6,
-                 color=colour, alpha=0.6)  # fmt: skip
+        bars.bar(
+            i,
+            100 * stats["mIoU_mean"],
+            yerr=100 * stats["mIoU_std"],
+            capsize=6,
+            color=colour,
+            alpha=0.6,
+        )
         bars.scatter([i] * stats["n"], [100 * v for v in stats["mIoU"]], color="k", s=12, zorder=3)
         runs = [r for r in payload["runs"] if r["model"] == model]
         for r in runs:
             steps, values = zip(*r["curve"], strict=True)
             curves.plot(steps, [100 * v for v in values], color=colour, alpha=0.3, lw=0.8)
         steps = sorted({s for r in runs for s, _ in r["curve"]})
-        mean = [100 * float(np.mean([v for r in runs for s, v in r["curve"] if s == step]))
-                for step in steps]  # fmt: skip
+        mean = [
+            100 * float(np.mean([v for r in runs for s, v in r["curve"] if s == step]))
+            for step in steps
+        ]
         curves.plot(steps, mean, marker="o", color=colour, label=f"{model} (n={stats['n']})")
     bars.set_xticks(range(len(models)), models)
     bars.set(ylabel="val mIoU (%)", title="Final val mIoU: mean ± std over seeds")
@@ -221,9 +229,11 @@ def prediction_panel(
         x, _ = norm(image, mask)
         pred = model(x[None])["out"].argmax(1)[0]
         for ax, img, title in zip(
-            axes[r], (image.permute(1, 2, 0).numpy(), colorize(mask, palette), colorize(pred, palette)),
-            ("input", "ground truth", f"prediction ({model.name})"), strict=True,
-        ):  # fmt: skip
+            axes[r],
+            (image.permute(1, 2, 0).numpy(), colorize(mask, palette), colorize(pred, palette)),
+            ("input", "ground truth", f"prediction ({model.name})"),
+            strict=True,
+        ):
             ax.imshow(img)
             ax.set_title(title if r == 0 else "")
             ax.axis("off")

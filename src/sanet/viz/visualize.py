@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from sanet._files import atomic_save_bytes
+from sanet.conventions import IGNORE_INDEX
 from sanet.data.classes import voc_palette
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def _full_palette(palette: Sequence[Sequence[int]] | None) -> list[tuple[int, in
     base = default_palette(256)
     given = [tuple(int(v) for v in c[:3]) for c in (palette or [])][:255]
     full = given + base[len(given) :]
-    full[255] = IGNORE_COLOR
+    full[IGNORE_INDEX] = IGNORE_COLOR
     return full  # type: ignore[return-value]
 
 
@@ -102,7 +103,7 @@ def overlay(
     colour = colorize(mask, palette).astype(np.float32)
     out = rgb.astype(np.float32)
     blend = (1 - alpha) * out + alpha * colour
-    keep = (mask == 255)[..., None]
+    keep = (mask == IGNORE_INDEX)[..., None]
     return np.where(keep, out, blend).round().clip(0, 255).astype(np.uint8)
 
 
@@ -151,7 +152,7 @@ def overlay_with_legend(
 ) -> Image.Image:
     """Colour overlay of ``mask`` on ``image`` plus a legend of the classes present; input size."""
     mask = _to_numpy_mask(mask)
-    present = [int(k) for k in np.unique(mask) if k != 255]
+    present = [int(k) for k in np.unique(mask) if k != IGNORE_INDEX]
     return draw_legend(overlay(image, mask, palette, alpha), present, class_names, palette)
 
 
@@ -201,9 +202,12 @@ def plot_per_class_iou(
     ax.barh(ys, [0 if math.isnan(v) else v for v in values], color="tab:blue")
     for y, v in zip(ys, values, strict=True):
         ax.text(
-            0.01 if math.isnan(v) else v + 0.01, y, "n/a" if math.isnan(v) else f"{v:.2f}",
-            va="center", fontsize=7,
-        )  # fmt: skip
+            0.01 if math.isnan(v) else v + 0.01,
+            y,
+            "n/a" if math.isnan(v) else f"{v:.2f}",
+            va="center",
+            fontsize=7,
+        )
     ax.axvline(miou, color="tab:red", linestyle="--", label=f"mIoU {miou:.3f}")
     ax.set_yticks(ys, names, fontsize=7)
     ax.invert_yaxis()

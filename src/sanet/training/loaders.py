@@ -1,0 +1,48 @@
+"""The data side of a run: its datasets and loaders, built from the ``data`` and ``train``
+sections of a :class:`~sanet.config.Config` (the trainer's only window onto the data)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from sanet.config import Config
+from sanet.data import build_dataset
+from sanet.data.transforms import eval_transforms, train_transforms
+from sanet.training import engine
+from sanet.training.runtime import Dist
+
+
+def build_data(cfg: Config) -> tuple[Any, Any]:
+    """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders)."""
+    d = cfg.data
+    root = d.root or None
+    train = build_dataset(d.dataset, root, split=d.train_split, **d.options)
+    val = build_dataset(d.dataset, root, split=d.val_split, **d.options)
+    return train, val
+
+
+def make_loaders(cfg: Config, train_set: Any, val_set: Any, dist_: Dist, micro_batch: int) -> tuple:
+    """Train loader (seeded augmentation, resumable order) and val loader (batch 1, unpadded)."""
+    d, t = cfg.data, cfg.train
+    train_aug = engine.SeededAugmentation(
+        train_set,
+        train_transforms(d.base_size, d.crop_size, scale_range=tuple(d.scale_range)),
+        seed=t.seed,
+    )
+    val_aug = engine.SeededAugmentation(val_set, eval_transforms(), seed=t.seed)
+    sampler = engine.ResumableSampler(len(train_set), t.seed, True, dist_.rank, dist_.world_size)
+    val_sampler = engine.ResumableSampler(
+        len(val_set), 0, False, dist_.rank, dist_.world_size, pad=False
+    )
+    common = dict(
+        num_workers=d.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=d.num_workers > 0,
+        generator=torch.Generator(),  # the loader must not draw from the global RNG (exact resume)
+    )
+    train_loader = DataLoader(train_aug, micro_batch, sampler=sampler, drop_last=True, **common)
+    val_loader = DataLoader(val_aug, 1, sampler=val_sampler, **common)
+    return train_loader, val_loader, sampler
