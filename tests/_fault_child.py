@@ -48,13 +48,15 @@ def main() -> int:
 
         engine.train_step = train_step
     elif where == "validate":
-        real_evaluate = engine.evaluate
+        from sanet.training import trainer
+
+        real_evaluate = trainer.evaluate
 
         def evaluate(*a, **k):
             maybe_fire()
             return real_evaluate(*a, **k)
 
-        engine.evaluate = evaluate
+        trainer.evaluate = evaluate
     else:
         raise SystemExit(f"unknown fault point {where!r}")
     from sanet.cli import main as sanet_main

@@ -1,10 +1,12 @@
-"""The package's layout keeps its promises (docs/architecture.md): imports run one way with no
-cycle, nothing outside ``sanet/cli/`` imports the CLI, no module imports another's private
-helper, files stay short, and the public API works right after ``import sanet``."""
+"""The package's layout keeps its promises (docs/architecture.md): every import goes down the
+floors the document draws (or back within a package's listed order), the module list is the code
+as it is, no cycle, nothing outside ``sanet/cli/`` imports the CLI, no module imports another's
+private helper, files stay short, and the public API works right after ``import sanet``."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "sanet"
 MAX_LINES = 420  # STYLE.md: a file past ~400 lines is split by concept
+DOC = SRC.parent / "docs" / "architecture.md"
 
 
 def _module_name(path: Path) -> str:
@@ -60,6 +63,80 @@ def _imports(module: str) -> list[tuple[str, list[str], int]]:
 
 def _graph() -> dict[str, set[str]]:
     return {m: {t for t, _, _ in _imports(m) if t != m} for m in MODULES}
+
+
+def _doc_floors() -> dict[str, int]:
+    """``{"sanet/models/": 3, "sanet/losses.py": 2, ...}`` from the floors table of the doc."""
+    floors = {}
+    for line in DOC.read_text().split("## Floors", 1)[1].split("\n## ", 1)[0].splitlines():
+        row = re.match(r"\|\s*(\d+)\s*\|(.*?)\|", line)
+        if row:
+            for place in re.findall(r"`(sanet/[^`]*)`", row.group(2)):
+                floors[place] = int(row.group(1))
+    return floors
+
+
+def _doc_modules() -> list[str]:
+    """Module paths (relative to ``sanet/``) in the order of the doc's module list."""
+    section = DOC.read_text().split("## Modules", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^- `([\w/]+\.py)`", section, flags=re.M)
+
+
+def _rel(module: str) -> str:
+    return str(MODULES[module].relative_to(PACKAGE))
+
+
+def _package(module: str) -> str:
+    """``sanet.models`` for ``sanet.models.heads``; a top-level module is its own package."""
+    rel = _rel(module)
+    return rel.split("/")[0] if "/" in rel else rel
+
+
+def _floor(module: str, floors: dict[str, int]) -> int:
+    rel = f"sanet/{_rel(module)}"
+    places = [p for p in floors if rel == p or (p.endswith("/") and rel.startswith(p))]
+    assert places, f"{rel} is on no floor of docs/architecture.md"
+    return floors[max(places, key=len)]
+
+
+def test_imports_go_down_the_floors_of_the_document() -> None:
+    floors, order = _doc_floors(), _doc_modules()
+    assert floors and order, "docs/architecture.md lost its floors table or module list"
+    offenders = []
+    for module in MODULES:
+        for target, _, line in _imports(module):
+            if target == module:
+                continue
+            here, there = _floor(module, floors), _floor(target, floors)
+            if _package(module) == _package(target) and "/" in _rel(module):
+                if order.index(_rel(target)) > order.index(_rel(module)):
+                    offenders.append(
+                        f"{_rel(module)}:{line} imports {_rel(target)}, listed after it"
+                    )
+            elif there >= here:
+                offenders.append(
+                    f"{_rel(module)}:{line} (floor {here}) imports {_rel(target)} (floor {there})"
+                )
+    assert not offenders, "imports against docs/architecture.md:\n" + "\n".join(offenders)
+
+
+def test_the_floor_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = _imports
+    extra = {"sanet.metrics": ("sanet.inference.predictor", [], 1)}  # floor 2 → floor 4
+    monkeypatch.setattr(
+        sys.modules[__name__], "_imports", lambda m: [*real(m), *([extra[m]] if m in extra else [])]
+    )
+    with pytest.raises(AssertionError, match=r"metrics\.py:1 \(floor 2\) imports inference"):
+        test_imports_go_down_the_floors_of_the_document()
+
+
+def test_the_document_lists_every_module_as_it_is() -> None:
+    listed, actual = _doc_modules(), sorted(_rel(m) for m in MODULES)
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    assert sorted(listed) == actual, (
+        f"missing from docs/architecture.md: {sorted(set(actual) - set(listed))}; "
+        f"listed but gone: {sorted(set(listed) - set(actual))}"
+    )
 
 
 def test_import_graph_has_no_cycle() -> None:

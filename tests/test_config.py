@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
 import sanet
-from sanet.config import config_from_dict, load_config, model_kwargs, recipe_path, save_config
+from sanet.config import ModelConfig, config_from_dict, load_config, recipe_path, save_config
+from sanet.models.options import ModelOptions
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -41,15 +44,64 @@ def test_bad_overrides_are_clear_errors(override: str, message: str) -> None:
         load_config(None, [override])
 
 
-def test_model_options_reach_the_models_that_take_them() -> None:
-    sa = ["model.attn_act=sigmoid", "model.attn_combine=residual", "model.head_init=kaiming"]
-    options = model_kwargs(load_config(None, sa).model)
-    assert options == {"attn_act": "sigmoid", "attn_combine": "residual", "head_init": "kaiming"}
-    # one recipe serves every model of `sanet compare`: SA-only options are left out for fcn
-    fcn = model_kwargs(load_config(None, [*sa, "model.name=fcn"]).model)
-    assert fcn == {"head_init": "kaiming"}
-    model = sanet.build_model("fcn", backbone="resnet18d", num_classes=3, **fcn)
-    assert model.config["head_init"] == "kaiming"
+def test_recipe_model_keys_are_the_model_options() -> None:
+    """The recipe's model section offers every head option, with the same default and choices
+    (config.py cannot import the models, so this test keeps the two lists equal)."""
+    hints = typing.get_type_hints(ModelConfig)
+    option_hints = typing.get_type_hints(ModelOptions)
+    for field in dataclasses.fields(ModelOptions):
+        assert getattr(ModelConfig(), field.name) == field.default, field.name
+        assert typing.get_args(hints[field.name]) == typing.get_args(option_hints[field.name])
+
+
+def test_model_options_reach_the_models_that_take_them(tmp_path: Path) -> None:
+    from sanet.training.trainer import Trainer
+
+    sa = [
+        "model.attn_act=sigmoid",
+        "model.attn_combine=residual",
+        "model.head_init=kaiming",
+        "model.upsample=bilinear",
+        "model.gate=sigmoid",
+        "model.fuse_channels=64",
+        "model.dropout=0.3",
+        "model.backbone=resnet10t",
+        "data.options={num_images: 2, size: 32}",
+        "data.base_size=32",
+        "data.crop_size=32",
+        "train.batch_size=2",
+        "data.num_workers=0",
+    ]
+    model = Trainer(load_config(None, sa), tmp_path / "a").model
+    assert model.config == {
+        "num_classes": 7,
+        "backbone": "resnet10t",
+        "output_stride": 8,
+        "gate": "sigmoid",
+        "attn_act": "sigmoid",
+        "upsample": "bilinear",
+        "attn_combine": "residual",
+        "fuse_channels": 64,
+        "dropout": 0.3,
+        "head_init": "kaiming",
+    }
+    head = model.head.heads[0]
+    assert (head.attn_act, head.upsample, head.combine) == ("sigmoid", "bilinear", "residual")
+    assert model.head.mask.in_channels == 64 and model.head.dropout.p == 0.3
+    # one recipe serves every model of `sanet compare`: each keeps the options it has
+    fcn = Trainer(load_config(None, [*sa, "model.name=fcn"]), tmp_path / "b").model
+    assert fcn.config == {
+        "num_classes": 7,
+        "backbone": "resnet10t",
+        "output_stride": 8,
+        "dropout": 0.3,
+        "head_init": "kaiming",
+    }
+    assert fcn.head.block[1].p == 0.3
+    with pytest.raises(
+        ValueError, match="'fcn' has no option 'attn_act'; it takes dropout, head_init"
+    ):
+        sanet.build_model("fcn", backbone="resnet10t", num_classes=3, attn_act="sigmoid")
 
 
 def test_round_trip_through_yaml(tmp_path: Path) -> None:

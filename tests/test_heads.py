@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import sanet
 from conftest import TINY_BACKBONE
 from sanet.models.heads import SANetHead
+from sanet.models.options import ModelOptions
 
 K = 5
 IN_CHANNELS = [8, 12, 16, 20]  # distinct C_i/4 (2, 3, 4, 5): a wrong concat order shows
@@ -61,7 +62,7 @@ def head_by_hand(head: SANetHead, feats: list[torch.Tensor]) -> dict[str, np.nda
 @pytest.mark.parametrize("gate", ["logsigmoid", "sigmoid"])
 def test_head_matches_the_hand_written_forward(gate: str) -> None:
     torch.manual_seed(0)
-    head = SANetHead(IN_CHANNELS, K, fuse_channels=24, dropout=0.5, gate=gate)
+    head = SANetHead(IN_CHANNELS, K, options=ModelOptions(fuse_channels=24, dropout=0.5, gate=gate))
     _randomise_bn(head)
     head.eval()
     feats = [torch.randn(2, c, *s) for c, s in zip(IN_CHANNELS, SIZES, strict=True)]
@@ -105,3 +106,30 @@ def test_model_upsamples_the_heads_logits_to_the_input() -> None:
     torch.testing.assert_close(out["mask"], up(head["mask"]))
     torch.testing.assert_close(out["cat"], head["cat"])
     assert not torch.allclose(out["mask"], out["out"])  # M and D are different tensors
+
+
+@pytest.mark.parametrize("size", [(5, 7), (9, 13)])
+def test_fcn_head_matches_a_forward_by_hand(size: tuple[int, int]) -> None:
+    """The baseline `sanet compare` measures SANet against (Fig. 5; torchvision's FCNHead):
+    3×3 conv (no bias) → BN → ReLU to C_4/4 channels, dropout (off in eval), 1×1 conv to K."""
+    from sanet.models.heads import FCNHead
+
+    head = FCNHead(IN_CHANNELS, K, options=ModelOptions(dropout=0.5)).eval()
+    _randomise_bn(head)
+    feats = [torch.randn(2, c, *s) for c, s in zip(IN_CHANNELS, [*SIZES[:3], size], strict=True)]
+    (conv, bn, _), classifier = head.block[0], head.block[2]
+    assert conv.weight.shape == (IN_CHANNELS[-1] // 4, IN_CHANNELS[-1], 3, 3) and conv.bias is None
+    with torch.no_grad():
+        hidden = _bn_eval(F.conv2d(feats[-1], conv.weight, padding=1), bn).clamp(min=0)
+    want = (
+        np.einsum(
+            "nchw,kc->nkhw",
+            hidden.double().numpy(),
+            classifier.weight[:, :, 0, 0].double().detach().numpy(),
+        )
+        + classifier.bias.double().detach().numpy()[:, None, None]
+    )
+    with torch.no_grad():
+        got = head(feats)["dense"]
+    assert got.shape == (2, K, *size)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)

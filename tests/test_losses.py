@@ -12,7 +12,7 @@ import torch
 import sanet
 from conftest import TINY_BACKBONE
 from sanet import SANetLoss
-from sanet.losses import class_presence
+from sanet.losses import check_labels, class_presence
 
 
 def _ce_by_hand(logits: torch.Tensor, target: torch.Tensor) -> float:
@@ -56,6 +56,10 @@ def test_terms_match_hand_computation() -> None:
     assert terms["cat"].item() == pytest.approx(bce, rel=1e-5)
     expected = terms["mask"] + 0.2 * terms["cat"] + 0.8 * terms["dense"]
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # the defaults are the paper's best weights (Fig. 4: α = 0.2, β = 0.8), all by hand
+    default = SANetLoss()(out, target)["loss"].item()
+    mask, dense = _ce_by_hand(out["mask"], target), _ce_by_hand(out["out"], target)
+    assert default == pytest.approx(mask + 0.2 * bce + 0.8 * dense, rel=1e-5)
 
 
 def test_all_ignore_crop_contributes_zero() -> None:
@@ -101,7 +105,9 @@ def test_class_presence_and_bad_labels() -> None:
     target = torch.tensor([[[0, 0], [3, 255]], [[255, 255], [255, 255]]])
     assert class_presence(target, 4).tolist() == [[1, 0, 0, 1], [0, 0, 0, 0]]
     with pytest.raises(ValueError, match=r"Label 7 is outside 0\.\.3"):
-        class_presence(torch.tensor([[[7]]]), 4)
+        SANetLoss()({"out": torch.randn(1, 4, 1, 1)}, torch.tensor([[[7]]]))
+    with pytest.raises(ValueError, match=r"Label -1 is outside 0\.\.3"):
+        check_labels(torch.tensor([[[0, -1]]]), 4)
     with pytest.raises(ValueError, match="differ in size"):
         SANetLoss()({"out": torch.randn(1, 3, 4, 4)}, torch.zeros(1, 5, 5, dtype=torch.long))
 

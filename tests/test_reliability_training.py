@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sanet.cli import main
 from sanet.config import Config, load_config, resume_conflicts
@@ -124,6 +125,61 @@ def test_r11_the_guard_makes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> No
     assert syncs == [] and getattr(opt, "_step_supports_amp_scaling", False)
 
 
+class HostSyncs(TorchDispatchMode):
+    """Records the ATen ops that make a CUDA device wait for the host: reading a value
+    (``item``), and everything whose output size depends on values (``nonzero``, boolean-mask
+    indexing, ``masked_select``, ``unique``). On the CPU they cost nothing, so this is how a CPU
+    test sees the syncs a GPU run would make."""
+
+    VALUE_OPS = ("_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "_unique")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__
+        flat = [a for x in args for a in (x if isinstance(x, (list, tuple)) else [x])]
+        bool_index = name.startswith(("index.", "index_put")) and any(
+            isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in flat[1:]
+        )
+        if name.startswith(self.VALUE_OPS) or bool_index:
+            self.syncs.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _real_step(criterion: nn.Module) -> list[str]:
+    """One train step of a tiny SANet with ``criterion``, recording host syncs."""
+    import sanet
+
+    torch.manual_seed(0)
+    model = sanet.build_model("sanet", backbone="resnet10t", num_classes=3).train()
+    opt = engine.make_sgd(engine.param_groups(model, 0.01, 10, 1e-4), lr=0.01, momentum=0.9)
+    target = torch.randint(0, 3, (2, 33, 47))
+    target[0, :5] = 255  # ignored pixels
+    target[1] = 255  # a crop with nothing labelled
+    with HostSyncs() as mode:
+        result = engine.train_step(
+            model, criterion, [(torch.randn(2, 3, 33, 47), target)], opt, None
+        )
+    assert bool(result.finite)
+    return mode.syncs
+
+
+def test_a_real_sanet_step_with_the_real_loss_makes_no_host_sync() -> None:
+    """Issue 17: the trainer's SANetLoss (labels checked by the datasets) makes no host sync in
+    a whole step of a real SANet; with its label check on, the detector sees the one it makes."""
+    from sanet import SANetLoss
+
+    assert _real_step(SANetLoss(check_labels=False)) == []
+    assert _real_step(SANetLoss()) != []  # the label check reads a value: the detector works
+
+
+def test_the_trainer_uses_the_loss_without_host_syncs(tmp_path: Path) -> None:
+    trainer = Trainer(load_config(None, TINY), tmp_path / "run")
+    assert trainer.criterion.check_labels is False
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_guard_makes_no_host_sync_on_cuda() -> None:
@@ -141,6 +197,30 @@ def test_the_guard_makes_no_host_sync_on_cuda() -> None:
         torch.cuda.set_sync_debug_mode("default")
     assert not result.finite.item()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_real_sanet_step_makes_no_host_sync_on_cuda() -> None:
+    """The CPU test above, confirmed by torch's CUDA sync debug mode (raises on a sync)."""
+    import sanet
+
+    device = torch.device("cuda")
+    model = sanet.build_model("sanet", backbone="resnet10t", num_classes=3).to(device).train()
+    opt = engine.make_sgd(engine.param_groups(model, 0.01, 10, 1e-4), lr=0.01, momentum=0.9)
+    x = torch.randn(2, 3, 33, 47, device=device)
+    target = torch.randint(0, 3, (2, 33, 47), device=device)
+    target[1] = 255
+    engine.train_step(model, sanet.SANetLoss(check_labels=False), [(x, target)], opt, None)
+    torch.cuda.synchronize()  # warm-up done (cuDNN autotuning may sync once)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = engine.train_step(
+            model, sanet.SANetLoss(check_labels=False), [(x, target)], opt, None
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.finite.item()
 
 
 # ---------------------------------------------------------------------- r08: resume policy

@@ -10,13 +10,34 @@ from sanet.models import SqueezeAttention, SqueezeExcitation
 from sanet.models.sa import HalfAvgPool
 
 
-def _conv_bn_relu_ref(x: torch.Tensor, seq: torch.nn.Sequential) -> torch.Tensor:
+def _conv_bn_ref(x: torch.Tensor, seq: torch.nn.Sequential) -> torch.Tensor:
     conv, bn = seq[0], seq[1]
     y = F.conv2d(x, conv.weight, padding=1)
     # eval-mode BN by hand: (y − μ) / sqrt(σ² + ε) · γ + β
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    y = (y - bn.running_mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None]
-    return y.clamp(min=0)
+    return (y - bn.running_mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None]
+
+
+def _conv_bn_relu_ref(x: torch.Tensor, seq: torch.nn.Sequential) -> torch.Tensor:
+    return _conv_bn_ref(x, seq).clamp(min=0)
+
+
+def _bilinear_ref(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Bilinear resizing by hand with half-pixel centres (``align_corners=False``): output
+    pixel i samples input position (i + 0.5)·in/out − 0.5, clamped at 0, between its two
+    neighbours (the last one repeated at the border)."""
+
+    def taps(out_size: int, in_size: int) -> tuple[list[int], list[int], torch.Tensor]:
+        pos = [max(0.0, (i + 0.5) * in_size / out_size - 0.5) for i in range(out_size)]
+        lo = [min(int(p), in_size - 1) for p in pos]
+        hi = [min(i + 1, in_size - 1) for i in lo]
+        frac = torch.tensor([p - i for p, i in zip(pos, lo, strict=True)], dtype=x.dtype)
+        return lo, hi, frac
+
+    r0, r1, fy = taps(h, x.shape[-2])
+    c0, c1, fx = taps(w, x.shape[-1])
+    rows = x[..., r0, :] * (1 - fy)[:, None] + x[..., r1, :] * fy[:, None]
+    return rows[..., c0] * (1 - fx) + rows[..., c1] * fx
 
 
 def _ceil_pool_reference(x: torch.Tensor) -> torch.Tensor:
@@ -32,15 +53,21 @@ def _ceil_pool_reference(x: torch.Tensor) -> torch.Tensor:
 
 
 def _sa_reference(sa: SqueezeAttention, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 3–4 by hand: σ is the last ReLU of F_attn, or a sigmoid *in its place*; Up is
+    nearest (index arithmetic) or bilinear (half-pixel centres) to X_res's exact size."""
     h, w = x.shape[-2:]
     main = _conv_bn_relu_ref(_conv_bn_relu_ref(x, sa.main[0]), sa.main[1])
     pooled = _ceil_pool_reference(x)
     hp, wp = pooled.shape[-2:]
-    attn = _conv_bn_relu_ref(_conv_bn_relu_ref(pooled, sa.attn[0]), sa.attn[1])
-    # nearest upsampling to (h, w): output row i reads input row floor(i · hp / h)
-    rows = torch.div(torch.arange(h) * hp, h, rounding_mode="floor")
-    cols = torch.div(torch.arange(w) * wp, w, rounding_mode="floor")
-    attn = attn[..., rows, :][..., cols]
+    hidden = _conv_bn_relu_ref(pooled, sa.attn[0])
+    last = _conv_bn_ref(hidden, sa.attn[1])
+    attn = torch.sigmoid(last) if sa.attn_act == "sigmoid" else last.clamp(min=0)
+    if sa.upsample == "bilinear":
+        attn = _bilinear_ref(attn, h, w)
+    else:  # nearest: output row i reads input row floor(i · hp / h)
+        rows = torch.div(torch.arange(h) * hp, h, rounding_mode="floor")
+        cols = torch.div(torch.arange(w) * wp, w, rounding_mode="floor")
+        attn = attn[..., rows, :][..., cols]
     return attn * main + attn
 
 
@@ -65,12 +92,27 @@ def test_sa_matches_hand_built_reference(size: tuple[int, int]) -> None:
     torch.testing.assert_close(sa(x), out)
 
 
+@pytest.mark.parametrize(
+    ("attn_act", "upsample"),
+    [("sigmoid", "nearest"), ("relu", "bilinear"), ("sigmoid", "bilinear")],
+)
+@pytest.mark.parametrize("size", [(33, 31), (45, 45)])
+def test_sa_options_match_the_hand_built_reference(attn_act, upsample, size) -> None:
+    """The demo's SA (sigmoid attention, issue 13) and bilinear Up, value by value."""
+    sa = SqueezeAttention(6, 4, attn_act=attn_act, upsample=upsample).eval()
+    _randomise_bn(sa)
+    x = torch.randn(2, 6, *size)
+    out, attn, _ = sa(x, return_parts=True)
+    torch.testing.assert_close(out, _sa_reference(sa, x), rtol=1e-4, atol=1e-5)
+    if attn_act == "sigmoid":  # a gate in (0, 1) that goes below 1/2: no ReLU before σ
+        assert attn.min() > 0 and attn.max() < 1 and attn.min() < 0.5
+
+
 def test_sa_options() -> None:
     x = torch.randn(1, 4, 33, 31)
     sig = SqueezeAttention(4, 8, attn_act="sigmoid", upsample="bilinear").eval()
     out, attn, main = sig(x, return_parts=True)
     assert out.shape == (1, 8, 33, 31)
-    assert attn.min() > 0 and attn.max() < 1  # a sigmoid gate
     torch.testing.assert_close(out, attn * main + attn)
     with pytest.raises(ValueError, match="attn_act"):
         SqueezeAttention(4, 8, attn_act="tanh")  # type: ignore[arg-type]
@@ -124,8 +166,14 @@ def test_half_pool_is_ceil_mode_average_pooling(size: tuple[int, int]) -> None:
         assert ours[0, 0, 4, 0] == grad_out[0, 0, 2, 0] / 2  # a 1×2 window: half each
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("size", [(5, 5), (63, 63), (65, 97)])
+@pytest.mark.parametrize(
+    "size",
+    [
+        (5, 5),
+        pytest.param((63, 63), marks=pytest.mark.slow),
+        pytest.param((65, 97), marks=pytest.mark.slow),
+    ],
+)
 def test_compiled_sa_matches_eager_at_odd_sizes(size: tuple[int, int]) -> None:
     # The inductor backward of avg_pool2d(ceil_mode=True) is wrong at odd sizes (issue 11);
     # SA's pooling must give compiled forward and gradients equal to eager ones.

@@ -27,27 +27,15 @@ class ModelConfig:
     pretrained_backbone: bool | str = False  # True: timm download; str: a local weights file
     num_classes: int = 0  # 0: take it from the dataset
     init_from: str = ""  # initialise all weights from a run dir / .pt / save_pretrained folder
-    # SA options (sanet only; docs/paper-fidelity.md): σ of the attention branch, and how
-    # X_attn meets X_res ("eq4": X_attn ⊙ X_res + X_attn; "residual": (1 + X_attn) ⊙ X_res).
-    attn_act: Literal["relu", "sigmoid"] = "relu"
-    attn_combine: Literal["eq4", "residual"] = "eq4"
-    head_init: Literal["default", "kaiming"] = "default"  # head layers (all models)
-
-
-#: ModelConfig keys that are constructor options, and the models that take each one.
-MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "attn_act": ("sanet",),
-    "attn_combine": ("sanet",),
-    "head_init": ("sanet", "sanet_se", "fcn"),
-}
-
-
-def model_kwargs(m: ModelConfig) -> dict[str, Any]:
-    """The ``build_model`` keyword arguments of ``m``: the options that model ``m.name`` takes.
-
-    SA-only options are left out for ``fcn``/``sanet_se``, so one recipe serves every model
-    (``sanet compare``)."""
-    return {key: getattr(m, key) for key, names in MODEL_OPTIONS.items() if m.name in names}
+    # Head options: the fields of sanet.models.ModelOptions, same names and defaults (a test
+    # keeps them equal); each model uses its own (docs/paper-fidelity.md gives the reasons).
+    gate: Literal["logsigmoid", "sigmoid"] = "logsigmoid"  # D = M + log σ(c) | M ⊙ σ(c)
+    attn_act: Literal["relu", "sigmoid"] = "relu"  # σ of the SA attention branch (Eq. 3)
+    upsample: Literal["nearest", "bilinear"] = "nearest"  # Up of Eq. 3
+    attn_combine: Literal["eq4", "residual"] = "eq4"  # X_attn ⊙ X_res + X_attn | (1+X_attn) ⊙ X_res
+    fuse_channels: int = 512  # channels of the fused feature F (Fig. 3)
+    dropout: float = 0.1
+    head_init: Literal["default", "kaiming"] = "default"
 
 
 @dataclass
@@ -189,11 +177,13 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 # crash after the first step, batch_size=0 inside torch).
 MINIMUM: dict[str, float] = {
     "model.num_classes": 0,  # 0: the dataset's
+    "model.fuse_channels": 1,
+    "model.dropout": 0,
     "loss.alpha": 0,
     "loss.beta": 0,
     "data.base_size": 0,
-    "data.crop_size": 32,
-    "data.num_workers": 0,  # the models need ≥ 32 px
+    "data.crop_size": 32,  # the models need ≥ 32 px
+    "data.num_workers": 0,
     "train.epochs": 1,
     "train.batch_size": 1,
     "train.lr": 0,
@@ -221,6 +211,8 @@ def check_ranges(cfg: Config, source: str = "config") -> None:
         if value < low or (key in _POSITIVE and value == low):
             bound = f"> {low}" if key in _POSITIVE else f"≥ {low}"
             raise ValueError(f"{source}: {key} must be {bound}, got {value!r}.")
+    if cfg.model.dropout >= 1:
+        raise ValueError(f"{source}: model.dropout must be < 1, got {cfg.model.dropout!r}.")
     scale_range = cfg.data.scale_range
     if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
         raise ValueError(

@@ -11,6 +11,7 @@ Pure functions of one file each; the converter jobs that walk whole downloads ar
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from sanet._errors import DataError
+from sanet._files import atomic_save_bytes
 
 
 def _ints(text: str) -> list[int]:
@@ -101,8 +103,16 @@ def convert_context_mat(path: str | os.PathLike, lut: np.ndarray) -> np.ndarray:
 
 
 def save_index_png(arr: np.ndarray, path: Path, palette: list[tuple[int, int, int]]) -> None:
-    """An 8-bit palette PNG: indices for the loaders, colours for people."""
+    """An 8-bit palette PNG (indices for the loaders, colours for people), written atomically:
+    a converter killed mid-way leaves whole masks or none."""
     im = Image.fromarray(arr.astype(np.uint8))
     flat = [c for rgb in palette for c in rgb]
     im.putpalette(flat + [0, 0, 0] * (256 - len(palette)))
-    im.save(path)
+    save_image(im, path)
+
+
+def save_image(image: Image.Image, path: Path) -> None:
+    """Write ``image`` atomically in the format its suffix names (``.png``, ``.jpg``)."""
+    buf = io.BytesIO()
+    image.save(buf, format=Image.registered_extensions()[path.suffix.lower()])
+    atomic_save_bytes(path, buf.getvalue())

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
+from sanet._files import atomic_write_text
 from sanet.data.classes import CONTEXT59_CLASSES, VOC_CLASSES, voc_palette
 from sanet.data.formats import (
     CONTEXT59_IDS,
@@ -31,6 +32,7 @@ from sanet.data.formats import (
     convert_context_mat,
     read_context59_list,
     read_sbd_mat,
+    save_image,
     save_index_png,
 )
 from sanet.data.io import load_mask
@@ -132,7 +134,7 @@ def find_dir(base: Path, candidates: Sequence[str], marker: str, what: str) -> P
 def _write_list(path: Path, stems: Iterable[str]) -> int:
     stems = list(stems)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{s}\n" for s in stems))
+    atomic_write_text(path, "".join(f"{s}\n" for s in stems))  # never a short list that loads
     return len(stems)
 
 
@@ -320,13 +322,13 @@ def prepare_synthetic(
             "or delete that folder first; nothing was written."
         )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "classes.txt").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "classes.txt", "\n".join(lines) + "\n")
     for split, n in (("train", num_train), ("val", num_val)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "masks" / split).mkdir(parents=True, exist_ok=True)
         for i in track(range(n), n, f"synthetic {split}"):
             image, mask = gen.make(size, scene_rng(seed, split, i))
-            Image.fromarray(image).save(out / "images" / split / f"{i:06d}.{image_format}")
+            save_image(Image.fromarray(image), out / "images" / split / f"{i:06d}.{image_format}")
             save_index_png(mask, out / "masks" / split / f"{i:06d}.png", gen.palette)
     return {
         "root": str(out),

@@ -153,7 +153,11 @@ class RandomCrop:
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
         h, w = image.shape[-2:]
-        assert h >= self.size and w >= self.size, "pad before cropping"
+        if h < self.size or w < self.size:
+            raise ValueError(
+                f"RandomCrop({self.size}) got a {h}×{w} image: pad it to at least "
+                f"{self.size}×{self.size} first (PadToSize({self.size}), as train_transforms does)."
+            )
         top = int(torch.randint(0, h - self.size + 1, ()))
         left = int(torch.randint(0, w - self.size + 1, ()))
         return (
@@ -165,8 +169,20 @@ class RandomCrop:
         return f"RandomCrop({self.size})"
 
 
+def normalize_image(
+    image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """uint8 → float32 ``(x / 255 − mean) / std``: the one normalisation that training,
+    validation, evaluation and prediction share (bit for bit).
+
+    Shape: ``(…, 3, H, W)`` uint8 → the same shape, float32, on the input's device.
+    """
+    image = F.to_dtype(image, torch.float32, scale=True)
+    return F.normalize(image, list(mean), list(std)).as_subclass(torch.Tensor)
+
+
 class Normalize:
-    """uint8 image -> float (x/255 - mean) / std; mask -> plain int64 tensor."""
+    """uint8 image -> float (x/255 - mean) / std (:func:`normalize_image`); mask -> int64."""
 
     def __init__(
         self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
@@ -174,9 +190,7 @@ class Normalize:
         self.mean, self.std = list(mean), list(std)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
-        image = F.to_dtype(image, torch.float32, scale=True)
-        image = F.normalize(image, self.mean, self.std)
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+        return normalize_image(image, self.mean, self.std), mask.as_subclass(torch.Tensor).long()
 
     def __repr__(self) -> str:
         return "Normalize(ImageNet)" if self.mean == list(IMAGENET_MEAN) else "Normalize()"

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sanet.conventions import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import load_image
+from sanet.data.transforms import normalize_image
 from sanet.devices import resolve_device
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask, predict_proba
@@ -70,12 +71,9 @@ def image_to_tensor(image: Any) -> torch.Tensor:
 
 
 def normalize(image: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(3, H, W)`` uint8 → ImageNet-normalised float32 on ``device`` (what the models expect)."""
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    x = image.to(device, non_blocking=True).float().div_(255)
-    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype)[:, None, None]
-    s = torch.as_tensor(std, device=x.device, dtype=x.dtype)[:, None, None]
-    return (x - m) / s
+    """``(…, 3, H, W)`` uint8 → ImageNet-normalised float32 on ``device`` (what the models
+    expect; the same function as training's ``Normalize``)."""
+    return normalize_image(image.to(device, non_blocking=True))
 
 
 class Predictor:
@@ -149,27 +147,35 @@ class Predictor:
 
 def evaluate(
     model: nn.Module,
-    dataset: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    pairs: Iterable[tuple[Any, Any]],
     num_classes: int,
     protocol: EvalProtocol | None = None,
     device: str | torch.device = "cpu",
-    ignore_index: int = IGNORE_INDEX,
     on_image: Callable[[int, np.ndarray], None] | None = None,
 ) -> ConfusionMatrix:
-    """Accumulate a :class:`~sanet.metrics.ConfusionMatrix` over ``(image uint8, mask)`` pairs.
+    """Accumulate a :class:`~sanet.metrics.ConfusionMatrix` over ``(image, mask)`` pairs: the
+    one evaluation loop (``sanet eval``, validation during training, DDP shards).
 
-    Images are predicted at their full original size under ``protocol``; ``on_image(i, pred)``
-    is called after each one (progress bars, saving predictions).
+    ``image`` is anything :func:`image_to_tensor` reads (uint8 ``(3, H, W)``, a path, a PIL
+    image, an array) with an ``(H, W)`` mask, or a uint8 batch ``(N, 3, H, W)`` (a DataLoader's)
+    with ``(N, H, W)`` masks. Images are normalised here and predicted at their full original
+    size under ``protocol``; ``on_image(i, pred)`` is called after each image (progress bars,
+    saving predictions; it costs a host copy of the prediction).
 
     Returns:
         the ``ConfusionMatrix`` (call ``compute()``; under DDP ``all_reduce()`` first).
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
-    for i, (image, mask) in enumerate(dataset):
-        pred = predict_mask(model, normalize(image_to_tensor(image), device), protocol)
-        cm.update(pred[None], torch.as_tensor(mask)[None].to(device))
-        if on_image is not None:
-            on_image(i, pred.cpu().numpy())
+    cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
+    done = 0
+    for image, mask in pairs:
+        batched = isinstance(image, torch.Tensor) and image.ndim == 4
+        images = image if batched else image_to_tensor(image)[None]
+        masks = torch.as_tensor(mask)
+        pred = predict_mask(model, normalize(images, device), protocol)  # (N, H, W)
+        cm.update(pred, (masks if batched else masks[None]).to(device, non_blocking=True))
+        for p in pred if on_image is not None else ():
+            on_image(done, p.cpu().numpy())
+            done += 1
     return cm

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sanet.models.resize import interpolation_taps
+
 logger = logging.getLogger(__name__)
 
 #: The paper's multi-scale evaluation (Sec. 4; PyTorch-Encoding's MultiEvalModule).
@@ -214,19 +216,6 @@ def scale_probs(
     return [a / c for a, c in zip(acc, count, strict=True)]  # overlaps averaged
 
 
-def _linear_taps(out_size: int, in_size: int, start: int, stop: int, device: torch.device):
-    """Source indices and weights of bilinear resizing (``align_corners=False``, as
-    ``F.interpolate``) for output positions ``start..stop-1``."""
-    pos = (torch.arange(start, stop, device=device, dtype=torch.float64) + 0.5) * (
-        in_size / out_size
-    ) - 0.5
-    pos = pos.clamp(min=0)
-    i0 = pos.floor().long().clamp(max=in_size - 1)
-    i1 = (i0 + 1).clamp(max=in_size - 1)
-    frac = (pos - i0).float()
-    return i0, i1, frac
-
-
 def _resize_band(p: torch.Tensor, out_hw: tuple[int, int], y0: int, y1: int) -> torch.Tensor:
     """Rows ``y0..y1-1`` of ``F.interpolate(p, out_hw, bilinear)`` without the full output.
 
@@ -235,7 +224,7 @@ def _resize_band(p: torch.Tensor, out_hw: tuple[int, int], y0: int, y1: int) -> 
     (H, W), (h, w) = out_hw, p.shape[-2:]
     if (h, w) == (H, W):
         return p[:, y0:y1]
-    r0, r1, fy = _linear_taps(H, h, y0, y1, p.device)
+    r0, r1, fy = (t[y0:y1] for t in interpolation_taps(H, h, p.device))  # F.interpolate's taps
     rows = p[:, r0] * (1 - fy)[None, :, None] + p[:, r1] * fy[None, :, None]  # (K, b, w)
     # Columns: bilinear b→b rows is the identity, so this resizes the width only, exactly as
     # the full-size F.interpolate would (and much faster than a gather).

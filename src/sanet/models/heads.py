@@ -6,25 +6,13 @@ model upsamples them to the input size.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sanet.models.options import Block, HeadInit, ModelOptions
 from sanet.models.resize import resize_bilinear
-from sanet.models.sa import (
-    AttnAct,
-    Combine,
-    SqueezeAttention,
-    SqueezeExcitation,
-    UpMode,
-    conv_bn_relu,
-)
-
-Gate = Literal["logsigmoid", "sigmoid"]
-Block = Literal["sa", "se"]
-HeadInit = Literal["default", "kaiming"]
+from sanet.models.sa import SqueezeAttention, SqueezeExcitation, conv_bn_relu
 
 
 def init_head(head: nn.Module, classifiers: list[nn.Module], scheme: HeadInit) -> None:
@@ -59,12 +47,10 @@ class SANetHead(nn.Module):
         in_channels: channels of the four backbone stages.
         num_classes: K.
         block: ``"sa"`` (SANet) or ``"se"`` (the SE ablation of Table 3).
-        fuse_channels: channels of the fused feature F (512).
-        dropout: dropout on F (0.1).
-        gate: how the image-level class presence gates the mask: ``"logsigmoid"``
-            (``D = M + logsigmoid(c)``, default) or ``"sigmoid"`` (``D = M ⊙ sigmoid(c)``).
-        attn_act, upsample, combine: forwarded to :class:`SqueezeAttention`.
-        init: :func:`init_head` scheme.
+        options: ``fuse_channels`` (F's channels), ``dropout`` (on F), ``gate`` (how the
+            image-level class presence gates the mask: ``D = M + log σ(c)`` or ``M ⊙ σ(c)``),
+            ``head_init`` (:func:`init_head`) and, for SA blocks, ``attn_act``, ``upsample``
+            and ``attn_combine`` (:class:`SqueezeAttention`'s ``combine``).
 
     Shape:
         - feats: four tensors ``(N, C_i, H_i, W_i)``; the last has the smallest size ``(h, w)``.
@@ -75,31 +61,30 @@ class SANetHead(nn.Module):
         self,
         in_channels: list[int],
         num_classes: int,
+        *,
         block: Block = "sa",
-        fuse_channels: int = 512,
-        dropout: float = 0.1,
-        gate: Gate = "logsigmoid",
-        attn_act: AttnAct = "relu",
-        upsample: UpMode = "nearest",
-        combine: Combine = "eq4",
-        init: HeadInit = "default",
+        options: ModelOptions | None = None,
     ) -> None:
         super().__init__()
-        if gate not in ("logsigmoid", "sigmoid"):
-            raise ValueError(f"gate must be 'logsigmoid' or 'sigmoid', got {gate!r}")
+        o = options or ModelOptions()
         if block == "sa":
-            blocks = [SqueezeAttention(c, c // 4, attn_act, upsample, combine) for c in in_channels]
+            blocks = [
+                SqueezeAttention(
+                    c, c // 4, attn_act=o.attn_act, upsample=o.upsample, combine=o.attn_combine
+                )
+                for c in in_channels
+            ]
         elif block == "se":
             blocks = [SqueezeExcitation(c, c // 4) for c in in_channels]
         else:
             raise ValueError(f"block must be 'sa' or 'se', got {block!r}")
-        self.gate = gate
+        self.gate = o.gate
         self.heads = nn.ModuleList(blocks)  # one SA(C_i → C_i/4) per stage
-        self.fuse = conv_bn_relu(sum(c // 4 for c in in_channels), fuse_channels)
-        self.dropout = nn.Dropout2d(dropout)
-        self.mask = nn.Conv2d(fuse_channels, num_classes, 1)  # "each channel is one class's mask"
-        self.cat = nn.Linear(fuse_channels, num_classes)  # image-level class presence
-        init_head(self, [self.mask, self.cat], init)
+        self.fuse = conv_bn_relu(sum(c // 4 for c in in_channels), o.fuse_channels)
+        self.dropout = nn.Dropout2d(o.dropout)
+        self.mask = nn.Conv2d(o.fuse_channels, num_classes, 1)  # "each channel is one class's mask"
+        self.cat = nn.Linear(o.fuse_channels, num_classes)  # image-level class presence
+        init_head(self, [self.mask, self.cat], o.head_init)
 
     def fused(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """The fused feature F before dropout: ``(N, fuse_channels, h, w)``."""
@@ -127,26 +112,25 @@ class SANetHead(nn.Module):
 class FCNHead(nn.Module):
     """The dilated-FCN baseline head on the last stage (Fig. 5; torchvision's ``FCNHead``).
 
+    ``options``: ``dropout`` and ``head_init``; the others belong to SANet's head.
+
     Shape:
         - feats: four tensors; only the last ``(N, C_4, h, w)`` is used.
         - output: ``{"dense": (N, K, h, w)}``.
     """
 
     def __init__(
-        self,
-        in_channels: list[int],
-        num_classes: int,
-        dropout: float = 0.1,
-        init: HeadInit = "default",
+        self, in_channels: list[int], num_classes: int, *, options: ModelOptions | None = None
     ) -> None:
         super().__init__()
+        o = options or ModelOptions()
         inter = in_channels[-1] // 4
         self.block = nn.Sequential(
-            conv_bn_relu(in_channels[-1], inter),
-            nn.Dropout2d(dropout),
+            conv_bn_relu(in_channels[-1], inter),  # 3×3 conv-BN-ReLU, C_4 → C_4/4
+            nn.Dropout2d(o.dropout),
             nn.Conv2d(inter, num_classes, 1),
         )
-        init_head(self, [self.block[-1]], init)
+        init_head(self, [self.block[-1]], o.head_init)
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"dense": self.block(feats[-1])}

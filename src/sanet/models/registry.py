@@ -1,6 +1,7 @@
 """Building a model by name and loading a trained one from wherever it was saved (SPEC §4).
 
-``build_model`` dispatches to one typed builder per model; ``load_model`` accepts the three
+``build_model`` builds any row of ``MODEL_KINDS`` (``segmentation.py``), with typed shortcuts
+``sanet``, ``sanet_se`` and ``fcn``; ``load_model`` accepts the three
 places a trained model lives: a ``save_pretrained`` folder, a run directory, a ``.pt`` training
 checkpoint.
 """
@@ -12,37 +13,16 @@ from typing import Any
 
 from sanet._errors import DamagedFileError, suggest
 from sanet._files import safe_torch_load
+from sanet.models.options import ModelOptions
 from sanet.models.segmentation import (
     CONFIG_NAME,
     FCN,
+    MODEL_KINDS,
     SANet,
     SegmentationModel,
     read_pretrained_config,
 )
 from sanet.rundir import RunDir
-
-
-def sanet(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> SANet:
-    """SANet with Squeeze-and-Attention heads (Fig. 3)."""
-    return SANet(num_classes, backbone, block="sa", **kwargs)
-
-
-def sanet_se(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> SANet:
-    """SANet with SE blocks in place of SA: the Table 3 ablation."""
-    return SANet(num_classes, backbone, block="se", **kwargs)
-
-
-def fcn(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> FCN:
-    """Dilated FCN baseline on the same backbone (Fig. 5)."""
-    return FCN(num_classes, backbone, **kwargs)
-
-
-_BUILDERS = {"sanet": sanet, "sanet_se": sanet_se, "fcn": fcn}
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`build_model`."""
-    return sorted(_BUILDERS)
 
 
 def build_model(
@@ -51,27 +31,56 @@ def build_model(
     num_classes: int = 21,
     output_stride: int = 8,
     pretrained_backbone: bool | str | Path = False,
-    **kwargs: Any,
+    *,
+    options: ModelOptions | None = None,
+    **option_values: Any,
 ) -> SegmentationModel:
-    """Build a model by name: ``"sanet"``, ``"sanet_se"`` or ``"fcn"``.
+    """Build a model by name: ``"sanet"``, ``"sanet_se"`` or ``"fcn"`` (:data:`MODEL_KINDS`).
 
     Args:
         backbone: any timm CNN with ``features_only``/``output_stride``; presets
             ``resnet50s``, ``resnet101s``, ``tf_efficientnet_b7``.
         pretrained_backbone: ``False``, ``True`` (timm download) or a local weights file.
-        kwargs: model options (``gate``, ``attn_act``, ``upsample``, ``dropout`` ...).
+        options: a whole :class:`ModelOptions` (a recipe's; each model uses its own fields).
+        option_values: single options instead (``gate=``, ``attn_act=``, ``upsample=``,
+            ``dropout=`` ...); an option the model does not have is refused.
     """
-    if name not in _BUILDERS:
+    if name not in MODEL_KINDS:
         raise ValueError(
-            f"Unknown model {name!r}; choose one of {list_models()}.{suggest(name, _BUILDERS)}"
+            f"Unknown model {name!r}; choose one of {list_models()}.{suggest(name, MODEL_KINDS)}"
         )
-    return _BUILDERS[name](
+    kind = MODEL_KINDS[name]
+    if option_values:
+        if options is not None:
+            raise ValueError("Pass either options=ModelOptions(...) or single options, not both.")
+        options = ModelOptions.from_mapping(option_values, kind.options, name)
+    return kind.build(
         num_classes,
         backbone,
         output_stride=output_stride,
         pretrained_backbone=pretrained_backbone,
-        **kwargs,
+        options=options,
     )
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`build_model`."""
+    return sorted(MODEL_KINDS)
+
+
+def sanet(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> SANet:
+    """SANet with Squeeze-and-Attention heads (Fig. 3)."""
+    return build_model("sanet", backbone, num_classes, **kwargs)  # type: ignore[return-value]
+
+
+def sanet_se(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> SANet:
+    """SANet with SE blocks in place of SA: the Table 3 ablation."""
+    return build_model("sanet_se", backbone, num_classes, **kwargs)  # type: ignore[return-value]
+
+
+def fcn(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> FCN:
+    """Dilated FCN baseline on the same backbone (Fig. 5)."""
+    return build_model("fcn", backbone, num_classes, **kwargs)  # type: ignore[return-value]
 
 
 def load_model(

@@ -61,20 +61,18 @@ def bilinear_method(device_type: str, grad: bool) -> str:
     return _PREFERRED.get((device_type, grad), "interpolate")
 
 
-def interpolation_matrix(
-    out_size: int,
-    in_size: int,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """The ``(out_size, in_size)`` matrix of 1-D linear resizing with ``align_corners=False``.
+def interpolation_taps(
+    out_size: int, in_size: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two taps of 1-D linear resizing with ``align_corners=False``, as PyTorch computes them.
 
-    Row ``i`` holds the two taps of output ``i`` at source position
+    Output ``i`` is ``(1 − frac[i]) · x[i0[i]] + frac[i] · x[i1[i]]``, at source position
     ``max(0, (i + 0.5) · s − 0.5)`` with ``s = in/out`` in float32, rounded once to float32 as
-    PyTorch's kernels compute it (a fused multiply-add), so that ``A @ x`` uses the very weights
-    ``F.interpolate`` uses along that axis.
+    PyTorch's kernels compute it (a fused multiply-add): the very weights ``F.interpolate``
+    uses along that axis. :func:`interpolation_matrix` and the protocol's banded resize both
+    take their weights from here.
 
-    Shape: ``(out_size, in_size)``; every row sums to 1.
+    Shape: three ``(out_size,)`` tensors: ``i0``, ``i1`` (int64) and ``frac`` (float32).
     """
     where = "cpu" if torch.device(device or "cpu").type == "mps" else device  # mps: no float64
     scale = torch.full((), in_size, device=where, dtype=torch.float32) / out_size  # as C++ does
@@ -84,7 +82,23 @@ def interpolation_matrix(
     pos = pos.float().clamp(min=0)
     i0 = pos.floor().long().clamp(max=in_size - 1)
     i1 = (i0 + 1).clamp(max=in_size - 1)  # the last source sample repeats at the border
-    frac = pos - i0
+    return i0.to(device), i1.to(device), (pos - i0).to(device)
+
+
+def interpolation_matrix(
+    out_size: int,
+    in_size: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The ``(out_size, in_size)`` matrix of 1-D linear resizing with ``align_corners=False``:
+    row ``i`` holds the two taps of :func:`interpolation_taps`, so that ``A @ x`` uses the very
+    weights ``F.interpolate`` uses along that axis.
+
+    Shape: ``(out_size, in_size)``; every row sums to 1.
+    """
+    where = "cpu" if torch.device(device or "cpu").type == "mps" else device
+    i0, i1, frac = interpolation_taps(out_size, in_size, where)
     a = torch.zeros(out_size, in_size, device=where, dtype=torch.float32)
     a.scatter_add_(1, i0[:, None], (1 - frac)[:, None])
     a.scatter_add_(1, i1[:, None], frac[:, None])

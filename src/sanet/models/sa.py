@@ -6,15 +6,13 @@ the other in the SE-vs-SA ablation.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-AttnAct = Literal["relu", "sigmoid"]
-UpMode = Literal["nearest", "bilinear"]
-Combine = Literal["eq4", "residual"]
+from sanet.models.options import AttnAct, Combine, UpMode
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
@@ -87,17 +85,19 @@ class SqueezeAttention(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
+        *,
         attn_act: AttnAct = "relu",
         upsample: UpMode = "nearest",
         combine: Combine = "eq4",
     ) -> None:
         super().__init__()
-        if combine not in ("eq4", "residual"):
-            raise ValueError(f"combine must be 'eq4' or 'residual', got {combine!r}")
-        if attn_act not in ("relu", "sigmoid"):
-            raise ValueError(f"attn_act must be 'relu' or 'sigmoid', got {attn_act!r}")
-        if upsample not in ("nearest", "bilinear"):
-            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+        for name, value, choices in (
+            ("attn_act", attn_act, AttnAct),
+            ("upsample", upsample, UpMode),
+            ("combine", combine, Combine),
+        ):
+            if value not in get_args(choices):
+                raise ValueError(f"{name} must be one of {list(get_args(choices))}, got {value!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.attn_act, self.upsample, self.combine = attn_act, upsample, combine
         self.main = _two_convs(in_channels, out_channels)

@@ -10,6 +10,7 @@ SANet in train mode adds ``"mask": (N, K, H, W)`` and ``"cat": (N, K)`` for the 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ from torch import nn
 
 from sanet._files import atomic_save_bytes, atomic_write_text, safe_safetensors_load
 from sanet.models.backbone import Backbone
-from sanet.models.heads import Block, FCNHead, Gate, HeadInit, SANetHead
+from sanet.models.heads import FCNHead, SANetHead
+from sanet.models.options import Block, ModelOptions
 from sanet.models.resize import resize_bilinear
-from sanet.models.sa import AttnAct, Combine, UpMode
 
 MIN_SIZE = 32  # the deepest stage is H/8 at output stride 8: below 32 px it has < 4 positions
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -76,23 +77,25 @@ class SegmentationModel(nn.Module):
         """An untrained model from stored constructor arguments (``{"name": ..., **config}``,
         as in ``config.json``); ``metadata`` is ignored and no backbone weights are downloaded.
         """
-        args = {k: v for k, v in config.items() if k not in ("name", "metadata")}
         name = config.get("name")
-        if name in ("sanet", "sanet_se"):
-            model: SegmentationModel = SANet(block="sa" if name == "sanet" else "se", **args)
-        elif name == "fcn":
-            model = FCN(**args)
-        else:
+        if name not in MODEL_KINDS:
             raise ValueError(
-                f"Stored model name {name!r} is not one of 'sanet', 'sanet_se', 'fcn': the "
-                "config was not written by sanet's save_pretrained or training checkpoints."
+                f"Stored model name {name!r} is not one of {sorted(MODEL_KINDS)}: the config "
+                "was not written by sanet's save_pretrained or training checkpoints."
             )
-        if not isinstance(model, cls):
+        kind = MODEL_KINDS[name]
+        if not issubclass(kind.cls, cls):
             raise TypeError(
                 f"The stored config holds a {name!r} model, not a {cls.__name__}. "
                 "Load it with sanet.load_model or sanet.SegmentationModel.from_pretrained."
             )
-        return model
+        stored = {k: v for k, v in config.items() if k in ModelOptions.names()}
+        return kind.build(
+            int(config["num_classes"]),
+            config["backbone"],
+            output_stride=int(config.get("output_stride", 8)),
+            options=ModelOptions.from_mapping(stored, kind.options, name),
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> SegmentationModel:
@@ -107,53 +110,26 @@ class SANet(SegmentationModel):
     """Squeeze-and-Attention Network (Fig. 3): dilated backbone, four SA heads, fused F, and the
     mask (M), categorical (c) and dense (D) outputs. ``block="se"`` gives the SE ablation.
 
-    ``attn_act``, ``upsample`` and ``attn_combine`` configure the SA blocks
-    (:class:`~sanet.models.sa.SqueezeAttention`: ``combine``); ``head_init`` picks the head's
-    initialisation (:func:`~sanet.models.heads.init_head`). All are stored in ``config``."""
+    ``options`` (:class:`~sanet.models.options.ModelOptions`) configure the head and its SA
+    blocks; the fields the model kind uses are stored in ``config``."""
 
     def __init__(
         self,
         num_classes: int,
         backbone: str = "resnet50s",
+        *,
         output_stride: int = 8,
         pretrained_backbone: bool | str | Path = False,
         block: Block = "sa",
-        gate: Gate = "logsigmoid",
-        attn_act: AttnAct = "relu",
-        upsample: UpMode = "nearest",
-        fuse_channels: int = 512,
-        dropout: float = 0.1,
-        attn_combine: Combine = "eq4",
-        head_init: HeadInit = "default",
+        options: ModelOptions | None = None,
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
+        options = options or ModelOptions()
         self.name = "sanet" if block == "sa" else "sanet_se"
         self.backbone = Backbone(backbone, output_stride, pretrained_backbone)
-        self.head = SANetHead(
-            self.backbone.channels,
-            num_classes,
-            block,
-            fuse_channels,
-            dropout,
-            gate,
-            attn_act,
-            upsample,
-            attn_combine,
-            head_init,
-        )
-        self.config = dict(
-            num_classes=num_classes,
-            backbone=backbone,
-            output_stride=output_stride,
-            gate=gate,
-            attn_act=attn_act,
-            upsample=upsample,
-            fuse_channels=fuse_channels,
-            dropout=dropout,
-            attn_combine=attn_combine,
-            head_init=head_init,
-        )
+        self.head = SANetHead(self.backbone.channels, num_classes, block=block, options=options)
+        self.config = _config(num_classes, backbone, output_stride, options, self.name)
 
     @torch.no_grad()
     def attention_parts(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -173,22 +149,77 @@ class FCN(SegmentationModel):
         self,
         num_classes: int,
         backbone: str = "resnet50s",
+        *,
         output_stride: int = 8,
         pretrained_backbone: bool | str | Path = False,
-        dropout: float = 0.1,
-        head_init: HeadInit = "default",
+        options: ModelOptions | None = None,
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
+        options = options or ModelOptions()
         self.backbone = Backbone(backbone, output_stride, pretrained_backbone)
-        self.head = FCNHead(self.backbone.channels, num_classes, dropout, head_init)
-        self.config = dict(
-            num_classes=num_classes,
-            backbone=backbone,
+        self.head = FCNHead(self.backbone.channels, num_classes, options=options)
+        self.config = _config(num_classes, backbone, output_stride, options, self.name)
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One row of the table of models: what ``build_model(name)`` builds.
+
+    Attributes:
+        cls: the model class.
+        block: SANet's head blocks (``"sa"`` or ``"se"``); ``None`` for models without.
+        options: the :class:`ModelOptions` fields the model uses (stored in its config).
+        summary: one line for ``list_models`` and docs.
+    """
+
+    cls: type[SegmentationModel]
+    block: Block | None
+    options: tuple[str, ...]
+    summary: str
+
+    def build(
+        self,
+        num_classes: int,
+        backbone: str,
+        *,
+        output_stride: int = 8,
+        pretrained_backbone: bool | str | Path = False,
+        options: ModelOptions | None = None,
+    ) -> SegmentationModel:
+        block = {"block": self.block} if self.block else {}
+        return self.cls(
+            num_classes,
+            backbone,
             output_stride=output_stride,
-            dropout=dropout,
-            head_init=head_init,
+            pretrained_backbone=pretrained_backbone,
+            options=options,
+            **block,
         )
+
+
+_SA = ("attn_act", "upsample", "attn_combine")
+_SANET = ("gate", "fuse_channels", "dropout", "head_init")
+#: Every model sanet builds, by name: the one table ``build_model``, ``list_models``,
+#: ``from_config`` and the recipes' ``model.name`` read.
+MODEL_KINDS: dict[str, ModelKind] = {
+    "sanet": ModelKind(SANet, "sa", (*_SA, *_SANET), "SANet: four SA heads (Fig. 3)"),
+    "sanet_se": ModelKind(SANet, "se", _SANET, "SANet with SE blocks for SA (Table 3)"),
+    "fcn": ModelKind(FCN, None, ("dropout", "head_init"), "dilated FCN baseline (Fig. 5)"),
+}
+
+
+def _config(
+    num_classes: int, backbone: str, output_stride: int, options: ModelOptions, name: str
+) -> dict[str, Any]:
+    """The constructor arguments a saved model is rebuilt from (``config.json``)."""
+    used = MODEL_KINDS[name].options
+    return {
+        "num_classes": num_classes,
+        "backbone": backbone,
+        "output_stride": output_stride,
+        **options.subset(used),
+    }
 
 
 def check_image_batch(shape: tuple[int, ...], min_size: int = MIN_SIZE) -> None:

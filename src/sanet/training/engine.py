@@ -1,5 +1,6 @@
 """Step-level training machinery: optimiser groups, poly schedule, resumable data order,
-per-sample seeded augmentation, the train step with AMP and the non-finite guard, evaluation.
+per-sample seeded augmentation, the train step with AMP and the non-finite guard. (Validation
+is ``sanet.inference.evaluate``, the same loop as ``sanet eval``.)
 
 Nothing here reads a config: ``trainer.py`` wires these pieces from one.
 """
@@ -16,10 +17,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Sampler
-
-from sanet.conventions import IGNORE_INDEX
-from sanet.inference.protocol import EvalProtocol, predict_mask
-from sanet.metrics import ConfusionMatrix
 
 PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -118,9 +115,10 @@ class ResumableSampler(Sampler):
 
 class SeededAugmentation(Dataset):
     """Applies ``transforms`` to ``dataset[index]`` under a generator seeded by
-    ``(seed, epoch, index)``, leaving the caller's global RNG untouched."""
+    ``(seed, epoch, index)``, leaving the caller's global RNG untouched; ``None`` passes the
+    pairs as they are (validation: the evaluation loop normalises)."""
 
-    def __init__(self, dataset: Dataset, transforms: PairTransform, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, transforms: PairTransform | None, seed: int = 0) -> None:
         self.dataset, self.transforms, self.seed = dataset, transforms, seed
 
     def __len__(self) -> int:
@@ -129,6 +127,8 @@ class SeededAugmentation(Dataset):
     def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, int]:
         index, epoch = item if isinstance(item, tuple) else (item, 0)
         image, mask = self.dataset[index]
+        if self.transforms is None:
+            return image, mask, index
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
             image, mask = self.transforms(image, mask)
@@ -257,24 +257,3 @@ def apply_step(
             del optimizer.found_inf
     elif bool(finite):  # no fused kernel: this host sync is the price
         optimizer.step()
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Any,
-    num_classes: int,
-    device: torch.device,
-    protocol: EvalProtocol | None = None,
-    on_batch: Callable[[], None] | None = None,
-) -> ConfusionMatrix:
-    """A confusion matrix over ``loader``'s ``(images, masks, ...)`` batches (not reduced),
-    predicted under ``protocol`` (default: single scale, one window per image up to 480 px)."""
-    model.eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
-    for images, masks, *_ in loader:
-        pred = predict_mask(model, images.to(device, non_blocking=True), protocol)
-        cm.update(pred, masks.to(device, non_blocking=True))
-        if on_batch:
-            on_batch()
-    return cm

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from sanet.config import Config
 from sanet.data import build_dataset
-from sanet.data.transforms import eval_transforms, train_transforms
+from sanet.data.transforms import train_transforms
 from sanet.training import engine
 from sanet.training.runtime import Dist
 
@@ -32,7 +32,7 @@ def make_loaders(cfg: Config, train_set: Any, val_set: Any, dist_: Dist, micro_b
         train_transforms(d.base_size, d.crop_size, scale_range=tuple(d.scale_range)),
         seed=t.seed,
     )
-    val_aug = engine.SeededAugmentation(val_set, eval_transforms(), seed=t.seed)
+    val_aug = engine.SeededAugmentation(val_set, None)  # uint8: evaluate() normalises
     sampler = engine.ResumableSampler(len(train_set), t.seed, True, dist_.rank, dist_.world_size)
     val_sampler = engine.ResumableSampler(
         len(val_set), 0, False, dist_.rank, dist_.world_size, pad=False

@@ -20,9 +20,11 @@ from torch import nn
 
 from sanet._errors import plain_worker_errors
 from sanet._files import atomic_torch_save
-from sanet.config import Config, model_kwargs, save_config
+from sanet.config import Config, save_config
+from sanet.inference.predictor import evaluate
 from sanet.inference.protocol import EvalProtocol
 from sanet.losses import SANetLoss
+from sanet.models.options import ModelOptions
 from sanet.models.registry import build_model, load_model
 from sanet.rundir import RunDir
 from sanet.training import engine
@@ -126,7 +128,7 @@ class Trainer:
             num_classes=self.num_classes,
             output_stride=m.output_stride,
             pretrained_backbone=m.pretrained_backbone,
-            **model_kwargs(m),
+            options=ModelOptions(**{name: getattr(m, name) for name in ModelOptions.names()}),
         )
         engine.set_bn_momentum(model, t.bn_momentum)
         self.model_config = {"name": model.name, **model.config}
@@ -144,7 +146,9 @@ class Trainer:
             self.optimizer, self.total_steps, t.poly_power, t.warmup_steps
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
-        self.criterion = SANetLoss(cfg.loss.alpha, cfg.loss.beta)
+        # The datasets refused any label outside 0..K-1 and 255 when reading the masks (label
+        # tables), so the loss skips its own check and makes no host sync per step.
+        self.criterion = SANetLoss(cfg.loss.alpha, cfg.loss.beta, check_labels=False)
         wrapped: nn.Module = model
         if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -321,9 +325,8 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         """Validation under :attr:`val_protocol` on every rank's shard; counts all-reduced,
         best saved."""
-        cm = engine.evaluate(
-            self.net, self.val_loader, self.num_classes, self.device, self.val_protocol
-        )
+        pairs = ((images, masks) for images, masks, _ in self.val_loader)
+        cm = evaluate(self.net, pairs, self.num_classes, self.val_protocol, self.device)
         cm.all_reduce()
         result = cm.compute()
         s = self.state
