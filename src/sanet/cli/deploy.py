@@ -141,44 +141,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check everything that would make every request fail (dependencies, port, model) before
     "Serving on"; then serve until Ctrl-C."""
-    from sanet.deploy.startup import (
-        bind_socket,
-        check_dependencies,
-        check_model,
-        default_allowed_hosts,
-    )
+    from sanet.deploy.startup import bind_socket, check_dependencies, default_allowed_hosts
 
     check_dependencies()
-    from sanet.deploy.limits import ServeLimits
     from sanet.deploy.serve import create_app, serve, working_side
-    from sanet.inference import Predictor
 
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist.")
-    limits = ServeLimits(
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        max_pixels=int(args.max_megapixels * 1_000_000),
-        max_side=args.max_side,
-        max_concurrent=args.max_concurrent,
-        max_queue=args.max_queue,
-        timeout_s=args.timeout,
-        upload_timeout_s=args.upload_timeout,
-    )
+    limits = _serve_limits(args)
     device = device_name(args.device)
     sock = bind_socket(args.host, args.port)  # before the model loads: a busy port fails fast
     try:
-        protocol = protocol_from_args(args)
-        if args.max_side is None and protocol.base_size is None:  # the run's training size
-            base_size = (run_config(args.checkpoint).get("data") or {}).get("base_size")
-            limits = dataclasses.replace(limits, max_side=base_size or None)
-        predictor = Predictor(args.checkpoint, device=device, protocol=protocol)
-        side = working_side(limits, predictor)
-        seconds = check_model(predictor, side)
+        predictor, limits, seconds = _load_checked(args, limits, device)
         _access_log_as_json_lines()
         names = [n for n in args.allowed_hosts.split(",") if n.strip()]
         app = create_app(predictor, limits, allowed_hosts=default_allowed_hosts(args.host) + names)
         app.state.gate.record(1, seconds)  # the first estimate for admission
         host = f"[{args.host}]" if ":" in args.host else args.host
+        side = working_side(limits, predictor)
         print(
             f"Serving {args.checkpoint} ({predictor.backend}; images longer than "
             f"{side or 'any size'} px are predicted at that size) on "
@@ -189,6 +169,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0
+
+
+def _serve_limits(args: argparse.Namespace) -> Any:
+    from sanet.deploy.limits import ServeLimits
+
+    return ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        max_side=args.max_side,
+        max_concurrent=args.max_concurrent,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+        upload_timeout_s=args.upload_timeout,
+    )
+
+
+def _load_checked(args: argparse.Namespace, limits: Any, device: str) -> tuple[Any, Any, float]:
+    """The predictor, once it passed ``check_model`` (its load-time warnings are shown only
+    then: a refused model is one line); the limits with the run's working size; the seconds of
+    one forward window."""
+    from sanet.deploy.serve import working_side
+    from sanet.deploy.startup import check_model
+    from sanet.inference import Predictor
+
+    protocol = protocol_from_args(args)
+    if args.max_side is None and protocol.base_size is None:  # the size the run trained at
+        base_size = (run_config(args.checkpoint).get("data") or {}).get("base_size")
+        limits = dataclasses.replace(limits, max_side=base_size or None)
+    held = _Held()
+    backend = logging.getLogger("sanet.inference")
+    backend.addHandler(held)
+    backend.propagate = False
+    try:
+        predictor = Predictor(args.checkpoint, device=device, protocol=protocol)
+        seconds = check_model(predictor, working_side(limits, predictor))
+    finally:
+        backend.removeHandler(held)
+        backend.propagate = True
+    for record in held.records:
+        logging.getLogger(record.name).handle(record)
+    return predictor, limits, seconds
+
+
+class _Held(logging.Handler):
+    """Keeps log records to show later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def _access_log_as_json_lines() -> None:

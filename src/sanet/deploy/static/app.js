@@ -101,8 +101,12 @@ function swatch(rgb) {
   return span;
 }
 
-function megabytes(bytes) {
-  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+function bytesText(bytes) {
+  return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MB` : `${Math.ceil(bytes / 1024)} KB`;
+}
+
+function pixelsText(pixels) {
+  return pixels >= 1e6 ? `${(pixels / 1e6).toFixed(1)} megapixels` : `${pixels.toLocaleString("en")} pixels`;
 }
 
 async function loadModel() {
@@ -122,8 +126,8 @@ async function loadModel() {
   $("model-name").textContent =
     [m.name, m.backbone, `${model.num_classes} classes`, model.backend].filter(Boolean).join(" · ");
   const lim = model.limits || {};
-  $("limits").textContent = `Images up to ${megabytes(lim.max_upload_bytes)} and ` +
-    `${(lim.max_pixels / 1e6).toFixed(0)} megapixels.`;
+  $("limits").textContent = `Images up to ${bytesText(lim.max_upload_bytes)} and ` +
+    `${pixelsText(lim.max_pixels)}.`;
   colours = model.palette.map(brighten);
   model.class_names.forEach((name, id) => { if (isBackground(name)) hiddenClasses.add(id); });
   $("legend").replaceChildren(...model.class_names.map((name, id) => {
@@ -290,14 +294,14 @@ async function segment(file) {
   const lim = (model && model.limits) || {};
   if (lim.max_upload_bytes && file.size > lim.max_upload_bytes) {
     clearResult("No result.");
-    setStatus("error", `${file.name} is ${megabytes(file.size)}; the server accepts images up ` +
-      `to ${megabytes(lim.max_upload_bytes)}.`, "Choose a smaller image, or save it as a JPEG.");
+    setStatus("error", `${file.name} is ${bytesText(file.size)}; the server accepts images up ` +
+      `to ${bytesText(lim.max_upload_bytes)}.`, "Choose a smaller image, or save it as a JPEG.");
     return;
   }
   if (size && lim.max_pixels && size[0] * size[1] > lim.max_pixels) {
     clearResult("No result.");
-    setStatus("error", `${file.name} has ${(size[0] * size[1] / 1e6).toFixed(1)} megapixels; ` +
-      `the server accepts up to ${(lim.max_pixels / 1e6).toFixed(0)}.`,
+    setStatus("error", `${file.name} has ${pixelsText(size[0] * size[1])}; the server accepts ` +
+      `up to ${pixelsText(lim.max_pixels)}.`,
       "Make the image smaller in an image editor, then choose it again.");
     return;
   }
