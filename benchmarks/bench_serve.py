@@ -6,7 +6,7 @@ server's resident memory (``/proc/PID/status``) before and after. Scenarios (``-
 
 - ``load``: ``--clients`` concurrent clients POST a ``--width``×``--height`` photo-like JPEG to
   ``/v1/segment`` back to back for ``--seconds``: counts by status, p50/p95/p99 of the answered
-  (200) requests, throughput, RSS at start and end. 200 and 503 (load shed) are correct answers;
+  (200) requests, throughput, resident memory at start, end and its maximum. 200 and 503 (load shed) are correct answers;
   anything else fails the run (exit 1).
 - ``slow-body``: ``--slow-clients`` clients send a multipart body at ``--slow-rate`` bytes/s
   while a probe POSTs a small image and GETs ``/healthz`` every second: the probes' statuses.
@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -104,7 +105,10 @@ def files(data: bytes, name: str = "photo.jpg") -> dict:
 async def scenario_load(url: str, args: argparse.Namespace) -> dict:
     image = photo_jpeg(args.width, args.height)
     results: list[tuple[str, float]] = []
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    # idle connections expire on the client before uvicorn closes them (5 s): no reuse race
+    limits = httpx.Limits(
+        max_connections=args.clients, max_keepalive_connections=args.clients, keepalive_expiry=2
+    )
     deadline = time.monotonic() + args.seconds
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600) as client:
 
@@ -305,9 +309,18 @@ def run_scenario(name: str, args: argparse.Namespace, checkpoint: Path, tmp: Pat
     url = f"http://127.0.0.1:{port}/"
     log = tmp / f"server-{name}.log"
     server = start_server(args, checkpoint, port, log)
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:  # the server's memory every second while the scenario runs
+        while not done.wait(1.0):
+            if (mb := rss_mb(server.pid)) is not None:
+                samples.append(mb)
+
     try:
         asyncio.run(wait_healthy(url, server, log))
         rss_start = rss_mb(server.pid)
+        threading.Thread(target=sample, daemon=True).start()
         if name == "load":
             result = asyncio.run(scenario_load(url, args))
         elif name == "slow-body":
@@ -319,6 +332,7 @@ def run_scenario(name: str, args: argparse.Namespace, checkpoint: Path, tmp: Pat
         time.sleep(0.5)
         rss_end = rss_mb(server.pid)
     finally:
+        done.set()
         server.terminate()
         server.wait(timeout=60)
     return {
@@ -329,6 +343,8 @@ def run_scenario(name: str, args: argparse.Namespace, checkpoint: Path, tmp: Pat
         **result,
         "rss_mb_start": rss_start,
         "rss_mb_end": rss_end,
+        "rss_mb_max": max(samples, default=rss_end),
+        "rss_mb_every_10s": samples[::10],
         "server_log": log_summary(log.read_text()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average": [round(v, 2) for v in os.getloadavg()],

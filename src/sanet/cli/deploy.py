@@ -194,6 +194,10 @@ def _load_checked(args: argparse.Namespace, limits: Any, device: str) -> tuple[A
     from sanet.inference import Predictor
 
     protocol = protocol_from_args(args)
+    if args.window_batch is None and not device.startswith("cuda"):
+        # one window per forward on a CPU (batches barely help there): a request that timed out
+        # or was abandoned stops after one window, not after a batch of them
+        protocol = dataclasses.replace(protocol, window_batch=1)
     if args.max_side is None and protocol.base_size is None:  # the size the run trained at
         base_size = (run_config(args.checkpoint).get("data") or {}).get("base_size")
         limits = dataclasses.replace(limits, max_side=base_size or None)
