@@ -220,6 +220,7 @@ async def scenario_big_then_small(url: str, args: argparse.Namespace) -> dict:
         if r.status_code == 200:
             body = r.json()
             out["mask_size"] = f"{body['width']}x{body['height']}"
+            out["scale"] = body.get("scale")
         else:
             out["detail"] = r.text[:300]
         return out

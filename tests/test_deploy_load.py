@@ -70,7 +70,7 @@ def test_r56_abandoned_work_is_stopped(tiny_checkpoint: Path) -> None:
     # native size: the 12 MP photo takes minutes of windows, so the client leaves mid-inference
     result = bench(
         tiny_checkpoint,
-        "--scenario", "disconnect", "--serve-args", "--max-side 0 --timeout 600",
+        "--scenario", "disconnect", "--serve-args", "--max-side 0 --timeout 3600",
     )  # fmt: skip
     assert result["next_small_status"] == 200 and result["next_small_seconds"] < 10, result
     assert result["server_log"]["access_log_statuses"].get("499") == 2, result
