@@ -158,3 +158,11 @@ def test_allowed_hosts_default_by_interface() -> None:
     public = default_allowed_hosts("0.0.0.0")
     assert socket.gethostname() in public and "0.0.0.0" not in public
     assert "myhost.example" in default_allowed_hosts("myhost.example")
+
+
+def test_a_public_interface_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="sanet.deploy.startup"):
+        bind_socket("127.0.0.1", 0).close()
+        assert not caplog.records
+        bind_socket("0.0.0.0", 0).close()
+    assert "no authentication" in caplog.text.lower() and "reverse proxy" in caplog.text
