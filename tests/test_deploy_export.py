@@ -113,7 +113,7 @@ def test_serve_runs_an_onnx_file(conv_file: Path) -> None:
     rgb = rgb_image(33, 47)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "PNG")
-    with TestClient(create_app(Predictor(conv_file))) as client:
+    with TestClient(create_app(Predictor(conv_file)), base_url="http://127.0.0.1") as client:
         assert client.get("/healthz").json()["backend"] == "onnxruntime"
         assert client.get("/v1/model").json()["model"]["name"] == "conv1x1"
         r = client.post("/v1/segment?format=png", files={"image": ("a.png", buf.getvalue())})
@@ -207,7 +207,7 @@ def test_serve_answers_the_same_from_both_backends(exported) -> None:
     Image.fromarray(rgb_image(81, 121)).save(buf, "JPEG")
     answers = []
     for checkpoint in (run, out):
-        with TestClient(create_app(Predictor(checkpoint))) as client:
+        with TestClient(create_app(Predictor(checkpoint)), base_url="http://127.0.0.1") as client:
             r = client.post("/v1/segment", files={"image": ("a.jpg", buf.getvalue())})
             assert r.status_code == 200
             answers.append(r.json())

@@ -1,5 +1,6 @@
-"""``sanet serve``'s HTTP API against the app (httpx, no sockets): the answers, every error
-status and its reason, the limits, the gate's queue and timeout, and the access log.
+"""``sanet serve``'s HTTP API against the app (no sockets): the answers, every error status and
+its reason, the limits, headers and host allow-list, the OpenAPI document, health and the access
+log. Admission, cancellation and disconnects are in ``test_deploy_gate.py``.
 
 Most tests use a stand-in model whose mask is known by hand (class 1 on the left half of the
 image, class 2 on the top 10 rows, class 0 elsewhere), so pixel counts are checked exactly.
@@ -7,14 +8,12 @@ image, class 2 on the top 10 rows, class 0 elsewhere), so pixel counts are check
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 import logging
 import threading
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -23,28 +22,19 @@ from PIL import Image
 from torch import nn
 
 from sanet.deploy.limits import ServeLimits
-from sanet.deploy.serve import create_app, serve
+from sanet.deploy.serve import create_app
 from sanet.inference import Predictor
 
 NAMES = ["background", "disc", "square"]
+BASE = "http://127.0.0.1"  # the host allow-list answers IP addresses and localhost
 
 
 class HandModel(nn.Module):
-    """Logits that make class 1 win on columns ``< W // 2`` and class 2 on rows ``< 10``;
-    ``gate`` (if set) blocks each forward until released."""
+    """Logits that make class 1 win on columns ``< W // 2`` and class 2 on rows ``< 10``."""
 
     num_classes = 3
 
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        super().__init__()
-        self.gate = gate
-        self.entered: threading.Event | None = None
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.entered is not None:
-            self.entered.set()
-        if self.gate is not None:
-            self.gate.wait(timeout=30)
         n, _, h, w = x.shape
         out = torch.zeros(n, 3, h, w)
         out[:, 1, :, : w // 2] = 1.0
@@ -56,8 +46,8 @@ def hand_counts(h: int, w: int) -> dict[int, int]:
     return {2: 10 * w, 1: (h - 10) * (w // 2), 0: (h - 10) * (w - w // 2)}
 
 
-def hand_predictor(gate: threading.Event | None = None) -> Predictor:
-    return Predictor.from_model(HandModel(gate), metadata={"class_names": NAMES})
+def hand_predictor() -> Predictor:
+    return Predictor.from_model(HandModel(), metadata={"class_names": NAMES})
 
 
 def png_bytes(h: int, w: int, mode: str = "RGB") -> bytes:
@@ -74,7 +64,7 @@ def upload(data: bytes, name: str = "photo.png") -> dict:
 @pytest.fixture(scope="module")
 def client() -> TestClient:
     limits = ServeLimits(max_upload_bytes=200_000, max_pixels=1_000_000)
-    with TestClient(create_app(hand_predictor(), limits)) as c:
+    with TestClient(create_app(hand_predictor(), limits), base_url=BASE) as c:
         yield c
 
 
@@ -83,7 +73,8 @@ def test_segment_json_counts_every_pixel(client: TestClient) -> None:
     r = client.post("/v1/segment", files=upload(png_bytes(h, w)))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["width"], body["height"]) == (w, h)
+    assert (body["width"], body["height"], body["scale"]) == (w, h, 1.0)
+    assert body["seconds"] >= 0 and body["queue_seconds"] >= 0
     expected = hand_counts(h, w)
     assert [c["id"] for c in body["classes"]] == sorted(expected, key=lambda k: -expected[k])
     for c in body["classes"]:
@@ -99,6 +90,7 @@ def test_segment_png_and_overlay(client: TestClient) -> None:
     h, w = 40, 50
     r = client.post("/v1/segment?format=png", files=upload(png_bytes(h, w, "L")))
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.headers["x-sanet-scale"] == "1.0"
     mask = Image.open(io.BytesIO(r.content))
     assert mask.mode == "P" and mask.size == (w, h)
     assert np.bincount(np.asarray(mask).ravel()).tolist() == [
@@ -111,14 +103,22 @@ def test_segment_png_and_overlay(client: TestClient) -> None:
     assert Image.open(io.BytesIO(r.content)).mode == "RGB"
 
 
-def test_model_and_health(client: TestClient) -> None:
+def test_model_health_page_and_favicon(client: TestClient) -> None:
     info = client.get("/v1/model").json()
     assert info["class_names"] == NAMES and info["backend"] == "torch"
     assert len(info["palette"]) == 3 and info["limits"]["max_pixels"] == 1_000_000
-    assert client.get("/healthz").json() == {"status": "ok", "backend": "torch"}
+    assert info["limits"]["max_side"] == 480  # the default protocol's crop size
+    client.post("/v1/segment", files=upload(png_bytes(30, 41)))
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["backend"] == "torch"
+    assert health["queue"] == {"running": 0, "waiting": 0, "capacity": 9}
+    assert health["last_inference"]["windows"] == 1 and health["last_inference"]["seconds"] >= 0
+    assert health["seconds_per_window"] is not None and health["estimated_wait_s"] == 0
     page = client.get("/")
     assert page.status_code == 200 and 'id="file"' in page.text
     assert client.get("/static/app.js").status_code == 200
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
 
 
 def test_upload_over_the_limit_is_413(client: TestClient) -> None:
@@ -156,85 +156,116 @@ def test_decompression_bomb_is_413(client: TestClient) -> None:
     assert r.status_code == 413 and "1,500,000 pixels" in r.json()["detail"]
 
 
-def test_not_an_image_is_415_with_the_reason(client: TestClient) -> None:
-    r = client.post("/v1/segment", files=upload(b"hello, not a picture", "notes.txt"))
+def test_not_an_image_is_415_in_plain_words(client: TestClient) -> None:
+    r = client.post("/v1/segment", files=upload(b"hello, not a picture", "/home/me/notes.txt"))
     assert r.status_code == 415
-    assert "cannot identify image file 'notes.txt'" in r.json()["detail"]
-    truncated = png_bytes(64, 64)[:300]
-    r = client.post("/v1/segment", files=upload(truncated))
-    assert r.status_code == 415
+    detail = r.json()["detail"]
+    assert detail.startswith("notes.txt is not an image this server can read")
+    assert "Error" not in detail and "/home" not in detail  # no exception names, no folders
+    r = client.post("/v1/segment", files=upload(png_bytes(64, 64)[:300]))  # cut short
+    assert r.status_code == 415 and "damaged or cut short" in r.json()["detail"]
     r = client.post("/v1/segment", content=png_bytes(8, 8), headers={"content-type": "image/png"})
     assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
 
 
-def test_missing_field_is_422(client: TestClient) -> None:
+def test_missing_field_is_422_and_a_bad_body_400(client: TestClient) -> None:
     r = client.post("/v1/segment", files={"picture": ("a.png", png_bytes(8, 8), "image/png")})
     assert r.status_code == 422 and "'image'" in r.json()["detail"]
-    assert client.post("/v1/segment?format=gif", files=upload(png_bytes(8, 8))).status_code == 422
+    r = client.post(
+        "/v1/segment",
+        content=b"no boundary here",
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert r.status_code == 400 and "curl -F image=@photo.jpg" in r.json()["detail"]
 
 
-class Scenario:
-    """Requests against the app in one event loop, with a model that blocks until released."""
-
-    def __init__(self, limits: ServeLimits) -> None:
-        self.release, self.entered = threading.Event(), threading.Event()
-        model = HandModel(self.release)
-        model.entered = self.entered
-        self.app = create_app(Predictor.from_model(model, metadata={"class_names": NAMES}), limits)
-        self.gate = self.app.state.gate
-
-    async def until(self, condition, what: str) -> None:
-        for _ in range(3000):  # event-driven: no wall-clock assumption beyond "eventually"
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"timed out waiting for {what}")
-
-    def run(self, steps) -> None:
-        async def main() -> None:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                await steps(client)
-
-        asyncio.run(main())
+@pytest.mark.parametrize(
+    "method,path,status,words",
+    [
+        ("post", "/v1/segment?format=gif", 422, "'format'"),
+        ("post", "/v1/segment?overlay=perhaps", 422, "'overlay'"),
+        ("get", "/v2/segment", 404, "POST /v1/segment"),
+        ("delete", "/healthz", 405, "DELETE is not allowed"),
+        ("get", "/static/nothing.js", 404, "Nothing at /static/nothing.js"),
+    ],
+)
+def test_r51_every_error_body_is_one_string(client, method, path, status, words) -> None:
+    kwargs = {"files": upload(png_bytes(8, 8))} if method == "post" else {}
+    r = getattr(client, method)(path, **kwargs)
+    assert r.status_code == status
+    body = r.json()
+    assert list(body) == ["detail"] and isinstance(body["detail"], str), body
+    assert words in body["detail"]
 
 
-def post(client: httpx.AsyncClient):
-    return asyncio.ensure_future(client.post("/v1/segment", files=upload(png_bytes(40, 40))))
+def test_r51_a_bug_is_a_500_with_a_string_and_no_path() -> None:
+    class Broken(nn.Module):
+        num_classes = 3
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            raise RuntimeError("kernel failed reading /opt/secret/weights.bin")
+
+    app = create_app(Predictor.from_model(Broken()))
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as c:
+        r = c.post("/v1/segment", files=upload(png_bytes(40, 40)))
+    assert r.status_code == 500
+    detail = r.json()["detail"]
+    assert "RuntimeError" in detail and "/opt" not in detail and "server log" in detail
 
 
-def test_full_queue_is_503_with_retry_after() -> None:
-    sc = Scenario(ServeLimits(max_concurrent=1, max_queue=1, retry_after_s=3))
-
-    async def steps(client: httpx.AsyncClient) -> None:
-        first = post(client)
-        await asyncio.to_thread(sc.entered.wait, 30)  # the first one runs ...
-        second = post(client)
-        await sc.until(lambda: sc.gate.in_flight == 2, "the second request to queue")
-        third = await client.post("/v1/segment", files=upload(png_bytes(40, 40)))
-        assert third.status_code == 503 and third.headers["retry-after"] == "3"
-        assert "2 requests are running or queued" in third.json()["detail"]
-        sc.release.set()  # ... and both admitted ones finish
-        assert [(await f).status_code for f in (first, second)] == [200, 200]
-
-    sc.run(steps)
+def test_r51_openapi_documents_the_upload_and_every_error(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    post = spec["paths"]["/v1/segment"]["post"]
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["image"] and form["properties"]["image"]["format"] == "binary"
+    responses = post["responses"]
+    assert {"200", "400", "408", "413", "415", "422", "500", "503", "504"} <= set(responses)
+    error = "#/components/schemas/ErrorBody"
+    for code in ("400", "408", "413", "415", "422", "500", "503", "504"):
+        assert responses[code]["content"]["application/json"]["schema"]["$ref"] == error
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # no list-shaped errors
+    assert "image/png" in responses["200"]["content"]
+    assert {"500", "503"} <= set(spec["paths"]["/healthz"]["get"]["responses"])
 
 
-def test_slow_inference_is_504_and_frees_its_slot_when_done() -> None:
-    sc = Scenario(ServeLimits(max_concurrent=1, max_queue=0, timeout_s=0.2))
+@pytest.mark.parametrize(
+    "host,allowed,status",
+    [
+        ("127.0.0.1:8000", (), 200),
+        ("localhost:8000", (), 200),
+        ("[::1]:8000", (), 200),
+        ("10.1.2.3", (), 200),  # an address: rebinding needs a name
+        ("attacker.example:8000", (), 400),
+        ("localhost.attacker.example", (), 400),
+        ("proxy.internal", ("proxy.internal",), 200),
+        ("anything.example", ("*",), 200),
+    ],
+)
+def test_r49_host_allow_list(host: str, allowed: tuple, status: int) -> None:
+    with TestClient(create_app(hand_predictor(), allowed_hosts=allowed), base_url=BASE) as c:
+        r = c.get("/healthz", headers={"host": host})
+    assert r.status_code == status
+    if status == 400:
+        assert "--allowed-hosts" in r.json()["detail"]
 
-    async def steps(client: httpx.AsyncClient) -> None:
-        first = await client.post("/v1/segment", files=upload(png_bytes(40, 40)))
-        assert first.status_code == 504 and "0.2 s" in first.json()["detail"]
-        # the timed-out inference still runs (threads cannot be killed): its slot stays taken
-        busy = await client.post("/v1/segment", files=upload(png_bytes(40, 40)))
-        assert busy.status_code == 503
-        sc.release.set()
-        await sc.until(lambda: sc.gate.in_flight == 0, "the timed-out inference to end")
-        done = await client.post("/v1/segment", files=upload(png_bytes(40, 40)))
-        assert done.status_code == 200
 
-    sc.run(steps)
+@pytest.mark.parametrize("path", ["/", "/healthz", "/static/app.js", "/nothing"])
+def test_r49_security_headers_on_every_answer(client: TestClient, path: str) -> None:
+    r = client.get(path)
+    csp = r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY"
+
+
+def wait_for(c: TestClient, status: str) -> dict:
+    for _ in range(600):
+        body = c.get("/healthz").json()
+        if body["status"] == status:
+            return body
+        threading.Event().wait(0.05)
+    raise AssertionError(f"/healthz never said {status!r}: {body}")
 
 
 def test_health_is_503_until_the_model_is_loaded() -> None:
@@ -244,29 +275,30 @@ def test_health_is_503_until_the_model_is_loaded() -> None:
         ready.wait(timeout=30)
         return hand_predictor()
 
-    with TestClient(create_app(load)) as c:
-        assert c.get("/healthz").status_code == 503
+    with TestClient(create_app(load), base_url=BASE) as c:
+        r = c.get("/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
         r = c.post("/v1/segment", files=upload(png_bytes(40, 40)))
         assert r.status_code == 503 and "retry-after" in r.headers
         ready.set()
-        for _ in range(200):
-            if c.get("/healthz").status_code == 200:
-                break
-            threading.Event().wait(0.05)
+        health = wait_for(c, "ok")
+        assert health["seconds_per_window"] > 0  # the start-up check measured a window
         assert c.post("/v1/segment", files=upload(png_bytes(40, 40))).status_code == 200
 
 
-def test_failed_load_is_reported_by_health() -> None:
+def test_r50_failed_load_is_a_500_state_without_paths() -> None:
     def load() -> Predictor:
-        raise FileNotFoundError("no such checkpoint")
+        raise FileNotFoundError("/srv/models/secret-run/model.safetensors does not exist")
 
-    with TestClient(create_app(load)) as c:
-        for _ in range(200):
-            body = c.get("/healthz").json()
-            if body["status"] != "loading":
-                break
-            threading.Event().wait(0.05)
-        assert body == {"status": "error", "detail": "FileNotFoundError: no such checkpoint"}
+    with TestClient(create_app(load), base_url=BASE) as c:
+        body = wait_for(c, "error")
+        assert c.get("/healthz").status_code == 500
+        answers = [c.post("/v1/segment", files=upload(png_bytes(40, 40))), c.get("/v1/model")]
+    assert "/srv" not in body["detail"] and "does not exist" in body["detail"]
+    assert "restart" in body["detail"]
+    for r in answers:
+        assert r.status_code == 500 and "retry-after" not in r.headers
+        assert r.json()["detail"] == body["detail"]
 
 
 def test_access_log_lines(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
@@ -278,17 +310,3 @@ def test_access_log_lines(client: TestClient, caplog: pytest.LogCaptureFixture) 
     assert ok["method"] == "POST" and ok["path"] == "/v1/segment" and ok["status"] == 200
     assert ok["bytes_out"] > 0 and ok["bytes_in"] > 0 and ok["ms"] >= 0
     assert too_big["status"] == 413
-
-
-def test_public_host_warns(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    import uvicorn
-
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    app = create_app(hand_predictor())
-    with caplog.at_level(logging.WARNING, logger="sanet.deploy.serve"):
-        serve(app)
-        assert not caplog.records
-        serve(app, host="0.0.0.0", port=9000)
-    assert "no authentication" in caplog.text.lower()
-    assert calls[0]["host"] == "127.0.0.1" and calls[1]["port"] == 9000

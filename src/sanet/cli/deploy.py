@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -38,12 +39,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="web page and HTTP API for a checkpoint or an .onnx file")
     add_protocol_args(s)
     s.add_argument("--host", default="127.0.0.1", help="interface (default loopback only)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=int, default=8000, help="TCP port (8000; 0: any free port)")
+    s.add_argument(
+        "--allowed-hosts",
+        default="",
+        metavar="NAMES",
+        help="comma-separated host names the server answers to besides IP addresses and "
+        "localhost (e.g. the name a reverse proxy forwards; '*': any)",
+    )
+    s.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="predict larger images at this long side, their mask resized back to the input's "
+        "size (default: the run's data.base_size, else --crop-size; with a --base-size, "
+        "base size × the largest scale; 0: every image at its own size)",
+    )
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="413 above (10)")
     s.add_argument("--max-megapixels", type=float, default=40.0, help="413 above (40)")
     s.add_argument("--max-concurrent", type=int, default=1, help="inferences at once (1)")
     s.add_argument("--max-queue", type=int, default=8, help="requests waiting; 503 beyond (8)")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds per request; 504 (60)")
+    s.add_argument(
+        "--upload-timeout", type=float, default=30.0, help="seconds to receive an upload; 408 (30)"
+    )
     s.set_defaults(func=cmd_serve)
 
 
@@ -120,26 +139,92 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from sanet.deploy.limits import ServeLimits
-    from sanet.deploy.serve import create_app, serve
-    from sanet.inference import Predictor
+    """Check everything that would make every request fail (dependencies, port, model) before
+    "Serving on"; then serve until Ctrl-C."""
+    from sanet.deploy.startup import bind_socket, check_dependencies, default_allowed_hosts
 
-    limits = ServeLimits(
+    check_dependencies()
+    from sanet.deploy.serve import create_app, serve, working_side
+
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist.")
+    limits = _serve_limits(args)
+    device = device_name(args.device)
+    sock = bind_socket(args.host, args.port)  # before the model loads: a busy port fails fast
+    try:
+        predictor, limits, seconds = _load_checked(args, limits, device)
+        _access_log_as_json_lines()
+        names = [n for n in args.allowed_hosts.split(",") if n.strip()]
+        app = create_app(predictor, limits, allowed_hosts=default_allowed_hosts(args.host) + names)
+        app.state.gate.record(1, seconds)  # the first estimate for admission
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        side = working_side(limits, predictor)
+        print(
+            f"Serving {args.checkpoint} ({predictor.backend}; images longer than "
+            f"{side or 'any size'} px are predicted at that size) on "
+            f"http://{host}:{sock.getsockname()[1]}/ (Ctrl-C stops)",
+            flush=True,
+        )
+        serve(app, sock=sock)
+    finally:
+        sock.close()
+    return 0
+
+
+def _serve_limits(args: argparse.Namespace) -> Any:
+    from sanet.deploy.limits import ServeLimits
+
+    return ServeLimits(
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=int(args.max_megapixels * 1_000_000),
+        max_side=args.max_side,
         max_concurrent=args.max_concurrent,
         max_queue=args.max_queue,
         timeout_s=args.timeout,
+        upload_timeout_s=args.upload_timeout,
     )
+
+
+def _load_checked(args: argparse.Namespace, limits: Any, device: str) -> tuple[Any, Any, float]:
+    """The predictor, once it passed ``check_model`` (its load-time warnings are shown only
+    then: a refused model is one line); the limits with the run's working size; the seconds of
+    one forward window."""
+    from sanet.deploy.serve import working_side
+    from sanet.deploy.startup import check_model
+    from sanet.inference import Predictor
+
     protocol = protocol_from_args(args)
-    device = device_name(args.device)
-    if not Path(args.checkpoint).exists():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist.")
-    _access_log_as_json_lines()
-    app = create_app(lambda: Predictor(args.checkpoint, device=device, protocol=protocol), limits)
-    print(f"Serving {args.checkpoint} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    serve(app, host=args.host, port=args.port)
-    return 0
+    if args.window_batch is None and not device.startswith("cuda"):
+        # one window per forward on a CPU (batches barely help there): a request that timed out
+        # or was abandoned stops after one window, not after a batch of them
+        protocol = dataclasses.replace(protocol, window_batch=1)
+    if args.max_side is None and protocol.base_size is None:  # the size the run trained at
+        base_size = (run_config(args.checkpoint).get("data") or {}).get("base_size")
+        limits = dataclasses.replace(limits, max_side=base_size or None)
+    held = _Held()
+    backend = logging.getLogger("sanet.inference")
+    backend.addHandler(held)
+    backend.propagate = False
+    try:
+        predictor = Predictor(args.checkpoint, device=device, protocol=protocol)
+        seconds = check_model(predictor, working_side(limits, predictor))
+    finally:
+        backend.removeHandler(held)
+        backend.propagate = True
+    for record in held.records:
+        logging.getLogger(record.name).handle(record)
+    return predictor, limits, seconds
+
+
+class _Held(logging.Handler):
+    """Keeps log records to show later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def _access_log_as_json_lines() -> None:

@@ -1,57 +1,67 @@
 """``sanet serve``: a FastAPI app around a :class:`~sanet.inference.Predictor`, and its runner.
 
-Routes (docs/deploy.md has curl examples):
+Routes (docs/deploy.md has curl examples; ``/openapi.json`` the schema):
 
 - ``GET /`` — the page (``static/``: choose or drop an image, overlay, legend, class table).
 - ``POST /v1/segment`` — multipart field ``image``; ``?format=json`` (default) answers
-  ``{width, height, classes: [{id, name, pixels, fraction}], mask_png_base64, seconds}``
-  (``?overlay=1`` adds ``overlay_png_base64``); ``?format=png`` answers the index mask PNG
-  (palette attached) at the input's size, or with ``overlay=1`` the overlay PNG.
+  :class:`~sanet.deploy.schema.SegmentAnswer` (``?overlay=1`` adds ``overlay_png_base64``);
+  ``?format=png`` the index mask PNG (palette attached) at the input's size, or with
+  ``overlay=1`` the overlay PNG.
 - ``GET /v1/model`` — what the model is (metadata, backend, protocol, limits).
-- ``GET /healthz`` — 200 once the model is loaded, 503 before.
+- ``GET /healthz`` — 200 with the queue and the last inference once the model is loaded; 503
+  while it loads; 500 when loading failed (a restart is needed).
 
-Status codes for bad requests: 413 (body over ``max_upload_bytes``, image over ``max_pixels``),
-415 (not an image, or not multipart), 422 (no ``image`` field), 503 + ``Retry-After`` (loading,
-or every inference slot and queue place taken), 504 (over ``timeout_s``). Limits:
-:class:`~sanet.deploy.limits.ServeLimits`.
+A request is read whole (``upload_timeout_s``, ``max_upload_bytes``) and decoded
+(``max_pixels``) before it asks the :class:`~sanet.deploy.limits.InferenceGate` for a place, so
+slow or bad uploads never hold one. The image is predicted at its working resolution
+(``max_side``) and its mask returned at the input's size. Every error answer is
+``{"detail": "<reason and fix>"}`` (schema: ``schema.py``); a client that leaves is logged as
+499 and its work stopped.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import contextlib
-import io
 import logging
+import math
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sanet.data.io import DataError, TooManyPixels, load_image
-from sanet.deploy.limits import AccessLog, BodyLimit, Busy, InferenceGate, ServeLimits, TimedOut
-from sanet.inference.predictor import Predictor
-from sanet.viz.visualize import default_palette, mask_to_pil, overlay_with_legend
+from sanet.deploy import schema
+from sanet.deploy.limits import Busy, ClientGone, InferenceGate, ServeLimits, TimedOut, TooSlow
+from sanet.deploy.middleware import AccessLog, BodyLimit, HostAllowList, SecurityHeaders
+from sanet.deploy.payload import class_table, decode, encode, read_upload, redact_paths
+from sanet.deploy.startup import bind_socket, check_model
+from sanet.inference.predictor import Predictor, working_size
+from sanet.inference.protocol import window_count
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+API_HINT = "POST /v1/segment (multipart field 'image'), GET /v1/model, GET /healthz; the page is /"
 
 
 class ModelSlot:
-    """The predictor, or the promise of one: loaded in a thread at start-up when given as a
-    loader, so that ``/healthz`` can answer 503 while a large model loads."""
+    """The predictor, or the promise of one: a loader runs in a thread at start-up (then
+    :func:`~sanet.deploy.startup.check_model`), so ``/healthz`` answers 503 while a large model
+    loads, and 500 for good if it cannot be loaded."""
 
-    def __init__(self, source: Predictor | Callable[[], Predictor]) -> None:
+    def __init__(self, source: Predictor | Callable[[], Predictor], gate: InferenceGate) -> None:
         self.predictor = source if isinstance(source, Predictor) else None
         self.error: str | None = None
         self._loader = None if isinstance(source, Predictor) else source
+        self._gate = gate
 
     def start(self) -> None:
         if self._loader is not None and self.predictor is None:
@@ -59,25 +69,43 @@ class ModelSlot:
 
     def _load(self) -> None:
         try:
-            self.predictor = self._loader()  # type: ignore[misc]
-            logger.info("Model loaded (%s backend)", self.predictor.backend)
+            predictor = self._loader()  # type: ignore[misc]
+            side = working_side(self._gate.limits, predictor)
+            self._gate.record(1, check_model(predictor, side))
+            self.predictor = predictor
+            logger.info("Model loaded (%s backend)", predictor.backend)
         except Exception as err:  # reported by /healthz; the server stays up to say so
             logger.exception("Loading the model failed")
-            self.error = f"{type(err).__name__}: {err}"
+            self.error = (
+                f"The model failed to load ({type(err).__name__}: {redact_paths(str(err))}). "
+                "This does not pass by retrying: fix the model file and restart sanet serve "
+                "(the server log has the details)."
+            )
 
     def require(self, retry_after: int) -> Predictor:
-        if self.predictor is None:
-            detail = f"The model failed to load ({self.error})." if self.error else "Loading."
-            raise HTTPException(503, detail, headers={"Retry-After": str(retry_after)})
-        return self.predictor
+        if self.predictor is not None:
+            return self.predictor
+        if self.error:
+            raise HTTPException(500, self.error)
+        raise HTTPException(
+            503,
+            f"The model is still loading. Retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
-def class_table(predictor: Predictor) -> tuple[list[str], list[list[int]]]:
-    """Class names and colours, with defaults when the checkpoint has none."""
-    k = int(predictor.model.num_classes)
-    names = list(predictor.class_names or [f"class {i}" for i in range(k)])
-    palette = predictor.palette or default_palette(k)
-    return names, [list(map(int, c)) for c in palette[:k]]
+def working_side(limits: ServeLimits, predictor: Predictor) -> int | None:
+    """The longest side images are predicted at (None: their own size), see ``ServeLimits``:
+    ``max_side``, else what the protocol works at — ``base_size`` × its largest scale, or one
+    sliding window (``crop_size``) when it has no base size."""
+    if limits.max_side == 0:
+        return None
+    if limits.max_side:
+        return limits.max_side
+    protocol = predictor.protocol
+    if protocol.base_size:
+        return math.ceil(protocol.base_size * max(protocol.scales))
+    return protocol.crop_size
 
 
 def model_info(predictor: Predictor, limits: ServeLimits) -> dict[str, Any]:
@@ -93,97 +121,37 @@ def model_info(predictor: Predictor, limits: ServeLimits) -> dict[str, Any]:
         class_names=names,
         palette=palette,
         protocol=predictor.protocol.to_dict(),
-        limits=limits.to_dict(),
+        limits={**limits.to_dict(), "max_side": working_side(limits, predictor)},
     )
     return info
 
 
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)  # speed over a few % of size
-    return buf.getvalue()
+def _predict(
+    should_stop: Callable[[], bool], predictor: Predictor, rgb: np.ndarray, side: int | None
+) -> np.ndarray:
+    mask = predictor.predict(rgb, max_side=side, should_stop=should_stop)
+    return mask.astype(np.uint8) if mask.max(initial=0) < 256 else mask
 
 
-class Upload(io.BytesIO):
-    """An uploaded file in memory; named by its file name in error messages."""
-
-    def __init__(self, data: bytes, name: str) -> None:
-        super().__init__(data)
-        self.name = name
-
-    def __repr__(self) -> str:
-        return repr(self.name)
-
-
-def segment_bytes(
-    predictor: Predictor, upload: Upload, limits: ServeLimits, fmt: str, overlay: bool
-) -> tuple[bytes | dict[str, Any], str]:
-    """Decode, predict and encode one upload (runs in an inference thread).
-
-    Returns:
-        ``(content, media type)``: PNG bytes, or the JSON-ready dict of the module docstring.
-    """
-    rgb = load_image(upload, exif_transpose=limits.exif_transpose, max_pixels=limits.max_pixels)
-    start = time.perf_counter()
-    mask = predictor.predict(rgb)  # (H, W) at the image's size
-    seconds = time.perf_counter() - start
-    names, palette = class_table(predictor)
-    if fmt == "png":
-        picture = overlay_with_legend(rgb, mask, names, palette) if overlay else None
-        return _png(picture or mask_to_pil(mask, palette)), "image/png"
-    counts = np.bincount(mask.ravel(), minlength=len(names))
-    present = sorted(np.flatnonzero(counts), key=lambda k: -counts[k])  # largest first
-    body: dict[str, Any] = {
-        "width": int(mask.shape[1]),
-        "height": int(mask.shape[0]),
-        "classes": [
-            {
-                "id": int(k),
-                "name": names[k],
-                "pixels": int(counts[k]),
-                "fraction": round(float(counts[k] / mask.size), 6),
-            }
-            for k in present
-        ],
-        "mask_png_base64": _base64(_png(mask_to_pil(mask, palette))),
-        "seconds": round(seconds, 4),
-    }
-    if overlay:
-        body["overlay_png_base64"] = _base64(_png(overlay_with_legend(rgb, mask, names, palette)))
-    return body, "application/json"
-
-
-def _base64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-async def read_upload(request: Request) -> Upload:
-    """The multipart field ``image``, read into memory; 415 or 422 with the fix otherwise."""
-    kind = request.headers.get("content-type", "")
-    if not kind.startswith("multipart/form-data"):
-        raise HTTPException(
-            415,
-            f"Expected multipart/form-data with a file field 'image', got {kind or 'none'!r}. "
-            "Send e.g.: curl -F image=@photo.jpg http://HOST:PORT/v1/segment",
-        )
-    async with request.form(max_files=1, max_fields=4) as form:
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(
-                422,
-                f"The form has no file field 'image' (fields: {sorted(form.keys())}). "
-                "Send the image as: -F image=@photo.jpg",
-            )
-        return Upload(await upload.read(), upload.filename or "upload")
+def _gone() -> Response:
+    """What a request whose client left 'answers': nobody reads it; the access log says 499."""
+    return Response(status_code=499)
 
 
 def create_app(
-    predictor: Predictor | Callable[[], Predictor], limits: ServeLimits | None = None
+    predictor: Predictor | Callable[[], Predictor],
+    limits: ServeLimits | None = None,
+    *,
+    allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """The app. ``predictor`` may be a loader (``lambda: Predictor(path)``): it then loads in a
-    thread at start-up and ``/healthz`` answers 503 until it is ready."""
+    thread at start-up and ``/healthz`` answers 503 until it is ready (500 if it fails).
+    ``allowed_hosts``: host names answered besides IP addresses and ``localhost`` (``"*"``:
+    any; see :class:`~sanet.deploy.middleware.HostAllowList`)."""
     limits = limits or ServeLimits()
-    slot, gate = ModelSlot(predictor), InferenceGate(limits)
+    gate = InferenceGate(limits)
+    slot = ModelSlot(predictor, gate)
+    codec = asyncio.Semaphore(max(2, limits.max_concurrent))  # decodes/encodes at once
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -194,26 +162,55 @@ def create_app(
     # no /docs page: FastAPI's Swagger UI loads its assets from a CDN; /openapi.json stays
     app = FastAPI(title="sanet", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)
-    app.add_middleware(AccessLog)  # added last = outermost: it also sees BodyLimit's 413s
+    app.add_middleware(HostAllowList, names=allowed_hosts)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AccessLog)  # added last = outermost: it sees every answer
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.slot, app.state.gate, app.state.limits = slot, gate, limits
+    _error_handlers(app)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        if slot.predictor is not None:
-            return JSONResponse({"status": "ok", "backend": slot.predictor.backend})
-        status = "error" if slot.error else "loading"
-        return JSONResponse({"status": status, "detail": slot.error}, status_code=503)
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
-    @app.get("/v1/model")
+    @app.get("/healthz", response_model=schema.Health, responses=schema.HEALTH_RESPONSES)
+    async def healthz() -> JSONResponse:
+        if slot.predictor is None:
+            if slot.error:
+                return JSONResponse({"status": "error", "detail": slot.error}, status_code=500)
+            retry = {"Retry-After": str(limits.retry_after_s)}
+            body = {"status": "loading", "detail": "The model is still loading."}
+            return JSONResponse(body, status_code=503, headers=retry)
+        per = gate.seconds_per_window
+        return JSONResponse(
+            {
+                "status": "ok",
+                "backend": slot.predictor.backend,
+                "queue": {
+                    "running": gate.running,
+                    "waiting": gate.in_flight - gate.running,
+                    "capacity": gate.capacity,
+                },
+                "estimated_wait_s": round(gate.estimated_wait(), 2),
+                "seconds_per_window": None if per is None else round(per, 4),
+                "last_inference": gate.last_inference(),
+            }
+        )
+
+    @app.get("/v1/model", responses=schema.MODEL_RESPONSES)
     async def model() -> dict[str, Any]:
         return model_info(slot.require(limits.retry_after_s), limits)
 
-    @app.post("/v1/segment")
+    @app.post(
+        "/v1/segment",
+        response_model=schema.SegmentAnswer,
+        responses=schema.SEGMENT_RESPONSES,
+        openapi_extra=schema.UPLOAD_BODY,
+    )
     async def segment(
         request: Request,
         fmt: Literal["json", "png"] = Query("json", alias="format"),
@@ -221,42 +218,109 @@ def create_app(
     ) -> Response:
         ready = slot.require(limits.retry_after_s)
         try:
-            gate.admit()
-        except Busy:
+            upload = await read_upload(request, limits)
+            async with codec:
+                rgb = await asyncio.to_thread(decode, upload, limits)
+        except ClientGone:
+            return _gone()
+        side = working_side(limits, ready)
+        h, w = rgb.shape[:2]
+        small = working_size(h, w, side)
+        scale = max(small) / max(h, w)
+        admitted = time.perf_counter()
+        try:
+            mask, started, seconds = await gate.submit(
+                window_count(*small, ready.protocol),
+                _timed(_predict),
+                ready,
+                rgb,
+                side,
+                disconnected=request.is_disconnected,
+            )
+        except Busy as err:
             raise HTTPException(
                 503,
-                f"Busy: {gate.capacity} requests are running or queued. Retry shortly.",
-                headers={"Retry-After": str(limits.retry_after_s)},
+                f"The server is busy: {err.reason}. Retry in {err.retry_after} s.",
+                headers={"Retry-After": str(err.retry_after)},
             ) from None
-        try:
-            upload = await read_upload(request)
-        except BaseException:
-            gate.release()  # never reached the gate's worker, which would release it
-            raise
-        try:
-            content, media = await gate.run(segment_bytes, ready, upload, limits, fmt, overlay)
+        except TooSlow as err:
+            raise HTTPException(
+                413,
+                f"This {w}×{h} image would take about {err.seconds:.0f} s on this server, more "
+                f"than its {limits.timeout_s:g} s timeout allows. Send a smaller image, or start "
+                "the server with a smaller --max-side or a longer --timeout.",
+            ) from None
         except TimedOut:
-            raise HTTPException(504, f"No answer within {limits.timeout_s:g} s.") from None
-        except TooManyPixels as err:
-            raise HTTPException(413, f"{err.problem}. Send a smaller image.") from None
-        except DataError as err:
-            raise HTTPException(415, f"Not a readable image: {err.problem}.") from None
+            raise HTTPException(
+                504,
+                f"The image was not done within the {limits.timeout_s:g} s timeout (the server "
+                "was slower than it estimated); its work was stopped. Retry in a moment.",
+            ) from None
+        except ClientGone:
+            return _gone()
+        async with codec:
+            content = await asyncio.to_thread(encode, ready, rgb, mask, fmt, overlay)
+        timings = {"scale": round(scale, 6), "seconds": round(seconds, 4)}
         if isinstance(content, bytes):
-            return Response(content, media_type=media)
-        return JSONResponse(content)
+            headers = {"X-Sanet-Scale": str(timings["scale"]), "X-Sanet-Seconds": str(seconds)}
+            return Response(content, media_type="image/png", headers=headers)
+        timings["queue_seconds"] = round(started - admitted, 4)
+        return JSONResponse({**content, **timings})
 
     return app
 
 
-def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run ``app`` under uvicorn until interrupted (our access log replaces uvicorn's)."""
+def _timed(fn: Callable[..., Any]) -> Callable[..., tuple[Any, float, float]]:
+    """``fn``'s result with the time it started (``perf_counter``) and its seconds."""
+
+    def timed(*args: Any) -> tuple[Any, float, float]:
+        start = time.perf_counter()
+        return fn(*args), start, time.perf_counter() - start
+
+    return timed
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error answer is ``{"detail": "<reason and fix>"}`` — also 404, 405, query errors
+    and bugs (whose detail names no file: the traceback goes to the server log)."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        detail = str(err.detail)
+        if err.status_code == 404:
+            detail = f"Nothing at {request.url.path}. This server has {API_HINT}."
+        elif err.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}. Use {API_HINT}."
+        return JSONResponse({"detail": detail}, err.status_code, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{e['loc'][0]} parameter {e['loc'][-1]!r}: {e['msg']} (got {e.get('input')!r})"
+            for e in err.errors()
+        ]
+        detail = "Invalid " + "; ".join(problems) + ". Use e.g. /v1/segment?format=png&overlay=1."
+        return JSONResponse({"detail": detail}, 422)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, err: Exception) -> JSONResponse:
+        detail = (
+            f"Internal error ({type(err).__name__}) while answering {request.url.path}: a bug in "
+            "sanet serve, not in your request. The server log has the traceback; please report it."
+        )
+        return JSONResponse({"detail": detail}, 500)
+
+
+def serve(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, sock: socket.socket | None = None
+) -> None:
+    """Run ``app`` under uvicorn until interrupted (our access log replaces uvicorn's), on
+    ``sock`` (from :func:`~sanet.deploy.startup.bind_socket`) or a socket bound here."""
     import uvicorn
 
-    if host not in LOOPBACK:
-        logger.warning(
-            "Listening on %s: anyone who can reach this machine on port %d can use the model. "
-            "There is no authentication or TLS; put a reverse proxy in front (docs/deploy.md).",
-            host,
-            port,
-        )
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+    sock = sock or bind_socket(host, port)
+    config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

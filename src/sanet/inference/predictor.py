@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
@@ -139,10 +140,51 @@ class Predictor:
         x = normalize(image_to_tensor(image), self.device)
         return predict_proba(self.model, x, self.protocol).cpu().numpy()
 
-    def predict(self, image: Any) -> np.ndarray:
-        """Class ids ``(H, W)`` int64 at the image's own size."""
+    def predict(
+        self,
+        image: Any,
+        *,
+        max_side: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Class ids ``(H, W)`` int64 at the image's own size.
+
+        Args:
+            max_side: bound the work on large images: one longer than this is first resized
+                (bilinear) to a long side of ``max_side`` (:func:`working_size`), predicted
+                there under the protocol, and its mask resized back to ``(H, W)`` (nearest).
+            should_stop: asked between forward passes; True stops the work with
+                :class:`~sanet.inference.protocol.Cancelled`.
+        """
         x = normalize(image_to_tensor(image), self.device)
-        return predict_mask(self.model, x, self.protocol).cpu().numpy()
+        size = tuple(x.shape[-2:])
+        small = working_size(*size, max_side)
+        if small != size:
+            x = F.interpolate(x[None], size=small, mode="bilinear", align_corners=False)[0]
+        mask = predict_mask(self.model, x, self.protocol, should_stop=should_stop)
+        return resize_mask(mask, size).cpu().numpy()
+
+
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """``(height, width)`` scaled so that the long side is at most ``max_side`` (kept when it
+    already is, or when ``max_side`` is None), rounded as the protocol rounds its scales."""
+    long_side = max(height, width)
+    if max_side is None or long_side <= max_side:
+        return height, width
+    return max(1, round(height * max_side / long_side)), max(1, round(width * max_side / long_side))
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of class ids, sampling at pixel centres.
+
+    Shape: ``(h, w)`` → ``size``.
+    """
+    (h, w), (H, W) = mask.shape[-2:], size
+    if (h, w) == (H, W):
+        return mask
+    rows = ((torch.arange(H, device=mask.device) + 0.5) * (h / H)).long().clamp(max=h - 1)
+    cols = ((torch.arange(W, device=mask.device) + 0.5) * (w / W)).long().clamp(max=w - 1)
+    return mask[rows[:, None], cols[None, :]]
 
 
 def evaluate(

@@ -94,6 +94,11 @@ class EvalProtocol:
         return d
 
 
+class Cancelled(Exception):
+    """Inference stopped between two forward passes because ``should_stop()`` said so (e.g. a
+    server request that timed out or whose client left)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Tensor-level inference
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +191,8 @@ def scale_probs(
     image: torch.Tensor,
     protocol: EvalProtocol,
     store: torch.device | str | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[torch.Tensor]:
     """Per-scale probability maps at their scaled resolutions (step 1–2 of the module docstring).
 
@@ -194,6 +201,9 @@ def scale_probs(
     image's 480×480 windows of scales 1.25, 1.5 and 1.75 go through together. Each window's
     probabilities are those of its own forward, so the result equals scale-by-scale inference
     up to the float rounding of a different batch size.
+
+    ``should_stop`` is asked before every forward pass; when it returns True the work stops
+    with :class:`Cancelled` (a forward pass is not interrupted: stopping takes at most one).
 
     Shape: image ``(3, H, W)`` normalised → list of ``(K, h_s, w_s)``.
     """
@@ -205,6 +215,8 @@ def scale_probs(
     for shape in dict.fromkeys(win[3:] for win in windows):  # window sizes, first-seen order
         same = [win for win in windows if win[3:] == shape]
         for k in range(0, len(same), per_batch):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped after {k} of {len(same)} windows of size {shape}")
             chunk = same[k : k + per_batch]
             tiles = torch.stack([scaled[i][:, y : y + ch, x : x + cw] for i, y, x, ch, cw in chunk])
             probs = _window_probs(model, tiles, protocol).to(store)  # (B, K, ch, cw)
@@ -251,6 +263,8 @@ def predict_proba(
     images: torch.Tensor,
     protocol: EvalProtocol | None = None,
     store: torch.device | str | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Class probabilities under ``protocol`` (default: single scale).
 
@@ -259,12 +273,15 @@ def predict_proba(
         images: normalised images on the model's device.
         store: device for the probability maps (default: the images'); "cpu" keeps GPU memory
             free for the forward passes on large images.
+        should_stop: asked before every forward pass; True stops with :class:`Cancelled`.
 
     Shape:
         - images: ``(N, 3, H, W)`` or ``(3, H, W)``
         - output: ``(N, K, H, W)`` (or ``(K, H, W)``) float32, summing to 1 over K.
     """
-    return _predict(model, images, protocol, store, reduce=lambda band: band, dim=1)
+    return _predict(
+        model, images, protocol, store, reduce=lambda band: band, dim=1, should_stop=should_stop
+    )
 
 
 def predict_mask(
@@ -272,12 +289,16 @@ def predict_mask(
     images: torch.Tensor,
     protocol: EvalProtocol | None = None,
     store: torch.device | str | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """Arg-max class ids under ``protocol``, never holding the full-size probability map.
+    """Arg-max class ids under ``protocol``, never holding the full-size probability map
+    (``should_stop``: as in :func:`predict_proba`).
 
     Shape: images ``(N, 3, H, W)`` or ``(3, H, W)`` → ``(N, H, W)`` or ``(H, W)`` int64.
     """
-    return _predict(model, images, protocol, store, reduce=lambda band: band.argmax(dim=0), dim=0)
+    reduce = lambda band: band.argmax(dim=0)  # noqa: E731
+    return _predict(model, images, protocol, store, reduce=reduce, dim=0, should_stop=should_stop)
 
 
 def _predict(
@@ -287,6 +308,7 @@ def _predict(
     store: torch.device | str | None,
     reduce: Callable[[torch.Tensor], torch.Tensor],
     dim: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Per image: per-scale probabilities, combined band by band, each band ``reduce``d and
     the bands concatenated along ``dim`` (the row axis of the reduced band)."""
@@ -294,7 +316,7 @@ def _predict(
     single = images.ndim == 3
     out = []
     for image in images[None] if single else images:
-        maps = scale_probs(model, image, protocol, store)
+        maps = scale_probs(model, image, protocol, store, should_stop=should_stop)
         bands = combine_bands(maps, tuple(image.shape[-2:]), protocol.band_rows, reduce)
         out.append(torch.cat(bands, dim=dim))
     result = torch.stack(out)

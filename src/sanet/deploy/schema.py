@@ -1,0 +1,125 @@
+"""The shapes of ``sanet serve``'s answers, for ``/openapi.json``: the multipart upload, the
+segmentation answer, the health answer and every error answer (``{"detail": "..."}``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: what went wrong and what to do."""
+
+    detail: str = Field(description="the reason, and how to fix it")
+
+
+class ClassShare(BaseModel):
+    id: int
+    name: str
+    pixels: int = Field(description="pixels of this class in the mask (at the input's size)")
+    fraction: float = Field(description="pixels / (width × height)")
+
+
+class SegmentAnswer(BaseModel):
+    """``POST /v1/segment?format=json``."""
+
+    width: int = Field(description="of the input (after its EXIF rotation) and of the mask")
+    height: int
+    scale: float = Field(
+        description="working resolution / input size: the image was predicted at this scale "
+        "and its mask resized back (1.0: at its own size)"
+    )
+    classes: list[ClassShare] = Field(description="classes present, largest first")
+    mask_png_base64: str = Field(
+        description="index PNG (mode P): pixel value = class id, the palette attached"
+    )
+    overlay_png_base64: str | None = Field(None, description="with ?overlay=1: the overlay PNG")
+    seconds: float = Field(description="inference time (decode, queue and encode excluded)")
+    queue_seconds: float = Field(description="time waited for an inference slot")
+
+
+class QueueState(BaseModel):
+    running: int
+    waiting: int
+    capacity: int = Field(description="--max-concurrent + --max-queue")
+
+
+class Health(BaseModel):
+    """``GET /healthz`` once the model is loaded."""
+
+    status: str = Field(description='"ok"')
+    backend: str = Field(description='"torch" or "onnxruntime"')
+    queue: QueueState
+    estimated_wait_s: float = Field(description="how long a request admitted now would wait")
+    seconds_per_window: float | None = Field(
+        description="moving average of inference seconds per forward window (admission)"
+    )
+    last_inference: dict[str, Any] | None = Field(
+        description="{finished (UTC), seconds, windows} of the last inference, or null"
+    )
+
+
+class HealthProblem(BaseModel):
+    status: str = Field(description='"loading" (503, retry) or "error" (500, restart needed)')
+    detail: str
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: ``requestBody`` of ``POST /v1/segment`` (the route reads the body itself, so that it can
+#: apply the upload deadline before parsing).
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the image file: JPEG, PNG, WebP, BMP, GIF or TIFF",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the mask: JSON (format=json) or a PNG (format=png: the index mask, or "
+        "with overlay=1 the overlay picture)",
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    400: _error("malformed multipart body, or a Host header the server does not answer to"),
+    408: _error("the upload did not finish within --upload-timeout"),
+    413: _error(
+        "the body is over --max-upload-mb, the image over --max-megapixels, or the image "
+        "alone would take longer than --timeout"
+    ),
+    415: _error("the body is not multipart/form-data, or the file is not a readable image"),
+    422: _error("no file field 'image', or an invalid query parameter"),
+    500: _error("the model failed to load (restart needed), or a bug (see the server log)"),
+    503: _error(
+        "busy (every place taken, or the queued work would not leave time to finish) or the "
+        "model is loading: retry after Retry-After seconds"
+    ),
+    504: _error("not done within --timeout (queue wait included); the work was stopped"),
+}
+
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    500: {"model": HealthProblem, "description": "the model failed to load: restart needed"},
+    503: {"model": HealthProblem, "description": "the model is loading: retry"},
+}
+
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    500: _error("the model failed to load: restart needed"),
+    503: _error("the model is loading: retry after Retry-After seconds"),
+}
