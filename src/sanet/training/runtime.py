@@ -59,8 +59,12 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self.signal is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            # SLURM signals every process of a job step and torchrun forwards the SIGTERM it
+            # gets: one request arrives twice. Only a second Ctrl-C means "stop now".
+            return
         self.signal = signal.Signals(signum).name
         logger.warning(
             "%s received: finishing this step, then saving checkpoints/last.pt", self.signal
