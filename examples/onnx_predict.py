@@ -59,15 +59,12 @@ def resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def resize_probs(p: np.ndarray, height: int, width: int) -> np.ndarray:
     """Per-scale probabilities ``(K, h, w)`` → ``(K, height, width)`` as sanet combines them:
-    rows by float64 positions (``protocol._resize_band``), then columns as :func:`resize`."""
-    h = p.shape[1]
+    rows first (``protocol._resize_band``, the same float32 taps), then columns as
+    :func:`resize`."""
     if p.shape[1:] == (height, width):
         return p
-    pos = np.maximum((np.arange(height, dtype=np.float64) + 0.5) * (h / height) - 0.5, 0)
-    r0 = np.minimum(np.floor(pos).astype(np.int64), h - 1)
-    r1 = np.minimum(r0 + 1, h - 1)
-    fy = (pos - r0).astype(np.float32)
-    rows = p[:, r0] * (np.float32(1) - fy)[None, :, None] + p[:, r1] * fy[None, :, None]
+    r0, r1, fy0, fy1 = taps(p.shape[1], height)
+    rows = p[:, r0] * fy0[None, :, None] + p[:, r1] * fy1[None, :, None]
     c0, c1, cw0, cw1 = taps(p.shape[2], width)
     return rows[:, :, c0] * cw0 + rows[:, :, c1] * cw1
 
