@@ -104,6 +104,22 @@ class TestFCN(ModelContract):
     name, has_aux = "fcn", False
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("sanet", "gate attn_act upsample attn_combine fuse_channels dropout head_init"),
+        ("sanet_se", "gate fuse_channels dropout head_init"),  # no SA blocks: no SA options
+        ("fcn", "dropout head_init"),
+    ],
+)
+def test_each_model_stores_exactly_the_options_it_has(name: str, options: str) -> None:
+    model = sanet.build_model(name, backbone=TINY_BACKBONE, num_classes=K)
+    stored = set(model.config) - {"num_classes", "backbone", "output_stride"}
+    assert stored == set(options.split())
+    with pytest.raises(ValueError, match=f"{name!r} has no option 'colour'"):
+        sanet.build_model(name, backbone=TINY_BACKBONE, num_classes=K, colour="red")
+
+
 def test_dense_gating_is_logsigmoid_of_cat() -> None:
     model = sanet.build_model("sanet", backbone=TINY_BACKBONE, num_classes=K).eval()
     out = model.head(model.backbone(torch.randn(2, 3, 64, 64)))
