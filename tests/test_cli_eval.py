@@ -162,7 +162,7 @@ def test_explain_and_figure5_write_pngs(ckpts, odd_images, tmp_path, capsys):
     args = ["explain", "--checkpoint", str(ckpts / "sanet"), str(folder / "b.png")]
     assert main([*args, "--point", "40,30", "--out", str(fig6)]) == 0
     assert Image.open(fig6).format == "PNG"
-    assert main([*args, "--point", "97,10", "--out", str(fig6)]) == 2
+    assert main([*args, "--point", "97,10", "--out", str(fig6), "--overwrite"]) == 2
     assert "outside" in capsys.readouterr().err
     fig5 = tmp_path / "fig5.png"
     rc = main(
@@ -254,7 +254,7 @@ def test_eval_of_a_run_uses_its_eval_section(ckpts, tmp_path):
         40,
         24,
     )
-    assert main([*args, "--single-scale", "--out", str(out)]) == 0
+    assert main([*args, "--single-scale", "--out", str(out), "--overwrite"]) == 0
     proto = json.loads((out / "metrics.json").read_text())["protocol"]
     assert proto["mode"] == "single-scale" and (proto["flip"], proto["base_size"]) == (False, None)
 

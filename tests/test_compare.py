@@ -102,10 +102,10 @@ def test_compare_aggregates_its_runs_and_resumes(tmp_path: Path, monkeypatch) ->
     started = []
     real_fit = C.ensure_run
 
-    def counting(cfg, run, model, seed, callbacks=None):
+    def counting(cfg, run, model, seed, *rest):
         if not run.compare_run.is_file():
             started.append(run.root.name)
-        return real_fit(cfg, run, model, seed, callbacks)
+        return real_fit(cfg, run, model, seed, *rest)
 
     monkeypatch.setattr(C, "ensure_run", counting)
     assert main(args) == 0

@@ -77,9 +77,12 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
 
 
 def ensure_writable_dir(folder: str | Path, what: str) -> Path:
-    """Create ``folder`` (and parents) and prove that a file can be written in it.
+    """Prove that files can be written in ``folder`` without creating it.
 
     Called before long work, so that a bad ``--out`` fails in a second instead of after the work.
+    A missing folder is left to the first write (every writer creates its parents): a command
+    that fails before writing anything leaves no empty folder behind. The probe writes (and
+    removes) a hidden temporary file in ``folder``, or in its nearest existing parent.
     ``what`` names the option in the message (e.g. ``"--out"``).
 
     Raises:
@@ -87,32 +90,77 @@ def ensure_writable_dir(folder: str | Path, what: str) -> Path:
         PermissionError: the folder cannot be created or written (read-only, full, no access).
     """
     folder = Path(folder)
-    fix = f"Choose a {what} folder you can write to."
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=_TEMP_SUFFIX, dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except (FileExistsError, NotADirectoryError):
-        raise NotADirectoryError(
-            f"{what} {str(folder)!r} is a file (or lies under one), not a folder. {fix}"
-        ) from None
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise PermissionError(f"{what} {str(folder)!r} is not writable ({reason}). {fix}") from err
+    _probe_folder(folder, f"{what} {str(folder)!r}", f"Fix: give {what} a folder you can write to.")
     return folder
 
 
-def ensure_writable_file(path: str | Path, what: str) -> Path:
+def ensure_writable_file(path: str | Path, what: str, example: str = "report.json") -> Path:
     """Check that the file ``path`` can be written: it is not a folder and its folder is
-    writable (created if missing)."""
+    writable (or can be created); nothing is created. ``example`` is a file name the message
+    suggests when ``path`` is a folder."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(
-            f"{what} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'report.json')!r}."
+            f"{what} {str(path)!r} is a folder; give a file name, e.g. {str(path / example)!r}."
         )
-    ensure_writable_dir(path.parent, f"the folder of {what}")
+    _probe_folder(
+        path.parent,
+        f"the folder of {what} {str(path)!r}",
+        f"Fix: give {what} a file in a folder you can write to.",
+    )
     return path
+
+
+def ensure_new_file(
+    path: str | Path, what: str, overwrite: bool, example: str = "report.json"
+) -> Path:
+    """:func:`ensure_writable_file`, and refuse a file that exists unless ``overwrite`` (the
+    command's ``--overwrite``): outputs are never replaced silently (docs/reliability.md)."""
+    path = ensure_writable_file(path, what, example)
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise FileExistsError(
+            f"{what} {str(path)!r} already exists; nothing was written. Pass --overwrite to "
+            f"replace it, or choose another {what}."
+        )
+    return path
+
+
+def refuse_foreign_files(
+    folder: Path, found: list[Path], what: str, command: str, writes: str
+) -> None:
+    """Refuse an output folder that holds files ``command`` did not write (``found``, computed by
+    the command, which knows its own files): writing there would replace or mix with them."""
+    if not found:
+        return
+    shown = ", ".join(str(p.relative_to(folder)) for p in found[:5])
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    raise FileExistsError(
+        f"{what} {str(folder)!r} holds files that {command} did not write ({shown}{more}); "
+        f"nothing was written. Fix: choose a new or empty {what} folder ({command} writes "
+        f"{writes} there), or move those files away."
+    )
+
+
+def is_temp_file(path: Path) -> bool:
+    """A temporary file of an interrupted atomic write (:func:`temp_name`)."""
+    return path.name.startswith(".") and path.name.endswith(_TEMP_SUFFIX)
+
+
+def _probe_folder(folder: Path, subject: str, fix: str) -> None:
+    existing = folder
+    while not (existing.exists() or existing.is_symlink()) and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "" if existing == folder else f" lies under {str(existing)!r}, which"
+        raise NotADirectoryError(f"{subject}{where} is a file, not a folder. {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=_TEMP_SUFFIX, dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        at = "" if existing == folder else f": cannot create it in {str(existing)!r}"
+        raise PermissionError(f"{subject} is not writable ({reason}{at}). {fix}") from err
 
 
 def safe_torch_load(

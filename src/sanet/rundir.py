@@ -119,6 +119,32 @@ class RunDir:
         damaged = Path(damaged)
         return [c for c in self.available_weights() if c != damaged and c not in damaged.parents]
 
+    def clashing_files(self) -> list[Path]:
+        """Files at this layout's paths that a run did not write, which a run started here would
+        replace: a ``config.yaml`` without the sections every run's holds (e.g. the recipe
+        itself, with ``--out .``), and a file where the layout has a folder. Other files in the
+        folder are left alone (e.g. ``eval/`` or ``model.onnx`` written beside a run)."""
+        folders = (self.tensorboard, self.checkpoints, self.model, self.plots)
+        found = [p for p in folders if p.exists() and not p.is_dir()]
+        if self.config.exists() and not _is_run_config(self.config):
+            found.append(self.config)
+        return sorted(found)
+
     def resume_command(self) -> str:
         """The command that continues this run."""
         return f"sanet train {self.config} --out {self.root} --resume"
+
+
+# the sections every run's config.yaml has held (later versions added more, e.g. eval)
+_RUN_SECTIONS = ("model", "loss", "data", "train")
+
+
+def _is_run_config(path: Path) -> bool:
+    """A ``config.yaml`` that a run wrote: every section, each a mapping."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(cfg, dict) and all(isinstance(cfg.get(k), dict) for k in _RUN_SECTIONS)

@@ -88,6 +88,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "bench_profile.txt)",
     )
     p.add_argument(
+        "--overwrite", action="store_true", help="replace --json/--profile files that exist"
+    )
+    p.add_argument(
         "--resize",
         action="store_true",
         help="instead: time F.interpolate against the matrix form for this run's logit upsampling",
@@ -126,11 +129,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sanet import __version__
+    from sanet._files import ensure_new_file
     from sanet.models.resize import set_bilinear_method
     from sanet.training.bench import GPU_COMMAND, resize_timings, run_bench
     from sanet.training.measure import environment
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(args)  # every flag is checked before any model is built
+    for flag, path, example in (
+        ("--json", args.json, "bench.json"),
+        ("--profile", args.profile, "bench_profile.txt"),
+    ):
+        if path is not None:
+            ensure_new_file(path, flag, args.overwrite, example)
     device_type = settings.device.split(":")[0]
     set_bilinear_method(device_type, args.upsample)
     console = Console()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from sanet.rundir import RunDir
@@ -173,12 +174,57 @@ def progress() -> Any:
     return progress_bar(unit="img")
 
 
-def open_dataset(spec: str, split: str) -> Any:
-    """The dataset of ``--data KIND:PATH`` and ``--split``."""
+def add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``: outputs are never replaced silently (docs/reliability.md)."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} (default: refuse)")
+
+
+def refuse_existing(paths: list[Path], what: str, overwrite: bool) -> None:
+    """Refuse, before any work, to replace output files that exist, unless ``--overwrite``."""
+    found = [p for p in paths if p.exists()]
+    if found and not overwrite:
+        shown = ", ".join(str(p) for p in found[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise FileExistsError(
+            f"{what} already holds {shown}{more}; nothing was written. Pass --overwrite to "
+            f"replace {'it' if len(found) == 1 else 'them'}, or choose another {what}."
+        )
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """``--data-options YAML``: dataset options for ``--data``, as ``data.options`` of a recipe."""
+    p.add_argument(
+        "--data-options",
+        default=None,
+        metavar="YAML",
+        help="dataset options as in a recipe's data.options, e.g. '{label_map: {255: 1}}' for "
+        "binary masks saved as 0/255 (docs/datasets.md)",
+    )
+
+
+def parse_data_options(text: str | None) -> dict[str, Any]:
+    """The mapping of ``--data-options`` (``{}`` when not given)."""
+    import yaml
+
+    if text is None:
+        return {}
+    try:
+        options = yaml.safe_load(text)
+    except yaml.YAMLError:
+        options = None
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"--data-options must be a YAML mapping, e.g. '{{label_map: {{255: 1}}}}'; got {text!r}."
+        )
+    return options
+
+
+def open_dataset(spec: str, split: str, options: str | None = None) -> Any:
+    """The dataset of ``--data KIND:PATH``, ``--split`` and ``--data-options``."""
     from sanet.data import build_dataset, parse_data_spec
 
     kind, root = parse_data_spec(spec)
-    return build_dataset(kind, root, split=split)
+    return build_dataset(kind, root, split=split, **parse_data_options(options))
 
 
 def check_classes(model: Any, dataset: Any, checkpoint: str) -> None:

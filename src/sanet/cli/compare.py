@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from sanet.cli.views import TrainingView
     from sanet.config import recipe_path
-    from sanet.training.compare import compare
+    from sanet.training.compare import ComparisonInterrupted, compare
+    from sanet.training.runtime import exit_status
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
@@ -47,7 +49,11 @@ def _compare(args: argparse.Namespace) -> int:
     recipe = Path(args.config)
     if not recipe.is_file() and recipe.suffix == "" and len(recipe.parts) == 1:
         recipe = recipe_path(args.config)  # an embedded recipe by name, e.g. "demo"
-    payload = compare(recipe, args.models, seeds, args.out, overrides, TrainingView())
+    try:
+        payload = compare(recipe, args.models, seeds, args.out, overrides, TrainingView())
+    except ComparisonInterrupted as err:  # one line; the runs are kept (docs/reliability.md)
+        print(f"\nsanet compare: {err}", file=sys.stderr)
+        return exit_status(err.signal)
     _print_tables(payload)
     print(f"Wrote {args.out / 'compare.json'} and {args.out / 'compare.png'}")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sanet._files import atomic_write_text, ensure_writable_dir
+from sanet.cli.common import add_data_options, parse_data_options
 
 T = TypeVar("T")
 
@@ -132,12 +133,21 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
         "check-data",
         help="scan a dataset for bad files and labels before training",
         description="Scan every image/mask pair: unreadable or truncated files, size mismatches, "
-        "out-of-range labels, RGB masks, all-ignore masks, duplicates; class frequencies and "
-        "suggested class weights. Exit code 1 when errors are found.",
+        "out-of-range labels, RGB masks, all-ignore masks, duplicates; over the split: fewer "
+        "than 2 classes, 0/255 binary masks, one class only, absent classes, a large ignore "
+        "share; class frequencies and suggested class weights. Exit code 1 when errors are "
+        "found.",
     )
     p.add_argument("--data", required=True, help="KIND:PATH, e.g. voc:data/VOC2012 or synthetic")
+    add_data_options(p)
     p.add_argument("--split", default="train")
-    p.add_argument("--out", type=Path, help="JSON report (default: check-data-KIND-SPLIT.json)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="JSON report (default: check-data-KIND-SPLIT.json, replaced when it holds an "
+        "earlier report)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--workers", type=int, default=None, help="decoding threads")
     p.add_argument("--show", type=int, default=20, help="issues listed on screen")
     p.set_defaults(func=_run_check)
@@ -147,15 +157,19 @@ def _run_check(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sanet._files import ensure_writable_file
+    from sanet._files import ensure_new_file
     from sanet.data import build_dataset, parse_data_spec
     from sanet.data.check import check_dataset, default_workers
     from sanet.progress import progress_bar
 
     kind, path = parse_data_spec(args.data)
-    out = ensure_writable_file(args.out or Path(f"check-data-{kind}-{args.split}.json"), "--out")
+    options = parse_data_options(args.data_options)
+    out = args.out or Path(f"check-data-{kind}-{args.split}.json")
+    # the default report of an earlier check is this command's own: re-running replaces it
+    own = args.out is None and _is_report(out)
+    ensure_new_file(out, "--out", args.overwrite or own)
     # Missing files are issues of the scan like any other (all listed), not a stop at building.
-    ds = build_dataset(kind, path, split=args.split, check_files=False)
+    ds = build_dataset(kind, path, split=args.split, check_files=False, **options)
     console = Console(emoji=False)  # "voc:train:" must not become an emoji
 
     with progress_bar(unit="pairs", console=console) as bar:
@@ -166,11 +180,21 @@ def _run_check(args: argparse.Namespace) -> int:
             progress=lambda n: bar.advance(task, n),
         )
     report["data"] = args.data
+    report["data_options"] = options
     report["split"] = args.split
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     _print_report(console, report, args.show, Table)
     console.print(f"report: {out}")
     return 1 if report["errors"] else 0
+
+
+def _is_report(path: Path) -> bool:
+    """A JSON report that ``sanet check-data`` wrote."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"issue_counts", "class_weighting"} <= report.keys()
 
 
 def _print_report(console, report: dict, show: int, Table) -> None:
@@ -207,5 +231,6 @@ def _print_report(console, report: dict, show: int, Table) -> None:
     for k, (name, images, freq, weight) in enumerate(rows):
         classes.add_row(str(k), name, str(images), f"{100 * freq:.2f}", f"{weight:.3f}")
     console.print(classes)
+    console.print(f"ignore (255): {100 * report['ignore_share']:.2f} % of the pixels")
     status = "[red]errors found[/red]" if report["errors"] else "[green]no errors[/green]"
     console.print(f"{status}: {report['errors']} errors, {report['warnings']} warnings")

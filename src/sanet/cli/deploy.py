@@ -18,8 +18,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="one self-describing ONNX file, checked against PyTorch")
     p.add_argument("--checkpoint", required=True, help="run dir, .pt or save_pretrained folder")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (default: refuse)"
+    )
     p.add_argument("--format", choices=["onnx"], default="onnx", help="only onnx for now")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20; 18 or newer)")
     p.add_argument(
         "--size",
         type=int,
@@ -34,6 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(default on; --no-check skips it)",
     )
     p.add_argument("--atol", type=float, default=1e-4, help="check: absolute logit tolerance")
+    p.add_argument(
+        "--rtol", type=float, default=1e-4, help="check: tolerance relative to max |logit|"
+    )
     p.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="web page and HTTP API for a checkpoint or an .onnx file")
@@ -88,11 +94,12 @@ def _run_extras(checkpoint: str) -> dict[str, Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sanet._files import ensure_writable_file
+    from sanet._files import ensure_new_file
     from sanet.deploy.export import (
         DEFAULT_OPSET,
         ParityTolerance,
         build_metadata,
+        check_export_options,
         export_onnx,
     )
     from sanet.inference import EvalProtocol
@@ -100,24 +107,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if str(args.checkpoint).lower().endswith(".onnx"):
         raise ValueError(f"{args.checkpoint} is already an ONNX file; export a run or model/.")
-    ensure_writable_file(args.out, "--out")  # before the export and its parity check
-    model, meta = load_model(args.checkpoint, map_location="cpu")
     cfg = run_config(args.checkpoint)
+    size = int(args.size or (cfg.get("data") or {}).get("crop_size") or 480)
+    # every flag and --out before the model is loaded, exported and checked
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    tolerance = ParityTolerance(atol=args.atol, rtol=args.rtol)
+    check_export_options(args.out, size, opset, tolerance)
+    ensure_new_file(args.out, "--out", args.overwrite, "model.onnx")
+    model, meta = load_model(args.checkpoint, map_location="cpu")
     ev = cfg.get("eval") or {}
     protocol = EvalProtocol(
         crop_size=int(ev.get("crop_size") or 480), stride=int(ev.get("stride") or 320)
     )
-    size = args.size or (cfg.get("data") or {}).get("crop_size") or 480
-    opset = args.opset or DEFAULT_OPSET
     metadata = build_metadata(model, meta, protocol, opset, **_run_extras(args.checkpoint))
     written = export_onnx(
         model,
         args.out,
         metadata,
-        example_size=(int(size), int(size)),
+        example_size=(size, size),
         opset=opset,
         check=args.check,
-        tolerance=ParityTolerance(atol=args.atol),
+        tolerance=tolerance,
     )
     mb = args.out.stat().st_size / 1e6
     if written["parity"]:
@@ -129,7 +139,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"check: onnxruntime = PyTorch at {checked} (max |Δ logits| {worst:.2g}, "
             f"argmax agreement {agree:.2%})"
         )
-    print(f"Wrote {args.out} ({mb:.1f} MB, opset {opset}, {len(metadata['class_names'])} classes)")
+    classes = len(metadata["class_names"])
+    print(f"Wrote {args.out} ({mb:.1f} MB, opset {written['opset']}, {classes} classes)")
     return 0
 
 

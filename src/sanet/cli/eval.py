@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from sanet.cli.common import (
+    add_data_options,
+    add_overwrite,
     add_protocol_args,
     check_classes,
     device_name,
@@ -26,11 +28,13 @@ from sanet.cli.common import (
     progress,
     protocol_from_args,
     protocol_mode,
+    refuse_existing,
 )
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+EVAL_OUTPUTS = ("metrics.json", "iou_per_class.png", "confusion_matrix.png")  # in eval's --out
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -38,12 +42,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="pixAcc / mIoU / per-class IoU on a dataset split")
     add_protocol_args(p)
     p.add_argument("--data", required=True, metavar="KIND:PATH", help="e.g. voc:data/VOC2012")
+    add_data_options(p)
     p.add_argument("--split", default="val")
     p.add_argument("--out", type=Path, help="write metrics.json and plots here")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument(
         "--save-predictions", action="store_true", help="also write OUT/predictions/*.png masks"
     )
+    add_overwrite(p, "files in --out from an earlier eval")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="index-PNG masks (and overlays) for images")
@@ -51,6 +57,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write overlays with a legend")
+    add_overwrite(p, "masks and overlays in --out that exist")
     p.set_defaults(func=cmd_predict)
 
 
@@ -66,18 +73,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     protocol = protocol_from_args(args)
     device = device_name(args.device)
-    dataset = open_dataset(args.data, args.split)
-    model, meta = open_model(args.checkpoint, device)  # an .onnx file runs on onnxruntime
-    check_classes(model, dataset, args.checkpoint)
-    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    if n == 0:
-        raise ValueError(f"{args.data} split {args.split!r} has no images to evaluate.")
     if args.save_predictions and args.out is None:
         raise ValueError("--save-predictions writes into --out DIR; add --out.")
     if args.out is not None:  # a bad --out fails now, not after the evaluation
         ensure_writable_dir(
             args.out / "predictions" if args.save_predictions else args.out, "--out"
         )
+        outputs = [args.out / name for name in EVAL_OUTPUTS]
+        if args.save_predictions and (args.out / "predictions").is_dir():
+            outputs += sorted((args.out / "predictions").iterdir())
+        refuse_existing(outputs, "--out", args.overwrite)
+    dataset = open_dataset(args.data, args.split, args.data_options)
+    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    if n == 0:
+        raise ValueError(f"{args.data} split {args.split!r} has no images to evaluate.")
+    model, meta = open_model(args.checkpoint, device)  # an .onnx file runs on onnxruntime
+    check_classes(model, dataset, args.checkpoint)
     start = time.perf_counter()
     failed: list[str] = []  # unreadable pairs: left out of the metrics, listed at the end
     done: list[int] = []  # dataset index of each evaluated image
@@ -186,9 +197,10 @@ def write_eval_outputs(
     from sanet.viz.visualize import plot_confusion_matrix, plot_per_class_iou
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(report, indent=2, default=str) + "\n")
-    plot_per_class_iou(result["IoU"], names, out / "iou_per_class.png")
-    plot_confusion_matrix(cm.matrix_cpu(), names, out / "confusion_matrix.png")
+    metrics, iou, confusion = (out / name for name in EVAL_OUTPUTS)
+    atomic_write_text(metrics, json.dumps(report, indent=2, default=str) + "\n")
+    plot_per_class_iou(result["IoU"], names, iou)
+    plot_confusion_matrix(cm.matrix_cpu(), names, confusion)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +275,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = device_name(args.device)
     plan = output_plan(expand_inputs(args.inputs), args.out, args.overlay)
     ensure_writable_dir(args.out / "overlays" if args.overlay else args.out, "--out")
+    refuse_existing([t for _, *targets in plan for t in targets if t], "--out", args.overwrite)
     predictor = Predictor(args.checkpoint, device=device, protocol=protocol)
     failed: list[str] = []  # a bad image is reported at the end; the good ones are all written
     with progress() as bar:

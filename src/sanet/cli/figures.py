@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sanet._files import ensure_writable_dir, ensure_writable_file
+from sanet._files import ensure_new_file, ensure_writable_dir, refuse_foreign_files
 from sanet.cli.common import (
+    add_data_options,
     add_overrides,
+    add_overwrite,
     add_protocol_args,
     check_classes,
     device_name,
@@ -25,6 +27,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("--point", required=True, metavar="X,Y", help="pixel column,row")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.png")
+    add_overwrite(p, "--out if it exists")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.set_defaults(func=cmd_explain)
 
@@ -34,9 +37,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_protocol_args(p)
     p.add_argument("--baseline", required=True, help="the baseline (FCN) checkpoint")
     p.add_argument("--data", required=True, metavar="KIND:PATH")
+    add_data_options(p)
     p.add_argument("--split", default="val")
     p.add_argument("--indices", default="0,1,2,3", help="comma-separated image indices")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.png")
+    add_overwrite(p, "--out if it exists")
     p.set_defaults(func=cmd_figure5)
 
     p = sub.add_parser("sweep", help="train an α/β grid of loss weights, draw mIoU (Fig. 4)")
@@ -67,7 +72,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from sanet.viz.figures import attention_maps, plot_attention_maps
 
     point = _parse_point(args.point)
-    ensure_writable_file(args.out, "--out")
+    ensure_new_file(args.out, "--out", args.overwrite, "figure.png")
     device = device_name(args.device)
     model, _ = load_model(args.checkpoint, map_location="cpu")
     model = model.to(device).eval()
@@ -83,9 +88,9 @@ def cmd_figure5(args: argparse.Namespace) -> int:
     from sanet.viz.figures import plot_figure5
 
     protocol = protocol_from_args(args)
-    ensure_writable_file(args.out, "--out")
+    ensure_new_file(args.out, "--out", args.overwrite, "figure.png")
     device = device_name(args.device)
-    dataset = open_dataset(args.data, args.split)
+    dataset = open_dataset(args.data, args.split, args.data_options)
     indices = [int(v) for v in parse_floats(args.indices, "--indices")]
     if not indices or any(not 0 <= i < len(dataset) for i in indices):
         raise ValueError(f"--indices must lie in 0..{len(dataset) - 1}, got {args.indices!r}.")
@@ -115,7 +120,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from sanet.cli.views import TrainingView
     from sanet.config import load_config, recipe_path
-    from sanet.training.sweep import sweep_loss_weights
+    from sanet.training.sweep import sweep_foreign_files, sweep_loss_weights
 
     alphas = parse_floats(args.alphas, "--alphas")
     betas = parse_floats(args.betas, "--betas")
@@ -125,6 +130,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.config = recipe_path("demo")
     load_config(args.config, args.overrides)  # fail on a bad recipe before the first run
     ensure_writable_dir(args.out, "--out")
+    found = sweep_foreign_files(args.out)
+    refuse_foreign_files(
+        args.out, found, "--out", "sanet sweep", "alpha*_beta*/, sweep.json, fig4.png"
+    )
 
     view = TrainingView()
 

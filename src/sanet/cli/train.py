@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from sanet.cli.common import add_overrides
 from sanet.rundir import RunDir
+
+# what a run writes into its --out (for the message refusing a folder that holds other files)
+RUN_FILES = "config.yaml, metrics.jsonl, checkpoints/, model/, plots/ and tensorboard/"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +30,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sanet._files import ensure_writable_dir
+    from sanet._files import ensure_writable_dir, refuse_foreign_files
     from sanet.cli.views import TrainingView
     from sanet.config import load_config
+    from sanet.training.runtime import exit_status
     from sanet.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
     cfg = load_config(args.config, args.overrides)
@@ -39,34 +44,63 @@ def _train(args: argparse.Namespace) -> int:
             "or --out NEW_DIR to start another; nothing was overwritten."
         )
     ensure_writable_dir(out, "--out")
+    if not args.resume:
+        refuse_foreign_files(out, RunDir(out).clashing_files(), "--out", "sanet train", RUN_FILES)
     trainer = Trainer(cfg, out, resume=args.resume, callbacks=TrainingView())
     if trainer.state.global_step >= trainer.total_steps and trainer.dist.is_main:
         print(
-            f"{out} finished its {trainer.total_steps} steps already; to train longer, resume "
-            "with a larger train.epochs (--set train.epochs=N).",
+            f"{out} finished its {_steps(trainer.total_steps)} already; to train longer, resume "
+            f"with {_longer(cfg.train, trainer.steps_per_epoch)}.",
             file=sys.stderr,
         )
     try:
         summary = trainer.fit()
     except TrainingInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
-        return 130
+        return exit_status(err.signal)
     except NonFiniteLossError as err:
         print(f"\nsanet train: error: {err}", file=sys.stderr)
         return 3
     if trainer.dist.is_main:
         best = summary["best_mIoU"]
         shown = f"{best:.4f}" if best >= 0 else "n/a (no validation ran)"
-        print(f"best val mIoU {shown} after {summary['steps']} steps; run: {summary['run_dir']}")
+        print(f"best val mIoU {shown} after {_steps(summary['steps'])}; run: {summary['run_dir']}")
+    if summary["stopped_by"]:  # after the last step: the run is complete, nothing to resume
+        print(
+            f"Stopped by {summary['stopped_by']} after the last step; the run finished and is "
+            "saved (nothing to resume).",
+            file=sys.stderr,
+        )
+        return exit_status(summary["stopped_by"])
     return 0
 
 
+def _steps(n: int) -> str:
+    return f"{n} step{'' if n == 1 else 's'}"
+
+
+def _longer(t: Any, steps_per_epoch: int) -> str:
+    """The override that makes a finished run longer: whichever of ``train.epochs`` and
+    ``train.max_steps`` ended it (raising the other would train nothing)."""
+    by_epochs = steps_per_epoch * t.epochs
+    if t.max_steps and t.max_steps < by_epochs:
+        return f"a larger train.max_steps (now {t.max_steps}; --set train.max_steps=N)"
+    also = (
+        f" and train.max_steps above {t.max_steps} (--set train.max_steps=0 for no cap)"
+        if t.max_steps
+        else ""
+    )
+    return f"a larger train.epochs (now {t.epochs}; --set train.epochs=N){also}"
+
+
 def _demo(args: argparse.Namespace) -> int:
-    from sanet._files import ensure_writable_dir
+    from sanet._files import ensure_writable_dir, refuse_foreign_files
     from sanet.cli.views import TrainingView
     from sanet.training.demo import run_demo
 
     ensure_writable_dir(args.out, "--out")
+    found = RunDir(args.out).clashing_files()
+    refuse_foreign_files(Path(args.out), found, "--out", "sanet demo", RUN_FILES)
     summary = run_demo(Path(args.out), args.overrides, callbacks=TrainingView())
     print(json.dumps({k: summary[k] for k in ("val_mIoU", "val_pixAcc", "seconds", "run_dir")}))
     print(

@@ -45,7 +45,11 @@ _BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
 }
 DATASET_KINDS = (*_BUILDERS, "synthetic")
 _COMMON_OPTIONS = ("exif_transpose", "max_pixels", "check_files")
-_SYNTHETIC_OPTIONS = ("num_images", "size", "seed", "generator")
+# options of one kind only, beside the common ones
+_KIND_OPTIONS = {
+    "synthetic": ("num_images", "size", "seed", "generator"),
+    "folder": ("label_map",),
+}
 
 
 def list_datasets() -> list[str]:
@@ -69,7 +73,8 @@ def build_dataset(
         transforms: ``transforms(image, mask) -> (image, mask)``, e.g. ``train_transforms()``.
         **kwargs: ``exif_transpose``, ``max_pixels``, ``check_files`` (see
             :class:`SegmentationDataset`); for ``synthetic`` also ``num_images``, ``size``,
-            ``seed`` and ``generator`` (``"scenes"`` or ``"glyphs"``).
+            ``seed`` and ``generator`` (``"scenes"`` or ``"glyphs"``); for ``folder`` also
+            ``label_map`` (raw mask value -> class id, e.g. ``{255: 1}`` for 0/255 binary masks).
 
     Returns:
         A dataset with ``num_classes``, ``class_names``, ``palette`` and ``files(i)``.
@@ -79,7 +84,7 @@ def build_dataset(
             f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}."
             + suggest(kind, DATASET_KINDS)
         )
-    allowed = _COMMON_OPTIONS + (_SYNTHETIC_OPTIONS if kind == "synthetic" else ())
+    allowed = _COMMON_OPTIONS + _KIND_OPTIONS.get(kind, ())
     for key in kwargs:
         if key not in allowed:
             raise ValueError(

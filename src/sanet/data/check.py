@@ -1,10 +1,17 @@
 """``sanet check-data``: scan every (image, mask) pair of a dataset before training.
 
-Flags (severity): unreadable / truncated / missing files, image–mask size mismatches,
+Flags (severity), per pair: unreadable / truncated / missing files, image–mask size mismatches,
 out-of-range labels and colour-coded (RGB) masks (errors); masks that are all ignore and
-duplicate images (warnings). Counts class pixels and suggests class weights by median
-frequency balancing (Eigen & Fergus 2015): ``f_k`` = pixels of class k / pixels of the images
-where k appears, ``w_k = median(f) / f_k`` (0 for classes never seen).
+duplicate images (warnings). Over the whole split (:func:`label_issues`, index -1): fewer than
+2 classes, masks holding only 0 and 255 while 255 means ignore (binary masks saved as 0/255),
+labelled pixels of one class only (errors); a class that never appears while ignore covers a
+large share of the pixels, and a large ignore share in general (warnings). Counts class pixels
+and suggests class weights by median frequency balancing (Eigen & Fergus 2015): ``f_k`` =
+pixels of class k / pixels of the images where k appears, ``w_k = median(f) / f_k`` (0 for
+classes never seen).
+
+:func:`check_training_labels` runs the split-wide checks at the start of training on a bounded
+sample of masks (and reads the rest only to confirm a refusal).
 """
 
 from __future__ import annotations
@@ -25,8 +32,25 @@ from sanet.data.io import DataError
 
 log = logging.getLogger(__name__)
 
-ERROR_KINDS = ("missing", "unreadable", "truncated", "size_mismatch", "bad_labels", "rgb_mask")
-WARNING_KINDS = ("all_ignore", "duplicate")
+ERROR_KINDS = (
+    "missing",
+    "unreadable",
+    "truncated",
+    "size_mismatch",
+    "bad_labels",
+    "rgb_mask",
+    "too_few_classes",
+    "mask_0_255",
+    "one_class",
+)
+WARNING_KINDS = ("all_ignore", "duplicate", "absent_class", "high_ignore")
+#: A class that never appears while this share of the pixels is ignore: 255 may be that class.
+SIGNATURE_IGNORE_SHARE = 0.2
+#: Above this share of ignore pixels, warn in any case.
+HIGH_IGNORE_SHARE = 0.5
+#: Masks the start of training reads (evenly spaced over the split); the rest only to confirm
+#: a refusal.
+TRAINING_SAMPLE = 64
 
 
 @dataclass
@@ -44,8 +68,45 @@ class _PairResult:
     issues: list[Issue] = field(default_factory=list)
     class_pixels: np.ndarray | None = None
     image_pixels: int = 0
+    ignore_pixels: int = 0
+    raw_values: np.ndarray | None = None  # (256,) bool: the raw values this mask holds
     size: tuple[int, int] | None = None
     digest: str | None = None
+
+
+@dataclass
+class LabelStats:
+    """What the masks read so far hold, after the dataset's ``label_map``."""
+
+    num_classes: int
+    masks: int = 0
+    class_pixels: np.ndarray = field(init=False)
+    ignore_pixels: int = 0
+    raw_values: np.ndarray = field(init=False)  # (256,) bool: raw values seen in any mask
+
+    def __post_init__(self) -> None:
+        self.class_pixels = np.zeros(self.num_classes, np.int64)
+        self.raw_values = np.zeros(256, bool)
+
+    def add(self, raw: np.ndarray, label_map: np.ndarray) -> None:
+        """Count one raw mask (values the map does not know are left out). One histogram of
+        the 256 raw values does it: the map is applied to the bins, not to every pixel."""
+        self.masks += 1
+        hist = np.bincount(raw.ravel(), minlength=256)[:256]
+        self.raw_values |= hist > 0
+        self.ignore_pixels += int(hist[label_map == IGNORE_INDEX].sum())
+        labelled = (label_map >= 0) & (label_map != IGNORE_INDEX)
+        self.class_pixels += np.bincount(
+            label_map[labelled], weights=hist[labelled], minlength=self.num_classes
+        )[: self.num_classes].astype(np.int64)
+
+    @property
+    def ignore_share(self) -> float:
+        total = int(self.class_pixels.sum()) + self.ignore_pixels
+        return self.ignore_pixels / total if total else 0.0
+
+    def present(self) -> list[int]:
+        return np.flatnonzero(self.class_pixels).tolist()
 
 
 def _classify(err: Exception) -> str:
@@ -85,6 +146,8 @@ def _check_pair(ds: SegmentationDataset, i: int) -> _PairResult:
             f"{image.shape[1]}×{image.shape[0]}",
         )
     ids = ds.label_map[raw]
+    res.raw_values = np.bincount(raw.ravel(), minlength=256)[:256] > 0
+    res.ignore_pixels = int((ids == IGNORE_INDEX).sum())
     if ids.min(initial=0) < 0:
         bad = np.unique(raw[ids < 0])
         issue("bad_labels", f"{mask_path}: values {bad[:10].tolist()} are not labels of {ds.name}")
@@ -94,6 +157,139 @@ def _check_pair(ds: SegmentationDataset, i: int) -> _PairResult:
     res.class_pixels = np.bincount(valid.ravel(), minlength=ds.num_classes)[: ds.num_classes]
     res.image_pixels = int(valid.size)
     return res
+
+
+_LABEL_MAP_FIX = (
+    "the dataset option label_map (in a recipe data.options: {label_map: {255: 1}}; for "
+    "check-data and eval --data-options '{label_map: {255: 1}}'; docs/datasets.md)"
+)
+
+
+def _names(ds: SegmentationDataset, ids: list[int]) -> str:
+    return ", ".join(f"{ds.class_names[k]!r} ({k})" for k in ids)
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.0f} %"
+
+
+def label_issues(stats: LabelStats, ds: SegmentationDataset, scope: str) -> list[tuple[str, str]]:
+    """(kind, message) of every split-wide problem of the masks counted in ``stats``.
+
+    ``scope`` names what was read in the messages, e.g. ``"folder:train"`` or ``"a sample of 64
+    of the 10582 masks of folder:train"``.
+    """
+    k = ds.num_classes
+    if k < 2:
+        return [
+            (
+                "too_few_classes",
+                f"{ds.name}: {k} class{'' if k == 1 else 'es'} "
+                f"({', '.join(map(repr, ds.class_names))}); segmentation needs at least 2. Fix: "
+                "add the background as class 0 (for a folder dataset, classes.txt lines "
+                "'background' then 'object': mask value k = line k).",
+            )
+        ]
+    present = stats.present()
+    absent = [c for c in range(k) if c not in present]
+    share = stats.ignore_share
+    found: list[tuple[str, str]] = []
+    raw = set(np.flatnonzero(stats.raw_values).tolist())
+    if ds.label_map[IGNORE_INDEX] == IGNORE_INDEX and IGNORE_INDEX in raw and raw <= {0, 255}:
+        found.append(
+            (
+                "mask_0_255",
+                f"{scope}: every mask holds only the values 0 and 255, and 255 means ignore, so "
+                f"{_names(ds, absent)} never appear{'s' if len(absent) == 1 else ''} "
+                f"({_percent(share)} of the pixels are ignored): binary masks saved as 0/255. "
+                f"Fix: if 255 marks the object, read it as class 1 with {_LABEL_MAP_FIX}, or "
+                "save the masks with the values 0 and 1.",
+            )
+        )
+    elif len(present) <= 1:
+        what = f"one class only ({_names(ds, present)})" if present else "no class at all"
+        if share >= SIGNATURE_IGNORE_SHARE:
+            cause = (
+                f"{_percent(share)} of the pixels are ignore (255): if 255 marks a class in "
+                f"these masks, map it to that class with {_LABEL_MAP_FIX}."
+            )
+        else:
+            cause = (
+                "the masks do not use the values of the class list (mask value k = class k: "
+                f"{_names(ds, list(range(min(k, 4))))}{', ...' if k > 4 else ''}); check the "
+                "class list and the values the masks hold (`sanet check-data` counts them)."
+            )
+        found.append(
+            (
+                "one_class",
+                f"{scope}: the labelled pixels hold {what}; a model would learn nothing and "
+                f"validation would score it perfect. Likely cause: {cause}",
+            )
+        )
+    elif absent and share >= SIGNATURE_IGNORE_SHARE:
+        found.append(
+            (
+                "absent_class",
+                f"{scope}: {_names(ds, absent)} never appear{'s' if len(absent) == 1 else ''} "
+                f"while {_percent(share)} of the pixels are ignore (255). If 255 marks "
+                f"{'that class' if len(absent) == 1 else 'one of them'} in these masks, map it "
+                f"with {_LABEL_MAP_FIX.replace('{255: 1}', f'{{255: {absent[0]}}}')}.",
+            )
+        )
+    elif share >= HIGH_IGNORE_SHARE:
+        found.append(
+            (
+                "high_ignore",
+                f"{scope}: {_percent(share)} of the pixels are ignore (255); the loss and the "
+                "metrics see only the rest. Check that 255 means 'unlabelled' in these masks; "
+                f"if it is a class, map it with {_LABEL_MAP_FIX}.",
+            )
+        )
+    return found
+
+
+def check_training_labels(ds: SegmentationDataset, sample: int = TRAINING_SAMPLE) -> list[str]:
+    """The split-wide label checks at the start of training, kept cheap on large datasets.
+
+    Reads ``sample`` masks evenly spaced over the split (all of a smaller split). When they
+    show a refusal (one class only, 0/255 masks), the rest of the split is read to confirm it,
+    stopping as soon as the masks prove it wrong: a split is refused only for what all its
+    masks hold. Warnings of a sample say so.
+
+    Returns:
+        the warnings (messages) to show.
+
+    Raises:
+        ValueError: fewer than 2 classes, 0/255 masks read with 255 as ignore, or labelled
+            pixels of one class only; the message names the cause and the fix.
+    """
+    n = len(ds)
+    stats = LabelStats(ds.num_classes)
+    picked = sorted({i * n // sample for i in range(sample)}) if n > sample else list(range(n))
+    for i in picked:
+        stats.add(ds.read_mask(i), ds.label_map)
+    scope = f"a sample of {len(picked)} of the {n} masks of {ds.name}" if n > sample else ds.name
+    found = label_issues(stats, ds, scope)
+    refused = [kind for kind, _ in found if kind in ERROR_KINDS]
+    if refused and n > sample and refused != ["too_few_classes"]:
+        rest = sorted(set(range(n)) - set(picked))
+        log.info("%s: checking all %d masks (%s in the sample)", ds.name, n, refused[0])
+        for i in rest:
+            stats.add(ds.read_mask(i), ds.label_map)
+            if len(stats.present()) > 1:  # two classes: neither refusal holds any more
+                break
+        whole = stats.masks == n
+        found = label_issues(
+            stats,
+            ds,
+            f"all {n} masks of {ds.name}"
+            if whole
+            else f"{stats.masks} of the {n} masks of {ds.name}",
+        )
+    errors = [message for kind, message in found if kind in ERROR_KINDS]
+    if errors:
+        raise ValueError(" ".join(errors))
+    return [message for _, message in found]
 
 
 def median_frequency_weights(class_pixels: np.ndarray, present_pixels: np.ndarray) -> np.ndarray:
@@ -118,6 +314,7 @@ def check_dataset(
     present_pixels = np.zeros(k, np.int64)  # pixels of the images where class k appears
     class_images = np.zeros(k, np.int64)
     issues: list[Issue] = []
+    stats = LabelStats(k)
     seen: dict[str, int] = {}
     sizes: list[tuple[int, int]] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:  # decoding releases the GIL
@@ -130,6 +327,10 @@ def check_dataset(
                 class_pixels += res.class_pixels
                 class_images += present
                 present_pixels[present] += res.image_pixels
+                stats.masks += 1
+                stats.class_pixels += res.class_pixels
+                stats.ignore_pixels += res.ignore_pixels
+                stats.raw_values |= res.raw_values
             if res.digest is not None:
                 if res.digest in seen:
                     first = ds.files(seen[res.digest])[0]
@@ -140,6 +341,10 @@ def check_dataset(
                     seen[res.digest] = i
             if progress:
                 progress(1)
+    if stats.masks or k < 2:  # split-wide problems (no pair: index -1)
+        for kind, message in label_issues(stats, ds, ds.name):
+            severity = "error" if kind in ERROR_KINDS else "warning"
+            issues.append(Issue(kind, severity, -1, "", "", message))
     total = int(class_pixels.sum())
     counts = {kind: 0 for kind in (*ERROR_KINDS, *WARNING_KINDS)}
     for it in issues:
@@ -157,6 +362,8 @@ def check_dataset(
             "min_hw": hw.min(0).tolist() if len(hw) else None,
             "max_hw": hw.max(0).tolist() if len(hw) else None,
         },
+        "ignore_pixels": stats.ignore_pixels,
+        "ignore_share": stats.ignore_share,
         "class_names": ds.class_names,
         "class_pixels": class_pixels.tolist(),
         "class_images": class_images.tolist(),

@@ -6,6 +6,8 @@ Each table is data, not logic: a newcomer checks it against the dataset's offici
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from sanet.conventions import IGNORE_INDEX
@@ -120,6 +122,46 @@ def identity_lut(num_classes: int) -> np.ndarray:
     lut[:num_classes] = np.arange(num_classes)
     lut[IGNORE_INDEX] = IGNORE_INDEX
     return lut
+
+
+def remapped_lut(num_classes: int, remap: Mapping[int, int], where: str) -> np.ndarray:
+    """:func:`identity_lut` with some raw values sent elsewhere, e.g. ``{255: 1}`` for binary
+    masks saved as 0/255 (255 is then class 1, not ignore).
+
+    Raises:
+        ValueError: a raw value outside 0..255 or a target outside 0..K−1 and 255.
+    """
+    lut = identity_lut(num_classes)
+    if not isinstance(remap, Mapping):
+        raise ValueError(
+            f"{where}: label_map must map raw mask values to class ids, e.g. {{255: 1}}; got "
+            f"{remap!r}."
+        )
+    for raw, target in remap.items():
+        raw_v, target_v = _label_value(raw), _label_value(target)
+        if raw_v is None or not 0 <= raw_v <= 255:
+            raise ValueError(
+                f"{where}: label_map key {raw!r} is not a mask value 0..255; e.g. {{255: 1}} "
+                "reads 255 as class 1."
+            )
+        if target_v is None or not (0 <= target_v < num_classes or target_v == IGNORE_INDEX):
+            raise ValueError(
+                f"{where}: label_map sends {raw_v} to {target!r}, which is neither a class id "
+                f"0..{num_classes - 1} (the lines of classes.txt) nor {IGNORE_INDEX} (ignore)."
+            )
+        lut[raw_v] = target_v
+    return lut
+
+
+def _label_value(value: object) -> int | None:
+    """An int (or a string of digits, as JSON keys are) as a label value; else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
 
 
 def reduce_zero_lut(num_classes: int) -> np.ndarray:

@@ -5,7 +5,7 @@ and label mapping (``classes.py``)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sanet.data import classes as C
@@ -221,8 +221,18 @@ def read_classes_txt(path: Path) -> tuple[list[str], list[tuple[int, int, int]] 
     return names, (colours or None)  # type: ignore[return-value]
 
 
-def build_folder(root: str | os.PathLike, split: str = "train", **kw) -> SegmentationDataset:
-    """``images/<split>/*.{png,jpg}``, ``masks/<split>/<same stem>.png``, ``classes.txt``."""
+def build_folder(
+    root: str | os.PathLike,
+    split: str = "train",
+    label_map: Mapping[int, int] | None = None,
+    **kw,
+) -> SegmentationDataset:
+    """``images/<split>/*.{png,jpg}``, ``masks/<split>/<same stem>.png``, ``classes.txt``.
+
+    Mask value k is class k (line k of ``classes.txt``) and 255 is ignore, unless
+    ``label_map`` says otherwise: ``{255: 1}`` reads binary masks saved as 0/255 (255 = the
+    object, class 1) and ``{1: 255}`` would ignore value 1 (docs/datasets.md).
+    """
     base = Path(root).expanduser()
     classes_txt = base / "classes.txt"
     if not classes_txt.exists():
@@ -241,6 +251,7 @@ def build_folder(root: str | os.PathLike, split: str = "train", **kw) -> Segment
     if not images:
         raise FileNotFoundError(f"folder: no images in {image_dir}")
     pairs = [(str(p), str(mask_dir / f"{p.stem}.png")) for p in images]
+    lut = None if label_map is None else C.remapped_lut(len(names), label_map, f"folder {base}")
     return SegmentationDataset(
-        pairs, class_names=names, palette=colours, name=f"folder:{split}", **kw
+        pairs, class_names=names, palette=colours, label_map=lut, name=f"folder:{split}", **kw
     )

@@ -38,8 +38,10 @@ from sanet.models.segmentation import MIN_SIZE, SegmentationModel
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 20
-#: Checked besides the export size: odd, non-square, one below and one above typical crops.
-ODD_SIZES: tuple[tuple[int, int], ...] = ((97, 65), (333, 501))
+#: PyTorch's exporter writes opset 18 (its torchlib) and newer; a lower opset needs a version
+#: conversion that may fail and leave the file at 18 (measured: ``--opset 7`` gave an opset-18
+#: file). Above the installed onnx package's newest opset it fails the same way (29 gave 18).
+MIN_OPSET = 18
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,58 @@ class ParityTolerance:
 
 class ExportCheckError(ValueError):
     """onnxruntime's outputs differ from PyTorch's beyond the tolerance."""
+
+
+def max_opset() -> int:
+    """The newest opset the installed ``onnx`` package knows (28 for onnx 1.23)."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def check_export_options(
+    out: str | Path, size: int, opset: int, tolerance: ParityTolerance
+) -> None:
+    """Refuse, before any work, options the export would fail on (or silently not honour).
+
+    Raises:
+        ValueError: ``out`` not an ``.onnx`` name, ``size`` below the models' minimum,
+            ``opset`` outside ``MIN_OPSET..max_opset()``, a negative or NaN tolerance.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"--out must name an .onnx file, got {str(out)!r}; e.g. --out model.onnx")
+    if size < MIN_SIZE:
+        raise ValueError(
+            f"--size {size} is below {MIN_SIZE}, the smallest image side sanet's models take "
+            f"(the graph declares H, W ≥ {MIN_SIZE} and is traced at --size). Fix: "
+            f"--size {MIN_SIZE} or more (default: the run's data.crop_size)."
+        )
+    top = max_opset()
+    if not MIN_OPSET <= opset <= top:
+        raise ValueError(
+            f"--opset {opset} is outside {MIN_OPSET}..{top}: PyTorch's exporter writes opset "
+            f"{MIN_OPSET} and newer, up to the newest the installed onnx knows; another would "
+            f"be left at {MIN_OPSET} in the file. Fix: --opset {MIN_OPSET}..{top} (default "
+            f"{DEFAULT_OPSET})."
+        )
+    for name, value in (("--atol", tolerance.atol), ("--rtol", tolerance.rtol)):
+        if not value >= 0:  # `not ≥` also refuses NaN
+            raise ValueError(
+                f"{name} must be ≥ 0 (a tolerance on |Δ logits|), got {value}. Fix: e.g. "
+                f"{name} 1e-4 (the default), or --no-check to skip the check."
+            )
+    if not 0 <= tolerance.argmax <= 1:
+        raise ValueError(f"the argmax agreement must lie in 0..1, got {tolerance.argmax}.")
+
+
+def file_opset(proto: Any) -> int:
+    """The default-domain (``ai.onnx``) opset a model proto imports: what runtimes see."""
+    return next(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+#: Checked besides the export size: odd, non-square, one below and one above typical crops.
+ODD_SIZES: tuple[tuple[int, int], ...] = ((97, 65), (333, 501))
 
 
 class _Logits(nn.Module):
@@ -219,11 +273,17 @@ def export_onnx(
         the metadata written (with ``parity``).
     """
     out = Path(out)
-    if out.suffix.lower() != ".onnx":
-        raise ValueError(f"--out must name an .onnx file, got {str(out)!r}; e.g. --out model.onnx")
+    tolerance = tolerance or ParityTolerance()
+    check_export_options(out, min(example_size), opset, tolerance)
     model = model.eval()
     proto = to_onnx_proto(model, example_size, opset)
-    meta = {**metadata, "parity": None}
+    written = file_opset(proto)
+    if written != opset:  # the exporter's version conversion failed and kept its own opset
+        raise ValueError(
+            f"The exporter wrote opset {written}, not the {opset} asked for; nothing was "
+            f"written. Fix: --opset {written}."
+        )
+    meta = {**metadata, "opset": written, "parity": None}
     if check:
         sizes = [example_size, *(s for s in ODD_SIZES if s != example_size)]
         try:

@@ -38,6 +38,7 @@ from sanet.inference.protocol import EvalProtocol, predict_mask
 from sanet.losses import SANetLoss
 from sanet.models.registry import build_model, list_models
 from sanet.models.resize import resize_bilinear
+from sanet.models.segmentation import MIN_SIZE
 from sanet.training.engine import autocast, train_step
 from sanet.training.measure import count_flops, interleaved, profile_calls, warm_up
 
@@ -85,6 +86,26 @@ class BenchSettings:
     image: tuple[int, int] = (375, 500)
     protocol: str = "ms-flip"
     window_batch: int = 4
+
+    def __post_init__(self) -> None:
+        # validate-first: a bad value fails here, in a second, not after minutes of building
+        # and warming up (--steps 0 had no median, --batch 0 divided by zero)
+        least = {  # field: (least value, what it counts)
+            "steps": (1, "timed calls per model and mode"),
+            "batch": (1, "images per step"),
+            "warmup": (0, "untimed calls after the first"),
+            "classes": (1, "output classes"),
+            "window_batch": (1, "windows per forward"),
+            "size": (MIN_SIZE, "the input side; the models take no less"),
+        }
+        for name, (low, what) in least.items():
+            value = getattr(self, name)
+            if value < low:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be ≥ {low} ({what}), got {value}.")
+        if min(self.image) < 1:
+            h, w = self.image
+            raise ValueError(f"--image must be WxH with sides ≥ 1, got {w}x{h}.")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "image": list(self.image)}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,13 +30,19 @@ from typing import Any
 import yaml
 
 from sanet._errors import suggest
-from sanet._files import atomic_write_text
+from sanet._files import (
+    atomic_write_text,
+    ensure_writable_dir,
+    is_temp_file,
+    refuse_foreign_files,
+)
 from sanet.config import Config, load_config
 from sanet.models.registry import list_models
 from sanet.models.segmentation import read_pretrained_config
 from sanet.rundir import RunDir
 from sanet.training.runlog import TrainerCallbacks
-from sanet.training.trainer import Trainer
+from sanet.training.runtime import StopFlag
+from sanet.training.trainer import Trainer, TrainingInterrupted
 from sanet.viz.figures import plot_compare
 
 logger = logging.getLogger(__name__)
@@ -91,10 +98,28 @@ def read_result(run: RunDir, model: str, seed: int, seconds: float) -> RunResult
     )
 
 
+class ComparisonInterrupted(RuntimeError):
+    """A signal stopped ``sanet compare``: every finished run is kept, the run in progress saved
+    its ``last.pt``, and re-running the same command resumes. ``signal`` is its name."""
+
+    def __init__(self, message: str, signal: str) -> None:
+        super().__init__(message)
+        self.signal = signal
+
+
 def ensure_run(
-    cfg: Config, run: RunDir, model: str, seed: int, callbacks: TrainerCallbacks | None = None
+    cfg: Config,
+    run: RunDir,
+    model: str,
+    seed: int,
+    callbacks: TrainerCallbacks | None = None,
+    stop: StopFlag | None = None,
 ) -> RunResult:
-    """Train one run unless it has finished; resume it if it was interrupted."""
+    """Train one run unless it has finished; resume it if it was interrupted.
+
+    With ``stop`` (the comparison's :class:`StopFlag`), a signal that came while the run was
+    being built stops before its training starts (:class:`ComparisonInterrupted`).
+    """
     state = json.loads(run.compare_run.read_text()) if run.compare_run.is_file() else {}
     if state.get("result") or run.has_checkpoint():
         _check_same_config(cfg, run)
@@ -105,7 +130,10 @@ def ensure_run(
     logger.info("compare: %s %s", "resuming" if resume else "training", run.root)
     start = time.perf_counter()
     try:
-        Trainer(cfg, run.root, resume=resume, callbacks=callbacks).fit()
+        trainer = Trainer(cfg, run.root, resume=resume, callbacks=callbacks)
+        if stop is not None and stop.signal:
+            raise ComparisonInterrupted(f"stopped by {stop.signal}", stop.signal)
+        trainer.fit()
     finally:  # an interrupted session's time still counts towards the run's wall time
         spent += time.perf_counter() - start
         if run.root.is_dir():
@@ -145,11 +173,40 @@ def run_all(
     """
     out = Path(out)
     configs = {(m, s): run_config(recipe, m, s, overrides) for s in seeds for m in models}
-    results = []
-    for (model, seed), cfg in configs.items():  # every config is checked before any training
-        run = RunDir(out / "runs" / run_name(model, seed))
-        results.append(ensure_run(cfg, run, model, seed, callbacks))
+    results: list[RunResult] = []
+    # SIGINT/SIGTERM anywhere (a run's training or validation, between runs) stops the whole
+    # comparison: the trainer saves the run in progress, finished runs stay, a re-run resumes.
+    with StopFlag("stopping the comparison (finished runs are kept)") as stop:
+        for (model, seed), cfg in configs.items():  # every config is checked before training
+            name = run_name(model, seed)
+            if stop.signal:
+                raise _interrupted(stop.signal, f"before run {name}", results, len(configs))
+            try:
+                results.append(
+                    ensure_run(cfg, RunDir(out / "runs" / name), model, seed, callbacks, stop)
+                )
+            except TrainingInterrupted as err:
+                where = f"during run {name} (its checkpoints/last.pt holds step {err.step})"
+                raise _interrupted(err.signal, where, results, len(configs)) from None
+            except ComparisonInterrupted as err:
+                where = f"before run {name} started training"
+                raise _interrupted(err.signal, where, results, len(configs)) from None
+            if stop.signal:  # it came after the run's last step: the run finished and is kept
+                raise _interrupted(stop.signal, f"after run {name} finished", results, len(configs))
     return results
+
+
+def _interrupted(
+    signal: str, where: str, finished: list[RunResult], total: int
+) -> ComparisonInterrupted:
+    kept = (
+        f"{len(finished)} of {total} runs finished and are kept"
+        if finished
+        else f"none of the {total} runs had finished"
+    )
+    return ComparisonInterrupted(
+        f"stopped by {signal} {where}; {kept}. Re-run the same command to resume.", signal
+    )
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -242,6 +299,9 @@ def compare(
     if not seeds:
         raise ValueError("compare needs at least one seed.")
     out = Path(out)
+    ensure_writable_dir(out, "--out")
+    writes = "runs/, compare.json and compare.png"
+    refuse_foreign_files(out, foreign_files(out), "--out", "sanet compare", writes)
     results = run_all(recipe, models, seeds, out, overrides, callbacks)
     names = _class_names(RunDir(results[0].run_dir))
     payload = {
@@ -257,6 +317,32 @@ def compare(
     plot_compare(payload, out / "compare.png")
     logger.info("compare: wrote %s and %s", out / "compare.json", out / "compare.png")
     return payload
+
+
+_PAYLOAD_KEYS = {"recipe", "models", "seeds", "per_model", "runs"}
+_RUN_NAME = re.compile(r".+-seed-?\d+")
+
+
+def foreign_files(out: Path) -> list[Path]:
+    """What ``out`` holds that ``sanet compare`` did not write: anything but ``runs/<model>-
+    seed<N>/`` folders, a ``compare.json`` of a comparison, the ``compare.png`` beside it and
+    the temporary files of interrupted writes."""
+    if not out.is_dir():
+        return []
+    ours = {out / "runs"}
+    try:
+        payload = json.loads((out / "compare.json").read_text())
+    except (OSError, ValueError):
+        payload = None
+    if isinstance(payload, dict) and payload.keys() >= _PAYLOAD_KEYS:
+        ours |= {out / "compare.json", out / "compare.png"}
+    found = [p for p in out.iterdir() if p not in ours and not is_temp_file(p)]
+    runs = out / "runs"
+    if runs.is_dir():
+        found += [p for p in runs.iterdir() if not (p.is_dir() and _RUN_NAME.fullmatch(p.name))]
+    elif runs.exists():
+        found.append(runs)
+    return sorted(found)
 
 
 def _class_names(run: RunDir) -> list[str]:

@@ -3,24 +3,37 @@ sections of a :class:`~sanet.config.Config` (the trainer's only window onto the 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from sanet.config import Config
-from sanet.data import build_dataset
+from sanet.data import SyntheticDataset, build_dataset
+from sanet.data.check import check_training_labels
 from sanet.data.transforms import train_transforms
 from sanet.training import engine
 from sanet.training.runtime import Dist
 
+logger = logging.getLogger(__name__)
+
 
 def build_data(cfg: Config) -> tuple[Any, Any]:
-    """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders)."""
+    """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders).
+
+    Both splits pass :func:`~sanet.data.check.check_training_labels` first (files on disk; the
+    synthetic scenes hold every class by construction): a split whose labelled pixels hold one
+    class, or binary masks read with 255 as ignore, is refused before the run starts.
+    """
     d = cfg.data
     root = d.root or None
     train = build_dataset(d.dataset, root, split=d.train_split, **d.options)
     val = build_dataset(d.dataset, root, split=d.val_split, **d.options)
+    for split in (train, val):
+        if not isinstance(split, SyntheticDataset):
+            for message in check_training_labels(split):
+                logger.warning("%s", message)
     return train, val
 
 

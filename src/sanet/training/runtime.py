@@ -45,10 +45,19 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
 
 
 class StopFlag:
-    """Records SIGINT/SIGTERM so the loop can finish its step, save and exit cleanly."""
+    """Records SIGINT/SIGTERM so the loop can finish its step, save and exit cleanly.
 
-    def __init__(self) -> None:
+    Flags nest (``sanet compare`` holds one around its runs, each run's trainer its own): an
+    inner flag starts with a signal the outer one already caught, and hands its own signal to
+    the outer one when it exits, so a signal is never lost between them.
+
+    Args:
+        doing: what the process will do on a signal, for the log line.
+    """
+
+    def __init__(self, doing: str = "finishing this step, then saving checkpoints/last.pt") -> None:
         self.signal: str | None = None
+        self.doing = doing
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
@@ -56,7 +65,14 @@ class StopFlag:
             # not the main thread (e.g. a notebook worker): no handler, Ctrl-C works as usual
             with contextlib.suppress(ValueError):
                 self._previous[sig] = signal.signal(sig, self._handle)
+        outer = self._outer()
+        if outer is not None and outer.signal:
+            self.signal = outer.signal
         return self
+
+    def _outer(self) -> StopFlag | None:
+        owner = getattr(self._previous.get(signal.SIGTERM), "__self__", None)
+        return owner if isinstance(owner, StopFlag) else None
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal is not None:
@@ -66,13 +82,23 @@ class StopFlag:
             # gets: one request arrives twice. Only a second Ctrl-C means "stop now".
             return
         self.signal = signal.Signals(signum).name
-        logger.warning(
-            "%s received: finishing this step, then saving checkpoints/last.pt", self.signal
-        )
+        logger.warning("%s received: %s", self.signal, self.doing)
 
     def __exit__(self, *exc: Any) -> None:
+        outer = self._outer()
+        if outer is not None and self.signal and outer.signal is None:
+            outer.signal = self.signal
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def exit_status(signal_name: str | None) -> int:
+    """The exit status of a command stopped by ``signal_name``: 128 + its number, as a shell
+    reports a process killed by it (SIGINT 130, SIGTERM 143); 130 when it is not known."""
+    try:
+        return 128 + int(signal.Signals[signal_name or ""])
+    except KeyError:
+        return 130
 
 
 def rng_state() -> dict[str, Any]:

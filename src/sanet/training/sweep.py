@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from sanet._files import atomic_write_text
+from sanet._files import atomic_write_text, is_temp_file
 from sanet.viz.figures import plot_sweep_heatmap
 
 logger = logging.getLogger(__name__)
@@ -51,3 +52,25 @@ def sweep_loss_weights(
             atomic_write_text(results_path, json.dumps(payload, indent=2) + "\n")
     plot_sweep_heatmap(alphas, betas, grid, out_dir / "fig4.png")
     return grid
+
+
+def sweep_foreign_files(out_dir: str | Path) -> list[Path]:
+    """What ``out_dir`` holds that a sweep did not write: anything but ``alpha*_beta*/`` run
+    folders, a ``sweep.json`` of a sweep, the ``fig4.png`` beside it and temporary files."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    ours = set()
+    try:
+        payload = json.loads((out_dir / "sweep.json").read_text())
+    except (OSError, ValueError):
+        payload = None
+    if isinstance(payload, dict) and payload.keys() >= {"alphas", "betas", "runs"}:
+        ours = {out_dir / "sweep.json", out_dir / "fig4.png"}
+    return sorted(
+        p
+        for p in out_dir.iterdir()
+        if p not in ours
+        and not is_temp_file(p)
+        and not (p.is_dir() and re.fullmatch(r"alpha[^_]+_beta.+", p.name))
+    )

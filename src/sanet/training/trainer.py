@@ -48,7 +48,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM: the step finished, ``last.pt`` was saved; the message says how to resume."""
+    """SIGINT/SIGTERM: the step finished, ``last.pt`` was saved; the message says how to resume.
+
+    ``signal`` is the signal's name (``"SIGTERM"``), ``step`` the optimiser steps saved."""
+
+    def __init__(self, message: str, signal: str = "SIGINT", step: int = 0) -> None:
+        super().__init__(message)
+        self.signal, self.step = signal, step
 
 
 @dataclass
@@ -208,17 +214,17 @@ class Trainer:
                 view.epoch_start(s.epoch, t.epochs)
                 finished_epoch = self._train_epoch(stop, view)
                 if stop.signal:
-                    path = self.save("last")
-                    raise TrainingInterrupted(
-                        f"Stopped by {stop.signal} after step {s.global_step}; saved {path}. "
-                        f"Resume with: {self.run.resume_command()}"
-                    )
+                    raise self._interrupted(stop.signal, self.save("last"))
                 if finished_epoch:
                     s.epoch, s.step_in_epoch = s.epoch + 1, 0
                 done = s.global_step >= self.total_steps
                 if done or (finished_epoch and t.val_every and s.epoch % t.val_every == 0):
                     self.validate()
-                self.save("last")
+                path = self.save("last")
+                if stop.signal and not done and self.dist.world_size == 1:
+                    # it came during the validation: stop now, not after one more step (under
+                    # DDP the ranks agree at the next step instead, _should_stop)
+                    raise self._interrupted(stop.signal, path)
             if not s.history or s.history[-1]["step"] < s.global_step:
                 # finished, but stopped by a signal between its last step and the validation
                 self.validate()
@@ -230,7 +236,19 @@ class Trainer:
             "steps": s.global_step,
             "best_mIoU": s.best_miou,
             "history": s.history,
+            # a signal that came after the last step (e.g. during the final validation): the
+            # run is complete and saved, and the caller still has to stop (`sanet compare`)
+            "stopped_by": stop.signal,
         }
+
+    def _interrupted(self, signal: str, saved: Path | None) -> TrainingInterrupted:
+        step = self.state.global_step
+        return TrainingInterrupted(
+            f"Stopped by {signal} after step {step}; saved {saved}. "
+            f"Resume with: {self.run.resume_command()}",
+            signal,
+            step,
+        )
 
     def _train_epoch(self, stop: StopFlag, view: TrainerCallbacks) -> bool:
         """Steps until the epoch ends, ``max_steps`` is reached or a signal asks to stop.
