@@ -159,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist.")
-    limits = _serve_limits(args)
+    limits = serve_limits(args)
     device = device_name(args.device)
     sock = bind_socket(args.host, args.port)  # before the model loads: a busy port fails fast
     try:
@@ -182,7 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_limits(args: argparse.Namespace) -> Any:
+def serve_limits(args: argparse.Namespace) -> Any:
     from sanet.deploy.limits import ServeLimits
 
     return ServeLimits(
