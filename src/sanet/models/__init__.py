@@ -1,7 +1,8 @@
 """SANet, its baselines and their building blocks; ``build_model`` picks one by name.
 
-Floors inside this package (each imports only those below it): ``sa`` (SA and SE blocks),
-``resize`` (exact bilinear resizing, the fastest way per device) and ``backbone`` → ``heads`` → ``segmentation`` (model assembly, save/load) → ``registry``
+Floors inside this package (each imports only those before it; docs/architecture.md): ``options``
+(ModelOptions), ``sa`` (SA and SE blocks), ``resize`` (exact bilinear resizing), ``backbone`` →
+``heads`` → ``segmentation`` (model assembly, ``MODEL_KINDS``, save/load) → ``registry``
 (``build_model``, ``load_model``).
 """
 
@@ -9,15 +10,18 @@ from __future__ import annotations
 
 from sanet.models.backbone import PRESETS, Backbone
 from sanet.models.heads import FCNHead, SANetHead
+from sanet.models.options import ModelOptions
 from sanet.models.registry import build_model, fcn, list_models, load_model, sanet, sanet_se
 from sanet.models.sa import SqueezeAttention, SqueezeExcitation
-from sanet.models.segmentation import FCN, SANet, SegmentationModel
+from sanet.models.segmentation import FCN, MODEL_KINDS, SANet, SegmentationModel
 
 __all__ = [
     "FCN",
+    "MODEL_KINDS",
     "PRESETS",
     "Backbone",
     "FCNHead",
+    "ModelOptions",
     "SANet",
     "SANetHead",
     "SegmentationModel",
