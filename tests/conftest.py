@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -28,3 +30,19 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     }
     model.save_pretrained(folder, metadata=meta)
     return folder
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, n_steps: int) -> None:
+    """Deliver a real SIGINT to this process after the n-th optimiser step of a training run."""
+    from sanet.training import engine
+
+    real, calls = engine.train_step, []
+
+    def step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == n_steps:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(engine, "train_step", step)

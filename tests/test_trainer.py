@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import interrupt_after
 from sanet import load_model
 from sanet._files import safe_torch_load
 from sanet.config import load_config
@@ -39,20 +40,6 @@ def _trainer(run: Path, *extra: str, resume: bool = False) -> Trainer:
     return Trainer(load_config(None, TINY + list(extra)), run, resume=resume)
 
 
-def _interrupt_after(monkeypatch: pytest.MonkeyPatch, n_steps: int) -> None:
-    """Deliver a real SIGINT to this process after the n-th optimiser step."""
-    real, calls = engine.train_step, []
-
-    def step(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == n_steps:
-            signal.raise_signal(signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(engine, "train_step", step)
-
-
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return safe_torch_load(run / "checkpoints/last.pt")["model"]
 
@@ -61,7 +48,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, stop_after) -> None:
     _trainer(tmp_path / "full").fit()
     with monkeypatch.context() as m:
-        _interrupt_after(m, stop_after)
+        interrupt_after(m, stop_after)
         with pytest.raises(TrainingInterrupted, match="--resume"):
             _trainer(tmp_path / "cut").fit()
     state = safe_torch_load(tmp_path / "cut/checkpoints/last.pt")["state"]

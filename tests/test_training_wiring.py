@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import interrupt_after
 from sanet.config import load_config
 from sanet.training import engine
 from sanet.training.trainer import Trainer, TrainingInterrupted
@@ -86,21 +87,6 @@ def test_every_epoch_reads_every_image_once_in_its_own_order(tmp_path, items_rea
     assert epochs == [_epoch_order(0), _epoch_order(1)]
 
 
-def _interrupt_after(monkeypatch: pytest.MonkeyPatch, n_steps: int) -> None:
-    import signal
-
-    real, calls = engine.train_step, []
-
-    def step(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == n_steps:
-            signal.raise_signal(signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(engine, "train_step", step)
-
-
 def test_resume_under_accumulation_continues_at_the_next_unread_image(
     tmp_path, monkeypatch, items_read
 ) -> None:
@@ -112,7 +98,7 @@ def test_resume_under_accumulation_continues_at_the_next_unread_image(
     full.fit()
     items_read.clear()
     with monkeypatch.context() as m:
-        _interrupt_after(m, 1)
+        interrupt_after(m, 1)
         with pytest.raises(TrainingInterrupted):
             _trainer(tmp_path / "cut", *extra).fit()
     assert [i for i, _ in items_read] == _epoch_order(0)[:BATCH]
