@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sanet.cli.common import add_protocol_args, device_name, protocol_from_args, run_config
+from sanet.cli.int8 import add_export_args, check_export_args, export_int8_from_args
 from sanet.rundir import RunDir
 
 
@@ -34,6 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(default on; --no-check skips it)",
     )
     p.add_argument("--atol", type=float, default=1e-4, help="check: absolute logit tolerance")
+    add_export_args(p)  # --outputs, --int8 and its calibration and gate flags
     p.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="web page and HTTP API for a checkpoint or an .onnx file")
@@ -95,13 +97,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         build_metadata,
         export_onnx,
     )
+    from sanet.deploy.outputs import check_request
     from sanet.inference import EvalProtocol
     from sanet.models.registry import load_model
 
     if str(args.checkpoint).lower().endswith(".onnx"):
         raise ValueError(f"{args.checkpoint} is already an ONNX file; export a run or model/.")
     ensure_writable_file(args.out, "--out")  # before the export and its parity check
+    outputs = check_export_args(args)
     model, meta = load_model(args.checkpoint, map_location="cpu")
+    temperature = (meta.get("calibration") or {}).get("temperature")  # `sanet calibrate`'s
+    check_request(outputs, model.num_classes, temperature)
     cfg = run_config(args.checkpoint)
     ev = cfg.get("eval") or {}
     protocol = EvalProtocol(
@@ -110,15 +116,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     size = args.size or (cfg.get("data") or {}).get("crop_size") or 480
     opset = args.opset or DEFAULT_OPSET
     metadata = build_metadata(model, meta, protocol, opset, **_run_extras(args.checkpoint))
-    written = export_onnx(
-        model,
-        args.out,
-        metadata,
-        example_size=(int(size), int(size)),
-        opset=opset,
-        check=args.check,
-        tolerance=ParityTolerance(atol=args.atol),
-    )
+    if args.int8:
+        written = export_int8_from_args(
+            args, model, metadata, protocol, size, opset, outputs, temperature
+        )
+    else:
+        written = export_onnx(
+            model,
+            args.out,
+            metadata,
+            example_size=(int(size), int(size)),
+            opset=opset,
+            check=args.check,
+            tolerance=ParityTolerance(atol=args.atol),
+            outputs=outputs,
+            temperature=temperature,
+        )
     mb = args.out.stat().st_size / 1e6
     if written["parity"]:
         rows = written["parity"]["sizes"]
