@@ -408,3 +408,28 @@ def test_r83_an_impossible_max_miou_drop_is_refused(tiny_run: Path, tmp_path: Pa
     assert err.startswith("sanet export: error: int8 mIoU") and "\n" not in err
     assert "vs fp32" in err and "--max-miou-drop -1" in err
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "model"]  # nothing written
+
+
+@pytest.mark.slow
+def test_real_export_with_every_output(tiny_run: Path, tmp_path: Path) -> None:
+    """A calibrated SANet (a temperature in config.json, as `sanet calibrate` stores it)
+    exported with all three outputs: checked at export, and right at odd sizes here."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "model/config.json").read_text())
+    config["metadata"]["calibration"] = {"temperature": 2.5}
+    (run / "model/config.json").write_text(json.dumps(config))
+    out = tmp_path / "all.onnx"
+    argv = ["export", "--checkpoint", str(run), "--out", str(out)]
+    assert main([*argv, "--outputs", "logits,mask,confidence"]) == 0
+    meta = read_onnx_metadata(out)
+    assert meta["outputs"] == ["logits", "mask", "confidence"]
+    rows = meta["parity"]["outputs"]
+    assert [r["size"] for r in rows] == [[64, 64], [97, 65], [333, 501]]
+    assert all(r["mask_agreement"] >= 0.999 and r["confidence_max_diff"] <= 1 for r in rows)
+    session = ort.InferenceSession(str(out))
+    for h, w in [(45, 61), (33, 97)]:
+        x = normalised(rgb_image(h, w, h)).transpose(2, 0, 1)[None].astype(np.float32)
+        logits, mask, conf = session.run(None, {"image": x})
+        np.testing.assert_array_equal(mask, logits.argmax(1))
+        assert np.abs(conf.astype(int) - np.round(255 * softmax_top(logits, 2.5))).max() <= 1
