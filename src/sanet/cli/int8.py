@@ -167,7 +167,8 @@ def export_int8_from_args(
     m, s, cpu = q["miou"], q["speedup"], q["cpu"]
     flags = [f for f in ("avx512_vnni", "avx_vnni", "amx") if cpu.get(f)] or ["no VNNI"]
     print(
-        f"int8: mIoU {m['fp32']:.4f} (fp32) → {m['int8']:.4f} (int8), drop {m['drop']:.4f} ≤ "
+        f"int8 (quantized from the fp32 graph checked below): mIoU {m['fp32']:.4f} (fp32) → "
+        f"{m['int8']:.4f} (int8), drop {m['drop']:.4f} ≤ "
         f"{m['max_drop']:g} on {m['data'].rstrip(':')} {m['split']} ({m['images']} images); "
         f"{s['ratio']:.2f}× the fp32 speed at {s['size'][0]}×{s['size'][1]}, {s['threads']} "
         f"threads ({cpu['name']}: {', '.join(flags)}; {q['activations']} activations, "
