@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sanet.cli import main
 from sanet.rundir import RunDir
@@ -96,6 +97,14 @@ def test_compare_aggregates_its_runs_and_resumes(tmp_path: Path, monkeypatch) ->
     assert paired["vs"] == "sanet" and math.isclose(paired["mean"], mean, abs_tol=1e-12)
     half = T975[1] * sd / math.sqrt(2)
     assert paired["ci95"] == pytest.approx([mean - half, mean + half], rel=1e-4, abs=1e-9)
+    # each run's model card gains its model's seeds and spread (the numbers of metrics.jsonl)
+    card = (out / "runs/fcn-seed1/model/README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    seeds = front["model-index"][0]["results"][0]["metrics"][-1]
+    assert seeds["args"]["seeds"] == [0, 1]
+    assert seeds["value"] == round((finals["fcn", 0] + finals["fcn", 1]) / 2, 4)
+    assert f"| 1 (this folder) | {finals['fcn', 1]:.4f} |" in card
+    assert f"| 0 | {finals['fcn', 0]:.4f} |" in card and "Against `sanet`" in card
 
     # Re-running skips every finished run: training must not start again.
     RunDir(out / "runs/fcn-seed1").compare_run.unlink()  # as if that run had been interrupted

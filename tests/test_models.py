@@ -53,7 +53,8 @@ class ModelContract:
         model.eval()
         x = torch.randn(2, 3, 45, 61)
         model.save_pretrained(tmp_path, metadata={"class_names": list("abcde")})
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == ["README.md", "config.json", "model.safetensors"]  # README: the card
         loaded = SegmentationModel.from_pretrained(tmp_path)
         assert type(loaded) is type(model) and loaded.config == model.config
         with torch.no_grad():

@@ -3,6 +3,7 @@ signals, the non-finite guard, and that a small SANet actually learns."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import interrupt_after
 from sanet import load_model
@@ -72,6 +74,7 @@ def test_r02_run_directory_contents_and_modes(tmp_path: Path) -> None:
         "checkpoints/best.pt",
         "model/config.json",
         "model/model.safetensors",
+        "model/README.md",
         "plots/loss.png",
         "plots/val_miou.png",
     ):
@@ -83,6 +86,11 @@ def test_r02_run_directory_contents_and_modes(tmp_path: Path) -> None:
     assert set(modes.values()) == {0o666 & ~umask}, modes  # r02: what the umask gives, not 0600
     model, meta = load_model(run)
     assert meta["class_names"][0] == "background" and model.num_classes == len(meta["class_names"])
+    # the model card's front matter holds the run's logged mIoU (tests/test_model_card.py: more)
+    val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    card = yaml.safe_load((run / "model/README.md").read_text().split("---\n")[1])
+    metric = card["model-index"][0]["results"][0]["metrics"][0]
+    assert metric["value"] == round(max(v["mIoU"] for v in val), 4)
 
 
 def test_r11_nonfinite_loss_stops_at_the_sync_with_no_nan_step_applied(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ first ``.to(device)``; :func:`resolve_device` says it in one line (docs/reliabil
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 _FIX = "Use the CPU instead (--device cpu, or train.device=cpu in a config)"
@@ -44,3 +46,47 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"Device {str(name)!r} was asked for, but MPS is not available. {_FIX}.")
     return device
+
+
+#: The CPU flags that decide how fast (and how exactly) int8 arithmetic runs: VNNI multiplies
+#: uint8 × int8 pairs without the saturation of AVX2/AVX-512's VPMADDUBSW; AMX adds int8 tiles.
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_features(cpuinfo: str | None = None, arch: str | None = None) -> dict[str, Any]:
+    """This CPU's name, architecture and int8 flags, from ``/proc/cpuinfo`` where there is one.
+
+    Args:
+        cpuinfo: the text of ``/proc/cpuinfo`` (default: read it; empty where it is missing).
+        arch: ``platform.machine()`` (default: this machine's).
+
+    Returns:
+        ``{"name", "arch", "avx512_vnni", "avx_vnni", "amx", "vnni"}``; ``amx`` means AMX-INT8
+        and ``vnni`` any of the three. The flags are ``None`` where they cannot be read (no
+        ``/proc/cpuinfo``: macOS, Windows).
+    """
+    import platform
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    name, flags = "", None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not name:
+            name = value.strip()
+        elif key.strip() in ("flags", "Features") and flags is None:
+            flags = set(value.split())
+    found = {f: (f in flags if flags is not None else None) for f in INT8_FLAGS}
+    known = [v for v in found.values() if v is not None]
+    return {
+        "name": name or platform.processor() or "unknown",
+        "arch": arch or platform.machine(),
+        "avx512_vnni": found["avx512_vnni"],
+        "avx_vnni": found["avx_vnni"],
+        "amx": found["amx_int8"],
+        "vnni": any(known) if known else None,
+    }

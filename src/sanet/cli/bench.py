@@ -39,9 +39,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--models",
         nargs="+",
-        metavar="KIND:BACKBONE|tv:NAME",
-        help="peers, the first is the reference, e.g. tv:fcn_resnet101 sanet:resnet101s "
+        metavar="KIND:BACKBONE|tv:NAME|onnx:PATH",
+        help="peers, the first is the reference, e.g. tv:fcn_resnet101 sanet:resnet101s, or "
+        "exported files onnx:fp32.onnx onnx:int8.onnx with --mode infer "
         "(default: tv:fcn_resnet50 sanet:resnet50s on CPU, the R101 pair on CUDA)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of torch and onnxruntime (default: torch's current setting)",
     )
     p.add_argument(
         "--mode",
@@ -122,6 +130,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         image=(height, width),
         protocol=args.protocol,
         window_batch=args.window_batch,
+        threads=args.threads,
     )
 
 
@@ -131,7 +140,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from sanet import __version__
     from sanet._files import ensure_new_file
     from sanet.models.resize import set_bilinear_method
-    from sanet.training.bench import GPU_COMMAND, resize_timings, run_bench
+    from sanet.training.bench import GPU_COMMAND, apply_threads, resize_timings, run_bench
     from sanet.training.measure import environment
 
     settings = settings_from_args(args)  # every flag is checked before any model is built
@@ -141,6 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ):
         if path is not None:
             ensure_new_file(path, flag, args.overwrite, example)
+    apply_threads(settings)  # before `environment` records the thread count
     device_type = settings.device.split(":")[0]
     set_bilinear_method(device_type, args.upsample)
     console = Console()

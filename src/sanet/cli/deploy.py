@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sanet.cli.common import add_protocol_args, device_name, protocol_from_args, run_config
+from sanet.cli.int8 import add_export_args, check_export_args, export_int8_from_args
 from sanet.rundir import RunDir
 
 
@@ -40,6 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rtol", type=float, default=1e-4, help="check: tolerance relative to max |logit|"
     )
+    add_export_args(p)  # --outputs, --int8 and its calibration and gate flags
     p.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="web page and HTTP API for a checkpoint or an .onnx file")
@@ -102,6 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         check_export_options,
         export_onnx,
     )
+    from sanet.deploy.outputs import check_request
     from sanet.inference import EvalProtocol
     from sanet.models.registry import load_model
 
@@ -113,22 +116,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     tolerance = ParityTolerance(atol=args.atol, rtol=args.rtol)
     check_export_options(args.out, size, opset, tolerance)
+    outputs = check_export_args(args)
     ensure_new_file(args.out, "--out", args.overwrite, "model.onnx")
     model, meta = load_model(args.checkpoint, map_location="cpu")
+    temperature = (meta.get("calibration") or {}).get("temperature")  # `sanet calibrate`'s
+    check_request(outputs, model.num_classes, temperature)
     ev = cfg.get("eval") or {}
     protocol = EvalProtocol(
         crop_size=int(ev.get("crop_size") or 480), stride=int(ev.get("stride") or 320)
     )
     metadata = build_metadata(model, meta, protocol, opset, **_run_extras(args.checkpoint))
-    written = export_onnx(
-        model,
-        args.out,
-        metadata,
-        example_size=(size, size),
-        opset=opset,
-        check=args.check,
-        tolerance=tolerance,
-    )
+    if args.int8:
+        written = export_int8_from_args(
+            args, model, metadata, protocol, size, opset, outputs, temperature
+        )
+    else:
+        written = export_onnx(
+            model,
+            args.out,
+            metadata,
+            example_size=(size, size),
+            opset=opset,
+            check=args.check,
+            tolerance=tolerance,
+            outputs=outputs,
+            temperature=temperature,
+        )
     mb = args.out.stat().st_size / 1e6
     if written["parity"]:
         rows = written["parity"]["sizes"]

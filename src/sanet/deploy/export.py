@@ -31,6 +31,7 @@ from torch import nn
 from sanet import __version__
 from sanet._files import atomic_save_bytes
 from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
+from sanet.deploy.outputs import add_outputs, check_outputs
 from sanet.inference.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from sanet.inference.protocol import EvalProtocol
 from sanet.models.segmentation import MIN_SIZE, SegmentationModel
@@ -262,9 +263,14 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     check: bool = True,
     tolerance: ParityTolerance | None = None,
+    outputs: Sequence[str] = (OUTPUT_NAME,),
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ``out`` (one ``.onnx`` file, no external data), with ``metadata``
     embedded and, when ``check``, the parity report added as ``metadata["parity"]``.
+
+    ``outputs`` adds ``mask`` and ``confidence`` (calibration ``temperature``) after the logits
+    (:mod:`sanet.deploy.outputs`); the check then covers them too.
 
     When the check fails nothing is written at ``out``: the unchecked graph goes to
     ``<out stem>.unchecked.onnx`` for inspection and :class:`ExportCheckError` is raised.
@@ -283,7 +289,7 @@ def export_onnx(
             f"The exporter wrote opset {written}, not the {opset} asked for; nothing was "
             f"written. Fix: --opset {written}."
         )
-    meta = {**metadata, "opset": written, "parity": None}
+    meta = {**metadata, "opset": written, "outputs": list(outputs), "parity": None}
     if check:
         sizes = [example_size, *(s for s in ODD_SIZES if s != example_size)]
         try:
@@ -295,8 +301,23 @@ def export_onnx(
             raise
         worst = max(r["max_abs_diff"] for r in meta["parity"]["sizes"])
         logger.debug("onnxruntime matches PyTorch at %s (max |Δ logits| %.2g)", sizes, worst)
+    if list(outputs) != [OUTPUT_NAME]:
+        proto = add_outputs(proto, outputs, temperature)
+        if check:
+            rows = check_outputs(
+                proto.SerializeToString(), _torch_logits(model), sizes, outputs, temperature
+            )
+            meta["parity"] = {**meta["parity"], "outputs": rows, "outputs_reference": "PyTorch"}
     _write(proto, meta, out)
     return meta
+
+
+def _torch_logits(model: nn.Module) -> Any:
+    def logits(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x))["out"].float().numpy()
+
+    return logits
 
 
 def _write(proto: Any, metadata: Mapping[str, Any], path: Path) -> None:
@@ -312,3 +333,8 @@ def _write(proto: Any, metadata: Mapping[str, Any], path: Path) -> None:
     data = proto.SerializeToString()
     atomic_save_bytes(path, data)
     logger.debug("Wrote %s (%.1f MB)", path, os.path.getsize(path) / 1e6)
+
+
+def write_onnx(proto: Any, metadata: Mapping[str, Any], path: str | Path) -> None:
+    """Write ``proto`` with ``metadata`` (JSON strings in ``metadata_props``) atomically."""
+    _write(proto, metadata, Path(path))

@@ -46,6 +46,8 @@ METADATA_KEYS = (
     "sanet_version",
     "torch_version",
     "opset",
+    "outputs",  # the graph's outputs: ["logits"] (default), plus "mask" and "confidence" (uint8)
+    "quantization",  # `sanet export --int8`: method, calibration, mIoU fp32/int8, speed-up, CPU
 )
 
 
@@ -60,7 +62,9 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _session(path: Path, providers: list[str] | None, optimize: bool = True) -> Any:
+def _session(
+    path: Path, providers: list[str] | None, optimize: bool = True, threads: int | None = None
+) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as err:
@@ -73,6 +77,8 @@ def _session(path: Path, providers: list[str] | None, optimize: bool = True) -> 
     options = ort.SessionOptions()
     if not optimize:  # only the metadata is wanted: skip graph optimisation
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads is not None:  # a fixed count (benchmarks); else onnxruntime's default
+        options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(
             str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
@@ -104,16 +110,19 @@ class OnnxModel(nn.Module):
     Args:
         path: an ``.onnx`` file written by ``sanet export``.
         providers: onnxruntime execution providers (default: CPU).
+        threads: onnxruntime's intra-op threads (default: its own choice, one per core).
 
     Attributes:
         metadata: the embedded metadata (:data:`METADATA_KEYS`), decoded.
         path: the file.
     """
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
         super().__init__()
         self.path = Path(path)
-        self.session = _session(self.path, providers)
+        self.session = _session(self.path, providers, threads=threads)
         self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         if "sanet_format" not in self.metadata:
             logger.warning(
@@ -122,6 +131,7 @@ class OnnxModel(nn.Module):
                 self.path,
             )
         self.input_name = self.session.get_inputs()[0].name
+        self.output_name = _logits_output(self.session, self.path)
         self.min_size = int(self.metadata.get("min_size", MIN_SIZE))
 
     @property
@@ -130,7 +140,8 @@ class OnnxModel(nn.Module):
         model = self.metadata.get("model") or {}
         if "num_classes" in model:
             return int(model["num_classes"])
-        return int(self.session.get_outputs()[0].shape[1])
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        return int(outputs[self.output_name].shape[1])
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits from onnxruntime, on ``x``'s device.
@@ -139,8 +150,24 @@ class OnnxModel(nn.Module):
         """
         check_image_batch(tuple(x.shape), self.min_size)
         batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        logits = self.session.run(None, {self.input_name: batch})[0]
+        logits = self.session.run([self.output_name], {self.input_name: batch})[0]
         return {"out": torch.from_numpy(logits).to(x.device)}
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, providers={self.session.get_providers()}"
+
+
+def _logits_output(session: Any, path: Path) -> str:
+    """The output holding the logits: ``logits`` (files from ``sanet export``, which may add
+    ``mask`` and ``confidence``), else the only or first output (files from elsewhere)."""
+    names = [o.name for o in session.get_outputs()]
+    if OUTPUT_NAME in names:
+        return OUTPUT_NAME
+    if {"mask", "confidence"} & set(names):  # exported with --outputs but without logits
+        raise ValueError(
+            f"{str(path)!r} has the outputs {names} but no {OUTPUT_NAME!r}: sanet's Predictor, "
+            "predict, eval and serve average probabilities over windows, scales and flips and "
+            "need the logits. Re-export with --outputs logits,mask (the mask-only file is for "
+            "servers that run the graph as it is)."
+        )
+    return names[0]

@@ -19,6 +19,7 @@ from torch import nn
 
 from sanet._files import atomic_save_bytes, atomic_write_text, safe_safetensors_load
 from sanet.models.backbone import Backbone
+from sanet.models.card import write_model_card
 from sanet.models.heads import FCNHead, SANetHead
 from sanet.models.options import Block, ModelOptions
 from sanet.models.resize import resize_bilinear
@@ -58,9 +59,11 @@ class SegmentationModel(nn.Module):
     def save_pretrained(
         self, directory: str | Path, metadata: dict[str, Any] | None = None
     ) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` (constructor arguments) atomically.
+        """Write ``model.safetensors``, ``config.json`` (constructor arguments) and the model
+        card ``README.md`` (:mod:`sanet.models.card`) atomically.
 
-        ``metadata`` (e.g. ``{"class_names": [...]}``) is stored in ``config.json`` as well.
+        ``metadata`` (e.g. ``{"class_names": [...]}``, and the card's records such as
+        ``validation``) is stored in ``config.json`` as well.
         """
         from safetensors.torch import save
 
@@ -70,6 +73,7 @@ class SegmentationModel(nn.Module):
         atomic_save_bytes(directory / WEIGHTS_NAME, save(state))
         config = {"name": self.name, **self.config, "metadata": metadata or {}}
         atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        write_model_card(directory, config)
         return directory
 
     @classmethod

@@ -11,6 +11,10 @@ measured in the same process, so the ratios to the first peer hold even on a bus
 - ``eval``: one image through the paper's multi-scale + flip protocol (six scales of base 520,
   mirrors, 480 sliding windows) or at single scale (:func:`~sanet.inference.predict_mask`).
 
+Exported files are peers too (``onnx:PATH``, run by onnxruntime through
+:class:`~sanet.inference.OnnxModel`, ``infer`` and ``eval`` only): an fp32 and an int8 export
+side by side, on the same inputs, interleaved, with the same ``threads``.
+
 The first call of each is timed apart (``first_step_s``: compilation, allocator and kernel
 warm-up), then ``warmup`` more untimed calls; then ``steps`` timed rounds call every peer once
 in turn (a device sync around each call), and a peer's latency is its median call. Interleaving
@@ -34,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask
 from sanet.losses import SANetLoss
 from sanet.models.registry import build_model, list_models
@@ -72,6 +77,7 @@ class BenchSettings:
         image: ``(H, W)`` of the ``eval`` image (VOC's typical 375×500).
         protocol: ``eval``'s protocol: ``"ms-flip"`` (the paper's) or ``"single"`` (native size).
         window_batch: windows per forward in ``eval``.
+        threads: CPU threads of torch and onnxruntime (``None``: torch's current setting).
     """
 
     device: str = "cpu"
@@ -86,6 +92,7 @@ class BenchSettings:
     image: tuple[int, int] = (375, 500)
     protocol: str = "ms-flip"
     window_batch: int = 4
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         # validate-first: a bad value fails here, in a second, not after minutes of building
@@ -114,6 +121,8 @@ class BenchSettings:
 def parse_spec(spec: str) -> tuple[str, str]:
     """``"sanet:resnet50s"`` → ``("sanet", "resnet50s")``; a clear error for anything else."""
     kind, sep, name = spec.partition(":")
+    if kind == "onnx":
+        return kind, check_onnx_path(spec, name)
     if not sep or not name or (kind != "tv" and kind not in list_models()):
         raise ValueError(
             f"Model {spec!r} is not KIND:BACKBONE or tv:NAME; e.g. sanet:resnet50s, "
@@ -124,11 +133,35 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, name
 
 
-def build_peer(spec: str, num_classes: int) -> nn.Module:
+def check_onnx_path(spec: str, path: str) -> str:
+    """``onnx:PATH`` names an existing ``.onnx`` file."""
+    from pathlib import Path
+
+    if not path.lower().endswith(".onnx"):
+        raise ValueError(f"{spec!r}: expected onnx:PATH to an .onnx file, e.g. onnx:model.onnx.")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{spec!r}: {path!r} does not exist; export it with sanet export.")
+    return path
+
+
+def apply_threads(settings: BenchSettings) -> None:
+    """Give torch ``settings.threads`` (onnxruntime peers get them when built)."""
+    if settings.threads is not None:
+        if settings.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {settings.threads}.")
+        torch.set_num_threads(settings.threads)
+
+
+def build_peer(
+    spec: str, num_classes: int, threads: int | None = None, device: str = "cpu"
+) -> nn.Module:
     """``KIND:BACKBONE`` (one of our models on a timm backbone, e.g. ``sanet:resnet50s``) or
-    ``tv:NAME`` (a torchvision segmentation model: output stride 8, no aux head), random weights.
+    ``tv:NAME`` (a torchvision segmentation model: output stride 8, no aux head), random weights;
+    or ``onnx:PATH``, an exported file on onnxruntime (``threads`` intra-op threads).
     """
     kind, name = parse_spec(spec)
+    if kind == "onnx":
+        return OnnxModel(name, providers=providers_for(device), threads=threads)
     if kind != "tv":
         return build_model(kind, backbone=name, num_classes=num_classes)
     import torchvision
@@ -184,11 +217,18 @@ class Peer:
     @classmethod
     def build(cls, spec: str, settings: BenchSettings) -> Peer:
         torch.manual_seed(0)
-        model = build_peer(spec, settings.classes).to(settings.device)
+        model = build_peer(spec, settings.classes, _threads(settings), settings.device)
+        if isinstance(model, OnnxModel):  # onnxruntime on the device's provider; nothing to move
+            return cls(spec, model, model)
+        model = model.to(settings.device)
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         net = torch.compile(model, mode=settings.compile) if settings.compile else model
         return cls(spec, model, net)
+
+    @property
+    def is_onnx(self) -> bool:
+        return isinstance(self.model, OnnxModel)
 
     def nbytes(self) -> int:
         tensors = [*self.model.parameters(), *self.model.buffers()]
@@ -212,7 +252,7 @@ def measure_mode(peers: list[Peer], mode: str, settings: BenchSettings, profile:
     rows = []
     for peer, call, info, times in zip(peers, calls, infos, seconds, strict=True):
         flops = None
-        if mode != "eval":
+        if mode != "eval" and not peer.is_onnx:  # no FLOP counter for an onnxruntime graph
             shape = (1, 3, settings.size, settings.size)
             flops = count_flops(peer.model, torch.empty(shape), train=mode == "train")
         batch = 1 if mode == "eval" else settings.batch
@@ -228,7 +268,9 @@ def _row(peer: Peer, mode: str, batch: int, flops: int | None, info: dict, times
     return {
         "model": peer.spec,
         "mode": mode,
-        "params_M": round(sum(p.numel() for p in peer.model.parameters()) / 1e6, 2),
+        "params_M": None
+        if peer.is_onnx
+        else round(sum(p.numel() for p in peer.model.parameters()) / 1e6, 2),
         "batch": batch,
         "gflops_per_image": None if flops is None else round(flops / 1e9, 2),
         "images_per_s": images_per_s,
@@ -270,11 +312,22 @@ def run_bench(
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     for spec in specs:
         parse_spec(spec)  # every spec checked before the first (long) build
+    onnx = [s for s in specs if s.startswith("onnx:")]
+    if onnx and "train" in modes:
+        raise ValueError(
+            f"{onnx[0]} is an exported file: it can be timed in --mode infer or eval, not train "
+            "(--mode both includes train). Add --mode infer."
+        )
+    apply_threads(settings)
     peers = [Peer.build(spec, settings) for spec in specs]
     rows = []
     for mode in modes:
         rows += measure_mode(peers, mode, settings, profile)
     return add_ratios(rows)
+
+
+def _threads(settings: BenchSettings) -> int:
+    return settings.threads if settings.threads is not None else torch.get_num_threads()
 
 
 def resize_timings(settings: BenchSettings) -> list[dict]:

@@ -37,8 +37,9 @@ from sanet._files import (
     refuse_foreign_files,
 )
 from sanet.config import Config, load_config
+from sanet.models.card import write_model_card
 from sanet.models.registry import list_models
-from sanet.models.segmentation import read_pretrained_config
+from sanet.models.segmentation import CONFIG_NAME, read_pretrained_config
 from sanet.rundir import RunDir
 from sanet.training.runlog import TrainerCallbacks
 from sanet.training.runtime import StopFlag
@@ -314,6 +315,7 @@ def compare(
         "runs": [asdict(r) for r in results],
     }
     atomic_write_text(out / "compare.json", json.dumps(payload, indent=1) + "\n")
+    record_in_cards(payload)
     plot_compare(payload, out / "compare.png")
     logger.info("compare: wrote %s and %s", out / "compare.json", out / "compare.png")
     return payload
@@ -343,6 +345,26 @@ def foreign_files(out: Path) -> list[Path]:
     elif runs.exists():
         found.append(runs)
     return sorted(found)
+
+
+def record_in_cards(payload: dict[str, Any]) -> None:
+    """Each run's ``model/`` gains its model's seeds and spread (``metadata["compare"]`` in
+    ``config.json``) and its model card is written again."""
+    for run in payload["runs"]:
+        folder = RunDir(run["run_dir"]).model
+        if not (folder / CONFIG_NAME).is_file():
+            continue
+        per = payload["per_model"][run["model"]]
+        config = read_pretrained_config(folder)
+        config.setdefault("metadata", {})["compare"] = {
+            "metric": payload["metric"],
+            "models": payload["models"],
+            "seed": run["seed"],
+            **{k: per[k] for k in ("seeds", "mIoU", "mIoU_mean", "mIoU_std")},
+            "paired": payload["paired"].get(run["model"]),
+        }
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        write_model_card(folder, config)
 
 
 def _class_names(run: RunDir) -> list[str]:

@@ -12,21 +12,22 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sanet.devices import cpu_features
+
 
 def environment(device: str) -> dict[str, Any]:
-    """Where the figures were measured: versions, device name, threads and the machine's load
-    (1-minute load average; ratios survive a busy machine, absolute rates do not)."""
+    """Where the figures were measured: versions, device name, threads, the CPU's int8 flags
+    (VNNI, AMX: what an int8 file's speed depends on), onnxruntime's version when installed,
+    and the machine's load (1-minute load average; ratios survive a busy machine, absolute
+    rates do not)."""
     import os
-    import platform
 
     import timm
     import torchvision
 
     dev = torch.device(device)
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-    else:
-        name = _cpu_model() or platform.processor() or platform.machine()
+    cpu = cpu_features()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"]
     return {
         "device": str(dev),
         "device_name": name,
@@ -36,18 +37,17 @@ def environment(device: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cpu_int8_flags": {k: cpu[k] for k in ("avx512_vnni", "avx_vnni", "amx")},
+        "onnxruntime": _onnxruntime_version(),
     }
 
 
-def _cpu_model() -> str | None:
+def _onnxruntime_version() -> str | None:
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+        import onnxruntime
+    except ImportError:
+        return None
+    return str(onnxruntime.__version__)
 
 
 def count_flops(model: nn.Module, images: torch.Tensor, train: bool) -> int:

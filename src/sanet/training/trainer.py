@@ -24,6 +24,7 @@ from sanet.config import Config, save_config
 from sanet.inference.predictor import evaluate
 from sanet.inference.protocol import EvalProtocol
 from sanet.losses import SANetLoss
+from sanet.models.card import recipe_record
 from sanet.models.options import ModelOptions
 from sanet.models.registry import build_model, load_model
 from sanet.rundir import RunDir
@@ -373,9 +374,21 @@ class Trainer:
             self.callbacks.validated(entry, result, names)
             if improved:
                 self.save("best")
-                self.model.save_pretrained(self.run.model, metadata=self.metadata)
+                self.model.save_pretrained(self.run.model, self._model_metadata(entry, result))
                 self.log.plot_validation(result["IoU"], cm.matrix_cpu(), names)
         return result
+
+    def _model_metadata(self, entry: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """``model/config.json``'s metadata: class names and palette, and the model card's
+        records of this validation and the recipe (:mod:`sanet.models.card`)."""
+        d = self.cfg.data
+        validation = {**entry, "IoU": result["IoU"], "dataset": d.dataset, "split": d.val_split}
+        validation |= {"images": len(self.val_set), "protocol": self.val_protocol.to_dict()}
+        return {
+            **self.metadata,
+            "validation": validation,
+            "recipe": recipe_record(self.cfg.to_dict()),
+        }
 
 
 def validation_protocol(cfg: Config) -> EvalProtocol:
