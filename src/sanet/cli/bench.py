@@ -41,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="KIND:BACKBONE|tv:NAME|onnx:PATH",
         help="peers, the first is the reference, e.g. tv:fcn_resnet101 sanet:resnet101s, or "
-        "exported files onnx:fp32.onnx onnx:int8.onnx with --mode infer "
+        "exported files such as onnx:fp32.onnx and onnx:int8.onnx with --mode infer "
         "(default: tv:fcn_resnet50 sanet:resnet50s on CPU, the R101 pair on CUDA)",
     )
     p.add_argument(
