@@ -43,7 +43,7 @@ def main() -> int:
     if where == "step":
         engine.train_step = hook(engine.train_step)
     elif where == "validate":
-        engine.evaluate = hook(engine.evaluate)
+        trainer.evaluate = hook(trainer.evaluate)  # validation's one loop, as trainer names it
     elif where == "finished":
         compare.read_result = hook(compare.read_result)
     elif where == "build":

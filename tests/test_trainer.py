@@ -248,14 +248,16 @@ def test_validation_is_sanet_eval_single_scale_with_the_runs_window(tmp_path, mo
     from sanet.cli.common import protocol_from_args
     from sanet.inference import EvalProtocol
 
+    from sanet.inference import predictor
+
     seen = []
-    real = engine.predict_mask
+    real = predictor.predict_mask
 
-    def spy(model, images, protocol=None, store=None):
+    def spy(model, images, protocol=None, store=None, **kw):
         seen.append(protocol)
-        return real(model, images, protocol, store)
+        return real(model, images, protocol, store, **kw)
 
-    monkeypatch.setattr(engine, "predict_mask", spy)
+    monkeypatch.setattr(predictor, "predict_mask", spy)
     run = tmp_path / "run"
     trainer = _trainer(
         run, "eval.scales=[0.5, 1.0]", "eval.flip=true", "eval.crop_size=64", "eval.stride=40"
