@@ -119,8 +119,11 @@ def window_count(height: int, width: int, protocol: EvalProtocol) -> int:
     return total * (2 if protocol.flip else 1)
 
 
-def _forward_probs(model: nn.Module, tiles: torch.Tensor, amp: str = "none") -> torch.Tensor:
-    """Softmax probabilities of a batch of equal-size tiles, zero-padding tiles below 32 px.
+def _forward_probs(
+    model: nn.Module, tiles: torch.Tensor, amp: str = "none", *, temperature: float = 1.0
+) -> torch.Tensor:
+    """Softmax probabilities of a batch of equal-size tiles, zero-padding tiles below 32 px;
+    ``softmax(logits / temperature)`` (temperature scaling enters every forward: docs/trust.md).
 
     Shape: tiles ``(B, 3, h, w)`` → ``(B, K, h, w)``.
     """
@@ -131,19 +134,23 @@ def _forward_probs(model: nn.Module, tiles: torch.Tensor, amp: str = "none") -> 
     dtype = _AMP_DTYPES[amp]
     with torch.autocast(tiles.device.type, dtype=dtype, enabled=dtype is not None):
         logits = model(tiles)["out"]
-    return logits[..., :h, :w].float().softmax(dim=1)
+    logits = logits[..., :h, :w].float()
+    return (logits if temperature == 1.0 else logits / temperature).softmax(dim=1)
 
 
-def _window_probs(model: nn.Module, tiles: torch.Tensor, protocol: EvalProtocol) -> torch.Tensor:
+def _window_probs(
+    model: nn.Module, tiles: torch.Tensor, protocol: EvalProtocol, *, temperature: float = 1.0
+) -> torch.Tensor:
     """Probabilities of equal-size windows; with ``flip`` their mirrors go in the same forward
     and are un-mirrored and averaged with them.
 
     Shape: tiles ``(B, 3, h, w)`` → ``(B, K, h, w)``.
     """
     if not protocol.flip:
-        return _forward_probs(model, tiles, protocol.amp)
+        return _forward_probs(model, tiles, protocol.amp, temperature=temperature)
     n = len(tiles)
-    probs = _forward_probs(model, torch.cat([tiles, tiles.flip(-1)]), protocol.amp)  # (2B, ...)
+    both = torch.cat([tiles, tiles.flip(-1)])
+    probs = _forward_probs(model, both, protocol.amp, temperature=temperature)  # (2B, ...)
     return (probs[:n] + probs[n:].flip(-1)) / 2
 
 
@@ -186,8 +193,13 @@ def scale_probs(
     image: torch.Tensor,
     protocol: EvalProtocol,
     store: torch.device | str | None = None,
+    *,
+    temperature: float = 1.0,
 ) -> list[torch.Tensor]:
     """Per-scale probability maps at their scaled resolutions (step 1–2 of the module docstring).
+
+    ``temperature`` divides the logits of every forward before its softmax (calibrated
+    probabilities, docs/trust.md); 1.0 is the plain protocol.
 
     The sliding windows of all scales are pooled and those of equal size share forward passes
     (``window_batch`` windows, mirrors included, per pass): with the paper's scales a 500×375
@@ -207,7 +219,7 @@ def scale_probs(
         for k in range(0, len(same), per_batch):
             chunk = same[k : k + per_batch]
             tiles = torch.stack([scaled[i][:, y : y + ch, x : x + cw] for i, y, x, ch, cw in chunk])
-            probs = _window_probs(model, tiles, protocol).to(store)  # (B, K, ch, cw)
+            probs = _window_probs(model, tiles, protocol, temperature=temperature).to(store)
             for (i, y, x, ch, cw), p in zip(chunk, probs, strict=True):
                 if not acc[i].numel():
                     acc[i] = torch.zeros(p.shape[0], *scaled[i].shape[-2:], device=store)
@@ -251,6 +263,8 @@ def predict_proba(
     images: torch.Tensor,
     protocol: EvalProtocol | None = None,
     store: torch.device | str | None = None,
+    *,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Class probabilities under ``protocol`` (default: single scale).
 
@@ -259,12 +273,16 @@ def predict_proba(
         images: normalised images on the model's device.
         store: device for the probability maps (default: the images'); "cpu" keeps GPU memory
             free for the forward passes on large images.
+        temperature: each forward's probabilities are ``softmax(logits / temperature)`` before
+            the averaging (a calibration's temperature, docs/trust.md; 1.0: the plain protocol).
 
     Shape:
         - images: ``(N, 3, H, W)`` or ``(3, H, W)``
         - output: ``(N, K, H, W)`` (or ``(K, H, W)``) float32, summing to 1 over K.
     """
-    return _predict(model, images, protocol, store, reduce=lambda band: band, dim=1)
+    return _predict(
+        model, images, protocol, store, reduce=lambda band: band, dim=1, temperature=temperature
+    )
 
 
 def predict_mask(
@@ -287,6 +305,8 @@ def _predict(
     store: torch.device | str | None,
     reduce: Callable[[torch.Tensor], torch.Tensor],
     dim: int,
+    *,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Per image: per-scale probabilities, combined band by band, each band ``reduce``d and
     the bands concatenated along ``dim`` (the row axis of the reduced band)."""
@@ -294,7 +314,7 @@ def _predict(
     single = images.ndim == 3
     out = []
     for image in images[None] if single else images:
-        maps = scale_probs(model, image, protocol, store)
+        maps = scale_probs(model, image, protocol, store, temperature=temperature)
         bands = combine_bands(maps, tuple(image.shape[-2:]), protocol.band_rows, reduce)
         out.append(torch.cat(bands, dim=dim))
     result = torch.stack(out)

@@ -10,16 +10,23 @@ from torch.utils.data import DataLoader
 
 from sanet.config import Config
 from sanet.data import build_dataset
+from sanet.data.datasets import DatasetSubset
+from sanet.data.splits import kfold_indices
 from sanet.data.transforms import train_transforms
 from sanet.training import engine
 from sanet.training.runtime import Dist
 
 
 def build_data(cfg: Config) -> tuple[Any, Any]:
-    """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders)."""
+    """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders);
+    with ``data.folds`` the other folds and the held-out fold of ``data.train_split``."""
     d = cfg.data
     root = d.root or None
     train = build_dataset(d.dataset, root, split=d.train_split, **d.options)
+    if d.folds:
+        rest, held = kfold_indices(len(train), d.folds, d.fold)
+        name = f"{train.name} fold {d.fold}/{d.folds}"
+        return DatasetSubset(train, rest, f"{name} (train)"), DatasetSubset(train, held, name)
     val = build_dataset(d.dataset, root, split=d.val_split, **d.options)
     return train, val
 
