@@ -233,7 +233,14 @@ def test_r61_predict_unsure_without_a_risk_threshold_writes_nothing(
     assert not list(out.glob("*.png"))
 
 
-R62_CASES = ["both", "neither", "recipe-without-folds", "one-fold", "confidence-above-1"]
+R62_CASES = [
+    "both",
+    "neither",
+    "recipe-without-folds",
+    "one-fold",
+    "confidence-above-1",
+    "protocol-flag-with-recipe",
+]
 
 
 @pytest.mark.parametrize("case", R62_CASES)
@@ -245,6 +252,7 @@ def test_r62_audit_labels_refuses_bad_combinations(case, model_dir, data, tmp_pa
         "recipe-without-folds": (["demo"], "needs --folds K"),
         "one-fold": (["demo", "--folds", "1"], "--folds must be at least 2"),
         "confidence-above-1": ([*ckpt, "--confidence", "1.5"], "--confidence must lie"),
+        "protocol-flag-with-recipe": (["demo", "--folds", "2", "--ms-flip"], "--ms-flip goes with"),
     }[case]
     out = tmp_path / "audit"
     assert main(["audit-labels", *argv, *spec, "--out", str(out)]) == 2

@@ -97,7 +97,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from sanet._files import atomic_write_text, ensure_writable_dir
     from sanet.cli.common import progress
-    from sanet.inference.calibration import check_risk_alpha, fit_calibration
+    from sanet.inference.calibration import check_risk_alpha, fit_calibration, fit_subset
     from sanet.inference.confidence import pretrained_folder, store_calibration
     from sanet.models.registry import load_model
     from sanet.viz.trust import plot_reliability
@@ -105,8 +105,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     folder = pretrained_folder(args.checkpoint)
     protocol = protocol_from_args(args)
     device = device_name(args.device)
-    if args.fit_images < 1:
-        raise ValueError(f"--fit-images must be at least 1, got {args.fit_images}.")
+    fit_subset([], args.fit_images)  # a bad --fit-images fails now
     dataset = open_dataset(args.data, args.split)
     n = len(dataset) if args.limit is None else min(max(args.limit, 0), len(dataset))
     if n == 0:
@@ -118,7 +117,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     ensure_writable_dir(folder, "the model folder")  # the calibration is stored there
     model, _ = load_model(folder)
     check_classes(model, dataset, args.checkpoint)
-    fit = len(range(0, n, max(1, -(-n // args.fit_images))))
+    fit = len(fit_subset(range(n), args.fit_images))
     with progress() as bar:
         tasks = {
             "fit": bar.add_task("fit temperature", total=fit),
@@ -179,6 +178,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise ValueError(f"A recipe ({args.recipe}) needs --folds K (e.g. --folds 5).")
     if args.checkpoint is not None and (args.folds is not None or args.overrides):
         raise ValueError("--folds and --set go with a RECIPE; with --checkpoint drop them.")
+    protocol_flags = ("ms_flip", "single_scale", "scales", "flip", "base_size", "crop_size")
+    given = [
+        f for f in (*protocol_flags, "stride", "device") if getattr(args, f) not in (None, False)
+    ]
+    if args.recipe is not None and given:
+        raise ValueError(
+            f"--{given[0].replace('_', '-')} goes with --checkpoint; the fold models are scored "
+            "with the recipe's validation protocol on its train.device (set them with --set)."
+        )
     if args.top < 0:
         raise ValueError(f"--top must be 0 or more, got {args.top}.")
     settings = AuditSettings(args.confidence, args.min_region)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
-from sanet.inference.confidence import protocol_views
+from sanet.inference.confidence import label_stats, protocol_views
 from sanet.inference.predictor import image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol, predict_proba
 
@@ -134,15 +134,6 @@ def _kind(given: int, predicted: int, background: int | None) -> str:
     return KINDS[1]
 
 
-def _audit_stats(y: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]:
-    def reduce(band: torch.Tensor, rows: slice) -> torch.Tensor:
-        conf, pred = band.max(dim=0)
-        p = band.gather(0, y[rows].clamp(max=band.shape[0] - 1)[None])[0]
-        return torch.stack([pred.to(band.dtype), conf, p])
-
-    return reduce
-
-
 def audit_split(
     model: nn.Module,
     dataset: Any,
@@ -170,7 +161,7 @@ def audit_split(
         image, mask = dataset[i]
         x = normalize(image_to_tensor(image), device)
         y = torch.as_tensor(np.asarray(mask)).long().to(device)
-        (view,) = protocol_views(model, x, protocol, [(temperature, _audit_stats(y))])
+        (view,) = protocol_views(model, x, protocol, [(temperature, label_stats(y))])
         pred, conf, p_label = (v.cpu().numpy() for v in view)
         label = y.cpu().numpy()
         regions, kept = label_regions(

@@ -34,7 +34,12 @@ import torch
 from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
-from sanet.inference.confidence import ASSUMPTION, protocol_settings, protocol_views
+from sanet.inference.confidence import (
+    ASSUMPTION,
+    label_stats,
+    protocol_settings,
+    protocol_views,
+)
 from sanet.inference.predictor import image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol
 
@@ -179,6 +184,14 @@ def check_risk_alpha(alpha: float, images: int) -> None:
         )
 
 
+def fit_subset(indices: Sequence[int], fit_images: int) -> list[int]:
+    """At most ``fit_images`` of ``indices``, evenly spaced: the images the temperature is
+    fitted on."""
+    if fit_images < 1:
+        raise ValueError(f"--fit-images must be at least 1, got {fit_images}.")
+    return list(indices)[:: max(1, math.ceil(len(indices) / fit_images))]
+
+
 def fit_calibration(
     model: nn.Module,
     dataset: Any,
@@ -210,8 +223,7 @@ def fit_calibration(
     if alpha is not None:
         check_risk_alpha(alpha, len(indices))
     model = model.to(device).eval()
-    step = max(1, math.ceil(len(indices) / fit_images))
-    fit = indices[::step]
+    fit = fit_subset(indices, fit_images)
     nll_grid, fit_pixels = np.zeros(len(TEMPERATURE_GRID)), 0
     for i in fit:
         x, y = _sample(dataset, i, device)
@@ -273,17 +285,6 @@ def _label_nll(y: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]
     return reduce
 
 
-def _stats(y: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]:
-    """``reduce`` giving ``(arg-max, largest probability, p[label])`` per pixel: ``(3, b, W)``."""
-
-    def reduce(band: torch.Tensor, rows: slice) -> torch.Tensor:
-        conf, pred = band.max(dim=0)
-        p = band.gather(0, y[rows].clamp(max=band.shape[0] - 1)[None])[0]
-        return torch.stack([pred.to(band.dtype), conf, p])
-
-    return reduce
-
-
 def _measure(
     model: nn.Module,
     dataset: Any,
@@ -301,7 +302,9 @@ def _measure(
     sure = np.zeros(len(THRESHOLDS))  # labelled pixels sure at each threshold, all images
     for i in indices:
         x, y = _sample(dataset, i, device)
-        raw, cal = protocol_views(model, x, protocol, [(1.0, _stats(y)), (temperature, _stats(y))])
+        raw, cal = protocol_views(
+            model, x, protocol, [(1.0, label_stats(y)), (temperature, label_stats(y))]
+        )
         valid = y != IGNORE_INDEX
         labels = y[valid]
         for bins, view, k in ((before, raw, 0), (after, cal, 1)):

@@ -231,7 +231,23 @@ def _banded(
     return combine_bands(maps, hw, band_rows, with_rows)
 
 
-def top_label(band: torch.Tensor, rows: slice) -> torch.Tensor:
-    """``(2, b, W)``: the arg-max class and the largest probability of each pixel."""
-    conf, pred = band.max(dim=0)
-    return torch.stack([pred.to(band.dtype), conf])
+def arg_max(band: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``reduce``: each pixel's arg-max class ``(b, W)``."""
+    return band.argmax(dim=0)
+
+
+def largest(band: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``reduce``: each pixel's largest probability ``(b, W)``."""
+    return band.amax(dim=0)
+
+
+def label_stats(labels: torch.Tensor) -> BandReduce:
+    """``reduce`` giving ``(arg-max, largest probability, p[label])`` per pixel, ``(3, b, W)``,
+    for ``labels`` ``(H, W)`` (ids and 255; p[label] is meaningless where 255)."""
+
+    def reduce(band: torch.Tensor, rows: slice) -> torch.Tensor:
+        conf, pred = band.max(dim=0)
+        p = band.gather(0, labels[rows].clamp(max=band.shape[0] - 1)[None])[0]
+        return torch.stack([pred.to(band.dtype), conf, p])
+
+    return reduce

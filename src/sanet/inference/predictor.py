@@ -17,7 +17,13 @@ from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import load_image
 from sanet.data.transforms import normalize_image
 from sanet.devices import resolve_device
-from sanet.inference.confidence import Calibration, protocol_views, read_calibration
+from sanet.inference.confidence import (
+    Calibration,
+    arg_max,
+    largest,
+    protocol_views,
+    read_calibration,
+)
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask, predict_proba
 from sanet.metrics import ConfusionMatrix
@@ -190,11 +196,8 @@ class Predictor:
         each pixel's largest calibrated probability (``(H, W)`` float32), from one set of
         forward passes."""
         x = normalize(image_to_tensor(image), self.device)
-        arg = lambda band, rows: band.argmax(dim=0)  # noqa: E731
-        top = lambda band, rows: band.amax(dim=0)  # noqa: E731
-        mask, conf = protocol_views(
-            self.model, x, self.protocol, [(1.0, arg), (self.temperature, top)]
-        )
+        views = [(1.0, arg_max), (self.temperature, largest)]
+        mask, conf = protocol_views(self.model, x, self.protocol, views)
         return mask.cpu().numpy(), conf.float().cpu().numpy()
 
     def unsure_threshold(self) -> float:
