@@ -105,6 +105,50 @@ def planted(run: Path, work: Path, images: int, share: float, size: int) -> dict
     return result
 
 
+def kfold(
+    run: Path, work: Path, folds: int, steps: int, images: int, share: float, size: int
+) -> dict:
+    """`audit-labels RECIPE --folds K` with the run's own recipe, each fold trained `steps` steps
+    on the other folds of a planted training split."""
+    folder = work / "planted-train"
+    key = write_planted_folder(folder, num_images=images, share=share, size=size, seed=3)
+    out = work / "kfold"
+    argv = ["audit-labels", str(run / "config.yaml"), "--folds", str(folds)]
+    argv += ["--data", f"folder:{folder}", "--out", str(out)]
+    start = time.perf_counter()
+    assert main([*argv, "--set", f"train.max_steps={steps}", "train.val_every=0"]) == 0
+    ranked = [e["image"] for e in json.loads((out / "label_audit.json").read_text())["images"]]
+    answer = [p["image"] for p in key["images"]]
+    result = {"folds": folds, "steps_per_fold": steps, "images": images, "planted": len(answer)}
+    result |= planted_recall(ranked, answer)
+    top = set(ranked[: result["top"]])
+    for kind in PLANTED_KINDS:
+        mine = [p["image"] for p in key["images"] if p["kind"] == kind]
+        result[f"recall[{kind}]"] = sum(i in top for i in mine) / max(len(mine), 1)
+    val = []
+    for f in range(folds):
+        records = (out / "runs" / f"fold{f}" / "metrics.jsonl").read_text().splitlines()
+        val += [json.loads(r)["mIoU"] for r in records if '"val"' in r][-1:]
+    return result | {"fold_val_mIoU": val, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def checkpoint_measurements(
+    args: argparse.Namespace, run: Path, size: int, seed: int, machine: dict
+) -> None:
+    prepare_synthetic(args.work / "cal", num_train=0, num_val=args.images, size=size, seed=seed)
+    prepare_synthetic(
+        args.work / "held", num_train=0, num_val=args.images, size=size, seed=seed + 1
+    )
+    argv = ["calibrate", "--checkpoint", str(run), "--data", f"folder:{args.work / 'cal'}"]
+    assert main([*argv, "--risk", str(args.risk), "--out", str(args.work / "calibration")]) == 0
+    record = json.loads((args.work / "calibration/calibration.json").read_text())
+    keep = ("temperature", "ece_before", "ece_after", "nll_before", "nll_after", "images", "risk")
+    emit(what="calibrate (the run's own val scenes)", **{k: record[k] for k in keep}, **machine)
+    emit(what="held-out scenes", **held_out(run, args.work / "held", record["risk"]["threshold"]))
+    result = planted(run, args.work, args.planted_images, args.planted_share, size)
+    emit(what="planted label errors", **result)
+
+
 def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a trained run directory")
@@ -113,6 +157,10 @@ def main_() -> None:
     parser.add_argument("--risk", type=float, default=0.05)
     parser.add_argument("--planted-images", type=int, default=200)
     parser.add_argument("--planted-share", type=float, default=0.1)
+    parser.add_argument("--kfold", type=int, default=0, help="also audit with K fold models")
+    parser.add_argument("--kfold-steps", type=int, default=150, help="training steps per fold")
+    parser.add_argument("--kfold-images", type=int, default=120)
+    parser.add_argument("--skip-checkpoint", action="store_true", help="only the k-fold audit")
     args = parser.parse_args()
     run = args.work / "run"
     shutil.rmtree(args.work, ignore_errors=True)
@@ -127,20 +175,21 @@ def main_() -> None:
         "threads": torch.get_num_threads(),
     }
     start = time.perf_counter()
-    prepare_synthetic(args.work / "cal", num_train=0, num_val=args.images, size=size, seed=seed)
-    prepare_synthetic(
-        args.work / "held", num_train=0, num_val=args.images, size=size, seed=seed + 1
-    )
-    argv = ["calibrate", "--checkpoint", str(run), "--data", f"folder:{args.work / 'cal'}"]
-    assert main([*argv, "--risk", str(args.risk), "--out", str(args.work / "calibration")]) == 0
-    record = json.loads((args.work / "calibration/calibration.json").read_text())
-    keep = ("temperature", "ece_before", "ece_after", "nll_before", "nll_after", "images", "risk")
-    emit(what="calibrate (the run's own val scenes)", **{k: record[k] for k in keep}, **machine)
-    emit(what="held-out scenes", **held_out(run, args.work / "held", record["risk"]["threshold"]))
-    emit(
-        what="planted label errors",
-        **planted(run, args.work, args.planted_images, args.planted_share, size),
-    )
+    if not args.skip_checkpoint:
+        checkpoint_measurements(args, run, size, seed, machine)
+    if args.kfold:
+        emit(
+            what="planted label errors, k-fold",
+            **kfold(
+                run,
+                args.work,
+                args.kfold,
+                args.kfold_steps,
+                args.kfold_images,
+                args.planted_share,
+                size,
+            ),
+        )
     emit(what="wall time", seconds=round(time.perf_counter() - start, 1))
 
 

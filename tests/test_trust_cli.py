@@ -1,5 +1,5 @@
 """``sanet calibrate``, ``predict --unsure --confidence``, ``audit-labels`` and ``rank`` end to
-end on a tiny model, and their bad inputs (docs/reliability.md r60–r63).
+end on a tiny model, and their bad inputs (docs/reliability.md r60–r64).
 
 References: torchmetrics' ``MulticlassCalibrationError`` and ``−log p`` in numpy on
 ``Predictor.predict_proba``'s outputs (calibrated and raw); entropy and mirror disagreement in
@@ -272,3 +272,16 @@ def test_r63_rank_finishes_the_readable_images_and_lists_the_bad_one(
     assert "1 of 4 inputs failed" in err and "b.png" in err
     ranked = [Path(r["image"]).name for r in csv.DictReader(out.read_text().splitlines())]
     assert sorted(ranked) == ["a.png", "c.png", "d.png"]
+
+
+def test_r64_predict_confidence_refuses_a_map_that_would_overwrite_another_output(
+    model_dir, data, tmp_path, capsys
+):
+    images = tmp_path / "images"
+    shutil.copytree(data / "images/val", images)
+    shutil.copy(images / "b.png", images / "a_confidence.png")  # a's map would overwrite its mask
+    out = tmp_path / "pred"
+    args = ["predict", "--checkpoint", str(model_dir), str(images), "--out", str(out)]
+    assert main([*args, "--confidence"]) == 2
+    _one_error_line(capsys.readouterr().err, "a_confidence.png", "another --out folder")
+    assert not out.exists()
