@@ -110,8 +110,8 @@ def plot_suspects(
             axes[r, c].axis("off")
             axes[r, c].set_title(heads[c], fontsize=8)
         # the row's caption across its four panels, above their titles
-        fig.text(0.02, 1 - r / n - 0.005, row.title, fontsize=8, va="top", ha="left")
+        axes[r, 0].text(0, 1.13, row.title, transform=axes[r, 0].transAxes, fontsize=8, va="bottom")
     for ax in axes[len(rows) :].ravel():
         ax.axis("off")
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.96, wspace=0.04, hspace=0.35)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.94, wspace=0.04, hspace=0.45)
     return save_figure(fig, path, dpi=100)
