@@ -246,9 +246,7 @@ def test_validation_is_sanet_eval_single_scale_with_the_runs_window(tmp_path, mo
     the protocol `sanet eval --checkpoint RUN --single-scale` rebuilds from the run directory."""
     from sanet.cli import build_parser
     from sanet.cli.common import protocol_from_args
-    from sanet.inference import EvalProtocol
-
-    from sanet.inference import predictor
+    from sanet.inference import EvalProtocol, predictor
 
     seen = []
     real = predictor.predict_mask

@@ -55,6 +55,10 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # long side × base_size
     num_workers: int = 4
     options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset keyword arguments
+    # k-fold cross-validation (`sanet audit-labels RECIPE --folds K`): with folds = K ≥ 2 the run
+    # trains on the other folds of train_split and validates on fold `fold` of it (val_split unused)
+    folds: int = 0
+    fold: int = 0
 
 
 @dataclass
@@ -184,6 +188,8 @@ MINIMUM: dict[str, float] = {
     "data.base_size": 0,
     "data.crop_size": 32,  # the models need ≥ 32 px
     "data.num_workers": 0,
+    "data.folds": 0,
+    "data.fold": 0,
     "train.epochs": 1,
     "train.batch_size": 1,
     "train.lr": 0,
@@ -218,6 +224,11 @@ def check_ranges(cfg: Config, source: str = "config") -> None:
         raise ValueError(
             f"{source}: data.scale_range must be [low, high] with 0 < low ≤ high, got "
             f"{cfg.data.scale_range!r} (the paper: [0.5, 2.0])."
+        )
+    if cfg.data.folds == 1 or (cfg.data.folds and cfg.data.fold >= cfg.data.folds):
+        raise ValueError(
+            f"{source}: data.folds must be 0 (off) or ≥ 2 and data.fold below it, got folds "
+            f"{cfg.data.folds}, fold {cfg.data.fold}."
         )
     if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
         raise ValueError(f"{source}: eval.scales must be positive numbers, got {cfg.eval.scales}.")

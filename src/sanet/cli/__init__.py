@@ -2,7 +2,7 @@
 
 Each command group registers its subcommands from its own module in this package
 (``train.py``, ``data.py``, ``eval.py``, ``figures.py``, ``compare.py``, ``deploy.py``,
-``bench.py``) with
+``bench.py``, ``trust.py``) with
 ``add_parsers``; helpers they share are in ``common.py``. This file only assembles them and
 applies the error rule of docs/reliability.md: a problem the user can fix is one line and exit 2,
 a bug keeps its traceback. Nothing outside ``sanet/cli/`` imports this package.
@@ -17,12 +17,12 @@ from collections.abc import Sequence
 
 from sanet import __version__
 from sanet._errors import is_user_error, one_line
-from sanet.cli import bench, compare, data, deploy, eval, figures, train
+from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
 # ``func`` on its parsers via ``set_defaults(func=...)``. A new command group is one more
 # module here (docs/architecture.md).
-COMMAND_MODULES = (train, data, eval, figures, compare, deploy, bench)
+COMMAND_MODULES = (train, data, eval, figures, compare, deploy, bench, trust)
 
 
 def build_parser() -> argparse.ArgumentParser:

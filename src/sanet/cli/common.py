@@ -31,7 +31,7 @@ def add_overrides(p: argparse.ArgumentParser, help: str | None = None) -> None:
     )
 
 
-def add_protocol_args(p: argparse.ArgumentParser) -> None:
+def add_protocol_args(p: argparse.ArgumentParser, *, require_checkpoint: bool = True) -> None:
     """``--checkpoint``, ``--device`` and the evaluation-protocol flags (eval, predict, figure5).
 
     Unset flags take the run's ``eval`` section (``--checkpoint`` a run directory or a file in
@@ -39,7 +39,7 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     """
     p.add_argument(
         "--checkpoint",
-        required=True,
+        required=require_checkpoint,
         help="run dir, .pt, save_pretrained folder or an .onnx file (sanet export)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")

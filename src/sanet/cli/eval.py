@@ -57,6 +57,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write overlays with a legend")
+    p.add_argument(
+        "--unsure",
+        action="store_true",
+        help="255 on pixels below the calibrated risk threshold (sanet calibrate --risk)",
+    )
+    p.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also write <stem>_confidence.png: 255 × the calibrated largest probability",
+    )
     add_overwrite(p, "masks and overlays in --out that exist")
     p.set_defaults(func=cmd_predict)
 
@@ -118,7 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args, cm, dataset, protocol, done, failed, time.perf_counter() - start, meta
         )
     fix = "the metrics leave them out; fix them (`sanet check-data` lists every problem) and rerun"
-    return _report_failed("eval", failed, n, fix)
+    return report_failed("eval", failed, n, fix)
 
 
 def _show_and_write(
@@ -264,19 +274,25 @@ def output_plan(
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
     from rich.console import Console
 
     from sanet._errors import DataError
     from sanet._files import ensure_writable_dir
+    from sanet.conventions import IGNORE_INDEX
+    from sanet.inference.confidence import ASSUMPTION
     from sanet.inference.predictor import Predictor, load_rgb
     from sanet.viz.visualize import mask_to_pil, overlay_with_legend, save_png
 
     protocol = protocol_from_args(args)
     device = device_name(args.device)
     plan = output_plan(expand_inputs(args.inputs), args.out, args.overlay)
+    confidence_paths = confidence_plan(plan) if args.confidence else {}
     ensure_writable_dir(args.out / "overlays" if args.overlay else args.out, "--out")
-    refuse_existing([t for _, *targets in plan for t in targets if t], "--out", args.overwrite)
+    targets = [t for _, *paths in plan for t in paths if t] + list(confidence_paths.values())
+    refuse_existing(targets, "--out", args.overwrite)
     predictor = Predictor(args.checkpoint, device=device, protocol=protocol)
+    threshold = predictor.unsure_threshold() if args.unsure else None  # refused before any work
     failed: list[str] = []  # a bad image is reported at the end; the good ones are all written
     with progress() as bar:
         task = bar.add_task("predict", total=len(plan))
@@ -289,8 +305,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 bar.advance(task)
                 continue
             with windows.image(image_path, *rgb.shape[:2]):
-                mask = predictor.predict(rgb)
+                if args.unsure or args.confidence:
+                    mask, confidence = predictor.predict_with_confidence(rgb)
+                else:
+                    mask = predictor.predict(rgb)
+            if threshold is not None:
+                mask = np.where(confidence < threshold, IGNORE_INDEX, mask)
             save_png(mask_to_pil(mask, predictor.palette), mask_path)
+            if args.confidence:
+                save_png(confidence_image(confidence), confidence_paths[mask_path])
             if overlay_path is not None:
                 pic = overlay_with_legend(rgb, mask, predictor.class_names, predictor.palette)
                 save_png(pic, overlay_path)
@@ -299,11 +322,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     Console().print(
         f"Wrote {done} mask{'s' if done != 1 else ''} to {args.out}"
         + (" (+ overlays)" if args.overlay else "")
+        + (" (+ confidence maps)" if args.confidence else "")
     )
-    return _report_failed("predict", failed, len(plan), "fix or convert these files and rerun")
+    if threshold is not None:
+        Console().print(
+            f"255 = unsure: calibrated confidence below {threshold:.6g}, chosen so that the expected "
+            f"share of sure-and-wrong pixels per image is ≤ {predictor.calibration.alpha}; the "
+            f"guarantee {ASSUMPTION}."
+        )
+    return report_failed("predict", failed, len(plan), "fix or convert these files and rerun")
 
 
-def _report_failed(command: str, failed: list[str], total: int, fix: str) -> int:
+def confidence_plan(plan: list[tuple[Path, Path, Path | None]]) -> dict[Path, Path]:
+    """``OUT/<stem>_confidence.png`` per mask path; refuses a name another output or an input
+    already has (an image called ``a_confidence.png`` beside ``a.png``)."""
+    taken = {p for row in plan for p in row if p is not None}
+    paths = {mask: mask.with_name(f"{mask.stem}_confidence.png") for _, mask, _ in plan}
+    for path in paths.values():
+        if path in taken:
+            raise ValueError(
+                f"{path} is an input or another output as well as a confidence map. Rename the "
+                "image, or predict it into another --out folder."
+            )
+    return paths
+
+
+def confidence_image(confidence: Any) -> Any:
+    """``(H, W)`` calibrated confidence in [0, 1] → grey PNG image, ``round(255 × c)``."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.rint(np.clip(confidence, 0, 1) * 255).astype(np.uint8), mode="L")
+
+
+def report_failed(command: str, failed: list[str], total: int, fix: str) -> int:
     """Batch commands finish the good items, then list the bad ones here: exit 1 if any."""
     if not failed:
         return 0

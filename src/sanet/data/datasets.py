@@ -135,6 +135,34 @@ class SegmentationDataset(Dataset):
         return image, mask
 
 
+class DatasetSubset(Dataset):
+    """The samples ``indices`` of ``dataset`` (a fold of a k-fold split), with its classes,
+    palette and file names.
+
+    Args:
+        dataset: a :class:`SegmentationDataset` (or anything with its attributes).
+        indices: the samples kept, in order.
+        name: for messages (default: the dataset's name and the number kept).
+    """
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], name: str | None = None) -> None:
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
+        self.class_names = list(dataset.class_names)  # type: ignore[attr-defined]
+        self.num_classes = len(self.class_names)
+        self.palette = list(dataset.palette)  # type: ignore[attr-defined]
+        base = getattr(dataset, "name", "dataset")
+        self.name = name or f"{base}[{len(self.indices)} of {len(dataset)}]"  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def files(self, index: int) -> tuple[str, str]:
+        return self.dataset.files(self.indices[index])  # type: ignore[attr-defined]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset[self.indices[index]]
+
+
 def _check_files_exist(pairs: list[tuple[str, str]], name: str) -> None:
     """Fail early, with a count and examples, when listed files are missing."""
     missing = [p for pair in pairs for p in pair if not os.path.exists(p)]

@@ -24,3 +24,18 @@ def train_aug_ids(
 ) -> list[str]:
     """The standard augmented train list: SBD train ∪ SBD val ∪ VOC train − VOC val (sorted)."""
     return sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val))
+
+
+def kfold_indices(n: int, folds: int, fold: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """``(other folds, fold)``: the sample indices ``0..n-1`` shuffled by ``seed`` and dealt to
+    ``folds`` folds in turn (sizes differ by at most one), each list in increasing order."""
+    import numpy as np
+
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"Need folds ≥ 2 and 0 ≤ fold < folds, got folds={folds}, fold={fold}.")
+    if n < folds:
+        raise ValueError(f"{n} images cannot be split into {folds} folds; use fewer folds.")
+    order = np.random.default_rng(seed).permutation(n)
+    held = sorted(int(i) for i in order[fold::folds])
+    taken = set(held)
+    return [i for i in range(n) if i not in taken], held

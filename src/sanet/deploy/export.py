@@ -157,6 +157,8 @@ def build_metadata(
         "min_size": MIN_SIZE,
         "model": {"name": model.name, **model.config},
         "protocol": protocol.to_dict(),
+        # `sanet calibrate`'s temperature and risk threshold travel with the weights
+        **({"calibration": metadata["calibration"]} if metadata.get("calibration") else {}),
         "sanet_version": __version__,
         "torch_version": torch.__version__,
         "opset": opset,

@@ -1,8 +1,10 @@
 """Inference: the paper's evaluation protocol (``protocol.py``), images in, masks out
-(``predictor.py``) and the onnxruntime backend for exported files (``onnx_backend.py``)."""
+(``predictor.py``), the onnxruntime backend for exported files (``onnx_backend.py``), and trust:
+calibrated confidence (``confidence.py``, ``calibration.py``) and the label audit (``audit.py``)."""
 
 from __future__ import annotations
 
+from sanet.inference.confidence import Calibration, read_calibration
 from sanet.inference.onnx_backend import OnnxModel, read_onnx_metadata
 from sanet.inference.predictor import (
     Predictor,
@@ -24,6 +26,7 @@ from sanet.inference.protocol import (
 __all__ = [
     "MIN_INPUT",
     "PAPER_SCALES",
+    "Calibration",
     "EvalProtocol",
     "OnnxModel",
     "Predictor",
@@ -34,6 +37,7 @@ __all__ = [
     "open_model",
     "predict_mask",
     "predict_proba",
+    "read_calibration",
     "read_onnx_metadata",
     "scale_probs",
 ]

@@ -43,6 +43,7 @@ METADATA_KEYS = (
     "run_config",  # the run's eval section and data.base_size (what `sanet eval` would use)
     "validation",  # the run's best validation (mIoU, pixAcc, protocol), when known
     "parity",  # onnxruntime vs PyTorch at the checked sizes (max |Δ| of logits, argmax agreement)
+    "calibration",  # `sanet calibrate`'s record (temperature, risk threshold), when calibrated
     "sanet_version",
     "torch_version",
     "opset",

@@ -4,6 +4,7 @@ protocol)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,19 @@ from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import load_image
 from sanet.data.transforms import normalize_image
 from sanet.devices import resolve_device
+from sanet.inference.confidence import (
+    Calibration,
+    arg_max,
+    largest,
+    protocol_views,
+    read_calibration,
+)
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask, predict_proba
 from sanet.metrics import ConfusionMatrix
 from sanet.models.registry import load_model
+
+logger = logging.getLogger(__name__)
 
 
 def open_model(
@@ -86,13 +96,16 @@ class Predictor:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (for ``.onnx``: the execution provider;
             the protocol's tensor work then stays on the CPU).
         protocol: inference protocol (default single scale; see :class:`EvalProtocol`).
+        calibrated: use the calibration ``sanet calibrate`` stored with the model (calibrated
+            probabilities, confidence, unsure pixels); ``False``: the raw probabilities.
 
     Both backends share the pre- and post-processing (normalisation, padding of inputs below
-    32 px, sliding window, scales, flips): only the network call differs.
+    32 px, sliding window, scales, flips): only the network call differs. Arg-max masks do not
+    depend on the calibration (docs/trust.md).
 
     Attributes:
         model, metadata, class_names (list or ``None``), palette (list of RGB or ``None``),
-        backend (``"torch"`` or ``"onnxruntime"``).
+        backend (``"torch"`` or ``"onnxruntime"``), calibration (``Calibration`` or ``None``).
     """
 
     def __init__(
@@ -100,11 +113,13 @@ class Predictor:
         checkpoint: str | Path,
         device: str | torch.device = "cpu",
         protocol: EvalProtocol | None = None,
+        *,
+        calibrated: bool = True,
     ) -> None:
         model, metadata = open_model(checkpoint, device)
         if isinstance(model, OnnxModel):
             device = "cpu"  # onnxruntime returns host arrays; the glue runs where they are
-        self._setup(model, metadata, device, protocol)
+        self._setup(model, metadata, device, protocol, calibrated)
 
     @classmethod
     def from_model(
@@ -113,10 +128,13 @@ class Predictor:
         device: str | torch.device = "cpu",
         protocol: EvalProtocol | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        calibrated: bool = True,
     ) -> Predictor:
-        """Wrap an in-memory model (e.g. right after training)."""
+        """Wrap an in-memory model (e.g. right after training); ``metadata`` may hold a
+        calibration."""
         self = cls.__new__(cls)
-        self._setup(model, metadata or {}, device, protocol)
+        self._setup(model, metadata or {}, device, protocol, calibrated)
         return self
 
     def _setup(
@@ -125,6 +143,7 @@ class Predictor:
         metadata: dict[str, Any],
         device: str | torch.device,
         protocol: EvalProtocol | None,
+        calibrated: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -134,35 +153,108 @@ class Predictor:
         self.class_names: list[str] | None = self.metadata.get("class_names")
         palette = self.metadata.get("palette")
         self.palette = [tuple(c) for c in palette] if palette else None
+        self.calibration: Calibration | None = (
+            read_calibration(self.metadata) if calibrated else None
+        )
+        if self.calibration is not None and not self.calibration.matches(self.protocol):
+            logger.warning(
+                "The calibration was fitted under the protocol %s; this Predictor uses another "
+                "(%s), so its probabilities are calibrated only approximately. Pass "
+                "protocol=predictor.calibration.eval_protocol() to use the same one.",
+                self.calibration.protocol,
+                {
+                    k: v
+                    for k, v in self.protocol.to_dict().items()
+                    if k in self.calibration.protocol
+                },
+            )
+
+    @property
+    def temperature(self) -> float:
+        """The calibration's temperature (1.0 when uncalibrated or ``calibrated=False``)."""
+        return self.calibration.temperature if self.calibration is not None else 1.0
 
     def predict_proba(self, image: Any) -> np.ndarray:
-        """Class probabilities ``(K, H, W)`` float32 at the image's own size."""
+        """Class probabilities ``(K, H, W)`` float32 at the image's own size: calibrated
+        (``softmax(logits / T)`` in every forward) when the model carries a calibration."""
         x = normalize(image_to_tensor(image), self.device)
-        return predict_proba(self.model, x, self.protocol).cpu().numpy()
+        return (
+            predict_proba(self.model, x, self.protocol, temperature=self.temperature).cpu().numpy()
+        )
 
     def predict(
         self,
         image: Any,
         *,
+        unsure: bool = False,
         max_side: int | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> np.ndarray:
         """Class ids ``(H, W)`` int64 at the image's own size.
 
         Args:
+            unsure: 255 where the calibrated confidence is below the calibration's risk
+                threshold (``sanet calibrate --risk``; docs/trust.md).
             max_side: bound the work on large images: one longer than this is first resized
                 (bilinear) to a long side of ``max_side`` (:func:`working_size`), predicted
                 there under the protocol, and its mask resized back to ``(H, W)`` (nearest).
             should_stop: asked between forward passes; True stops the work with
                 :class:`~sanet.inference.protocol.Cancelled`.
         """
+        if unsure:
+            threshold = self.unsure_threshold()
+            mask, confidence = self.predict_with_confidence(
+                image, max_side=max_side, should_stop=should_stop
+            )
+            return np.where(confidence < threshold, IGNORE_INDEX, mask)
+        x, size = self._working_input(image, max_side)
+        mask = predict_mask(self.model, x, self.protocol, should_stop=should_stop)
+        return resize_mask(mask, size).cpu().numpy()
+
+    def predict_with_confidence(
+        self,
+        image: Any,
+        *,
+        max_side: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(mask, confidence)``: the arg-max mask of :meth:`predict` (``(H, W)`` int64) and
+        each pixel's largest calibrated probability (``(H, W)`` float32), from one set of
+        forward passes (``max_side``, ``should_stop``: as in :meth:`predict`)."""
+        x, size = self._working_input(image, max_side)
+        views = [(1.0, arg_max), (self.temperature, largest)]
+        mask, conf = protocol_views(self.model, x, self.protocol, views, should_stop=should_stop)
+        return resize_mask(mask, size).cpu().numpy(), resize_mask(conf, size).float().cpu().numpy()
+
+    def _working_input(
+        self, image: Any, max_side: int | None
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The normalised image at its working size (:func:`working_size`) and its own size."""
         x = normalize(image_to_tensor(image), self.device)
-        size = tuple(x.shape[-2:])
+        size = (int(x.shape[-2]), int(x.shape[-1]))
         small = working_size(*size, max_side)
         if small != size:
             x = F.interpolate(x[None], size=small, mode="bilinear", align_corners=False)[0]
-        mask = predict_mask(self.model, x, self.protocol, should_stop=should_stop)
-        return resize_mask(mask, size).cpu().numpy()
+        return x, size
+
+    def unsure_threshold(self) -> float:
+        """The calibrated confidence below which a pixel is unsure (``sanet calibrate --risk``).
+
+        Raises:
+            ValueError: the model carries no risk threshold (or ``calibrated=False``).
+        """
+        if self.calibration is None or self.calibration.threshold is None:
+            state = (
+                "calibrated=False was asked"
+                if self.calibration is None and self.metadata.get("calibration")
+                else "the model carries no risk threshold"
+            )
+            raise ValueError(
+                f"Unsure pixels need a calibrated risk threshold, but {state}. Run `sanet "
+                "calibrate --checkpoint RUN --data KIND:ROOT --risk 0.05` first (and keep "
+                "calibrated=True)."
+            )
+        return self.calibration.threshold
 
 
 def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:

@@ -124,8 +124,11 @@ def window_count(height: int, width: int, protocol: EvalProtocol) -> int:
     return total * (2 if protocol.flip else 1)
 
 
-def _forward_probs(model: nn.Module, tiles: torch.Tensor, amp: str = "none") -> torch.Tensor:
-    """Softmax probabilities of a batch of equal-size tiles, zero-padding tiles below 32 px.
+def _forward_probs(
+    model: nn.Module, tiles: torch.Tensor, amp: str = "none", *, temperature: float = 1.0
+) -> torch.Tensor:
+    """Softmax probabilities of a batch of equal-size tiles, zero-padding tiles below 32 px;
+    ``softmax(logits / temperature)`` (temperature scaling enters every forward: docs/trust.md).
 
     Shape: tiles ``(B, 3, h, w)`` → ``(B, K, h, w)``.
     """
@@ -136,19 +139,23 @@ def _forward_probs(model: nn.Module, tiles: torch.Tensor, amp: str = "none") -> 
     dtype = _AMP_DTYPES[amp]
     with torch.autocast(tiles.device.type, dtype=dtype, enabled=dtype is not None):
         logits = model(tiles)["out"]
-    return logits[..., :h, :w].float().softmax(dim=1)
+    logits = logits[..., :h, :w].float()
+    return (logits if temperature == 1.0 else logits / temperature).softmax(dim=1)
 
 
-def _window_probs(model: nn.Module, tiles: torch.Tensor, protocol: EvalProtocol) -> torch.Tensor:
+def _window_probs(
+    model: nn.Module, tiles: torch.Tensor, protocol: EvalProtocol, *, temperature: float = 1.0
+) -> torch.Tensor:
     """Probabilities of equal-size windows; with ``flip`` their mirrors go in the same forward
     and are un-mirrored and averaged with them.
 
     Shape: tiles ``(B, 3, h, w)`` → ``(B, K, h, w)``.
     """
     if not protocol.flip:
-        return _forward_probs(model, tiles, protocol.amp)
+        return _forward_probs(model, tiles, protocol.amp, temperature=temperature)
     n = len(tiles)
-    probs = _forward_probs(model, torch.cat([tiles, tiles.flip(-1)]), protocol.amp)  # (2B, ...)
+    both = torch.cat([tiles, tiles.flip(-1)])
+    probs = _forward_probs(model, both, protocol.amp, temperature=temperature)  # (2B, ...)
     return (probs[:n] + probs[n:].flip(-1)) / 2
 
 
@@ -193,8 +200,12 @@ def scale_probs(
     store: torch.device | str | None = None,
     *,
     should_stop: Callable[[], bool] | None = None,
+    temperature: float = 1.0,
 ) -> list[torch.Tensor]:
     """Per-scale probability maps at their scaled resolutions (step 1–2 of the module docstring).
+
+    ``temperature`` divides the logits of every forward before its softmax (calibrated
+    probabilities, docs/trust.md); 1.0 is the plain protocol.
 
     The sliding windows of all scales are pooled and those of equal size share forward passes
     (``window_batch`` windows, mirrors included, per pass): with the paper's scales a 500×375
@@ -219,7 +230,7 @@ def scale_probs(
                 raise Cancelled(f"stopped after {k} of {len(same)} windows of size {shape}")
             chunk = same[k : k + per_batch]
             tiles = torch.stack([scaled[i][:, y : y + ch, x : x + cw] for i, y, x, ch, cw in chunk])
-            probs = _window_probs(model, tiles, protocol).to(store)  # (B, K, ch, cw)
+            probs = _window_probs(model, tiles, protocol, temperature=temperature).to(store)
             for (i, y, x, ch, cw), p in zip(chunk, probs, strict=True):
                 if not acc[i].numel():
                     acc[i] = torch.zeros(p.shape[0], *scaled[i].shape[-2:], device=store)
@@ -265,6 +276,7 @@ def predict_proba(
     store: torch.device | str | None = None,
     *,
     should_stop: Callable[[], bool] | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Class probabilities under ``protocol`` (default: single scale).
 
@@ -274,13 +286,22 @@ def predict_proba(
         store: device for the probability maps (default: the images'); "cpu" keeps GPU memory
             free for the forward passes on large images.
         should_stop: asked before every forward pass; True stops with :class:`Cancelled`.
+        temperature: each forward's probabilities are ``softmax(logits / temperature)`` before
+            the averaging (a calibration's temperature, docs/trust.md; 1.0: the plain protocol).
 
     Shape:
         - images: ``(N, 3, H, W)`` or ``(3, H, W)``
         - output: ``(N, K, H, W)`` (or ``(K, H, W)``) float32, summing to 1 over K.
     """
     return _predict(
-        model, images, protocol, store, reduce=lambda band: band, dim=1, should_stop=should_stop
+        model,
+        images,
+        protocol,
+        store,
+        reduce=lambda band: band,
+        dim=1,
+        should_stop=should_stop,
+        temperature=temperature,
     )
 
 
@@ -308,7 +329,9 @@ def _predict(
     store: torch.device | str | None,
     reduce: Callable[[torch.Tensor], torch.Tensor],
     dim: int,
+    *,
     should_stop: Callable[[], bool] | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Per image: per-scale probabilities, combined band by band, each band ``reduce``d and
     the bands concatenated along ``dim`` (the row axis of the reduced band)."""
@@ -316,7 +339,9 @@ def _predict(
     single = images.ndim == 3
     out = []
     for image in images[None] if single else images:
-        maps = scale_probs(model, image, protocol, store, should_stop=should_stop)
+        maps = scale_probs(
+            model, image, protocol, store, should_stop=should_stop, temperature=temperature
+        )
         bands = combine_bands(maps, tuple(image.shape[-2:]), protocol.band_rows, reduce)
         out.append(torch.cat(bands, dim=dim))
     result = torch.stack(out)

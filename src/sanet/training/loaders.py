@@ -12,6 +12,8 @@ from torch.utils.data import DataLoader
 from sanet.config import Config
 from sanet.data import SyntheticDataset, build_dataset
 from sanet.data.check import check_training_labels
+from sanet.data.datasets import DatasetSubset
+from sanet.data.splits import kfold_indices
 from sanet.data.transforms import train_transforms
 from sanet.training import engine
 from sanet.training.runtime import Dist
@@ -20,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_data(cfg: Config) -> tuple[Any, Any]:
-    """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders).
+    """Train and val datasets of ``cfg.data`` (raw: transforms are applied by the loaders);
+    with ``data.folds`` the other folds and the held-out fold of ``data.train_split``.
 
     Both splits pass :func:`~sanet.data.check.check_training_labels` first (files on disk; the
     synthetic scenes hold every class by construction): a split whose labelled pixels hold one
@@ -29,11 +32,16 @@ def build_data(cfg: Config) -> tuple[Any, Any]:
     d = cfg.data
     root = d.root or None
     train = build_dataset(d.dataset, root, split=d.train_split, **d.options)
-    val = build_dataset(d.dataset, root, split=d.val_split, **d.options)
+    # with folds, both come out of the train split: checking it checks them
+    val = None if d.folds else build_dataset(d.dataset, root, split=d.val_split, **d.options)
     for split in (train, val):
-        if not isinstance(split, SyntheticDataset):
+        if split is not None and not isinstance(split, SyntheticDataset):
             for message in check_training_labels(split):
                 logger.warning("%s", message)
+    if d.folds:
+        rest, held = kfold_indices(len(train), d.folds, d.fold)
+        name = f"{train.name} fold {d.fold}/{d.folds}"
+        return DatasetSubset(train, rest, f"{name} (train)"), DatasetSubset(train, held, name)
     return train, val
 
 

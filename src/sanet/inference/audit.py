@@ -1,0 +1,232 @@
+"""Where labels are probably wrong (``sanet audit-labels``) and which unlabelled images are worth
+annotating next (``sanet rank``), from a model's (calibrated) probabilities (docs/trust.md).
+
+**Audit.** A pixel is *evidence against its label* when it is labelled (not 255), the model's
+arg-max differs from the label and the model is confident the label is wrong: it gives the label
+at most ``1 − confidence`` probability (implied by a prediction at least ``confidence`` sure; it
+also counts a pixel whose probability the model spreads over other classes). Such pixels
+are grouped into regions (8-connected, one given class and one predicted class per region);
+regions smaller than ``min_region`` of the image are dropped (scattered mistakes of the model,
+not a mislabelled object). A region's *evidence* is ``Σ (confidence − p[given label])`` over its
+pixels, and an image's score is the evidence of its regions divided by its labelled pixels:
+about "the share of the image whose label a confident model contradicts". Region kinds, where
+class 0 is a background class: label background and prediction an object → ``unlabelled
+object``; label an object and prediction background → ``labelled where nothing is``; otherwise
+``wrong class``.
+
+**Rank.** The image and its mirror image are predicted separately (single forward protocol
+without flips): ``mean_entropy`` is the mean over pixels of the entropy of their average,
+divided by ``log K`` (0: certain, 1: uniform), and ``flip_disagreement`` the share of pixels
+whose two arg-max classes differ. ``score = (mean_entropy + flip_disagreement) / 2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sanet.conventions import IGNORE_INDEX
+from sanet.inference.confidence import label_stats, protocol_views
+from sanet.inference.predictor import image_to_tensor, normalize
+from sanet.inference.protocol import EvalProtocol, predict_proba
+
+KINDS = ("unlabelled object", "wrong class", "labelled where nothing is")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """What counts as evidence against a label.
+
+    Attributes:
+        confidence: evidence where the (calibrated) probability of the given label is at most
+            ``1 − confidence``.
+        min_region: least region size, as a share of the image's pixels (and at least 16 px).
+    """
+
+    confidence: float = 0.9
+    min_region: float = 0.002
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"--confidence must lie between 0 and 1, got {self.confidence}.")
+        if not 0 <= self.min_region < 1:
+            raise ValueError(f"--min-region must lie in [0, 1), got {self.min_region}.")
+
+
+def background_class(class_names: Sequence[str]) -> int | None:
+    """Class 0 when it is called background (VOC, PASCAL Context, the synthetic scenes), else
+    ``None`` (Cityscapes, ADE20K: every region is then a ``wrong class``)."""
+    return 0 if class_names and class_names[0].lower().strip("_ ") == "background" else None
+
+
+@dataclass
+class Suspect:
+    """One image kept for the suspects picture: its index, prediction and disagreement."""
+
+    score: float
+    index: int
+    prediction: np.ndarray  # (H, W) uint8 arg-max
+    disagreement: np.ndarray  # (H, W) bool: pixels of the kept regions
+
+
+def label_regions(
+    pred: np.ndarray,
+    conf: np.ndarray,
+    p_label: np.ndarray,
+    label: np.ndarray,
+    class_names: Sequence[str],
+    settings: AuditSettings,
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The regions where a confident prediction contradicts the label, largest evidence first,
+    and the mask of their pixels.
+
+    Shape: every input ``(H, W)``: arg-max, its probability, the probability of the given label,
+    the label (ids and 255).
+    """
+    from scipy import ndimage
+
+    against = (label != IGNORE_INDEX) & (pred != label) & (p_label <= 1 - settings.confidence)
+    least = max(16, math.ceil(settings.min_region * label.size))
+    regions, kept = [], np.zeros(label.shape, bool)
+    background = background_class(class_names)
+    pairs = {(int(a), int(b)) for a, b in zip(label[against], pred[against], strict=True)}
+    for given, predicted in sorted(pairs):
+        parts, count = ndimage.label(
+            against & (label == given) & (pred == predicted), np.ones((3, 3))
+        )
+        sizes = np.bincount(parts.ravel(), minlength=count + 1)
+        for k in np.flatnonzero(sizes >= least):
+            if k == 0:
+                continue
+            where = parts == k
+            ys, xs = np.nonzero(where)
+            regions.append(
+                {
+                    "kind": _kind(given, predicted, background),
+                    "label": class_names[given],
+                    "label_id": given,
+                    "predicted": class_names[predicted],
+                    "predicted_id": predicted,
+                    "pixels": int(sizes[k]),
+                    "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                    "confidence": float(conf[where].mean()),
+                    "evidence": float((conf[where] - p_label[where]).sum()),
+                }
+            )
+            kept |= where
+    regions.sort(key=lambda r: -r["evidence"])
+    return regions, kept
+
+
+def _kind(given: int, predicted: int, background: int | None) -> str:
+    if background is not None and given == background:
+        return KINDS[0]
+    if background is not None and predicted == background:
+        return KINDS[2]
+    return KINDS[1]
+
+
+def audit_split(
+    model: nn.Module,
+    dataset: Any,
+    class_names: Sequence[str],
+    protocol: EvalProtocol,
+    *,
+    indices: Sequence[int] | None = None,
+    temperature: float = 1.0,
+    settings: AuditSettings | None = None,
+    device: str | torch.device = "cpu",
+    keep: int = 8,
+    on_image: Callable[[], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[Suspect]]:
+    """Score every image of ``dataset`` (or ``indices``) against its label.
+
+    Returns:
+        ``(entries, suspects)``: one ``{"image", "index", "score", "labelled_pixels", "regions"}``
+        per image (dataset order), and the ``keep`` highest-scoring images' predictions.
+    """
+    settings = settings or AuditSettings()
+    model = model.to(device).eval()
+    indices = range(len(dataset)) if indices is None else indices
+    entries, heap = [], []
+    for i in indices:
+        image, mask = dataset[i]
+        x = normalize(image_to_tensor(image), device)
+        y = torch.as_tensor(np.asarray(mask)).long().to(device)
+        (view,) = protocol_views(model, x, protocol, [(temperature, label_stats(y))])
+        pred, conf, p_label = (v.cpu().numpy() for v in view)
+        label = y.cpu().numpy()
+        regions, kept = label_regions(
+            pred.astype(np.int64), conf, p_label, label, class_names, settings
+        )
+        labelled = int((label != IGNORE_INDEX).sum())
+        score = sum(r["evidence"] for r in regions) / max(labelled, 1)
+        entries.append(
+            {
+                "image": image_name(dataset, i),
+                "index": int(i),
+                "score": score,
+                "labelled_pixels": labelled,
+                "regions": regions,
+            }
+        )
+        item = (score, -int(i), Suspect(score, int(i), pred.astype(np.uint8), kept))
+        (heapq.heappush if len(heap) < keep else heapq.heappushpop)(heap, item)
+        if on_image:
+            on_image()
+    return entries, [s for *_, s in sorted(heap, key=lambda t: (-t[0], -t[1]))]
+
+
+def image_name(dataset: Any, index: int) -> str:
+    """The image file of sample ``index`` (its generated name for synthetic data)."""
+    return str(dataset.files(index)[0]) if hasattr(dataset, "files") else str(index)
+
+
+def sort_report(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Most suspicious first (ties: dataset order)."""
+    return sorted(entries, key=lambda e: (-e["score"], e["index"]))
+
+
+def planted_recall(
+    ranked: Sequence[str], planted: Sequence[str], top: int | None = None
+) -> dict[str, float]:
+    """Precision and recall of the ``planted`` images among the first ``top`` of ``ranked``
+    (default ``2 × len(planted)``)."""
+    top = 2 * len(planted) if top is None else top
+    found = len(set(ranked[:top]) & set(planted))
+    return {
+        "top": top,
+        "found": found,
+        "precision": found / max(min(top, len(ranked)), 1),
+        "recall": found / max(len(planted), 1),
+    }
+
+
+@torch.no_grad()
+def rank_scores(
+    model: nn.Module,
+    image: Any,
+    protocol: EvalProtocol,
+    *,
+    temperature: float = 1.0,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """``mean_entropy``, ``flip_disagreement`` and their mean ``score`` for one image (the model
+    on ``device``)."""
+    x = normalize(image_to_tensor(image), device)
+    single = dataclasses.replace(protocol, flip=False)
+    p = predict_proba(model, x, single, temperature=temperature)  # (K, H, W)
+    q = predict_proba(model, x.flip(-1), single, temperature=temperature).flip(-1)
+    mean = (p + q) / 2
+    entropy = -(mean * mean.clamp_min(1e-12).log()).sum(0) / math.log(max(mean.shape[0], 2))
+    disagree = (p.argmax(0) != q.argmax(0)).float().mean()
+    h, d = float(entropy.mean()), float(disagree)
+    return {"mean_entropy": h, "flip_disagreement": d, "score": (h + d) / 2}

@@ -1,0 +1,350 @@
+"""Fitting a calibration (``sanet calibrate``): temperature scaling by NLL, the top-label ECE
+with its reliability bins, and the confidence threshold of conformal risk control.
+
+Definitions (docs/trust.md):
+
+- **calibrated probabilities**: the protocol's map with ``softmax(logits / T)`` in every forward
+  (:mod:`sanet.inference.confidence`); ``T`` minimises their negative log-likelihood on the
+  labelled pixels of the calibration split.
+- **ECE**: top-label expected calibration error over all labelled pixels, 15 equal-width bins
+  of the largest probability, ``Σ_b n_b/N · |accuracy_b − confidence_b|`` — torchmetrics'
+  ``MulticlassCalibrationError(norm="l1")`` binning (``bucketize(right=True)``, so a confidence
+  of exactly 1.0 has a bin of its own).
+- **risk threshold** (Angelopoulos et al., "Conformal Risk Control", ICLR 2024): per image the
+  loss ``L_i(λ)`` is the share of its labelled pixels that are *sure* (calibrated confidence
+  ``≥ λ``) and wrong (the arg-max mask differs from the label). Raising ``λ`` only removes pixels
+  from the sure set, so ``L_i`` is non-increasing in ``λ`` (checked on every curve), bounded by
+  1. ``λ̂`` is the smallest grid threshold with ``n/(n+1)·R̂(λ) + 1/(n+1) ≤ α``; on a new image
+  exchangeable with the ``n`` calibration images, ``E[L(λ̂)] ≤ α``.
+
+Memory stays bounded: images are streamed; the temperature fit keeps one running NLL sum per
+grid temperature and uses at most ``fit_images`` images (evenly spaced); the risk control keeps
+one loss curve (``len(THRESHOLDS)`` floats) per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sanet.conventions import IGNORE_INDEX
+from sanet.inference.confidence import (
+    ASSUMPTION,
+    label_stats,
+    protocol_settings,
+    protocol_views,
+)
+from sanet.inference.predictor import image_to_tensor, normalize
+from sanet.inference.protocol import EvalProtocol
+
+logger = logging.getLogger(__name__)
+
+N_BINS = 15
+#: Temperatures tried (log-spaced 1/8 … 8, ratio ≈ 1.19); the best is refined by a parabola.
+TEMPERATURE_GRID: tuple[float, ...] = tuple(np.exp(np.linspace(math.log(1 / 8), math.log(8), 25)))
+#: Confidence thresholds of the risk control: every 0.001, and log-spaced towards 1 (where the
+#: confidences of a trained model crowd), up to 1.0.
+THRESHOLDS: np.ndarray = np.unique(
+    np.concatenate([np.linspace(0, 1, 1001), 1 - np.logspace(-3, -7, 41)])
+).astype(np.float64)
+_TINY = torch.finfo(torch.float32).tiny  # log(0) guard: a probability that underflowed
+
+
+class ReliabilityBins:
+    """Top-label statistics of pixels in 15 equal-width confidence bins (plus torchmetrics'
+    bin of confidence exactly 1.0), kept per predicted class.
+
+    Args:
+        num_classes: K.
+        n_bins: equal-width bins of [0, 1].
+    """
+
+    def __init__(self, num_classes: int, n_bins: int = N_BINS) -> None:
+        self.n_bins = n_bins
+        self.edges = torch.linspace(0, 1, n_bins + 1)  # float32, as torchmetrics
+        shape = (num_classes, n_bins + 1)
+        self.count, self.conf, self.correct = (np.zeros(shape) for _ in range(3))
+
+    def update(self, conf: torch.Tensor, correct: torch.Tensor, pred: torch.Tensor) -> None:
+        """Add pixels: ``conf`` (N,) float32 largest probability, ``correct`` (N,) bool,
+        ``pred`` (N,) predicted class."""
+        bins = torch.bucketize(conf.float(), self.edges.to(conf.device), right=True) - 1
+        flat = (pred.long() * (self.n_bins + 1) + bins).cpu()
+        size = self.count.size
+        self.count += (
+            torch.bincount(flat, minlength=size).double().numpy().reshape(self.count.shape)
+        )
+        for total, values in ((self.conf, conf), (self.correct, correct)):
+            w = torch.bincount(flat, weights=values.double().cpu(), minlength=size)
+            total += w.numpy().reshape(total.shape)
+
+    def ece(self) -> float:
+        """Top-label ECE over every pixel added (0.0 when none)."""
+        return _ece(self.count.sum(0), self.conf.sum(0), self.correct.sum(0))
+
+    def per_class(self) -> list[float | None]:
+        """ECE over the pixels predicted as each class (``None``: none predicted)."""
+        return [
+            _ece(n, c, a) if n.sum() else None
+            for n, c, a in zip(self.count, self.conf, self.correct, strict=True)
+        ]
+
+    def table(self) -> dict[str, list[float]]:
+        """Per bin: pixel count, mean confidence and accuracy (the reliability diagram); the
+        last entry is the bin of confidence exactly 1.0."""
+        n, c, a = self.count.sum(0), self.conf.sum(0), self.correct.sum(0)
+        safe = np.maximum(n, 1)
+        return {
+            "count": n.tolist(),
+            "confidence": (c / safe).tolist(),
+            "accuracy": (a / safe).tolist(),
+        }
+
+
+def _ece(count: np.ndarray, conf: np.ndarray, correct: np.ndarray) -> float:
+    total = count.sum()
+    return float(np.abs(correct - conf).sum() / total) if total else 0.0
+
+
+def fit_temperature(temperatures: Sequence[float], nll: Sequence[float]) -> float:
+    """The minimiser of the NLL over ``log T``: the best grid point, refined by the parabola
+    through it and its two neighbours (the NLL of temperature scaling is smooth in ``log T``)."""
+    x, y = np.log(np.asarray(temperatures, float)), np.asarray(nll, float)
+    i = int(np.argmin(y))
+    if i in (0, len(y) - 1):
+        logger.warning(
+            "The NLL is smallest at the edge of the temperature grid (T = %.3g); the model is "
+            "extremely over- or under-confident on this split.",
+            temperatures[i],
+        )
+        return float(temperatures[i])
+    (x0, x1, x2), (y0, y1, y2) = x[i - 1 : i + 2], y[i - 1 : i + 2]
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    if den == 0:
+        return float(temperatures[i])
+    vertex = x1 - 0.5 * ((x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)) / den
+    return float(np.exp(np.clip(vertex, x0, x2)))
+
+
+def loss_curve(
+    conf: torch.Tensor, wrong: torch.Tensor, labelled: int, thresholds: np.ndarray = THRESHOLDS
+) -> np.ndarray:
+    """``L(λ)`` at every threshold: the share of the image's ``labelled`` pixels whose
+    confidence is ``≥ λ`` and whose prediction is wrong.
+
+    Shape: conf, wrong ``(N,)`` over the labelled pixels → ``(len(thresholds),)``.
+    """
+    if labelled == 0:
+        return np.zeros(len(thresholds))
+    edges = torch.as_tensor(thresholds, dtype=torch.float64, device=conf.device)
+    # thresholds[0..j] are ≤ conf exactly when j ≤ index: the pixel is sure for those
+    index = torch.searchsorted(edges, conf[wrong].double(), right=True) - 1
+    counts = torch.bincount(index.cpu(), minlength=len(thresholds)).double().numpy()
+    return np.cumsum(counts[::-1])[::-1] / labelled
+
+
+def conformal_threshold(
+    losses: np.ndarray, alpha: float, thresholds: np.ndarray = THRESHOLDS
+) -> tuple[float | None, np.ndarray]:
+    """Conformal risk control: the smallest threshold with ``n/(n+1)·R̂ + 1/(n+1) ≤ α``.
+
+    Args:
+        losses: ``(n, len(thresholds))`` per-image loss curves, each non-increasing, in [0, 1].
+
+    Returns:
+        ``(threshold or None when none qualifies, adjusted risk at every threshold)``.
+    """
+    losses = np.asarray(losses, float)
+    if np.any(np.diff(losses, axis=1) > 1e-12):
+        raise RuntimeError(
+            "a loss curve increases with the threshold: risk control needs it monotone"
+        )
+    n = len(losses)
+    adjusted = n / (n + 1) * losses.mean(axis=0) + 1 / (n + 1)
+    ok = np.flatnonzero(adjusted <= alpha)
+    return (float(thresholds[ok[0]]) if ok.size else None), adjusted
+
+
+def check_risk_alpha(alpha: float, images: int) -> None:
+    """Refuse an α outside (0, 1) or one that ``images`` calibration images cannot reach
+    (the adjusted risk is at least ``1/(n+1)``)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"--risk must lie between 0 and 1 (e.g. 0.05), got {alpha}.")
+    if 1 / (images + 1) > alpha:
+        need = math.ceil(1 / alpha) - 1
+        raise ValueError(
+            f"--risk {alpha} needs at least {need} calibration images (the guarantee costs "
+            f"1/(n+1)); the split has {images}. Use a larger --risk or more images."
+        )
+
+
+def fit_subset(indices: Sequence[int], fit_images: int) -> list[int]:
+    """At most ``fit_images`` of ``indices``, evenly spaced: the images the temperature is
+    fitted on."""
+    if fit_images < 1:
+        raise ValueError(f"--fit-images must be at least 1, got {fit_images}.")
+    return list(indices)[:: max(1, math.ceil(len(indices) / fit_images))]
+
+
+def fit_calibration(
+    model: nn.Module,
+    dataset: Any,
+    class_names: Sequence[str],
+    protocol: EvalProtocol,
+    *,
+    indices: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    alpha: float | None = None,
+    fit_images: int = 200,
+    on_image: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Fit the temperature (first pass, at most ``fit_images`` images), then measure ECE and NLL
+    before and after and, with ``alpha``, choose the risk threshold (second pass, every image).
+
+    Args:
+        dataset: ``dataset[i]`` → ``(image, mask)``: an image :func:`image_to_tensor` reads and an
+            ``(H, W)`` mask of ids 0..K-1 and 255.
+        on_image: called with ``"fit"`` or ``"measure"`` after each image (progress bars).
+
+    Returns:
+        the calibration record (``calibration.json``): ``temperature``, ``bins``, ``ece_before``,
+        ``ece_after``, ``nll_before``, ``nll_after``, ``per_class_ece`` (after), ``reliability``
+        and, with ``alpha``, ``risk``.
+    """
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    if not indices:
+        raise ValueError("The calibration split has no images.")
+    if alpha is not None:
+        check_risk_alpha(alpha, len(indices))
+    model = model.to(device).eval()
+    fit = fit_subset(indices, fit_images)
+    nll_grid, fit_pixels = np.zeros(len(TEMPERATURE_GRID)), 0
+    for i in fit:
+        x, y = _sample(dataset, i, device)
+        views = [(t, _label_nll(y)) for t in TEMPERATURE_GRID]
+        nll_grid += [float(v.double().sum()) for v in protocol_views(model, x, protocol, views)]
+        fit_pixels += int((y != IGNORE_INDEX).sum())
+        if on_image:
+            on_image("fit")
+    if fit_pixels == 0:
+        raise ValueError("The calibration images hold no labelled pixel (every mask is 255).")
+    temperature = fit_temperature(TEMPERATURE_GRID, nll_grid / fit_pixels)
+    names = list(class_names)
+    result = _measure(model, dataset, indices, len(names), protocol, temperature, device, on_image)
+    record: dict[str, Any] = {
+        "temperature": temperature,
+        "bins": N_BINS,
+        "ece_before": result["before"].ece(),
+        "ece_after": result["after"].ece(),
+        "nll_before": result["nll"][0] / max(result["pixels"], 1),
+        "nll_after": result["nll"][1] / max(result["pixels"], 1),
+        "per_class_ece": dict(zip(names, result["after"].per_class(), strict=True)),
+        "per_class_ece_before": dict(zip(names, result["before"].per_class(), strict=True)),
+        "images": len(indices),
+        "labelled_pixels": result["pixels"],
+        "protocol": protocol_settings(protocol),
+        "fit": {
+            "images": len(fit),
+            "temperatures": list(TEMPERATURE_GRID),
+            "nll": (nll_grid / fit_pixels).tolist(),
+        },
+        "reliability": {
+            "bin_edges": np.linspace(0, 1, N_BINS + 1).tolist(),
+            "before": result["before"].table(),
+            "after": result["after"].table(),
+        },
+    }
+    if alpha is not None:
+        record["risk"] = _risk(np.stack(result["losses"]), alpha, result["sure"])
+    return record
+
+
+def _sample(
+    dataset: Any, index: int, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    image, mask = dataset[index]
+    x = normalize(image_to_tensor(image), device)
+    return x, torch.as_tensor(np.asarray(mask)).long().to(device)
+
+
+def _label_nll(y: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]:
+    """``reduce`` giving ``−log p[label]`` on labelled pixels, 0 elsewhere."""
+
+    def reduce(band: torch.Tensor, rows: slice) -> torch.Tensor:
+        labels = y[rows]
+        valid = labels != IGNORE_INDEX
+        p = band.gather(0, labels.clamp(max=band.shape[0] - 1)[None])[0]
+        return torch.where(valid, -p.clamp_min(_TINY).log(), torch.zeros_like(p))
+
+    return reduce
+
+
+def _measure(
+    model: nn.Module,
+    dataset: Any,
+    indices: list[int],
+    num_classes: int,
+    protocol: EvalProtocol,
+    temperature: float,
+    device: str | torch.device,
+    on_image: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """Second pass: reliability bins and NLL at ``T = 1`` and ``T``, and the per-image loss
+    curves of the risk control (wrong: the plain arg-max; sure: the calibrated confidence)."""
+    before, after = ReliabilityBins(num_classes), ReliabilityBins(num_classes)
+    nll, pixels, losses = [0.0, 0.0], 0, []
+    sure = np.zeros(len(THRESHOLDS))  # labelled pixels sure at each threshold, all images
+    for i in indices:
+        x, y = _sample(dataset, i, device)
+        raw, cal = protocol_views(
+            model, x, protocol, [(1.0, label_stats(y)), (temperature, label_stats(y))]
+        )
+        valid = y != IGNORE_INDEX
+        labels = y[valid]
+        for bins, view, k in ((before, raw, 0), (after, cal, 1)):
+            pred, conf, p = view[0][valid].long(), view[1][valid], view[2][valid]
+            bins.update(conf, pred == labels, pred)
+            nll[k] += float(-p.clamp_min(_TINY).log().double().sum())
+        n = int(valid.sum())
+        pixels += n
+        wrong = raw[0][valid].long() != labels
+        losses.append(loss_curve(cal[1][valid], wrong, n))
+        sure += loss_curve(cal[1][valid], torch.ones_like(wrong), 1)
+        if on_image:
+            on_image("measure")
+    return {
+        "before": before,
+        "after": after,
+        "nll": nll,
+        "pixels": pixels,
+        "losses": losses,
+        "sure": sure / max(pixels, 1),
+    }
+
+
+def _risk(losses: np.ndarray, alpha: float, sure: np.ndarray) -> dict[str, Any]:
+    threshold, adjusted = conformal_threshold(losses, alpha)
+    if threshold is None:
+        raise ValueError(
+            f"No confidence threshold keeps the sure-and-wrong share at --risk {alpha} on these "
+            f"{len(losses)} images: the smallest reachable is {adjusted.min():.4g}. Use a larger "
+            "--risk, more images, or a better model."
+        )
+    j = int(np.searchsorted(THRESHOLDS, threshold))
+    return {
+        "alpha": alpha,
+        "threshold": threshold,
+        "images": len(losses),
+        "empirical_risk": float(losses[:, j].mean()),
+        "adjusted_risk": float(adjusted[j]),
+        "unsure_share": float(1 - sure[j]),
+        "loss_monotone_in_threshold": True,  # conformal_threshold refuses curves that are not
+        "guarantee": f"expected share of sure-and-wrong labelled pixels per image ≤ {alpha}",
+        "assumption": ASSUMPTION,
+    }

@@ -1,0 +1,186 @@
+"""The label audit and the annotation ranking (docs/trust.md): regions and their kinds by hand,
+planted label errors of the three kinds found near the top, k-fold splits that keep every image
+out of its own model's training, and ``sanet audit-labels --folds`` end to end (slow).
+
+References: masks and regions drawn by hand; the answer key of planted errors; index
+arithmetic for folds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _trust_scenes import NAMES, ColourModel, scenes
+from sanet.data.planted import PLANTED_KINDS, plant_error
+from sanet.data.splits import kfold_indices
+from sanet.inference import EvalProtocol
+from sanet.inference.audit import (
+    AuditSettings,
+    audit_split,
+    label_regions,
+    planted_recall,
+    sort_report,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: on a shared 2-core machine thread wake-ups cost ten times the work
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_regions_kinds_sizes_and_evidence_by_hand():
+    label = np.zeros((20, 30), np.int64)
+    label[2:8, 2:8] = 1  # an object the model calls background: labelled where nothing is
+    label[12:18, 20:28] = 255  # ignored: never evidence
+    pred = np.zeros((20, 30), np.int64)
+    pred[10:15, 10:16] = 2  # 30 px the label calls background: an unlabelled object
+    pred[0, 29] = 3  # a lone pixel: below the least region
+    pred[12:18, 20:28] = 3
+    conf = np.full((20, 30), 0.95)
+    p_label = np.full((20, 30), 0.05)
+    p_label[10, 10:16] = 0.5  # the label is plausible there: the region shrinks to 24 px
+    regions, kept = label_regions(pred, conf, p_label, label, NAMES, AuditSettings(0.9, 0.0))
+    assert [(r["kind"], r["label"], r["predicted"], r["pixels"]) for r in regions] == [
+        ("labelled where nothing is", "red", "background", 36),
+        ("unlabelled object", "background", "green", 24),
+    ]
+    assert regions[0]["box"] == [2, 2, 8, 8] and regions[1]["box"] == [10, 11, 16, 15]
+    assert regions[0]["evidence"] == pytest.approx(36 * 0.9)
+    assert kept.sum() == 60
+    # red labelled, blue predicted: a wrong class; the same with no background class: all are
+    no_background = ["sky", "red", "green", "blue"]
+    regions, _ = label_regions(pred, conf, p_label, label, no_background, AuditSettings(0.9, 0.0))
+    assert {r["kind"] for r in regions} == {"wrong class"}
+    regions, _ = label_regions(
+        np.where(label == 1, 3, 0), conf, p_label, label, NAMES, AuditSettings()
+    )
+    assert [(r["kind"], r["label"], r["predicted"]) for r in regions] == [
+        ("wrong class", "red", "blue")
+    ]
+
+
+def test_each_planted_kind_changes_the_mask_as_named():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:20, 5:20] = 2
+    mask[30:33, 30:33] = 1  # too small to be mislabelled (< 2 % of the image)
+    gone = plant_error(mask, "unlabelled object", rng, 4)
+    assert (gone[5:20, 5:20] == 0).all() and (gone[30:33, 30:33] == 1).all()
+    other = plant_error(mask, "wrong class", rng, 4)
+    assert len(np.unique(other[5:20, 5:20])) == 1 and other[5, 5] not in (0, 2)
+    phantom = plant_error(mask, "labelled where nothing is", rng, 4)
+    changed = phantom != mask
+    assert changed.sum() > 0.05 * mask.size and (mask[changed] == 0).all()
+    assert len(np.unique(phantom[changed])) == 1 and phantom[changed][0] in (1, 2, 3)
+    assert plant_error(np.zeros((40, 40), np.uint8), "wrong class", rng, 4) is None
+
+
+def _planted_scenes(seed: int, n: int, planted: int):
+    """Colour scenes whose masks lie in ``planted`` images (the three kinds in turn)."""
+    rng = np.random.default_rng(seed + 99)
+    data, key = scenes(seed, n, size=48), {}
+    for i in rng.permutation(n):
+        if len(key) == planted:
+            break
+        kind = PLANTED_KINDS[len(key) % 3]
+        wrong = plant_error(data[i][1].numpy().astype(np.uint8), kind, rng, len(NAMES))
+        if wrong is not None:
+            data[i] = (data[i][0], torch.from_numpy(wrong).long())
+            key[int(i)] = kind
+    return data, key
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_planted_label_errors_rank_near_the_top(seed):
+    data, key = _planted_scenes(seed, n=60, planted=12)
+    entries, suspects = audit_split(
+        ColourModel(scale=3.0), data, NAMES, EvalProtocol(), temperature=2.0, keep=4
+    )
+    ranked = [e["index"] for e in sort_report(entries)]
+    found = planted_recall([str(i) for i in ranked], [str(i) for i in key])
+    assert found["top"] == 24 and found["recall"] >= 0.8, found
+    # the top region of a found image names the planted kind
+    by_index = {e["index"]: e for e in entries}
+    kinds = [by_index[i]["regions"][0]["kind"] == key[i] for i in ranked[:24] if i in key]
+    assert np.mean(kinds) >= 0.8
+    assert [s.index for s in suspects] == ranked[:4]
+    assert all(s.disagreement.shape == (48, 48) for s in suspects)
+
+
+def test_folds_partition_the_images_and_hold_each_out_once():
+    held = [kfold_indices(23, 4, f, seed=3)[1] for f in range(4)]
+    assert sorted(i for h in held for i in h) == list(range(23))
+    assert sorted(len(h) for h in held) == [5, 6, 6, 6]
+    for f in range(4):
+        rest, mine = kfold_indices(23, 4, f, seed=3)
+        assert set(rest) | set(mine) == set(range(23)) and not set(rest) & set(mine)
+    with pytest.raises(ValueError, match="3 images cannot be split into 4 folds"):
+        kfold_indices(3, 4, 0)
+
+
+def test_a_fold_config_trains_on_the_other_folds_and_validates_on_its_own():
+    from sanet.training.audit import fold_config
+    from sanet.training.loaders import build_data
+
+    cfg = fold_config(
+        "src/sanet/configs/demo.yaml",
+        3,
+        1,
+        "synthetic",
+        "train",
+        ["data.options={num_images: 10, size: 40}"],
+    )
+    assert (cfg.data.folds, cfg.data.fold, cfg.data.train_split) == (3, 1, "train")
+    train, val = build_data(cfg)
+    names = [train.files(i)[0] for i in range(len(train))]
+    held = [val.files(i)[0] for i in range(len(val))]
+    assert len(names) + len(held) == 10 and not set(names) & set(held)
+    assert held == [
+        f"synthetic:scenes:seed=0:split=train:index={i}" for i in kfold_indices(10, 3, 1)[1]
+    ]
+    image, mask = val[0]
+    assert image.shape == (3, 40, 40) and mask.shape == (40, 40)
+
+
+@pytest.mark.slow
+def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp_path, monkeypatch):
+    from sanet.cli import main
+    from sanet.config import load_config
+    from sanet.data.planted import write_planted_folder
+    from sanet.training.loaders import build_data
+    from sanet.training.trainer import Trainer
+
+    root, out = tmp_path / "data", tmp_path / "audit"
+    write_planted_folder(root, num_images=12, share=0.25, size=48, split="train")
+    small = ["model.backbone=resnet10t", "train.max_steps=2", "train.batch_size=4"]
+    small += ["data.base_size=48", "data.crop_size=48", "eval.crop_size=48", "eval.stride=32"]
+    argv = ["audit-labels", "demo", "--folds", "2", "--data", f"folder:{root}"]
+    argv += ["--out", str(out), "--top", "3", "--set", *small]
+    assert main(argv) == 0
+    report = json.loads((out / "label_audit.json").read_text())
+    assert sorted(e["index"] for e in report["images"]) == list(range(12))
+    for fold in (0, 1):
+        scored = {e["image"] for e in report["images"] if e["fold"] == fold}
+        cfg = load_config(out / "runs" / f"fold{fold}" / "config.yaml")
+        assert (cfg.data.folds, cfg.data.fold, cfg.data.dataset) == (2, fold, "folder")
+        train, _ = build_data(cfg)
+        trained_on = {train.files(i)[0] for i in range(len(train))}
+        assert len(scored) == 6 and not scored & trained_on  # out of fold
+        assert len(trained_on) == 6
+    assert (out / "suspects.png").is_file()
+
+    def no_training(self):
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    assert main(argv) == 0  # the runs are reused, the audit is the same
+    again = json.loads((out / "label_audit.json").read_text())
+    assert [e["score"] for e in again["images"]] == [e["score"] for e in report["images"]]
