@@ -44,6 +44,12 @@ def test_ece_and_per_class_ece_equal_torchmetrics_and_a_numpy_loop():
     probs = torch.softmax(torch.randn(n, k, generator=g) * 3, 1)
     probs[:300] = nn.functional.one_hot(torch.randint(0, k, (300,), generator=g), k).float()
     labels = torch.randint(0, k, (n,), generator=g)
+    # confidences exactly on the inner bin edges, all correct (under-confident) next to the
+    # over-confident random rows: which side of an edge a pixel falls on changes the ECE
+    edges = torch.linspace(0, 1, 16)[4:15]
+    on_edge = torch.stack([edges, *[(1 - edges) / (k - 1)] * (k - 1)], 1).repeat(40, 1)
+    probs[300 : 300 + len(on_edge)] = on_edge
+    labels[300 : 300 + len(on_edge)] = 0
     labels[::9] = 255
     reference = MulticlassCalibrationError(k, n_bins=15, norm="l1", ignore_index=255)
     valid = labels != 255

@@ -44,6 +44,19 @@ def apply(mutation: Mutation, src: Path) -> str:
     return text
 
 
+def clean_suite_passes(chosen: list[Mutation], src: Path, timeout: float) -> bool:
+    """The named tests must pass on the unmutated copy first: otherwise every mutation would
+    count as caught by a failure that has nothing to do with it."""
+    files = sorted({t for m in chosen for t in m.tests})
+    clean = Mutation("(none)", "clean", "", (), tuple(files), "no mutation")
+    failed, seconds, tail = run_tests(clean, src, timeout * 2)
+    if failed:
+        print(f"the named tests fail without any mutation ({seconds:.0f} s):\n{tail}")
+    else:
+        print(f"the {len(files)} named test files pass on the clean source ({seconds:.0f} s)")
+    return not failed
+
+
 def run_tests(mutation: Mutation, src: Path, timeout: float) -> tuple[bool, float, str]:
     """``(caught, seconds, last lines)``: the named tests of the default suite, against ``src``."""
     env = {
@@ -103,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(
             ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
         )
+        if not args.check and not clean_suite_passes(chosen, src, args.timeout):
+            return 2
         for n, mutation in enumerate(chosen, start=1):
             try:
                 original = apply(mutation, src)
