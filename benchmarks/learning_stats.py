@@ -130,9 +130,7 @@ def summarize_final(
             **t_interval(deltas),
             "positive_members": int(sum(d > 0 for d in deltas)),
             "all_runs": t_interval([d for r in have for d in r[key]["per_seed"]]),
-            "seed_sd_within_member": float(np.sqrt(np.mean(np.square(within))))
-            if within
-            else None,
+            "seed_sd_within_member": float(np.sqrt(np.mean(np.square(within)))) if within else None,
         }
         out["predictors"][key] = _predictors(have, key, members)
     out["context_classes"] = _context_summary(rows)
@@ -157,7 +155,9 @@ def _predictors(
         high, low = y[x >= cut], y[x < cut]
         if len(low) == 0:  # a property whose median is its minimum: split above it instead
             high, low = y[x > cut], y[x <= cut]
-        welch = stats.ttest_ind(high, low, equal_var=False) if min(len(high), len(low)) > 1 else None
+        welch = (
+            stats.ttest_ind(high, low, equal_var=False) if min(len(high), len(low)) > 1 else None
+        )
         out[name] = {
             "spearman_rho": float(rho),
             "spearman_p": float(p_rho),
@@ -167,8 +167,8 @@ def _predictors(
             "median": cut,
             "mean_low": float(low.mean()) if len(low) else None,
             "mean_high": float(high.mean()) if len(high) else None,
-            "n_low": int(len(low)),
-            "n_high": int(len(high)),
+            "n_low": len(low),
+            "n_high": len(high),
             "welch_p": float(welch.pvalue) if welch is not None else None,
         }
     return out
