@@ -38,7 +38,7 @@ def t_interval(values: Sequence[float]) -> dict[str, Any]:
         return {**out, "std": None, "ci95": None, "p_value": None}
     sd = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    p = float(stats.ttest_1samp(x, 0.0).pvalue) if sd > 0 else None
+    p = float(stats.ttest_1samp(x, 0.0).pvalue) if sd > 1e-12 else None
     return {**out, "std": sd, "ci95": [out["mean"] - half, out["mean"] + half], "p_value": p}
 
 
@@ -145,6 +145,8 @@ def _predictors(
     y = np.array([r[key]["mean"] for r in rows])
     out = {}
     for name in REGRESSORS:
+        if any(name not in members[r["member"]] for r in rows):
+            continue
         x = np.array([float(members[r["member"]][name]) for r in rows])
         if len(set(x)) < 2 or len(y) < 3:
             continue
