@@ -40,9 +40,17 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--generator",
-        choices=["scenes", "glyphs"],
+        choices=["scenes", "glyphs", "family"],
         default="scenes",
-        help="scenes (the demo's) or glyphs (other shapes and textures, for held-out checks)",
+        help="scenes (the demo's), glyphs (other shapes and textures, for held-out checks) or "
+        "family (one member of the scene family; needs --family)",
+    )
+    s.add_argument(
+        "--family",
+        type=int,
+        metavar="SEED",
+        help="write member SEED of the scene family (docs/datasets.md); its parameters go to "
+        "family.json",
     )
     s.add_argument("--format", choices=["png", "jpg"], default="png", help="image format")
     s.set_defaults(func=_run_prepare_synthetic)
@@ -92,10 +100,14 @@ def _run_prepare_synthetic(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         generator=args.generator,
+        family=args.family,
         image_format=args.format,
         track=_track,
     )
+    parameters = summary.pop("parameters", None)
     _print_summary("synthetic:", summary)
+    if parameters:
+        _print_summary("family member:", parameters)
     print(f"train with --data folder:{args.out}")
     return 0
 

@@ -47,7 +47,7 @@ DATASET_KINDS = (*_BUILDERS, "synthetic")
 _COMMON_OPTIONS = ("exif_transpose", "max_pixels", "check_files")
 # options of one kind only, beside the common ones
 _KIND_OPTIONS = {
-    "synthetic": ("num_images", "size", "seed", "generator"),
+    "synthetic": ("num_images", "size", "seed", "generator", "family"),
     "folder": ("label_map",),
 }
 
@@ -73,7 +73,8 @@ def build_dataset(
         transforms: ``transforms(image, mask) -> (image, mask)``, e.g. ``train_transforms()``.
         **kwargs: ``exif_transpose``, ``max_pixels``, ``check_files`` (see
             :class:`SegmentationDataset`); for ``synthetic`` also ``num_images``, ``size``,
-            ``seed`` and ``generator`` (``"scenes"`` or ``"glyphs"``); for ``folder`` also
+            ``seed``, ``generator`` (``"scenes"``, ``"glyphs"`` or ``"family"``) and ``family``
+            (the family member's seed, docs/datasets.md); for ``folder`` also
             ``label_map`` (raw mask value -> class id, e.g. ``{255: 1}`` for 0/255 binary masks).
 
     Returns:

@@ -15,6 +15,7 @@ archive's MD5 is checked before it is unpacked.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tarfile
@@ -26,6 +27,7 @@ from PIL import Image
 
 from sanet._files import atomic_write_text
 from sanet.data.classes import CONTEXT59_CLASSES, VOC_CLASSES, voc_palette
+from sanet.data.family import draw_member
 from sanet.data.formats import (
     CONTEXT59_IDS,
     context_lut,
@@ -300,16 +302,21 @@ def prepare_synthetic(
     size: int = 128,
     seed: int = 0,
     generator: str = "scenes",
+    family: int | None = None,
     image_format: str = "png",
     track: Track | None = None,
 ) -> dict[str, Any]:
     """Write synthetic scenes in the ``folder`` layout (``images/``, ``masks/``, ``classes.txt``).
 
     The files hold exactly what ``build_dataset("synthetic", ...)`` generates for the same
-    arguments (with ``image_format="png"``; ``jpg`` is lossy). ``generator`` is ``"scenes"``
-    or ``"glyphs"`` (:data:`sanet.data.synthetic.GENERATORS`).
+    arguments (with ``image_format="png"``; ``jpg`` is lossy). ``generator`` is ``"scenes"``,
+    ``"glyphs"`` or ``"family"`` (:data:`sanet.data.synthetic.GENERATOR_NAMES`); with
+    ``family`` (which implies ``"family"``) the member's parameters are also written to
+    ``family.json`` and returned under ``"parameters"``.
     """
-    gen = get_generator(generator)
+    if family is not None and generator == "scenes":
+        generator = "family"  # --family N alone means "member N of the family"
+    gen = get_generator(generator, family)
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     track = track or _no_track
@@ -323,6 +330,10 @@ def prepare_synthetic(
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "classes.txt", "\n".join(lines) + "\n")
+    extra: dict[str, Any] = {}
+    if family is not None:
+        extra["parameters"] = draw_member(family).parameters()
+        atomic_write_text(out / "family.json", json.dumps(extra["parameters"], indent=1) + "\n")
     for split, n in (("train", num_train), ("val", num_val)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "masks" / split).mkdir(parents=True, exist_ok=True)
@@ -337,4 +348,5 @@ def prepare_synthetic(
         "val": num_val,
         "size": size,
         "seed": seed,
+        **extra,
     }

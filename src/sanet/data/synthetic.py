@@ -1,9 +1,11 @@
 """Synthetic scenes: the embedded dataset that `make demo` trains on (no download needed).
 
-Two generators share the label conventions below: ``"scenes"`` (this module, the default and the
-demo's data) and ``"glyphs"`` (:mod:`sanet.data.glyphs`: other shapes, textures and statistics,
-for judging a recipe on scenes it was not tuned on). ``SyntheticDataset(generator=...)`` picks one.
-The rest of this docstring describes ``"scenes"``.
+Three generators share the label conventions below: ``"scenes"`` (this module, the default and
+the demo's data), ``"glyphs"`` (:mod:`sanet.data.glyphs`: other shapes, textures and statistics,
+for judging a recipe on scenes it was not tuned on) and ``"family"`` (:mod:`sanet.data.family`:
+one member of a family of generators per ``family`` seed, for studies across many kinds of
+scenes). ``SyntheticDataset(generator=..., family=...)`` picks one. The rest of this docstring
+describes ``"scenes"``.
 
 Each image holds 2–5 objects of 6 classes on a cluttered background (class 0). A class is a
 *shape* and a *texture* (e.g. "disc" = disc filled with stripes); colours are drawn from one
@@ -34,6 +36,7 @@ import numpy as np
 from sanet._errors import suggest
 from sanet.data.classes import ignore_borders, voc_palette
 from sanet.data.datasets import SegmentationDataset, Transforms
+from sanet.data.family import draw_member
 from sanet.data.glyphs import GLYPH_CLASSES, GLYPH_PALETTE, make_glyph_scene
 
 SYNTHETIC_CLASSES = [
@@ -201,14 +204,30 @@ GENERATORS = {
     "scenes": SceneGenerator("scenes", SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, make_scene),
     "glyphs": SceneGenerator("glyphs", GLYPH_CLASSES, GLYPH_PALETTE, make_glyph_scene),
 }
+#: every generator name: the fixed ones, and "family" (one member per ``family`` seed)
+GENERATOR_NAMES = (*GENERATORS, "family")
 
 
-def get_generator(name: str) -> SceneGenerator:
-    """The generator called ``name`` (``"scenes"`` or ``"glyphs"``)."""
-    if name not in GENERATORS:
+def get_generator(name: str, family: int | None = None) -> SceneGenerator:
+    """The generator called ``name``: ``"scenes"``, ``"glyphs"``, or ``"family"`` with the
+    member's seed ``family`` (:func:`sanet.data.family.draw_member`)."""
+    if name not in GENERATOR_NAMES:
         raise ValueError(
-            f"synthetic: unknown generator {name!r}; expected one of {', '.join(GENERATORS)}."
-            + suggest(name, GENERATORS)
+            f"synthetic: unknown generator {name!r}; expected one of "
+            f"{', '.join(GENERATOR_NAMES)}." + suggest(name, GENERATOR_NAMES)
+        )
+    if name == "family":
+        if family is None:
+            raise ValueError(
+                "synthetic: generator 'family' needs the member's seed: family=N (an integer "
+                ">= 0), e.g. data.options={generator: family, family: 3}"
+            )
+        member = draw_member(family)
+        return SceneGenerator(f"family:{family}", member.class_names, member.palette, member.make)
+    if family is not None:
+        raise ValueError(
+            f"synthetic: family={family!r} applies to generator 'family' only, not {name!r}; "
+            "add generator: family, or drop the family option."
         )
     return GENERATORS[name]
 
@@ -221,7 +240,9 @@ class SyntheticDataset(SegmentationDataset):
         num_images: length of the dataset.
         size: image side (or (H, W)).
         seed: base seed.
-        generator: ``"scenes"`` (default, the demo's) or ``"glyphs"``; see :data:`GENERATORS`.
+        generator: ``"scenes"`` (default, the demo's), ``"glyphs"`` or ``"family"``; see
+            :data:`GENERATOR_NAMES`.
+        family: the member's seed, with ``generator="family"`` only.
     """
 
     def __init__(
@@ -232,6 +253,7 @@ class SyntheticDataset(SegmentationDataset):
         size: int | tuple[int, int] = 128,
         seed: int = 0,
         generator: str = "scenes",
+        family: int | None = None,
         transforms: Transforms | None = None,
         exif_transpose: bool = False,  # accepted for a uniform interface; nothing to rotate
         max_pixels: int | None = None,
@@ -248,10 +270,11 @@ class SyntheticDataset(SegmentationDataset):
         side = min(size) if isinstance(size, tuple) else int(size)
         if side < 16:
             raise ValueError(f"synthetic: size must be at least 16 pixels, got {size}")
-        self.generator = get_generator(generator)
+        self.generator = get_generator(generator, family)
         self.size, self.seed, self.split = size, int(seed), split
         names = [
-            f"synthetic:{generator}:seed={seed}:split={split}:index={i}" for i in range(num_images)
+            f"synthetic:{self.generator.name}:seed={seed}:split={split}:index={i}"
+            for i in range(num_images)
         ]
         super().__init__(
             [(n, n) for n in names],
