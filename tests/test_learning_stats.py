@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from learning_stats import summarize_final, t_interval  # noqa: E402
+from learning_stats import summarize_final, t_interval
 
 
 def test_t_interval_by_hand() -> None:
