@@ -1,5 +1,5 @@
-"""The README's examples run as written: the Python block, the synthetic-data tour and the
-`sanet compare` example."""
+"""The README's examples run as written: the Python block, the synthetic-data tour, the
+`sanet compare` example and the trust commands (slow)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -56,3 +58,32 @@ def test_readme_compare_example_runs(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "runs/compare-quick/compare.json").read_text())
     assert payload["models"] == ["sanet", "fcn"] and payload["paired"]["fcn"]["n"] == 2
     assert (tmp_path / "runs/compare-quick/compare.png").is_file()
+
+
+@pytest.mark.slow
+def test_readme_trust_commands_run(tmp_path: Path) -> None:
+    """The trust block runs on `make demo`'s `runs/demo`; a few steps of the same recipe stand in."""
+    quick = ["train.max_steps=6", "train.val_every=0", "data.options={num_images: 32, size: 96}"]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sanet.cli",
+            "train",
+            str(ROOT / "configs/demo.yaml"),
+            "--out",
+            "runs/demo",
+        ]
+        + ["--set", *quick],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        timeout=600,
+    )
+    _run_bash_block("## Trust: calibrated confidence", tmp_path)
+    record = json.loads((tmp_path / "runs/demo/calibration/calibration.json").read_text())
+    assert record["images"] == 200 and record["risk"]["alpha"] == 0.05
+    assert len(list((tmp_path / "runs/demo/unsure").glob("*_confidence.png"))) == 200
+    assert (tmp_path / "runs/demo/audit/label_audit.json").is_file()
+    assert len((tmp_path / "runs/demo/to-label.csv").read_text().splitlines()) == 201

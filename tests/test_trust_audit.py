@@ -181,6 +181,7 @@ def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp
         raise AssertionError("a finished fold was trained again")
 
     monkeypatch.setattr(Trainer, "fit", no_training)
-    assert main(argv) == 0  # the runs are reused, the audit is the same
+    assert main(argv) == 2  # the report is never replaced silently (r65)
+    assert main([*argv, "--overwrite"]) == 0  # the runs are reused, the audit is the same
     again = json.loads((out / "label_audit.json").read_text())
     assert [e["score"] for e in again["images"]] == [e["score"] for e in report["images"]]
