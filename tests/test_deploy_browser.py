@@ -43,6 +43,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 VIEWPORTS = {"desktop": (1280, 800), "phone": (390, 844)}
+# A calibration of the ColourModel: at T = 2 the disc's confidence is 0.505 (unsure), the sky's
+# 0.539 and the square's 0.556 (sure); computed again in the test from the photo's pixels.
+TEMPERATURE, THRESHOLD, ALPHA = 2.0, 0.53, 0.1
 NAMES = ["background", "disc", "square"]
 PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75)]
 
@@ -104,9 +107,11 @@ def _run(app) -> tuple[str, object, threading.Thread]:
     return f"http://127.0.0.1:{sock.getsockname()[1]}/", srv, thread
 
 
-def _server(limits: ServeLimits | None = None):
+def _server(limits: ServeLimits | None = None, calibration: dict | None = None):
     model = ColourModel()
     meta = {"class_names": NAMES, "palette": PALETTE}
+    if calibration:
+        meta["calibration"] = calibration
     url, srv, thread = _run(create_app(Predictor.from_model(model, metadata=meta), limits))
     yield url, model
     srv.should_exit = True
@@ -121,6 +126,16 @@ def server():
 @pytest.fixture(scope="module")
 def small_server():
     yield from _server(ServeLimits(max_upload_bytes=40_000, max_pixels=10_000))
+
+
+@pytest.fixture(scope="module")
+def calibrated_server():
+    from sanet.inference.confidence import protocol_settings
+    from sanet.inference.protocol import EvalProtocol
+
+    risk = {"alpha": ALPHA, "threshold": THRESHOLD, "assumption": "holds for test images"}
+    record = {"temperature": TEMPERATURE, "risk": risk}
+    yield from _server(calibration={**record, "protocol": protocol_settings(EvalProtocol())})
 
 
 @pytest.fixture(scope="module")
@@ -382,4 +397,94 @@ def test_contrast_of_text_and_controls(server, browser, tmp_path) -> None:
     assert contrast(fg, bg) >= 4.5
     assert page.evaluate("document.querySelector('link[rel=icon]').href").endswith("favicon.svg")
     assert page.request.get(url + "static/favicon.svg").ok
+    page.context.close()
+
+
+CANVAS_JS = """() => {
+  const c = document.getElementById('overlay');
+  return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+}"""
+
+
+def canvas(page) -> np.ndarray:
+    return np.array(page.evaluate(CANVAS_JS), np.int64).reshape(121, 161, 4)
+
+
+def confidence_of(path: Path) -> np.ndarray:
+    """The ColourModel's calibrated confidence per pixel of the photo, in float64 numpy."""
+    from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
+
+    x = (np.asarray(Image.open(path)) / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    e = np.exp(x[..., [2, 0, 1]] / TEMPERATURE)
+    return (e / e.sum(-1, keepdims=True)).max(-1)
+
+
+@pytest.mark.parametrize("viewport", list(VIEWPORTS))
+def test_unsure_pixels_and_confidence_of_a_calibrated_model(
+    calibrated_server, browser, tmp_path, viewport
+) -> None:
+    url, _ = calibrated_server
+    page = open_page(browser, url, viewport)
+    mask = photo(tmp_path / "photo.png")
+    conf = confidence_of(tmp_path / "photo.png")
+    assert np.abs(conf - THRESHOLD).min() > 0.005  # the unsure set is exact
+    unsure = conf < THRESHOLD
+    assert (unsure == (mask == 1)).all()  # here: the disc, and only it
+    upload(page, tmp_path / "photo.png")
+    page.screenshot(path=str(tmp_path / f"calibrated-{viewport}.png"), full_page=True)
+
+    # The share, with the guarantee and its assumption.
+    note = page.locator("#trust-note")
+    assert note.is_visible()
+    share = f"{100 * unsure.mean():.1f} % of the pixels are unsure"
+    assert note.inner_text().startswith(f"{share} (calibrated confidence below 0.53).")
+    assert "at most 10.0 %; this guarantee holds for test images." in note.inner_text()
+    width = VIEWPORTS[viewport][0]
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    for selector in ("#unsure-share", "#unsure-why", "#layers label"):
+        assert contrast(*page.evaluate(COLOURS_JS, [selector, "color"])) >= 4.5, selector
+
+    # Unsure pixels hatched (diagonal stripes 2 px wide), exactly them; the rest as before.
+    yy, xx = np.mgrid[:121, :161]
+    hatch = np.where((((xx + yy) // 2) % 2 == 0)[..., None], [31, 41, 55], [229, 231, 235])
+    rgba = canvas(page)
+    np.testing.assert_array_equal(rgba[unsure][:, :3], hatch[unsure])
+    assert (rgba[unsure][:, 3] == 255).all()
+    assert (rgba[mask == 0][:, 3] == 0).all()  # background transparent, as without calibration
+    assert (rgba[mask == 2][:, :3] == shown(PALETTE[2])).all()
+    # The toggle off: the disc in its class colour again.
+    page.locator("#layers input[data-layer='unsure']").uncheck()
+    rgba = canvas(page)
+    assert (rgba[unsure][:, :3] == shown(PALETTE[1])).all()
+    # The confidence layer: grey round(255 · confidence) on every pixel.
+    page.locator("#layers input[data-layer='confidence']").check()
+    rgba = canvas(page)
+    grey = np.rint(255 * conf)
+    assert np.abs(rgba[..., :3] - grey[..., None]).max() <= 1 and (rgba[..., 3] == 255).all()
+    page.locator("#opacity").fill("100")
+    page.locator("#stage .pane").first.screenshot(path=str(tmp_path / f"conf-{viewport}.png"))
+
+    with page.expect_download() as info:
+        page.locator("#dl-confidence").click()
+    info.value.save_as(tmp_path / "conf.png")
+    assert info.value.suggested_filename == "photo-confidence.png"
+    assert np.abs(np.asarray(Image.open(tmp_path / "conf.png")).astype(int) - grey).max() <= 1
+    with page.expect_download() as info:
+        page.locator("#dl-json").click()
+    table = json.loads(Path(info.value.path()).read_text())
+    assert table["unsure_share"] == pytest.approx(unsure.mean(), abs=1e-6)
+    assert not [k for k in table if k.endswith("_png_base64")]
+    assert not page.problems
+    page.context.close()
+
+
+def test_nothing_of_calibration_shows_for_an_uncalibrated_model(server, browser, tmp_path):
+    url, _ = server
+    page = open_page(browser, url, "phone")
+    photo(tmp_path / "photo.png")
+    upload(page, tmp_path / "photo.png")
+    assert page.locator("#trust-note").is_hidden() and page.locator("#dl-confidence").is_hidden()
+    layers = page.locator("#layers input")
+    assert [layers.nth(i).get_attribute("data-layer") for i in range(layers.count())] == ["classes"]
+    assert not page.problems
     page.context.close()

@@ -279,6 +279,34 @@ def test_r41_timed_out_work_stops_between_windows() -> None:
     run(steps)
 
 
+def test_a_calibrated_model_runs_one_set_of_windows_and_stops_on_timeout() -> None:
+    """Confidence and unsure pixels come from the mask's own forward windows (the second
+    temperature replays them), and a timed-out request stops its work as a plain one does."""
+    from sanet.inference.confidence import protocol_settings
+
+    record = {"temperature": 2.0, "protocol": protocol_settings(WINDOWS4)}
+    record["risk"] = {"alpha": 0.1, "threshold": 0.5}
+    permits = threading.Semaphore(0)
+    model = StepModel(permits)
+    meta = {"class_names": NAMES, "calibration": record}
+    predictor = Predictor.from_model(model, metadata=meta, protocol=WINDOWS4)
+    patient = create_app(predictor, ServeLimits(max_side=0))
+    hasty = create_app(predictor, ServeLimits(max_side=0, max_queue=0, timeout_s=0.3))
+
+    async def steps() -> None:
+        permits.release(4)
+        r = await post(patient, jpeg(32, 128))
+        assert r.status_code == 200 and "unsure_share" in r.json()
+        assert model.sizes == [(32, 32)] * 4  # one forward per window, not one per temperature
+        model.sizes.clear()
+        assert (await post(hasty, jpeg(32, 128))).status_code == 504
+        permits.release()  # the window in progress may finish; no other one starts
+        await until(lambda: hasty.state.gate.in_flight == 0, "the stopped work to end")
+        assert len(model.sizes) == 1  # 1 of 4 windows ran
+
+    run(steps)
+
+
 def test_r42_client_disconnect_mid_inference(caplog: pytest.LogCaptureFixture) -> None:
     permits = threading.Semaphore(0)
     model = StepModel(permits)

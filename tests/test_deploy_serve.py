@@ -310,3 +310,113 @@ def test_access_log_lines(client: TestClient, caplog: pytest.LogCaptureFixture) 
     assert ok["method"] == "POST" and ok["path"] == "/v1/segment" and ok["status"] == 200
     assert ok["bytes_out"] > 0 and ok["bytes_in"] > 0 and ok["ms"] >= 0
     assert too_big["status"] == 413
+
+
+# --- A calibrated model: confidence and unsure pixels (docs/trust.md) ---------------------------
+
+TEMPERATURE, THRESHOLD, ALPHA = 2.0, 0.6, 0.1
+
+
+class RampModel(nn.Module):
+    """Logits ``(0, 4·col/(W−1), 2 on the top 10 rows)``: the confidence varies across the
+    image, so the unsure pixels (below ``THRESHOLD`` at ``TEMPERATURE``) form a known shape."""
+
+    num_classes = 3
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, _, h, w = x.shape
+        out = torch.zeros(n, 3, h, w)
+        out[:, 1] = 4.0 * torch.arange(w) / (w - 1)
+        out[:, 2, :10] = 2.0
+        return {"out": out}
+
+
+def ramp_reference(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mask and calibrated confidence of ``RampModel``, in float64 numpy."""
+    logits = np.zeros((3, h, w))
+    logits[1] = 4.0 * np.arange(w) / (w - 1)
+    logits[2, :10] = 2.0
+    e = np.exp(logits / TEMPERATURE)
+    return logits.argmax(0), (e / e.sum(0)).max(0)
+
+
+def calibrated(risk: bool = True) -> Predictor:
+    from sanet.inference.confidence import ASSUMPTION, protocol_settings
+    from sanet.inference.protocol import EvalProtocol
+
+    record = {"temperature": TEMPERATURE, "protocol": protocol_settings(EvalProtocol())}
+    if risk:
+        record["risk"] = {"alpha": ALPHA, "threshold": THRESHOLD, "assumption": ASSUMPTION}
+    return Predictor.from_model(RampModel(), metadata={"class_names": NAMES, "calibration": record})
+
+
+def decode_png(text: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
+
+
+@pytest.mark.parametrize("h,w,max_side", [(37, 48, None), (74, 96, 48)])
+def test_calibrated_answer_confidence_and_unsure_pixels(h: int, w: int, max_side) -> None:
+    from sanet.inference.confidence import ASSUMPTION
+
+    small = (37, 48)  # the working size: 74×96 is predicted at a long side of 48
+    mask, conf = ramp_reference(*small)
+    assert np.abs(conf - THRESHOLD).min() > 1e-3  # no pixel on the edge: the sets are exact
+    assert np.abs((255 * conf) % 1 - 0.5).min() > 1e-2  # nor between two grey values
+    rows = ((np.arange(h) + 0.5) * small[0] / h).astype(int)  # nearest, at pixel centres
+    cols = ((np.arange(w) + 0.5) * small[1] / w).astype(int)
+    mask, conf = mask[rows[:, None], cols], conf[rows[:, None], cols]
+    unsure = conf < THRESHOLD
+    assert 0.2 < unsure.mean() < 0.8  # a real shape, not all or nothing
+    limits = ServeLimits(max_side=max_side)
+    with TestClient(create_app(calibrated(), limits), base_url=BASE) as c:
+        body = c.post("/v1/segment", files=upload(png_bytes(h, w))).json()
+        marked = c.post("/v1/segment?unsure=true", files=upload(png_bytes(h, w))).json()
+        png = c.post("/v1/segment?format=png&unsure=true", files=upload(png_bytes(h, w)))
+    assert body["scale"] == pytest.approx(small[1] / w, abs=1e-6)
+    assert body["unsure_share"] == pytest.approx(unsure.sum() / (h * w), abs=1e-6)
+    assert (body["threshold"], body["alpha"], body["assumption"]) == (THRESHOLD, ALPHA, ASSUMPTION)
+    np.testing.assert_array_equal(decode_png(body["mask_png_base64"]), mask)  # unchanged mask
+    np.testing.assert_array_equal(decode_png(body["confidence_png_base64"]), np.rint(255 * conf))
+    np.testing.assert_array_equal(decode_png(body["unsure_png_base64"]), 255 * unsure)
+    # ?unsure=true: 255 on exactly the unsure pixels; the classes count the sure ones
+    want = np.where(unsure, 255, mask)
+    np.testing.assert_array_equal(decode_png(marked["mask_png_base64"]), want)
+    counts = {k: int((want == k).sum()) for k in range(3) if (want == k).any()}
+    assert {k["id"]: k["pixels"] for k in marked["classes"]} == counts
+    assert png.status_code == 200 and png.headers["x-sanet-unsure-share"] == str(
+        body["unsure_share"]
+    )
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png.content))), want)
+
+
+def test_calibrated_model_info_and_uncalibrated_answers_unchanged(client: TestClient) -> None:
+    keys = {"width", "height", "scale", "classes", "mask_png_base64", "seconds", "queue_seconds"}
+    assert set(client.post("/v1/segment", files=upload(png_bytes(30, 41))).json()) == keys
+    r = client.post("/v1/segment?format=png", files=upload(png_bytes(30, 41)))
+    assert "x-sanet-unsure-share" not in r.headers
+    assert client.get("/v1/model").json()["calibration"] is None
+    with TestClient(create_app(calibrated(risk=False)), base_url=BASE) as c:
+        body = c.post("/v1/segment", files=upload(png_bytes(30, 41))).json()
+        info = c.get("/v1/model").json()["calibration"]
+    assert set(body) == keys | {"confidence_png_base64"}  # a temperature, no threshold
+    assert info["temperature"] == TEMPERATURE and info["threshold"] is None
+    with TestClient(create_app(calibrated()), base_url=BASE) as c:
+        info = c.get("/v1/model").json()["calibration"]
+        spec = c.get("/openapi.json").json()
+    assert (info["temperature"], info["threshold"], info["alpha"]) == (2.0, THRESHOLD, ALPHA)
+    assert info["record"]["risk"]["alpha"] == ALPHA
+    answer = spec["components"]["schemas"]["SegmentAnswer"]["properties"]
+    assert {"unsure_share", "confidence_png_base64", "assumption"} <= set(answer)
+    params = spec["paths"]["/v1/segment"]["post"]["parameters"]
+    assert "risk threshold" in next(p for p in params if p["name"] == "unsure")["description"]
+
+
+@pytest.mark.parametrize("risk", [False, None])  # calibrated without --risk; not calibrated
+def test_r57_unsure_without_a_threshold_is_422_before_the_upload(risk) -> None:
+    predictor = hand_predictor() if risk is None else calibrated(risk=False)
+    with TestClient(create_app(predictor), base_url=BASE) as c:
+        r = c.post("/v1/segment?unsure=true", files=upload(b"not even an image"))
+    assert r.status_code == 422  # not 415: refused before the upload is read
+    detail = r.json()["detail"]
+    assert "sanet calibrate" in detail and "--risk" in detail
+    assert ("without --risk" if risk is False else "no calibration") in detail

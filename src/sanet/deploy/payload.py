@@ -1,6 +1,7 @@
 """What goes in and out of ``POST /v1/segment``: the upload read whole within its deadline,
-decoded under the pixel limit, and the answer encoded (mask PNG, overlay, class table). Every
-refusal is an ``HTTPException`` whose detail says what was wrong and what to do.
+decoded under the pixel limit, and the answer encoded (mask PNG, overlay, class table; a
+calibrated model's confidence and unsure pixels). Every refusal is an ``HTTPException`` whose
+detail says what was wrong and what to do.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import DataError, TooManyPixels, load_image
 from sanet.deploy.limits import ClientGone, ServeLimits
+from sanet.deploy.unsure import Prediction, confidence_image, guarantee, share, unsure_image
 from sanet.inference.predictor import Predictor
 from sanet.viz.visualize import default_palette, mask_to_pil, overlay_with_legend
 
@@ -126,14 +129,19 @@ def _base64(data: bytes) -> str:
 
 
 def encode(
-    predictor: Predictor, rgb: np.ndarray, mask: np.ndarray, fmt: str, overlay: bool
+    predictor: Predictor, rgb: np.ndarray, prediction: Prediction, fmt: str, overlay: bool
 ) -> bytes | dict[str, Any]:
-    """The answer's content: PNG bytes, or the JSON-ready dict (without the timings)."""
+    """The answer's content: PNG bytes, or the JSON-ready dict (without the timings). A
+    calibrated model's JSON adds its confidence map, and with a risk threshold the unsure
+    pixels, their share and the guarantee (docs/trust.md)."""
     names, palette = class_table(predictor)
+    mask = prediction.mask
     if fmt == "png":
         picture = overlay_with_legend(rgb, mask, names, palette) if overlay else None
         return _png(picture or mask_to_pil(mask, palette))
     counts = np.bincount(mask.ravel(), minlength=len(names))
+    if len(names) <= IGNORE_INDEX < len(counts):
+        counts[IGNORE_INDEX] = 0  # unsure pixels (?unsure=true): no class of this model
     present = sorted(np.flatnonzero(counts), key=lambda k: -counts[k])  # largest first
     body: dict[str, Any] = {
         "width": int(mask.shape[1]),
@@ -151,4 +159,10 @@ def encode(
     }
     if overlay:
         body["overlay_png_base64"] = _base64(_png(overlay_with_legend(rgb, mask, names, palette)))
+    if prediction.confidence is not None:
+        body["confidence_png_base64"] = _base64(_png(confidence_image(prediction.confidence)))
+    if prediction.unsure is not None:
+        body["unsure_share"] = share(prediction.unsure)
+        body["unsure_png_base64"] = _base64(_png(unsure_image(prediction.unsure)))
+        body.update(guarantee(predictor))
     return body

@@ -1,5 +1,6 @@
 """The shapes of ``sanet serve``'s answers, for ``/openapi.json``: the multipart upload, the
-segmentation answer, the health answer and every error answer (``{"detail": "..."}``)."""
+segmentation answer (with a calibrated model's confidence and unsure pixels), the model, the
+health answer and every error answer (``{"detail": "..."}``)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,54 @@ class SegmentAnswer(BaseModel):
         description="index PNG (mode P): pixel value = class id, the palette attached"
     )
     overlay_png_base64: str | None = Field(None, description="with ?overlay=1: the overlay PNG")
+    confidence_png_base64: str | None = Field(
+        None,
+        description="a calibrated model only (sanet calibrate): grey PNG (mode L) at the input's "
+        "size, pixel value = round(255 × calibrated confidence)",
+    )
+    unsure_share: float | None = Field(
+        None,
+        description="a model with a risk threshold only (sanet calibrate --risk): share of the "
+        "image's pixels whose calibrated confidence is below the threshold",
+    )
+    unsure_png_base64: str | None = Field(
+        None, description="with a risk threshold: grey PNG, 255 on unsure pixels, 0 elsewhere"
+    )
+    threshold: float | None = Field(
+        None, description="with a risk threshold: the confidence below which a pixel is unsure"
+    )
+    alpha: float | None = Field(
+        None,
+        description="with a risk threshold: the expected share of sure-and-wrong labelled "
+        "pixels per image it guarantees at most",
+    )
+    assumption: str | None = Field(
+        None, description="with a risk threshold: what the guarantee assumes (exchangeable images)"
+    )
     seconds: float = Field(description="inference time (decode, queue and encode excluded)")
     queue_seconds: float = Field(description="time waited for an inference slot")
+
+
+class CalibrationInfo(BaseModel):
+    """``GET /v1/model``'s ``calibration`` (``null`` for an uncalibrated model)."""
+
+    temperature: float = Field(description="T > 0: calibrated probabilities are softmax(logits/T)")
+    threshold: float | None = Field(description="the risk threshold (null without --risk)")
+    alpha: float | None = Field(description="the risk level it was chosen for")
+    assumption: str | None = Field(description="what the guarantee assumes")
+    record: dict[str, Any] = Field(description="everything sanet calibrate stored (ECE, NLL, ...)")
+
+
+class ModelAnswer(BaseModel, extra="allow"):
+    """``GET /v1/model``: the checkpoint's metadata (class names, palette, ...) and these."""
+
+    backend: str = Field(description='"torch" or "onnxruntime"')
+    num_classes: int
+    class_names: list[str]
+    palette: list[list[int]]
+    protocol: dict[str, Any]
+    limits: dict[str, Any] = Field(description="ServeLimits, with the max_side in use")
+    calibration: CalibrationInfo | None
 
 
 class QueueState(BaseModel):
@@ -92,6 +139,12 @@ UPLOAD_BODY = {
     }
 }
 
+UNSURE_QUERY = (
+    "255 on the unsure pixels of the mask (JSON, PNG and overlay; the classes then count the "
+    "sure pixels only). Needs a model calibrated with a risk threshold (sanet calibrate --risk), "
+    "else 422."
+)
+
 SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the mask: JSON (format=json) or a PNG (format=png: the index mask, or "
@@ -105,7 +158,10 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "alone would take longer than --timeout"
     ),
     415: _error("the body is not multipart/form-data, or the file is not a readable image"),
-    422: _error("no file field 'image', or an invalid query parameter"),
+    422: _error(
+        "no file field 'image', an invalid query parameter, or unsure=true for a model without "
+        "a risk threshold"
+    ),
     500: _error("the model failed to load (restart needed), or a bug (see the server log)"),
     503: _error(
         "busy (every place taken, or the queued work would not leave time to finish) or the "
@@ -120,6 +176,7 @@ HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ModelAnswer, "description": "the model"},
     500: _error("the model failed to load: restart needed"),
     503: _error("the model is loading: retry after Retry-After seconds"),
 }

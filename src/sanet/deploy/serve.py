@@ -6,8 +6,10 @@ Routes (docs/deploy.md has curl examples; ``/openapi.json`` the schema):
 - ``POST /v1/segment`` — multipart field ``image``; ``?format=json`` (default) answers
   :class:`~sanet.deploy.schema.SegmentAnswer` (``?overlay=1`` adds ``overlay_png_base64``);
   ``?format=png`` the index mask PNG (palette attached) at the input's size, or with
-  ``overlay=1`` the overlay PNG.
-- ``GET /v1/model`` — what the model is (metadata, backend, protocol, limits).
+  ``overlay=1`` the overlay PNG. A calibrated model's JSON adds its confidence map and, with a
+  risk threshold, its unsure pixels and their share; ``?unsure=true`` puts 255 on the unsure
+  pixels of the mask (``unsure.py``, docs/trust.md).
+- ``GET /v1/model`` — what the model is (metadata, backend, protocol, limits, calibration).
 - ``GET /healthz`` — 200 with the queue and the last inference once the model is loaded; 503
   while it loads; 500 when loading failed (a restart is needed).
 
@@ -32,7 +34,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -44,6 +45,7 @@ from sanet.deploy.limits import Busy, ClientGone, InferenceGate, ServeLimits, Ti
 from sanet.deploy.middleware import AccessLog, BodyLimit, HostAllowList, SecurityHeaders
 from sanet.deploy.payload import class_table, decode, encode, read_upload, redact_paths
 from sanet.deploy.startup import bind_socket, check_model
+from sanet.deploy.unsure import check_unsure, model_calibration, predict, share
 from sanet.inference.predictor import Predictor, working_size
 from sanet.inference.protocol import window_count
 
@@ -122,15 +124,9 @@ def model_info(predictor: Predictor, limits: ServeLimits) -> dict[str, Any]:
         palette=palette,
         protocol=predictor.protocol.to_dict(),
         limits={**limits.to_dict(), "max_side": working_side(limits, predictor)},
+        calibration=model_calibration(predictor),
     )
     return info
-
-
-def _predict(
-    should_stop: Callable[[], bool], predictor: Predictor, rgb: np.ndarray, side: int | None
-) -> np.ndarray:
-    mask = predictor.predict(rgb, max_side=side, should_stop=should_stop)
-    return mask.astype(np.uint8) if mask.max(initial=0) < 256 else mask
 
 
 def _gone() -> Response:
@@ -215,8 +211,10 @@ def create_app(
         request: Request,
         fmt: Literal["json", "png"] = Query("json", alias="format"),
         overlay: bool = False,
+        unsure: bool = Query(False, description=schema.UNSURE_QUERY),
     ) -> Response:
         ready = slot.require(limits.retry_after_s)
+        check_unsure(ready, unsure)  # before the upload is read
         try:
             upload = await read_upload(request, limits)
             async with codec:
@@ -229,12 +227,13 @@ def create_app(
         scale = max(small) / max(h, w)
         admitted = time.perf_counter()
         try:
-            mask, started, seconds = await gate.submit(
+            prediction, started, seconds = await gate.submit(
                 window_count(*small, ready.protocol),
-                _timed(_predict),
+                _timed(predict),
                 ready,
                 rgb,
                 side,
+                unsure,
                 disconnected=request.is_disconnected,
             )
         except Busy as err:
@@ -259,10 +258,12 @@ def create_app(
         except ClientGone:
             return _gone()
         async with codec:
-            content = await asyncio.to_thread(encode, ready, rgb, mask, fmt, overlay)
+            content = await asyncio.to_thread(encode, ready, rgb, prediction, fmt, overlay)
         timings = {"scale": round(scale, 6), "seconds": round(seconds, 4)}
         if isinstance(content, bytes):
             headers = {"X-Sanet-Scale": str(timings["scale"]), "X-Sanet-Seconds": str(seconds)}
+            if prediction.unsure is not None:
+                headers["X-Sanet-Unsure-Share"] = str(share(prediction.unsure))
             return Response(content, media_type="image/png", headers=headers)
         timings["queue_seconds"] = round(started - admitted, 4)
         return JSONResponse({**content, **timings})

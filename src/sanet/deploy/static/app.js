@@ -10,15 +10,17 @@ let result = null; // the shown result: {file, body, ids, width, height}
 let colours = []; // display colour per class id: the model's palette, brightened
 const hiddenClasses = new Set(); // class ids the user switched off (legend)
 let ticker = null; // the elapsed-time timer while a request runs
+const DOWNLOADS = ["dl-mask", "dl-confidence", "dl-overlay", "dl-json"];
 
 // --- Overlay layers -------------------------------------------------------------------------
-// The overlay is painted from this list, in order; each layer has a checkbox. A later layer
-// (e.g. "unsure pixels" from a probability map) is one more entry with its own paint().
+// The overlay is painted from this list, in order; each layer available for the model has a
+// checkbox. A calibrated model adds a confidence map and its unsure pixels (trust.js).
 const LAYERS = [
   {
     id: "classes",
     label: "Class colours",
     visible: true,
+    available: () => true,
     paint(rgba, res) {
       const ids = res.ids;
       for (let i = 0; i < ids.length; i++) {
@@ -30,6 +32,7 @@ const LAYERS = [
       }
     },
   },
+  ...TRUST_LAYERS,
 ];
 
 // --- Status line ----------------------------------------------------------------------------
@@ -142,6 +145,8 @@ async function loadModel() {
     li.append(button);
     return li;
   }));
+  buildLayerToggles();
+  $("dl-confidence").hidden = !model.calibration;
 }
 
 function toggleClass(id, button) {
@@ -151,7 +156,7 @@ function toggleClass(id, button) {
 }
 
 function buildLayerToggles() {
-  $("layers").replaceChildren(...LAYERS.map((layer) => {
+  $("layers").replaceChildren(...LAYERS.filter((l) => l.available(model)).map((layer) => {
     const label = document.createElement("label");
     const box = document.createElement("input");
     box.type = "checkbox";
@@ -166,7 +171,8 @@ function buildLayerToggles() {
 // --- The result -----------------------------------------------------------------------------
 function clearResult(message) {
   result = null;
-  for (const id of ["dl-mask", "dl-overlay", "dl-json"]) $(id).disabled = true;
+  for (const id of DOWNLOADS) $(id).disabled = true;
+  showTrust(null);
   const row = document.createElement("tr");
   row.className = "empty";
   const cell = document.createElement("td");
@@ -258,7 +264,7 @@ function render() {
   if (!result) return;
   const { width, height } = result;
   const image = new ImageData(width, height);
-  for (const layer of LAYERS) if (layer.visible) layer.paint(image.data, result);
+  for (const layer of LAYERS) if (layer.visible && layer.available(model)) layer.paint(image.data, result);
   for (const id of ["overlay", "mask-view"]) {
     const canvas = $(id);
     canvas.width = width;
@@ -331,11 +337,13 @@ async function segment(file) {
   }
   const png = Uint8Array.from(atob(body.mask_png_base64), (ch) => ch.charCodeAt(0));
   const ids = await classIds(png, body.width, body.height);
+  const maps = await trustMaps(body);
   if (ticket !== latest) return;
-  result = { file, body, png, ids, width: body.width, height: body.height };
+  result = { file, body, png, ids, ...maps, width: body.width, height: body.height };
   render();
   showClasses(body.classes);
-  for (const id of ["dl-mask", "dl-overlay", "dl-json"]) $(id).disabled = false;
+  showTrust(body);
+  for (const id of DOWNLOADS) $(id).disabled = false;
   const scale = body.scale < 1 ? `, predicted at ${Math.round(100 * body.scale)} % size` : "";
   setStatus("done", `${file.name}: ${body.width}×${body.height} px, ${body.seconds.toFixed(2)} s` +
     ` on ${model ? model.backend : "the server"}${scale}.`);
@@ -359,6 +367,11 @@ function download(blob, name) {
 $("dl-mask").addEventListener("click", () => {
   if (result) download(new Blob([result.png], { type: "image/png" }), `${stem()}-mask.png`);
 });
+$("dl-confidence").addEventListener("click", () => {
+  if (!result || !result.body.confidence_png_base64) return;
+  const png = Uint8Array.from(atob(result.body.confidence_png_base64), (ch) => ch.charCodeAt(0));
+  download(new Blob([png], { type: "image/png" }), `${stem()}-confidence.png`);
+});
 $("dl-overlay").addEventListener("click", () => {
   if (!result) return;
   const canvas = document.createElement("canvas");
@@ -372,7 +385,8 @@ $("dl-overlay").addEventListener("click", () => {
 });
 $("dl-json").addEventListener("click", () => {
   if (!result) return;
-  const { mask_png_base64: _, overlay_png_base64: __, ...summary } = result.body;
+  const summary = { ...result.body };
+  for (const key of Object.keys(summary)) if (key.endsWith("_png_base64")) delete summary[key];
   const text = JSON.stringify({ file: result.file.name, ...summary }, null, 2);
   download(new Blob([text], { type: "application/json" }), `${stem()}-classes.json`);
 });
