@@ -73,8 +73,9 @@ def test_readme_trust_commands_run(tmp_path: Path) -> None:
             str(ROOT / "configs/demo.yaml"),
             "--out",
             "runs/demo",
-        ]
-        + ["--set", *quick],
+            "--set",
+            *quick,
+        ],
         cwd=tmp_path,
         check=True,
         capture_output=True,

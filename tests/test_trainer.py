@@ -272,8 +272,12 @@ def test_validation_is_sanet_eval_single_scale_with_the_runs_window(tmp_path, mo
 def test_thread_count_is_pinned_by_train_threads(tmp_path):
     before = torch.get_num_threads()
     try:
-        trainer = _trainer(tmp_path / "t1", "train.threads=1")
-        assert trainer.threads == torch.get_num_threads() == 1
+        # from a count neither run asks for, so that the environment's (OMP_NUM_THREADS=1 in
+        # `make mutants`) cannot stand in for the recipe's
+        for asked in (1, 2):
+            torch.set_num_threads(3)
+            trainer = _trainer(tmp_path / f"t{asked}", f"train.threads={asked}")
+            assert trainer.threads == torch.get_num_threads() == asked
         torch.set_num_threads(before)
         assert _trainer(tmp_path / "t0", "train.threads=0").threads == before  # torch's default
         with pytest.raises(ValueError, match=r"train.threads must be ≥ 0"):

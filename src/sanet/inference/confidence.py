@@ -71,7 +71,10 @@ class Calibration:
         return EvalProtocol(**{**settings, **overrides})
 
     def matches(self, protocol: EvalProtocol) -> bool:
-        """Whether ``protocol`` has the settings this calibration was fitted under."""
+        """Whether ``protocol`` has the settings this calibration was fitted under (True when
+        the record names none: a hand-written calibration has nothing to compare)."""
+        if not self.protocol:
+            return True
         mine = {k: self.protocol.get(k) for k in PROTOCOL_FIELDS}
         mine["scales"] = [float(s) for s in mine["scales"] or ()]
         theirs = {k: getattr(protocol, k) for k in PROTOCOL_FIELDS}
