@@ -109,6 +109,27 @@ def test_r11_a_nan_step_changes_nothing(nan_at: int, nan_in: str) -> None:
     assert all(torch.equal(states[-1][k], reference[-1][k]) for k in reference[-1])
 
 
+def test_r11_an_inf_loss_with_finite_gradients_is_skipped() -> None:
+    """The loss is checked itself, not only through its gradients: an inf that enters as a
+    constant (an overflowed auxiliary term, a logged-only part) leaves the gradients finite."""
+
+    class InfConstant(nn.Module):
+        def forward(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> dict:
+            loss = nn.functional.cross_entropy(out["out"], target)
+            return {"loss": loss + torch.tensor(float("inf"))}
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = engine.make_sgd([{"params": list(model.parameters())}], lr=0.1, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = (torch.randn(2, 3, 8, 8), torch.randint(0, 2, (2, 8, 8)))
+    result = engine.train_step(model, InfConstant(), [batch], opt, None)
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert bool(torch.isfinite(grads).all())  # the gradients alone would let it through
+    assert not bool(result.finite)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+
+
 def test_r11_the_guard_makes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     model, criterion = TinyNet(), PoisonableLoss()
     criterion.poison = True
