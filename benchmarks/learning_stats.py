@@ -266,3 +266,68 @@ def _save(fig: Any, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def _f(value: Any, digits: int = 3, sign: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def markdown_tables(study: Mapping[str, Any]) -> str:
+    """The tables docs/learning.md quotes, rendered from ``study.json`` (``report`` writes them
+    to ``tables.md`` next to the plots, so the doc's numbers can be regenerated)."""
+    final, out = study.get("final") or {}, []
+    if final:
+        out += ["| difference | members | mean | 95 % CI (members) | p | members > 0 | seed sd |"]
+        out += ["|---|---|---|---|---|---|---|"]
+        for key, d in final["differences"].items():
+            ci = d.get("ci95") or [None, None]
+            out.append(
+                f"| {key.replace('-', ' − ')} | {d['n']} | {_f(d['mean'], sign=True)} | "
+                f"[{_f(ci[0], sign=True)}, {_f(ci[1], sign=True)}] | {_f(d.get('p_value'))} | "
+                f"{d['positive_members']} of {d['n']} | {_f(d.get('seed_sd_within_member'))} |"
+            )
+        out += ["", "| model | mean val mIoU over members | 95 % CI |", "|---|---|---|"]
+        for model, d in final["mIoU"].items():
+            ci = d.get("ci95") or [None, None]
+            out.append(f"| {model} | {_f(d['mean'])} | [{_f(ci[0])}, {_f(ci[1])}] |")
+        head = "| member | classes | context pairs | colour info | sanet | fcn | sanet_se |"
+        out += ["", head + " SA − FCN | SA − SE |", "|---" * 9 + "|"]
+        for r in final["members"]:
+            p = study["members"][r["member"]] if "members" in study else {}
+            m = r["mIoU"]
+            out.append(
+                f"| {r['member']} | {p.get('num_classes', '–')} | "
+                f"{p.get('context_pairs', '–')} | {_f(p.get('colour_info'), 2)} | "
+                f"{_f(m.get('sanet'))} | {_f(m.get('fcn'))} | {_f(m.get('sanet_se'))} | "
+                f"{_f(r.get('sanet-fcn', {}).get('mean'), sign=True)} | "
+                f"{_f(r.get('sanet-sanet_se', {}).get('mean'), sign=True)} |"
+            )
+        preds = final["predictors"].get("sanet-fcn", {})
+        if preds:
+            out += [
+                "",
+                "| property (SA − FCN) | Spearman ρ (p) | slope, 95 % CI | below / at or "
+                "above the median |",
+                "|---|---|---|---|",
+            ]
+            for name, p in preds.items():
+                ci = p["slope_ci95"]
+                out.append(
+                    f"| {name} | {p['spearman_rho']:+.2f} ({p['spearman_p']:.2f}) | "
+                    f"{p['slope']:+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}] | "
+                    f"{_f(p['mean_low'], sign=True)} (n={p['n_low']}) / "
+                    f"{_f(p['mean_high'], sign=True)} (n={p['n_high']}) |"
+                )
+    screen = study.get("screen") or {}
+    if screen:
+        out += ["", "| variant (screening members) | sanet | Δ vs base | fcn | Δ vs base |"]
+        out += ["|---|---|---|---|---|"]
+        for name, row in screen.items():
+            cells = []
+            for model in ("sanet", "fcn"):
+                vals = ", ".join(f"{v:.3f}" for v in row[model]["mIoU"].values()) or "–"
+                cells += [vals, _f(row[model]["delta_vs_base"], sign=True)]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"

@@ -123,7 +123,7 @@ def read_compares(folder: Path) -> dict[int, dict[str, Any]]:
 
 def report(out: Path, to: Path) -> None:
     sys.path.insert(0, str(HERE))
-    from learning_stats import summarize_final, summarize_screen, write_plots
+    from learning_stats import markdown_tables, summarize_final, summarize_screen, write_plots
 
     from sanet.data.family import draw_member
 
@@ -147,7 +147,8 @@ def report(out: Path, to: Path) -> None:
     }
     (to / "study.json").write_text(json.dumps(study, indent=1) + "\n")
     write_plots(study, to)
-    print(f"wrote {to / 'study.json'} and the plots in {to}")
+    (to / "tables.md").write_text(markdown_tables(study))
+    print(f"wrote {to / 'study.json'}, tables.md and the plots in {to}")
 
 
 def main() -> None:
