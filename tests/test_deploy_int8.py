@@ -150,6 +150,17 @@ def test_mask_and_confidence_outputs_at_odd_sizes() -> None:
         assert np.abs(conf.astype(int) - want).max() <= 1  # float32 graph vs float64 numpy
 
 
+def test_the_files_description_names_the_outputs_it_has(tmp_path: Path) -> None:
+    from sanet.deploy.export import write_onnx
+
+    for outputs in ("mask", "logits,mask,confidence"):
+        proto = add_outputs(conv_proto(BENIGN), parse_outputs(outputs), 1.5)
+        write_onnx(proto, {"class_names": ["a", "b", "c"]}, tmp_path / "m.onnx")
+        text = onnx.load(str(tmp_path / "m.onnx")).doc_string
+        for name in ("logits", "mask", "confidence"):
+            assert (f"'{name}'" in text) == (name in outputs), (outputs, text)
+
+
 def test_r84_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_path: Path) -> None:
     proto = add_outputs(conv_proto(BENIGN), parse_outputs("mask"))
     session = ort.InferenceSession(proto.SerializeToString())

@@ -322,15 +322,25 @@ def _torch_logits(model: nn.Module) -> Any:
     return logits
 
 
+#: what the file's doc_string says about each output it has (--outputs chooses them)
+OUTPUT_DOCS = {
+    "logits": "'logits' float32 (N, K, H, W), softmax over K gives class probabilities",
+    "mask": "'mask' uint8 (N, H, W), the arg-max class ids",
+    "confidence": "'confidence' uint8 (N, H, W), round(255 x the largest calibrated probability)",
+}
+
+
 def _write(proto: Any, metadata: Mapping[str, Any], path: Path) -> None:
     import onnx
 
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in metadata.items()})
+    described = [OUTPUT_DOCS.get(o.name, f"'{o.name}'") for o in proto.graph.output]
     proto.doc_string = (
         "sanet segmentation model. Input 'image': float32 (N, 3, H, W) RGB, "
-        "(pixel / 255 - mean) / std, H and W >= min_size. Output 'logits': (N, K, H, W); "
-        "softmax over K gives class probabilities. See metadata_props."
+        "(pixel / 255 - mean) / std, H and W >= min_size. Outputs: "
+        + "; ".join(described)
+        + ". See metadata_props."
     )
     data = proto.SerializeToString()
     atomic_save_bytes(path, data)
