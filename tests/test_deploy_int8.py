@@ -323,6 +323,7 @@ def test_bench_times_onnx_files_side_by_side(tmp_path: Path, capsys) -> None:
     assert data["settings"]["threads"] == 1 and data["environment"]["threads"] == 1
     assert data["environment"]["onnxruntime"] == ort.__version__
     assert "avx512_vnni" in data["environment"]["cpu_int8_flags"]
+    assert "classes: each file's own" in capsys.readouterr().out  # not --classes' 59
 
 
 R82_CASES = [

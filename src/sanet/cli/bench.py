@@ -157,7 +157,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not console.is_terminal:  # a log file or a pipe: room for the whole table
         console = Console(width=150)
     env = {"sanet": __version__, **environment(settings.device)}
-    console.print(_describe(env, settings, args.mode), style="dim")
+    console.print(_describe(env, settings, args.mode, args.models or []), style="dim")
     if args.resize:
         rows = resize_timings(settings)
         console.print(resize_table(rows, settings))
@@ -185,7 +185,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(env: dict[str, Any], settings: Any, mode: str) -> str:
+def _classes(classes: int, models: list[str]) -> str:
+    """The header's class count: exported files keep their own K (--classes builds models)."""
+    files = sum(m.startswith("onnx:") for m in models)
+    if models and files == len(models):
+        return "classes: each file's own"
+    return f"{classes} classes" + (" (onnx: files: their own)" if files else "")
+
+
+def _describe(env: dict[str, Any], settings: Any, mode: str, models: list[str]) -> str:
     if mode == "eval":
         h, w = settings.image
         what = f"one {w}×{h} image, {settings.protocol}, {settings.window_batch} windows/forward"
@@ -193,7 +201,7 @@ def _describe(env: dict[str, Any], settings: Any, mode: str) -> str:
         what = f"{settings.size}×{settings.size}, batch {settings.batch}"
     how = ", ".join(
         [
-            f"{settings.classes} classes",
+            _classes(settings.classes, models),
             f"amp {settings.amp}",
             "channels_last" if settings.channels_last else "contiguous",
             f"compile {settings.compile}" if settings.compile else "eager",
