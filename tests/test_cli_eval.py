@@ -215,6 +215,7 @@ def test_every_eval_key_of_the_run_sets_the_protocol(ckpts, tmp_path):
         ), where
     p = _protocol("--checkpoint", str(run), "--ms-flip")
     assert (p.scales, p.flip, p.base_size, p.crop_size) == (PAPER_SCALES, True, 128, 96)
+    assert p.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's scales, written out
     p = _protocol("--checkpoint", str(run), "--single-scale")
     assert (p.scales, p.flip, p.base_size, p.crop_size) == ((1.0,), False, None, 96)
     p = _protocol("--checkpoint", str(run), "--no-flip", "--scales", "1", "--stride", "50")
