@@ -26,14 +26,8 @@ from sanet.inference.audit import (
     sort_report,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: on a shared 2-core machine thread wake-ups cost ten times the work
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: on a shared 2-core machine thread wake-ups cost ten times the work
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_regions_kinds_sizes_and_evidence_by_hand():

@@ -25,13 +25,8 @@ from sanet.inference import Predictor
 NAMES = ["background", "disc", "square"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: on a shared 2-core machine thread wake-ups cost ten times the work
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: on a shared 2-core machine thread wake-ups cost ten times the work
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _png(path: Path, array: np.ndarray) -> Path:
