@@ -44,6 +44,7 @@ def _run_bash_block(heading: str, cwd: Path) -> None:
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-2000:]}"
 
 
+@pytest.mark.slow  # the README's longest examples: a run each (CI: make test-slow)
 def test_readme_synthetic_tour_runs(tmp_path: Path) -> None:
     _run_bash_block("### A tour on the synthetic data", tmp_path)
     metrics = (tmp_path / "runs/tour/eval/metrics.json").read_text()
@@ -53,6 +54,7 @@ def test_readme_synthetic_tour_runs(tmp_path: Path) -> None:
     assert (tmp_path / "runs/tour/model.onnx").stat().st_size > 1_000_000  # checked by export
 
 
+@pytest.mark.slow  # the README's longest examples: a run each (CI: make test-slow)
 def test_readme_compare_example_runs(tmp_path: Path) -> None:
     _run_bash_block("### Comparing models", tmp_path)
     payload = json.loads((tmp_path / "runs/compare-quick/compare.json").read_text())
