@@ -41,7 +41,7 @@ from sanet.data.family_pool import (
     grey,
     inside,
 )
-from sanet.data.glyphs import value_noise
+from sanet.data.glyphs import object_frame, value_noise
 
 _FAMILY_KEY = 0x5A3E7  # keeps member draws apart from every other use of the same seed
 
@@ -196,16 +196,10 @@ def _colours(member: FamilyMember, j: int | None, rng: np.random.Generator):
 def _paint(image, label, cls, shape, texture, colours, centre, r, rng) -> None:
     """Paint one shape in place; write ``cls`` into ``label`` where it lands."""
     h, w = label.shape
-    cy, cx = centre
-    y0, y1 = max(int(cy - 1.1 * r), 0), min(int(cy + 1.1 * r) + 2, h)
-    x0, x1 = max(int(cx - 1.1 * r), 0), min(int(cx + 1.1 * r) + 2, w)
-    if y0 >= y1 or x0 >= x1:
+    frame = object_frame(label.shape, centre, r, rng)
+    if frame is None:
         return
-    theta = rng.uniform(0, 2 * np.pi)
-    cos, sin = np.cos(theta), np.sin(theta)
-    ys = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
-    xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
-    u, v = xs * cos + ys * sin, -xs * sin + ys * cos
+    (y0, y1, x0, x1), u, v = frame
     mask = inside(shape, u / r, v / r)
     period = max(3.0, rng.uniform(0.07, 0.13) * min(h, w))
     t = np.broadcast_to(grey(texture, u, v, period, rng), mask.shape)[..., None]

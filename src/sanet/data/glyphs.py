@@ -106,19 +106,31 @@ def value_noise(h: int, w: int, grid: int, rng: np.random.Generator) -> np.ndarr
     return top * (1 - fy) + bottom * fy
 
 
-def _draw(image, label, cls, shape, texture, centre, r, rng) -> None:
-    """Paint one glyph in place; write ``cls`` into ``label`` where it lands."""
-    h, w = label.shape
-    cy, cx = centre
+def object_frame(
+    hw: tuple[int, int], centre: tuple[float, float], r: float, rng: np.random.Generator
+) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """The box ``(y0, y1, x0, x1)`` an object of radius ``r`` at ``centre`` may cover, and its
+    pixels' coordinates ``(u, v)`` in the object's frame, turned by an angle drawn from ``rng``
+    (None, drawing nothing, when the box is off the image). Shared by the glyph and family
+    generators, whose scenes depend on this exact order of draws."""
+    (h, w), (cy, cx) = hw, centre
     y0, y1 = max(int(cy - 1.1 * r), 0), min(int(cy + 1.1 * r) + 2, h)
     x0, x1 = max(int(cx - 1.1 * r), 0), min(int(cx + 1.1 * r) + 2, w)
     if y0 >= y1 or x0 >= x1:
-        return
+        return None
     theta = rng.uniform(0, 2 * np.pi)
     cos, sin = np.cos(theta), np.sin(theta)
     ys = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
     xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
-    u, v = xs * cos + ys * sin, -xs * sin + ys * cos
+    return (y0, y1, x0, x1), xs * cos + ys * sin, -xs * sin + ys * cos
+
+
+def _draw(image, label, cls, shape, texture, centre, r, rng) -> None:
+    """Paint one glyph in place; write ``cls`` into ``label`` where it lands."""
+    frame = object_frame(label.shape, centre, r, rng)
+    if frame is None:
+        return
+    (y0, y1, x0, x1), u, v = frame
     inside = _glyph(shape, u / r, v / r)
     t = _grey(texture, u, v, rng.uniform(4.0, 9.0), rng)
     t = np.broadcast_to(t, inside.shape)[..., None]
