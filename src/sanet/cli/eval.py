@@ -282,7 +282,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from sanet.conventions import IGNORE_INDEX
     from sanet.inference.confidence import ASSUMPTION
     from sanet.inference.predictor import Predictor, load_rgb
-    from sanet.viz.visualize import mask_to_pil, overlay_with_legend, save_png
+    from sanet.viz.visualize import confidence_image, mask_to_pil, overlay_with_legend, save_png
 
     protocol = protocol_from_args(args)
     device = device_name(args.device)
@@ -345,14 +345,6 @@ def confidence_plan(plan: list[tuple[Path, Path, Path | None]]) -> dict[Path, Pa
                 "image, or predict it into another --out folder."
             )
     return paths
-
-
-def confidence_image(confidence: Any) -> Any:
-    """``(H, W)`` calibrated confidence in [0, 1] → grey PNG image, ``round(255 × c)``."""
-    import numpy as np
-    from PIL import Image
-
-    return Image.fromarray(np.rint(np.clip(confidence, 0, 1) * 255).astype(np.uint8), mode="L")
 
 
 def report_failed(command: str, failed: list[str], total: int, fix: str) -> int:

@@ -22,9 +22,14 @@ from starlette.requests import ClientDisconnect
 from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import DataError, TooManyPixels, load_image
 from sanet.deploy.limits import ClientGone, ServeLimits
-from sanet.deploy.unsure import Prediction, confidence_image, guarantee, share, unsure_image
+from sanet.deploy.unsure import Prediction, guarantee, share, unsure_image
 from sanet.inference.predictor import Predictor
-from sanet.viz.visualize import default_palette, mask_to_pil, overlay_with_legend
+from sanet.viz.visualize import (
+    confidence_image,
+    default_palette,
+    mask_to_pil,
+    overlay_with_legend,
+)
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s'\"]*[\\/][^\s'\",)]*")  # absolute-looking paths
 

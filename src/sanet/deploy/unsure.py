@@ -90,12 +90,6 @@ def _compact(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8) if mask.max(initial=0) < 256 else mask
 
 
-def confidence_image(confidence: np.ndarray) -> Image.Image:
-    """Grey PNG image of a confidence map: ``round(255 × c)`` (as ``sanet predict --confidence``
-    writes it)."""
-    return Image.fromarray(np.rint(np.clip(confidence, 0, 1) * 255).astype(np.uint8), mode="L")
-
-
 def unsure_image(unsure: np.ndarray) -> Image.Image:
     """Grey PNG image of the unsure pixels: 255 where unsure, 0 elsewhere."""
     return Image.fromarray(np.where(unsure, 255, 0).astype(np.uint8), mode="L")

@@ -254,3 +254,9 @@ def plot_confusion_matrix(
                     j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour
                 )
     return save_figure(fig, path)
+
+
+def confidence_image(confidence: np.ndarray) -> Image.Image:
+    """Grey image of a calibrated confidence map in [0, 1]: ``round(255 × c)`` (what ``sanet
+    predict --confidence`` writes and ``sanet serve`` sends)."""
+    return Image.fromarray(np.rint(np.clip(confidence, 0, 1) * 255).astype(np.uint8), mode="L")
