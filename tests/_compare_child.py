@@ -38,7 +38,8 @@ def main() -> int:
 
         return wrapper
 
-    from sanet.training import compare, engine, trainer
+    from sanet.experiments import compare
+    from sanet.training import engine, trainer
 
     if where == "step":
         engine.train_step = hook(engine.train_step)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from sanet.cli import main
-from sanet.training.bench import add_ratios, parse_spec
-from sanet.training.measure import count_flops, interleaved, warm_up
+from sanet.experiments.bench import add_ratios, parse_spec
+from sanet.experiments.measure import count_flops, interleaved, warm_up
 
 
 class TwoConvs(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import sanet
 from conftest import TINY_BACKBONE
 from sanet import load_model
-from sanet._errors import DamagedFileError
+from sanet.errors import DamagedFileError
 from sanet._files import atomic_save_bytes, atomic_torch_save, safe_torch_load
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from sanet.cli import main
 from sanet.rundir import RunDir
-from sanet.training import compare as C
+from sanet.experiments import compare as C
 
 TINY = [
     "model.backbone=resnet18d",

@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sanet.deploy.limits import ServeLimits
-from sanet.deploy.serve import create_app
+from sanet.serve.limits import ServeLimits
+from sanet.serve.app import create_app
 from sanet.inference import Predictor
 
 CHROMIUM = os.environ.get("SANET_CHROMIUM", "/usr/bin/chromium")

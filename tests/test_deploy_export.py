@@ -24,7 +24,7 @@ from PIL import Image
 import sanet
 from sanet.cli import main
 from sanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from sanet.deploy.serve import create_app
+from sanet.serve.app import create_app
 from sanet.inference import EvalProtocol, OnnxModel, Predictor, read_onnx_metadata
 
 onnx = pytest.importorskip("onnx")
@@ -222,7 +222,7 @@ def test_serve_answers_the_same_from_both_backends(exported) -> None:
 
 @pytest.mark.export
 def test_failed_check_leaves_out_untouched(exported, tmp_path: Path, monkeypatch) -> None:
-    from sanet.deploy import export as export_module
+    from sanet.exporting import export as export_module
 
     _, out = exported
     torch.manual_seed(1)  # not the seed of tiny_checkpoint: other weights

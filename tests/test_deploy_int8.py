@@ -22,8 +22,8 @@ import torch
 
 from sanet.cli import main
 from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
-from sanet.deploy.outputs import add_outputs, check_request, parse_outputs
-from sanet.deploy.quantize import (
+from sanet.exporting.outputs import add_outputs, check_request, parse_outputs
+from sanet.exporting.quantize import (
     Int8Data,
     Int8Refused,
     calibration_inputs,
@@ -151,7 +151,7 @@ def test_mask_and_confidence_outputs_at_odd_sizes() -> None:
 
 
 def test_the_files_description_names_the_outputs_it_has(tmp_path: Path) -> None:
-    from sanet.deploy.export import write_onnx
+    from sanet.exporting.export import write_onnx
 
     for outputs in ("mask", "logits,mask,confidence"):
         proto = add_outputs(conv_proto(BENIGN), parse_outputs(outputs), 1.5)
@@ -372,7 +372,7 @@ INT8_FLAGS = ["--int8", "--calib-data", "synthetic:", "--calib-images", "4", "--
 
 @pytest.mark.slow
 def test_int8_export_runs_everywhere_an_export_runs(tiny_run: Path, tmp_path: Path, capsys):
-    from sanet.deploy.startup import check_model
+    from sanet.serve.startup import check_model
 
     out = tmp_path / "int8.onnx"
     argv = ["export", "--checkpoint", str(tiny_run), "--out", str(out), *INT8_FLAGS]

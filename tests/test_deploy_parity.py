@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from sanet.deploy.export import ExportCheckError, ParityTolerance, check_parity
+from sanet.exporting.export import ExportCheckError, ParityTolerance, check_parity
 from test_deploy_export import BIAS, WEIGHTS, conv1x1_onnx
 
 SIZES = [(33, 47), (65, 97)]

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from torch import nn
 
-from sanet.deploy.limits import ServeLimits
-from sanet.deploy.serve import create_app
+from sanet.serve.limits import ServeLimits
+from sanet.serve.app import create_app
 from sanet.inference import Predictor
 
 NAMES = ["background", "disc", "square"]

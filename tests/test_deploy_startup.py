@@ -16,7 +16,7 @@ import pytest
 
 import sanet.inference
 from sanet.cli import main
-from sanet.deploy.startup import bind_socket, check_model, default_allowed_hosts
+from sanet.serve.startup import bind_socket, check_model, default_allowed_hosts
 from sanet.inference import Predictor
 
 onnx = pytest.importorskip("onnx")
@@ -161,7 +161,7 @@ def test_allowed_hosts_default_by_interface() -> None:
 
 
 def test_a_public_interface_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="sanet.deploy.startup"):
+    with caplog.at_level("WARNING", logger="sanet.serve.startup"):
         bind_socket("127.0.0.1", 0).close()
         assert not caplog.records
         bind_socket("0.0.0.0", 0).close()

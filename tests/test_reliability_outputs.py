@@ -84,7 +84,7 @@ def _never(*args, **kwargs):
 
 @pytest.mark.parametrize("case", ["users-compare-json", "other-files", "out-is-a-file"])
 def test_r26_compare_refuses_an_out_it_did_not_fill(case, tmp_path, monkeypatch, capsys) -> None:
-    import sanet.training.compare as compare
+    import sanet.experiments.compare as compare
 
     monkeypatch.setattr(compare, "run_all", _never)
     out = tmp_path / "cmp"
@@ -138,13 +138,13 @@ def test_r28_no_command_replaces_a_file_silently(
     command, ckpt, data, tmp_path, monkeypatch, capsys
 ) -> None:
     import sanet.models.registry
-    import sanet.training.bench
-    import sanet.training.sweep
+    import sanet.experiments.bench
+    import sanet.experiments.sweep
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sanet.models.registry, "load_model", _never)
-    monkeypatch.setattr(sanet.training.bench.Peer, "build", _never)
-    monkeypatch.setattr(sanet.training.sweep, "sweep_loss_weights", _never)
+    monkeypatch.setattr(sanet.experiments.bench.Peer, "build", _never)
+    monkeypatch.setattr(sanet.experiments.sweep, "sweep_loss_weights", _never)
     image = str(data / "images/val/a.png")
     mine = tmp_path / {"export": "m.onnx", "eval": "ev/metrics.json", "predict": "pr/a.png"}.get(
         command, "mine.png" if command in ("explain", "figure5") else "mine.json"
@@ -223,12 +223,12 @@ BENCH_FLAGS = [
 def test_r27_bench_checks_every_flag_before_building_a_model(
     flags, message, monkeypatch, capsys
 ) -> None:
-    import sanet.training.bench
+    import sanet.experiments.bench
 
     if "/sys/" in flags[-1] and not Path("/sys").is_dir():
         pytest.skip("needs Linux sysfs")
-    monkeypatch.setattr(sanet.training.bench.Peer, "build", _never)
-    monkeypatch.setattr(sanet.training.bench, "resize_timings", _never)
+    monkeypatch.setattr(sanet.experiments.bench.Peer, "build", _never)
+    monkeypatch.setattr(sanet.experiments.bench, "resize_timings", _never)
     assert main(["bench", "--device", "cpu", "--models", "fcn:resnet10t", *flags]) == 2
     _one_line(capsys.readouterr().err, message)
 
@@ -273,7 +273,7 @@ class _Conv(nn.Module):
 def test_r29_the_recorded_opset_is_the_files(asked, tmp_path, monkeypatch) -> None:
     import onnx
 
-    from sanet.deploy import export as E
+    from sanet.exporting import export as E
     from sanet.inference.onnx_backend import read_onnx_metadata
 
     out = tmp_path / "m.onnx"

@@ -18,7 +18,7 @@ from _trust_scenes import NAMES, ColourModel, scenes
 from sanet.data.planted import PLANTED_KINDS, plant_error
 from sanet.data.splits import kfold_indices
 from sanet.inference import EvalProtocol
-from sanet.inference.audit import (
+from sanet.trust.audit import (
     AuditSettings,
     audit_split,
     label_regions,
@@ -121,7 +121,7 @@ def test_folds_partition_the_images_and_hold_each_out_once():
 
 
 def test_a_fold_config_trains_on_the_other_folds_and_validates_on_its_own():
-    from sanet.training.audit import fold_config
+    from sanet.experiments.folds import fold_config
     from sanet.training.loaders import build_data
 
     cfg = fold_config(

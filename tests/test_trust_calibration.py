@@ -18,7 +18,7 @@ from torch import nn
 
 from _trust_scenes import NAMES, ColourModel, scenes
 from sanet.inference import EvalProtocol, Predictor, normalize, predict_proba
-from sanet.inference.calibration import (
+from sanet.trust.calibration import (
     THRESHOLDS,
     ReliabilityBins,
     conformal_threshold,

@@ -147,7 +147,7 @@ def test_figure5_and_sweep_heatmap(tmp_path):
 
 
 def test_sweep_collects_a_grid_and_resumes(tmp_path):
-    from sanet.training.sweep import sweep_loss_weights
+    from sanet.experiments.sweep import sweep_loss_weights
 
     calls = []
 

@@ -1,7 +1,7 @@
 """sanet: Squeeze-and-Attention Networks for Semantic Segmentation (Zhong et al., CVPR 2020).
 
 The public API. Sub-packages: ``sanet.models``, ``sanet.data``, ``sanet.metrics``,
-``sanet.inference``, ``sanet.training``, ``sanet.viz``, ``sanet.deploy`` (``docs/architecture.md``
+``sanet.inference``, ``sanet.training``, ``sanet.viz``, ``sanet.serve`` (``docs/architecture.md``
 shows how they depend on each other).
 """
 

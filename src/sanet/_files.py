@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from sanet._errors import DamagedFileError
+from sanet.errors import DamagedFileError
 
 # ".<target name>.<random>.sanet-tmp": hidden, beside its target, and distinctive enough that
 # cleaning never touches a file sanet did not write.

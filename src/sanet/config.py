@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from sanet._errors import suggest
+from sanet.errors import suggest
 from sanet._files import atomic_write_text
 
 

@@ -69,7 +69,7 @@ class RunDir:
     @property
     def compare_run(self) -> Path:
         """``compare_run.json``: wall time so far and, once finished, the run's result in a
-        ``sanet compare`` (``sanet.training.compare``)."""
+        ``sanet compare`` (``sanet.experiments.compare``)."""
         return self.root / "compare_run.json"
 
     def checkpoint(self, name: str) -> Path:

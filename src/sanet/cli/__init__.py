@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from sanet import __version__
-from sanet._errors import is_user_error, one_line
+from sanet.errors import is_user_error, one_line
 from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets

@@ -1,6 +1,6 @@
 """``sanet bench``: speed of our models against torchvision's, in one process (SPEC §4).
 
-A thin wrapper over :mod:`sanet.training.bench`: parses flags, prints a table, writes
+A thin wrapper over :mod:`sanet.experiments.bench`: parses flags, prints a table, writes
 ``--json`` and ``--profile`` files. The JSON layout is documented in docs/benchmarks.md.
 """
 
@@ -107,8 +107,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~sanet.training.bench.BenchSettings` of the flags and the device defaults."""
-    from sanet.training.bench import BenchSettings
+    """The :class:`~sanet.experiments.bench.BenchSettings` of the flags and the device defaults."""
+    from sanet.experiments.bench import BenchSettings
 
     device = device_name(args.device)
     defaults = _DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
@@ -140,8 +140,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from sanet import __version__
     from sanet._files import ensure_new_file
     from sanet.models.resize import set_bilinear_method
-    from sanet.training.bench import GPU_COMMAND, apply_threads, resize_timings, run_bench
-    from sanet.training.measure import environment
+    from sanet.experiments.bench import GPU_COMMAND, apply_threads, resize_timings, run_bench
+    from sanet.experiments.measure import environment
 
     settings = settings_from_args(args)  # every flag is checked before any model is built
     for flag, path, example in (
@@ -219,7 +219,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def bench_table(rows: list[dict]) -> Any:
-    """The rich table of :func:`~sanet.training.bench.run_bench` rows."""
+    """The rich table of :func:`~sanet.experiments.bench.run_bench` rows."""
     from rich.table import Table
 
     table = Table(title="sanet bench (ratios: to the first model of each mode)")
@@ -253,7 +253,7 @@ def bench_table(rows: list[dict]) -> Any:
 
 
 def resize_table(rows: list[dict], settings: Any) -> Any:
-    """The rich table of :func:`~sanet.training.bench.resize_timings` rows."""
+    """The rich table of :func:`~sanet.experiments.bench.resize_timings` rows."""
     from rich.table import Table
 
     small = -(-settings.size // 8)

@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from sanet.cli.views import TrainingView
     from sanet.config import recipe_path
-    from sanet.training.compare import ComparisonInterrupted, compare
+    from sanet.experiments.compare import ComparisonInterrupted, compare
     from sanet.training.runtime import exit_status
 
     if args.seeds < 1:

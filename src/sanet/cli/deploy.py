@@ -1,4 +1,4 @@
-"""``sanet export`` and ``sanet serve``: thin wrappers over :mod:`sanet.deploy`."""
+"""``sanet export`` and ``sanet serve``: thin wrappers over :mod:`sanet.serve`."""
 
 from __future__ import annotations
 
@@ -97,14 +97,14 @@ def _run_extras(checkpoint: str) -> dict[str, Any]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from sanet._files import ensure_new_file
-    from sanet.deploy.export import (
+    from sanet.exporting.export import (
         DEFAULT_OPSET,
         ParityTolerance,
         build_metadata,
         check_export_options,
         export_onnx,
     )
-    from sanet.deploy.outputs import check_request
+    from sanet.exporting.outputs import check_request
     from sanet.inference import EvalProtocol
     from sanet.models.registry import load_model
 
@@ -165,10 +165,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check everything that would make every request fail (dependencies, port, model) before
     "Serving on"; then serve until Ctrl-C."""
-    from sanet.deploy.startup import bind_socket, check_dependencies, default_allowed_hosts
+    from sanet.serve.startup import bind_socket, check_dependencies, default_allowed_hosts
 
     check_dependencies()
-    from sanet.deploy.serve import create_app, serve, working_side
+    from sanet.serve.app import create_app, serve, working_side
 
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist.")
@@ -196,7 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def serve_limits(args: argparse.Namespace) -> Any:
-    from sanet.deploy.limits import ServeLimits
+    from sanet.serve.limits import ServeLimits
 
     return ServeLimits(
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
@@ -213,8 +213,8 @@ def _load_checked(args: argparse.Namespace, limits: Any, device: str) -> tuple[A
     """The predictor, once it passed ``check_model`` (its load-time warnings are shown only
     then: a refused model is one line); the limits with the run's working size; the seconds of
     one forward window."""
-    from sanet.deploy.serve import working_side
-    from sanet.deploy.startup import check_model
+    from sanet.serve.app import working_side
+    from sanet.serve.startup import check_model
     from sanet.inference import Predictor
 
     protocol = protocol_from_args(args)

@@ -77,7 +77,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sanet._errors import DataError
+    from sanet.errors import DataError
     from sanet._files import ensure_writable_dir
     from sanet.inference.predictor import evaluate, open_model
 
@@ -277,7 +277,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from rich.console import Console
 
-    from sanet._errors import DataError
+    from sanet.errors import DataError
     from sanet._files import ensure_writable_dir
     from sanet.conventions import IGNORE_INDEX
     from sanet.inference.confidence import ASSUMPTION

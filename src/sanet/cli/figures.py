@@ -120,7 +120,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from sanet.cli.views import TrainingView
     from sanet.config import load_config, recipe_path
-    from sanet.training.sweep import sweep_foreign_files, sweep_loss_weights
+    from sanet.experiments.sweep import sweep_foreign_files, sweep_loss_weights
 
     alphas = parse_floats(args.alphas, "--alphas")
     betas = parse_floats(args.betas, "--betas")

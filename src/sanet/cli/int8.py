@@ -58,7 +58,7 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 def check_export_args(args: argparse.Namespace) -> tuple[str, ...]:
     """Refuse contradictory or impossible flags before any work; returns the outputs."""
-    from sanet.deploy.outputs import parse_outputs
+    from sanet.exporting.outputs import parse_outputs
 
     outputs = parse_outputs(args.outputs)
     if not args.int8:
@@ -128,11 +128,11 @@ def export_int8_from_args(
     outputs: tuple[str, ...],
     temperature: float | None,
 ) -> dict[str, Any]:
-    """Read the calibration and evaluation images and run :func:`~sanet.deploy.quantize.
+    """Read the calibration and evaluation images and run :func:`~sanet.exporting.quantize.
     export_int8`; prints what the gate measured."""
     from sanet.cli.common import check_classes
-    from sanet.deploy.export import ODD_SIZES
-    from sanet.deploy.quantize import DEFAULT_MAX_DROP, Int8Data, export_int8
+    from sanet.exporting.export import ODD_SIZES
+    from sanet.exporting.quantize import DEFAULT_MAX_DROP, Int8Data, export_int8
 
     calib = open_split(args.calib_data, args.calib_split, "--calib-data", args.checkpoint)
     eval_spec = args.eval_data or args.calib_data

@@ -96,7 +96,7 @@ def _longer(t: Any, steps_per_epoch: int) -> str:
 def _demo(args: argparse.Namespace) -> int:
     from sanet._files import ensure_writable_dir, refuse_foreign_files
     from sanet.cli.views import TrainingView
-    from sanet.training.demo import run_demo
+    from sanet.experiments.demo import run_demo
 
     ensure_writable_dir(args.out, "--out")
     found = RunDir(args.out).clashing_files()

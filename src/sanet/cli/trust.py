@@ -1,7 +1,7 @@
 """``sanet calibrate``, ``sanet audit-labels`` and ``sanet rank`` (docs/trust.md).
 
-Thin wrappers: they parse arguments, call :mod:`sanet.inference.calibration`,
-:mod:`sanet.inference.audit` and :mod:`sanet.training.audit`, draw with :mod:`sanet.viz.trust`,
+Thin wrappers: they parse arguments, call :mod:`sanet.trust.calibration`,
+:mod:`sanet.trust.audit` and :mod:`sanet.experiments.folds`, draw with :mod:`sanet.trust.plots`,
 show progress and print results.
 """
 
@@ -102,10 +102,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from sanet._files import atomic_write_text, ensure_writable_dir
     from sanet.cli.common import progress
-    from sanet.inference.calibration import check_risk_alpha, fit_calibration, fit_subset
+    from sanet.trust.calibration import check_risk_alpha, fit_calibration, fit_subset
     from sanet.inference.confidence import pretrained_folder, store_calibration
     from sanet.models.registry import load_model
-    from sanet.viz.trust import plot_reliability
+    from sanet.trust.plots import plot_reliability
 
     folder = pretrained_folder(args.checkpoint)
     protocol = protocol_from_args(args)
@@ -173,7 +173,7 @@ def _print_calibration(record: dict[str, Any], out: Path, stored: Path) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from sanet._files import atomic_write_text, ensure_writable_dir
-    from sanet.inference.audit import AuditSettings, sort_report
+    from sanet.trust.audit import AuditSettings, sort_report
 
     if (args.checkpoint is None) == (args.recipe is None):
         raise ValueError(
@@ -220,7 +220,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _audit_checkpoint(args: argparse.Namespace, settings: Any) -> tuple:
     from sanet.cli.common import progress
-    from sanet.inference.audit import audit_split
+    from sanet.trust.audit import audit_split
     from sanet.inference.confidence import read_calibration
     from sanet.inference.predictor import open_model
 
@@ -255,7 +255,7 @@ def _audit_folds(args: argparse.Namespace, settings: Any) -> tuple:
     from sanet.cli.common import progress
     from sanet.cli.views import TrainingView
     from sanet.config import recipe_path
-    from sanet.training.audit import kfold_audit
+    from sanet.experiments.folds import kfold_audit
 
     recipe = Path(args.recipe)
     if not recipe.is_file() and recipe.suffix == "" and len(recipe.parts) == 1:
@@ -299,7 +299,7 @@ def _audit_folds(args: argparse.Namespace, settings: Any) -> tuple:
 
 
 def _plot_suspects(dataset: Any, suspects: list, ranked: list[dict], path: Path) -> None:
-    from sanet.viz.trust import SuspectRow, plot_suspects
+    from sanet.trust.plots import SuspectRow, plot_suspects
 
     by_index = {e["index"]: e for e in ranked}
     rows = []
@@ -327,11 +327,11 @@ def cmd_rank(args: argparse.Namespace) -> int:
     import csv
     import io
 
-    from sanet._errors import DataError
+    from sanet.errors import DataError
     from sanet._files import atomic_write_text, ensure_writable_file
     from sanet.cli.common import progress
     from sanet.cli.eval import report_failed
-    from sanet.inference.audit import rank_scores
+    from sanet.trust.audit import rank_scores
     from sanet.inference.predictor import Predictor, load_rgb
 
     protocol = protocol_from_args(args)

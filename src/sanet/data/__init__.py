@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from sanet._errors import suggest
+from sanet.errors import suggest
 from sanet.conventions import IGNORE_INDEX
 from sanet.data.datasets import SegmentationDataset, Transforms
 from sanet.data.io import DataError, load_image, load_mask

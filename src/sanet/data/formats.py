@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sanet._errors import DataError
+from sanet.errors import DataError
 from sanet._files import atomic_save_bytes
 
 

@@ -26,7 +26,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sanet._errors import DataError
+from sanet.errors import DataError
 from sanet.data.formats import read_sbd_mat
 
 # Pillow's own limit (it warns above this and refuses above twice this).

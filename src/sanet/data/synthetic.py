@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sanet._errors import suggest
+from sanet.errors import suggest
 from sanet.data.classes import ignore_borders, voc_palette
 from sanet.data.datasets import SegmentationDataset, Transforms
 from sanet.data.family import draw_member

@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from sanet._errors import suggest
+from sanet.errors import suggest
 from sanet._files import safe_safetensors_load, safe_torch_load
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from sanet._errors import suggest
+from sanet.errors import suggest
 
 Gate = Literal["logsigmoid", "sigmoid"]
 Block = Literal["sa", "se"]

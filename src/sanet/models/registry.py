@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sanet._errors import DamagedFileError, suggest
+from sanet.errors import DamagedFileError, suggest
 from sanet._files import safe_torch_load
 from sanet.models.options import ModelOptions
 from sanet.models.segmentation import (

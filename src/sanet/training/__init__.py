@@ -1,3 +1,3 @@
-"""Training: the step-level machinery (``engine``), process state (``runtime``), the run's
-logs (``runlog``), a whole run from a config (``trainer``), and drivers built on it (``demo``,
-``sweep``)."""
+"""Training: the step-level machinery (``engine``), process state (``runtime``), the data
+loaders (``loaders``), the run's logs (``runlog``), resuming (``resume``) and a whole run from a
+config (``trainer``). Drivers built on runs are in :mod:`sanet.experiments`."""

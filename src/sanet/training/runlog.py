@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sanet._errors import DataError
+from sanet.errors import DataError
 from sanet._files import atomic_write_text
 from sanet.rundir import RunDir
 from sanet.viz.visualize import (

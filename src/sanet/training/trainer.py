@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sanet._errors import plain_worker_errors
+from sanet.errors import plain_worker_errors
 from sanet._files import atomic_torch_save
 from sanet.config import Config, save_config
 from sanet.inference.predictor import evaluate

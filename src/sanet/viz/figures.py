@@ -3,7 +3,7 @@ the Table 3 comparison plot, and the input / ground truth / prediction panel of 
 
 Functions here compute what a figure shows and draw it with matplotlib (Agg) into a PNG;
 the ``sanet figure5`` / ``sanet explain`` / ``sanet sweep`` commands are thin wrappers (the
-training side of the Fig. 4 sweep is ``sanet.training.sweep``).
+training side of the Fig. 4 sweep is ``sanet.experiments.sweep``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from torch import nn
 from sanet import __version__
 from sanet._files import atomic_save_bytes
 from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
-from sanet.deploy.outputs import add_outputs, check_outputs
+from sanet.exporting.outputs import add_outputs, check_outputs
 from sanet.inference.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from sanet.inference.protocol import EvalProtocol
 from sanet.models.segmentation import MIN_SIZE, SegmentationModel
@@ -272,7 +272,7 @@ def export_onnx(
     embedded and, when ``check``, the parity report added as ``metadata["parity"]``.
 
     ``outputs`` adds ``mask`` and ``confidence`` (calibration ``temperature``) after the logits
-    (:mod:`sanet.deploy.outputs`); the check then covers them too.
+    (:mod:`sanet.exporting.outputs`); the check then covers them too.
 
     When the check fails nothing is written at ``out``: the unchecked graph goes to
     ``<out stem>.unchecked.onnx`` for inspection and :class:`ExportCheckError` is raised.

@@ -5,7 +5,7 @@ included). Here the split is dealt into ``K`` folds (:func:`~sanet.data.splits.k
 fold ``f``'s model trains on the other ``K − 1`` folds (``data.folds = K``, ``data.fold = f``:
 the run validates on fold ``f``) and scores only the images of fold ``f``, so every image is
 scored by a model that never saw its label. The runs are ``sanet compare``'s
-(:func:`~sanet.training.compare.ensure_run`): ``OUT/runs/fold<f>/``, finished ones reused,
+(:func:`~sanet.experiments.compare.ensure_run`): ``OUT/runs/fold<f>/``, finished ones reused,
 interrupted ones resumed, a changed recipe refused.
 """
 
@@ -20,10 +20,10 @@ from sanet.config import Config, load_config
 from sanet.data import build_dataset, parse_data_spec
 from sanet.data.splits import kfold_indices
 from sanet.devices import resolve_device
-from sanet.inference.audit import AuditSettings, Suspect, audit_split
+from sanet.trust.audit import AuditSettings, Suspect, audit_split
 from sanet.models.registry import load_model
 from sanet.rundir import RunDir
-from sanet.training.compare import ensure_run
+from sanet.experiments.compare import ensure_run
 from sanet.training.runlog import TrainerCallbacks
 from sanet.training.trainer import validation_protocol
 

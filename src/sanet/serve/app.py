@@ -4,7 +4,7 @@ Routes (docs/deploy.md has curl examples; ``/openapi.json`` the schema):
 
 - ``GET /`` — the page (``static/``: choose or drop an image, overlay, legend, class table).
 - ``POST /v1/segment`` — multipart field ``image``; ``?format=json`` (default) answers
-  :class:`~sanet.deploy.schema.SegmentAnswer` (``?overlay=1`` adds ``overlay_png_base64``);
+  :class:`~sanet.serve.schema.SegmentAnswer` (``?overlay=1`` adds ``overlay_png_base64``);
   ``?format=png`` the index mask PNG (palette attached) at the input's size, or with
   ``overlay=1`` the overlay PNG. A calibrated model's JSON adds its confidence map and, with a
   risk threshold, its unsure pixels and their share; ``?unsure=true`` puts 255 on the unsure
@@ -14,7 +14,7 @@ Routes (docs/deploy.md has curl examples; ``/openapi.json`` the schema):
   while it loads; 500 when loading failed (a restart is needed).
 
 A request is read whole (``upload_timeout_s``, ``max_upload_bytes``) and decoded
-(``max_pixels``) before it asks the :class:`~sanet.deploy.limits.InferenceGate` for a place, so
+(``max_pixels``) before it asks the :class:`~sanet.serve.limits.InferenceGate` for a place, so
 slow or bad uploads never hold one. The image is predicted at its working resolution
 (``max_side``) and its mask returned at the input's size. Every error answer is
 ``{"detail": "<reason and fix>"}`` (schema: ``schema.py``); a client that leaves is logged as
@@ -40,12 +40,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sanet.deploy import schema
-from sanet.deploy.limits import Busy, ClientGone, InferenceGate, ServeLimits, TimedOut, TooSlow
-from sanet.deploy.middleware import AccessLog, BodyLimit, HostAllowList, SecurityHeaders
-from sanet.deploy.payload import class_table, decode, encode, read_upload, redact_paths
-from sanet.deploy.startup import bind_socket, check_model
-from sanet.deploy.unsure import check_unsure, model_calibration, predict, share
+from sanet.serve import schema
+from sanet.serve.limits import Busy, ClientGone, InferenceGate, ServeLimits, TimedOut, TooSlow
+from sanet.serve.middleware import AccessLog, BodyLimit, HostAllowList, SecurityHeaders
+from sanet.serve.payload import class_table, decode, encode, read_upload, redact_paths
+from sanet.serve.startup import bind_socket, check_model
+from sanet.serve.unsure import check_unsure, model_calibration, predict, share
 from sanet.inference.predictor import Predictor, working_size
 from sanet.inference.protocol import window_count
 
@@ -56,7 +56,7 @@ API_HINT = "POST /v1/segment (multipart field 'image'), GET /v1/model, GET /heal
 
 class ModelSlot:
     """The predictor, or the promise of one: a loader runs in a thread at start-up (then
-    :func:`~sanet.deploy.startup.check_model`), so ``/healthz`` answers 503 while a large model
+    :func:`~sanet.serve.startup.check_model`), so ``/healthz`` answers 503 while a large model
     loads, and 500 for good if it cannot be loaded."""
 
     def __init__(self, source: Predictor | Callable[[], Predictor], gate: InferenceGate) -> None:
@@ -143,7 +143,7 @@ def create_app(
     """The app. ``predictor`` may be a loader (``lambda: Predictor(path)``): it then loads in a
     thread at start-up and ``/healthz`` answers 503 until it is ready (500 if it fails).
     ``allowed_hosts``: host names answered besides IP addresses and ``localhost`` (``"*"``:
-    any; see :class:`~sanet.deploy.middleware.HostAllowList`)."""
+    any; see :class:`~sanet.serve.middleware.HostAllowList`)."""
     limits = limits or ServeLimits()
     gate = InferenceGate(limits)
     slot = ModelSlot(predictor, gate)
@@ -316,7 +316,7 @@ def serve(
     app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, sock: socket.socket | None = None
 ) -> None:
     """Run ``app`` under uvicorn until interrupted (our access log replaces uvicorn's), on
-    ``sock`` (from :func:`~sanet.deploy.startup.bind_socket`) or a socket bound here."""
+    ``sock`` (from :func:`~sanet.serve.startup.bind_socket`) or a socket bound here."""
     import uvicorn
 
     sock = sock or bind_socket(host, port)

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from sanet._errors import suggest
+from sanet.errors import suggest
 from sanet._files import (
     atomic_write_text,
     ensure_writable_dir,

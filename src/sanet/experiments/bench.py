@@ -45,7 +45,7 @@ from sanet.models.registry import build_model, list_models
 from sanet.models.resize import resize_bilinear
 from sanet.models.segmentation import MIN_SIZE
 from sanet.training.engine import autocast, train_step
-from sanet.training.measure import count_flops, interleaved, profile_calls, warm_up
+from sanet.experiments.measure import count_flops, interleaved, profile_calls, warm_up
 
 logger = logging.getLogger(__name__)
 

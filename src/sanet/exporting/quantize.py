@@ -35,14 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from sanet.deploy.export import (
+from sanet.exporting.export import (
     ExportCheckError,
     ParityTolerance,
     check_parity,
     to_onnx_proto,
     write_onnx,
 )
-from sanet.deploy.outputs import OUTPUTS, add_outputs, check_outputs
+from sanet.exporting.outputs import OUTPUTS, add_outputs, check_outputs
 from sanet.devices import cpu_features
 from sanet.inference.onnx_backend import INPUT_NAME, OnnxModel
 from sanet.inference.predictor import evaluate, image_to_tensor, normalize
