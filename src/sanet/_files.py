@@ -5,7 +5,7 @@ over the target: a crash leaves either the old file or the new one, never half o
 file gets the mode the umask gives any other new file (``mkstemp`` alone would leave it 0600).
 A ``kill -9`` between the write and the rename leaves the temporary file behind; its name
 (:func:`temp_name`) is written down once here so that :func:`remove_stale_temp_files` can find
-it on the next run. This module imports nothing from sanet but ``_errors``.
+it on the next run. This module imports nothing from sanet but ``errors``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from sanet.errors import DamagedFileError
+from sanet.errors import (
+    DamagedFileError,
+    IsAFolderError,
+    NotAFolderError,
+    NotFoundError,
+    NotWritableError,
+    OutputExistsError,
+)
 
 # ".<target name>.<random>.sanet-tmp": hidden, beside its target, and distinctive enough that
 # cleaning never touches a file sanet did not write.
@@ -100,7 +107,7 @@ def ensure_writable_file(path: str | Path, what: str, example: str = "report.jso
     suggests when ``path`` is a folder."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(
+        raise IsAFolderError(
             f"{what} {str(path)!r} is a folder; give a file name, e.g. {str(path / example)!r}."
         )
     _probe_folder(
@@ -118,7 +125,7 @@ def ensure_new_file(
     command's ``--overwrite``): outputs are never replaced silently (docs/reliability.md)."""
     path = ensure_writable_file(path, what, example)
     if not overwrite and (path.exists() or path.is_symlink()):
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{what} {str(path)!r} already exists; nothing was written. Pass --overwrite to "
             f"replace it, or choose another {what}."
         )
@@ -134,7 +141,7 @@ def refuse_foreign_files(
         return
     shown = ", ".join(str(p.relative_to(folder)) for p in found[:5])
     more = f" and {len(found) - 5} more" if len(found) > 5 else ""
-    raise FileExistsError(
+    raise OutputExistsError(
         f"{what} {str(folder)!r} holds files that {command} did not write ({shown}{more}); "
         f"nothing was written. Fix: choose a new or empty {what} folder ({command} writes "
         f"{writes} there), or move those files away."
@@ -152,7 +159,7 @@ def _probe_folder(folder: Path, subject: str, fix: str) -> None:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         where = "" if existing == folder else f" lies under {str(existing)!r}, which"
-        raise NotADirectoryError(f"{subject}{where} is a file, not a folder. {fix}")
+        raise NotAFolderError(f"{subject}{where} is a file, not a folder. {fix}")
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=_TEMP_SUFFIX, dir=existing)
         os.close(fd)
@@ -160,7 +167,7 @@ def _probe_folder(folder: Path, subject: str, fix: str) -> None:
     except OSError as err:
         reason = err.strerror or type(err).__name__
         at = "" if existing == folder else f": cannot create it in {str(existing)!r}"
-        raise PermissionError(f"{subject} is not writable ({reason}{at}). {fix}") from err
+        raise NotWritableError(f"{subject} is not writable ({reason}{at}). {fix}") from err
 
 
 def safe_torch_load(
@@ -213,7 +220,7 @@ _COPY_AGAIN = "copy the file again, or use another checkpoint"
 def _existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
+        raise NotFoundError(f"Checkpoint {str(path)!r} does not exist.")
     return path
 
 

@@ -15,8 +15,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from sanet.errors import suggest
 from sanet._files import atomic_write_text
+from sanet.errors import ConfigError, NotFoundError, suggest
 
 
 @dataclass
@@ -118,7 +118,7 @@ def recipe_path(name: str) -> Path:
     path = folder / f"{name}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"No embedded recipe {name!r}; the package ships {', '.join(names)}.{suggest(name, names)}"
         )
     return path
@@ -130,13 +130,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+            raise NotFoundError(f"Config file {str(path)!r} does not exist.")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{str(path)!r} is not valid YAML: {err}") from err
+            raise ConfigError(f"{str(path)!r} is not valid YAML: {err}") from err
         if not isinstance(raw, dict):
-            raise ValueError(
+            raise ConfigError(
                 f"{str(path)!r} must hold a mapping of sections, got {type(raw).__name__}."
             )
     for item in overrides or []:
@@ -144,7 +144,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         section, _, name = key.partition(".")
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
-            raise ValueError(f"Section {section!r} must be a mapping.")
+            raise ConfigError(f"Section {section!r} must be a mapping.")
         raw[section][name] = yaml.safe_load(value) if value != "" else ""
     return config_from_dict(raw, source=str(path) if path else "defaults")
 
@@ -155,18 +155,18 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for section, values in raw.items():
         if section not in sections:
-            raise ValueError(f"{source}: unknown section {section!r}.{suggest(section, sections)}")
+            raise ConfigError(f"{source}: unknown section {section!r}.{suggest(section, sections)}")
         target = getattr(cfg, section)
         fields = {f.name: f for f in dataclasses.fields(target)}
         if values is not None and not isinstance(values, dict):
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: section {section!r} must be a mapping of key: value lines, got a "
                 f"{type(values).__name__} ({values!r}). Write it as `{section}:` followed by "
                 f"indented `key: value` lines."
             )
         for key, value in (values or {}).items():
             if key not in fields:
-                raise ValueError(
+                raise ConfigError(
                     f"{source}: unknown key {section}.{key}.{suggest(key, fields)} "
                     f"Known keys in {section}: {', '.join(fields)}."
                 )
@@ -216,28 +216,28 @@ def check_ranges(cfg: Config, source: str = "config") -> None:
         value = values[key]
         if value < low or (key in _POSITIVE and value == low):
             bound = f"> {low}" if key in _POSITIVE else f"≥ {low}"
-            raise ValueError(f"{source}: {key} must be {bound}, got {value!r}.")
+            raise ConfigError(f"{source}: {key} must be {bound}, got {value!r}.")
     if cfg.model.dropout >= 1:
-        raise ValueError(f"{source}: model.dropout must be < 1, got {cfg.model.dropout!r}.")
+        raise ConfigError(f"{source}: model.dropout must be < 1, got {cfg.model.dropout!r}.")
     scale_range = cfg.data.scale_range
     if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-        raise ValueError(
+        raise ConfigError(
             f"{source}: data.scale_range must be [low, high] with 0 < low ≤ high, got "
             f"{cfg.data.scale_range!r} (the paper: [0.5, 2.0])."
         )
     if cfg.data.folds == 1 or (cfg.data.folds and cfg.data.fold >= cfg.data.folds):
-        raise ValueError(
+        raise ConfigError(
             f"{source}: data.folds must be 0 (off) or ≥ 2 and data.fold below it, got folds "
             f"{cfg.data.folds}, fold {cfg.data.fold}."
         )
     if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
-        raise ValueError(f"{source}: eval.scales must be positive numbers, got {cfg.eval.scales}.")
+        raise ConfigError(f"{source}: eval.scales must be positive numbers, got {cfg.eval.scales}.")
     if cfg.model.output_stride not in (8, 16, 32):
-        raise ValueError(
+        raise ConfigError(
             f"{source}: model.output_stride must be 8, 16 or 32, got {cfg.model.output_stride}."
         )
     if not _DEVICE.match(cfg.train.device):
-        raise ValueError(
+        raise ConfigError(
             f"{source}: train.device must be auto, cpu, mps, cuda or cuda:N, got {cfg.train.device!r}."
         )
 
@@ -293,7 +293,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def _split_override(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or "." not in key:
-        raise ValueError(
+        raise ConfigError(
             f"Override {item!r} must look like section.key=value (e.g. train.lr=0.01)."
         )
     return key.strip(), value.strip()
@@ -304,7 +304,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     origin, args = get_origin(hint), get_args(hint)
     if origin is Literal:
         if value not in args:
-            raise ValueError(f"{source}: {key} must be one of {list(args)}, got {value!r}.")
+            raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {value!r}.")
         return value
     if origin in (typing.Union, types.UnionType):
         for arg in args:
@@ -312,14 +312,14 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                 return _coerce(value, arg, key, source)
             except ValueError:
                 continue
-        raise ValueError(f"{source}: {key} must be {_name(hint)}, got {value!r}.")
+        raise ConfigError(f"{source}: {key} must be {_name(hint)}, got {value!r}.")
     if origin is list:
         if not isinstance(value, list):
-            raise ValueError(f"{source}: {key} must be a list, got {value!r}.")
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}.")
         return [_coerce(v, args[0], key, source) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{source}: {key} must be a mapping, got {value!r}.")
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}.")
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -330,7 +330,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             pass
     if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
-    raise ValueError(
+    raise ConfigError(
         f"{source}: {key} must be {_name(hint)}, got {value!r} ({type(value).__name__})."
     )
 

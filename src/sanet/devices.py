@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from sanet.errors import UsageError
+
 _FIX = "Use the CPU instead (--device cpu, or train.device=cpu in a config)"
 
 
@@ -26,25 +28,25 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(
+        raise UsageError(
             f"Unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps."
         ) from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
-            raise ValueError(
+            raise UsageError(
                 f"Device {str(name)!r} was asked for, but torch sees no CUDA device on this "
                 f"machine (torch {torch.__version__}, built with {built}). {_FIX}, or check the "
                 "GPU driver (nvidia-smi) and CUDA_VISIBLE_DEVICES."
             )
         if (device.index or 0) >= count:
-            raise ValueError(
+            raise UsageError(
                 f"Device {str(name)!r} was asked for, but this machine has {count} CUDA "
                 f"device(s): cuda:0 .. cuda:{count - 1}. Pick one of those."
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"Device {str(name)!r} was asked for, but MPS is not available. {_FIX}.")
+        raise UsageError(f"Device {str(name)!r} was asked for, but MPS is not available. {_FIX}.")
     return device
 
 

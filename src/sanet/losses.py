@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
+from sanet.errors import UsageError
 
 
 def class_presence(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -36,7 +37,7 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int = IGN
     """
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bad.any():
-        raise ValueError(
+        raise UsageError(
             f"Label {int(target[bad][0])} is outside 0..{num_classes - 1} (and is not "
             f"ignore_index {ignore_index}). Check the dataset's num_classes or run "
             "`sanet check-data`."
@@ -90,7 +91,7 @@ class SANetLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         dense_logits = outputs["out"]
         if dense_logits.shape[-2:] != target.shape[-2:]:
-            raise ValueError(
+            raise UsageError(
                 f"Logits {tuple(dense_logits.shape[-2:])} and target {tuple(target.shape[-2:])} "
                 "differ in size; the model's output must be upsampled to the mask's size."
             )

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from sanet.conventions import IGNORE_INDEX
+from sanet.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class ConfusionMatrix:
         device: torch.device | str | None = None,
     ) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+            raise UsageError(f"num_classes must be a positive int, got {num_classes!r}.")
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.matrix: torch.Tensor | None = None
         if device is not None:
@@ -71,13 +72,13 @@ class ConfusionMatrix:
         """Add one batch of predictions; see the class docstring for shapes."""
         if pred.is_floating_point() or pred.ndim == target.ndim + 1:
             if pred.ndim != target.ndim + 1 or pred.shape[-3] != self.num_classes:
-                raise ValueError(
+                raise UsageError(
                     f"Logits must be (N, {self.num_classes}, H, W) for targets (N, H, W); got "
                     f"pred {tuple(pred.shape)} and target {tuple(target.shape)}."
                 )
             pred = pred.argmax(dim=-3)
         if pred.shape != target.shape:
-            raise ValueError(
+            raise UsageError(
                 f"Prediction and target shapes differ: {tuple(pred.shape)} vs "
                 f"{tuple(target.shape)}. Resize the prediction to the mask's size first."
             )
@@ -90,12 +91,12 @@ class ConfusionMatrix:
         target, pred = target[valid], pred[valid]
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= k):
             bad = torch.unique(target[(target < 0) | (target >= k)])[:10].tolist()
-            raise ValueError(
+            raise UsageError(
                 f"Target holds labels {bad} outside 0..{k - 1} (ignore index "
                 f"{self.ignore_index}). Check the dataset's num_classes and label mapping."
             )
         if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= k):
-            raise ValueError(f"Prediction holds class ids outside 0..{k - 1}.")
+            raise UsageError(f"Prediction holds class ids outside 0..{k - 1}.")
         # One bincount over the flattened (gt, pred) pair index: row = gt, column = pred.
         counts = torch.bincount(target * k + pred, minlength=k * k)
         self.matrix += counts.view(k, k)
@@ -169,7 +170,7 @@ def per_class_table(
     iou = result["IoU"]
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(iou))]
     if len(names) != len(iou):
-        raise ValueError(f"{len(names)} class names for {len(iou)} classes.")
+        raise UsageError(f"{len(names)} class names for {len(iou)} classes.")
     table = Table(title=title, caption=f"pixAcc {result['pixAcc']:.4f}  mIoU {result['mIoU']:.4f}")
     table.add_column("id", justify="right")
     table.add_column("class")

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 
 from sanet import __version__
-from sanet.errors import is_user_error, one_line
 from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust
+from sanet.errors import is_user_error, one_line
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
 # ``func`` on its parsers via ``set_defaults(func=...)``. A new command group is one more

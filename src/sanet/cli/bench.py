@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sanet.cli.common import device_name
+from sanet.errors import UsageError
 
 # Defaults per device type: the paper-sized setting on a GPU, a small one a CPU finishes.
 _DEFAULTS = {
@@ -115,7 +116,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     try:
         width, height = (int(v) for v in args.image.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--image must be WxH, e.g. 500x375, got {args.image!r}.") from None
+        raise UsageError(f"--image must be WxH, e.g. 500x375, got {args.image!r}.") from None
     pick = lambda name: defaults[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
     return BenchSettings(
         device=device,
@@ -139,9 +140,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from sanet import __version__
     from sanet._files import ensure_new_file
-    from sanet.models.resize import set_bilinear_method
     from sanet.experiments.bench import GPU_COMMAND, apply_threads, resize_timings, run_bench
     from sanet.experiments.measure import environment
+    from sanet.models.resize import set_bilinear_method
 
     settings = settings_from_args(args)  # every flag is checked before any model is built
     for flag, path, example in (

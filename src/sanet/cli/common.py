@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sanet.errors import OutputExistsError, UsageError
 from sanet.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}.") from None
+        raise UsageError(f"{what} must be comma-separated numbers, got {text!r}.") from None
 
 
 def protocol_from_args(args: argparse.Namespace) -> Any:
@@ -139,7 +140,7 @@ def protocol_from_args(args: argparse.Namespace) -> Any:
         scales, flip = PAPER_SCALES, True
     elif args.single_scale:
         if args.scales:
-            raise ValueError("--scales contradicts --single-scale (scale 1.0); pass one of them.")
+            raise UsageError("--scales contradicts --single-scale (scale 1.0); pass one of them.")
         scales, flip = (1.0,), False
     if args.scales:
         scales = parse_floats(args.scales, "--scales")
@@ -185,7 +186,7 @@ def refuse_existing(paths: list[Path], what: str, overwrite: bool) -> None:
     if found and not overwrite:
         shown = ", ".join(str(p) for p in found[:3])
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{what} already holds {shown}{more}; nothing was written. Pass --overwrite to "
             f"replace {'it' if len(found) == 1 else 'them'}, or choose another {what}."
         )
@@ -213,7 +214,7 @@ def parse_data_options(text: str | None) -> dict[str, Any]:
     except yaml.YAMLError:
         options = None
     if not isinstance(options, dict):
-        raise ValueError(
+        raise UsageError(
             f"--data-options must be a YAML mapping, e.g. '{{label_map: {{255: 1}}}}'; got {text!r}."
         )
     return options
@@ -230,7 +231,7 @@ def open_dataset(spec: str, split: str, options: str | None = None) -> Any:
 def check_classes(model: Any, dataset: Any, checkpoint: str) -> None:
     """Refuse to evaluate a model on a dataset with another number of classes."""
     if model.num_classes != dataset.num_classes:
-        raise ValueError(
+        raise UsageError(
             f"The checkpoint {checkpoint!r} predicts {model.num_classes} classes but the dataset "
             f"has {dataset.num_classes}. Evaluate it on the dataset it was trained for."
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sanet.cli.common import add_overrides
+from sanet.errors import UsageError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +40,7 @@ def _compare(args: argparse.Namespace) -> int:
     from sanet.training.runtime import exit_status
 
     if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+        raise UsageError(f"--seeds must be at least 1, got {args.seeds}.")
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")

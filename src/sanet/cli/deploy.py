@@ -11,6 +11,7 @@ from typing import Any
 
 from sanet.cli.common import add_protocol_args, device_name, protocol_from_args, run_config
 from sanet.cli.int8 import add_export_args, check_export_args, export_int8_from_args
+from sanet.errors import NotFoundError, UsageError
 from sanet.rundir import RunDir
 
 
@@ -109,7 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sanet.models.registry import load_model
 
     if str(args.checkpoint).lower().endswith(".onnx"):
-        raise ValueError(f"{args.checkpoint} is already an ONNX file; export a run or model/.")
+        raise UsageError(f"{args.checkpoint} is already an ONNX file; export a run or model/.")
     cfg = run_config(args.checkpoint)
     size = int(args.size or (cfg.get("data") or {}).get("crop_size") or 480)
     # every flag and --out before the model is loaded, exported and checked
@@ -171,7 +172,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sanet.serve.app import create_app, serve, working_side
 
     if not Path(args.checkpoint).exists():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist.")
+        raise NotFoundError(f"--checkpoint {args.checkpoint!r} does not exist.")
     limits = serve_limits(args)
     device = device_name(args.device)
     sock = bind_socket(args.host, args.port)  # before the model loads: a busy port fails fast
@@ -213,9 +214,9 @@ def _load_checked(args: argparse.Namespace, limits: Any, device: str) -> tuple[A
     """The predictor, once it passed ``check_model`` (its load-time warnings are shown only
     then: a refused model is one line); the limits with the run's working size; the seconds of
     one forward window."""
+    from sanet.inference import Predictor
     from sanet.serve.app import working_side
     from sanet.serve.startup import check_model
-    from sanet.inference import Predictor
 
     protocol = protocol_from_args(args)
     if args.window_batch is None and not device.startswith("cuda"):

@@ -30,6 +30,7 @@ from sanet.cli.common import (
     protocol_mode,
     refuse_existing,
 )
+from sanet.errors import NotFoundError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +78,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sanet.errors import DataError
     from sanet._files import ensure_writable_dir
+    from sanet.errors import DataError
     from sanet.inference.predictor import evaluate, open_model
 
     protocol = protocol_from_args(args)
     device = device_name(args.device)
     if args.save_predictions and args.out is None:
-        raise ValueError("--save-predictions writes into --out DIR; add --out.")
+        raise UsageError("--save-predictions writes into --out DIR; add --out.")
     if args.out is not None:  # a bad --out fails now, not after the evaluation
         ensure_writable_dir(
             args.out / "predictions" if args.save_predictions else args.out, "--out"
@@ -96,7 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data, args.split, args.data_options)
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     if n == 0:
-        raise ValueError(f"{args.data} split {args.split!r} has no images to evaluate.")
+        raise UsageError(f"{args.data} split {args.split!r} has no images to evaluate.")
     model, meta = open_model(args.checkpoint, device)  # an .onnx file runs on onnxruntime
     check_classes(model, dataset, args.checkpoint)
     start = time.perf_counter()
@@ -231,10 +232,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
             found += [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
         else:
-            raise FileNotFoundError(f"Input {item!r} is not a file, a folder or a glob pattern.")
+            raise NotFoundError(f"Input {item!r} is not a file, a folder or a glob pattern.")
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"No images found in {inputs}; expected files with extensions "
             f"{', '.join(IMAGE_EXTENSIONS)}."
         )
@@ -250,7 +251,7 @@ def output_plan(
     plan, seen = [], {}
     for image in images:
         if image.stem in seen:
-            raise ValueError(
+            raise UsageError(
                 f"{seen[image.stem]} and {image} would both be written as {image.stem}.png. "
                 "Predict them into separate --out folders."
             )
@@ -266,7 +267,7 @@ def output_plan(
     for _, mask_path, overlay_path in plan:
         for target in (mask_path, overlay_path):
             if target is not None and target in inputs:
-                raise ValueError(
+                raise UsageError(
                     f"Refusing to overwrite the input {target}. Choose an --out folder that does "
                     "not hold the input images."
                 )
@@ -277,9 +278,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from rich.console import Console
 
-    from sanet.errors import DataError
     from sanet._files import ensure_writable_dir
     from sanet.conventions import IGNORE_INDEX
+    from sanet.errors import DataError
     from sanet.inference.confidence import ASSUMPTION
     from sanet.inference.predictor import Predictor, load_rgb
     from sanet.viz.visualize import confidence_image, mask_to_pil, overlay_with_legend, save_png
@@ -340,7 +341,7 @@ def confidence_plan(plan: list[tuple[Path, Path, Path | None]]) -> dict[Path, Pa
     paths = {mask: mask.with_name(f"{mask.stem}_confidence.png") for _, mask, _ in plan}
     for path in paths.values():
         if path in taken:
-            raise ValueError(
+            raise UsageError(
                 f"{path} is an input or another output as well as a confidence map. Rename the "
                 "image, or predict it into another --out folder."
             )

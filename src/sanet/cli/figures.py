@@ -17,6 +17,7 @@ from sanet.cli.common import (
     parse_floats,
     protocol_from_args,
 )
+from sanet.errors import UsageError
 from sanet.rundir import RunDir
 
 
@@ -62,7 +63,7 @@ def _parse_point(text: str) -> tuple[int, int]:
     try:
         x, y = (int(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--point must be X,Y in pixels (column,row), got {text!r}.") from None
+        raise UsageError(f"--point must be X,Y in pixels (column,row), got {text!r}.") from None
     return x, y
 
 
@@ -93,7 +94,7 @@ def cmd_figure5(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data, args.split, args.data_options)
     indices = [int(v) for v in parse_floats(args.indices, "--indices")]
     if not indices or any(not 0 <= i < len(dataset) for i in indices):
-        raise ValueError(f"--indices must lie in 0..{len(dataset) - 1}, got {args.indices!r}.")
+        raise UsageError(f"--indices must lie in 0..{len(dataset) - 1}, got {args.indices!r}.")
     sanet_p = Predictor(args.checkpoint, device=device, protocol=protocol)
     base_p = Predictor(args.baseline, device=device, protocol=protocol)
     for name, p in (("--checkpoint", sanet_p), ("--baseline", base_p)):
@@ -125,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     alphas = parse_floats(args.alphas, "--alphas")
     betas = parse_floats(args.betas, "--betas")
     if not alphas or not betas:
-        raise ValueError("--alphas and --betas need at least one value each, e.g. 0.2,0.4.")
+        raise UsageError("--alphas and --betas need at least one value each, e.g. 0.2,0.4.")
     if args.config is None:
         args.config = recipe_path("demo")
     load_config(args.config, args.overrides)  # fail on a bad recipe before the first run

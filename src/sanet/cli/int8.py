@@ -10,6 +10,8 @@ import argparse
 import logging
 from typing import Any
 
+from sanet.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CALIB_IMAGES, DEFAULT_EVAL_IMAGES = 32, 100
@@ -64,26 +66,26 @@ def check_export_args(args: argparse.Namespace) -> tuple[str, ...]:
     if not args.int8:
         given = [f"--{n.replace('_', '-')}" for n in _INT8_ONLY if getattr(args, n) is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply with --int8; add --int8.")
+            raise UsageError(f"{', '.join(given)} only apply with --int8; add --int8.")
         return outputs
     if not args.calib_data:
-        raise ValueError(
+        raise UsageError(
             "--int8 needs --calib-data KIND:ROOT: images to calibrate on, prepared as "
             "inference prepares them (e.g. --calib-data voc:data/VOC2012)."
         )
     for flag in ("calib_images", "eval_images"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}.")
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}.")
     drop = args.max_miou_drop
     if drop is not None and not -1.0 <= drop <= 1.0:  # `not` also refuses NaN
-        raise ValueError(
+        raise UsageError(
             f"--max-miou-drop must be an mIoU difference between -1 and 1, got {drop} "
             "(e.g. 0.01: one point)."
         )
     eval_data = args.eval_data or args.calib_data
     if (eval_data, args.eval_split) == (args.calib_data, args.calib_split):
-        raise ValueError(
+        raise UsageError(
             f"The gate would evaluate on the calibration images ({args.calib_data} split "
             f"{args.calib_split!r}); expected unseen images. Choose another --eval-split or "
             "--calib-split."
@@ -100,14 +102,14 @@ def open_split(spec: str, split: str, flag: str, checkpoint: str) -> Any:
     try:
         kind, root = parse_data_spec(spec)
     except ValueError as err:
-        raise ValueError(str(err).replace("--data", flag, 1)) from None
+        raise UsageError(str(err).replace("--data", flag, 1)) from None
     data = run_config(checkpoint).get("data") or {}
     options = dict(data.get("options") or {}) if data.get("dataset") == kind else {}
     if options:
         logger.info("%s: the run's data.options %s", flag, options)
     dataset = build_dataset(kind, root, split=split, **options)
     if len(dataset) == 0:
-        raise ValueError(f"{flag} {spec} split {split!r} has no images.")
+        raise UsageError(f"{flag} {spec} split {split!r} has no images.")
     return dataset
 
 

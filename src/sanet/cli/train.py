@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sanet.cli.common import add_overrides
+from sanet.errors import OutputExistsError
 from sanet.rundir import RunDir
 
 # what a run writes into its --out (for the message refusing a folder that holds other files)
@@ -39,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     if not args.resume and RunDir(out).has_checkpoint():
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} already holds a run (checkpoints/last.pt). Pass --resume to continue it, "
             "or --out NEW_DIR to start another; nothing was overwritten."
         )

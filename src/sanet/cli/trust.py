@@ -24,6 +24,7 @@ from sanet.cli.common import (
     refuse_existing,
 )
 from sanet.cli.eval import expand_inputs
+from sanet.errors import UsageError
 
 #: What a stored calibration keeps (the bulky tables stay in calibration.json).
 STORED_KEYS = (
@@ -102,9 +103,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from sanet._files import atomic_write_text, ensure_writable_dir
     from sanet.cli.common import progress
-    from sanet.trust.calibration import check_risk_alpha, fit_calibration, fit_subset
     from sanet.inference.confidence import pretrained_folder, store_calibration
     from sanet.models.registry import load_model
+    from sanet.trust.calibration import check_risk_alpha, fit_calibration, fit_subset
     from sanet.trust.plots import plot_reliability
 
     folder = pretrained_folder(args.checkpoint)
@@ -114,7 +115,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data, args.split)
     n = len(dataset) if args.limit is None else min(max(args.limit, 0), len(dataset))
     if n == 0:
-        raise ValueError(f"{args.data} split {args.split!r} has no images to calibrate on.")
+        raise UsageError(f"{args.data} split {args.split!r} has no images to calibrate on.")
     if args.risk is not None:
         check_risk_alpha(args.risk, n)
     out = args.out or folder.parent / "calibration"
@@ -176,25 +177,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from sanet.trust.audit import AuditSettings, sort_report
 
     if (args.checkpoint is None) == (args.recipe is None):
-        raise ValueError(
+        raise UsageError(
             "audit-labels needs either --checkpoint CKPT (score with a trained model) or a "
             "RECIPE with --folds K (train K models, score out of fold), not both or neither."
         )
     if args.recipe is not None and args.folds is None:
-        raise ValueError(f"A recipe ({args.recipe}) needs --folds K (e.g. --folds 5).")
+        raise UsageError(f"A recipe ({args.recipe}) needs --folds K (e.g. --folds 5).")
     if args.checkpoint is not None and (args.folds is not None or args.overrides):
-        raise ValueError("--folds and --set go with a RECIPE; with --checkpoint drop them.")
+        raise UsageError("--folds and --set go with a RECIPE; with --checkpoint drop them.")
     protocol_flags = ("ms_flip", "single_scale", "scales", "flip", "base_size", "crop_size")
     given = [
         f for f in (*protocol_flags, "stride", "device") if getattr(args, f) not in (None, False)
     ]
     if args.recipe is not None and given:
-        raise ValueError(
+        raise UsageError(
             f"--{given[0].replace('_', '-')} goes with --checkpoint; the fold models are scored "
             "with the recipe's validation protocol on its train.device (set them with --set)."
         )
     if args.top < 0:
-        raise ValueError(f"--top must be 0 or more, got {args.top}.")
+        raise UsageError(f"--top must be 0 or more, got {args.top}.")
     settings = AuditSettings(args.confidence, args.min_region)
     ensure_writable_dir(args.out, "--out")
     outputs = [args.out / "label_audit.json", args.out / "suspects.png"]
@@ -220,16 +221,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _audit_checkpoint(args: argparse.Namespace, settings: Any) -> tuple:
     from sanet.cli.common import progress
-    from sanet.trust.audit import audit_split
     from sanet.inference.confidence import read_calibration
     from sanet.inference.predictor import open_model
+    from sanet.trust.audit import audit_split
 
     protocol = protocol_from_args(args)
     device = device_name(args.device)
     split = args.split or "val"
     dataset = open_dataset(args.data, split)
     if len(dataset) == 0:
-        raise ValueError(f"{args.data} split {split!r} has no images to audit.")
+        raise UsageError(f"{args.data} split {split!r} has no images to audit.")
     model, meta = open_model(args.checkpoint, device)
     check_classes(model, dataset, args.checkpoint)
     calibration = read_calibration(meta)
@@ -327,12 +328,12 @@ def cmd_rank(args: argparse.Namespace) -> int:
     import csv
     import io
 
-    from sanet.errors import DataError
     from sanet._files import atomic_write_text, ensure_writable_file
     from sanet.cli.common import progress
     from sanet.cli.eval import report_failed
-    from sanet.trust.audit import rank_scores
+    from sanet.errors import DataError
     from sanet.inference.predictor import Predictor, load_rgb
+    from sanet.trust.audit import rank_scores
 
     protocol = protocol_from_args(args)
     device = device_name(args.device)

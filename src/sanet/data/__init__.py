@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from sanet.errors import suggest
 from sanet.conventions import IGNORE_INDEX
 from sanet.data.datasets import SegmentationDataset, Transforms
 from sanet.data.io import DataError, load_image, load_mask
@@ -34,6 +33,7 @@ from sanet.data.transforms import (
     eval_transforms,
     train_transforms,
 )
+from sanet.errors import UsageError, suggest
 
 _BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "voc": build_voc,
@@ -81,21 +81,21 @@ def build_dataset(
         A dataset with ``num_classes``, ``class_names``, ``palette`` and ``files(i)``.
     """
     if kind not in DATASET_KINDS:
-        raise ValueError(
+        raise UsageError(
             f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}."
             + suggest(kind, DATASET_KINDS)
         )
     allowed = _COMMON_OPTIONS + _KIND_OPTIONS.get(kind, ())
     for key in kwargs:
         if key not in allowed:
-            raise ValueError(
+            raise UsageError(
                 f"{kind}: unknown dataset option {key!r}; expected one of {', '.join(allowed)}."
                 + suggest(key, allowed)
             )
     if kind == "synthetic":
         return SyntheticDataset(split, transforms=transforms, **kwargs)  # type: ignore[arg-type]
     if root is None:
-        raise ValueError(f"{kind}: a dataset root folder is required (only synthetic has none)")
+        raise UsageError(f"{kind}: a dataset root folder is required (only synthetic has none)")
     return _BUILDERS[kind](root, split, transforms=transforms, **kwargs)
 
 
@@ -103,12 +103,12 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
     """``"KIND:PATH"`` -> (kind, path); ``"synthetic"`` needs no path."""
     kind, _, path = spec.partition(":")
     if kind not in DATASET_KINDS:
-        raise ValueError(
+        raise UsageError(
             f"--data {spec!r}: unknown kind {kind!r}; expected KIND:PATH with KIND one of "
             f"{', '.join(DATASET_KINDS)}." + suggest(kind, DATASET_KINDS)
         )
     if kind != "synthetic" and not path:
-        raise ValueError(f"--data {spec!r}: expected KIND:PATH, e.g. {kind}:data/{kind}")
+        raise UsageError(f"--data {spec!r}: expected KIND:PATH, e.g. {kind}:data/{kind}")
     return kind, (path or None)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from sanet.conventions import IGNORE_INDEX
 from sanet.data.datasets import SegmentationDataset
 from sanet.data.io import DataError
+from sanet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def check_training_labels(ds: SegmentationDataset, sample: int = TRAINING_SAMPLE
         )
     errors = [message for kind, message in found if kind in ERROR_KINDS]
     if errors:
-        raise ValueError(" ".join(errors))
+        raise UsageError(" ".join(errors))
     return [message for _, message in found]
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from sanet.conventions import IGNORE_INDEX
+from sanet.errors import UsageError
 
 
 def _names(text: str) -> list[str]:
@@ -133,19 +134,19 @@ def remapped_lut(num_classes: int, remap: Mapping[int, int], where: str) -> np.n
     """
     lut = identity_lut(num_classes)
     if not isinstance(remap, Mapping):
-        raise ValueError(
+        raise UsageError(
             f"{where}: label_map must map raw mask values to class ids, e.g. {{255: 1}}; got "
             f"{remap!r}."
         )
     for raw, target in remap.items():
         raw_v, target_v = _label_value(raw), _label_value(target)
         if raw_v is None or not 0 <= raw_v <= 255:
-            raise ValueError(
+            raise UsageError(
                 f"{where}: label_map key {raw!r} is not a mask value 0..255; e.g. {{255: 1}} "
                 "reads 255 as class 1."
             )
         if target_v is None or not (0 <= target_v < num_classes or target_v == IGNORE_INDEX):
-            raise ValueError(
+            raise UsageError(
                 f"{where}: label_map sends {raw_v} to {target!r}, which is neither a class id "
                 f"0..{num_classes - 1} (the lines of classes.txt) nor {IGNORE_INDEX} (ignore)."
             )

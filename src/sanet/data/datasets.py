@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from sanet.data import classes as C
 from sanet.data.io import DEFAULT_MAX_PIXELS, DataError, load_image, load_mask
+from sanet.errors import NotFoundError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class SegmentationDataset(Dataset):
         self.num_classes = len(self.class_names)
         self.palette = list(palette) if palette is not None else C.voc_palette(self.num_classes)
         if len(self.palette) != self.num_classes:
-            raise ValueError(
+            raise UsageError(
                 f"{name}: palette has {len(self.palette)} colours for {self.num_classes} classes"
             )
         self.label_map = C.identity_lut(self.num_classes) if label_map is None else label_map
@@ -168,7 +169,7 @@ def _check_files_exist(pairs: list[tuple[str, str]], name: str) -> None:
     missing = [p for pair in pairs for p in pair if not os.path.exists(p)]
     if missing:
         kind = name.partition(":")[0]
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{name}: {len(missing)} of {2 * len(pairs)} files are missing (e.g. "
             f"{', '.join(missing[:3])}). Fix: complete the download or re-run `sanet prepare`; "
             f"`sanet check-data --data {kind}:ROOT` lists every missing file."

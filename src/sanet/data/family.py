@@ -42,6 +42,7 @@ from sanet.data.family_pool import (
     inside,
 )
 from sanet.data.glyphs import object_frame, value_noise
+from sanet.errors import UsageError
 
 _FAMILY_KEY = 0x5A3E7  # keeps member draws apart from every other use of the same seed
 
@@ -128,7 +129,7 @@ class FamilyMember:
 def draw_member(seed: int) -> FamilyMember:
     """The family member of ``seed`` (any integer ≥ 0; the same seed, the same member)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(
+        raise UsageError(
             f"synthetic: family must be an integer >= 0 (the member's seed), got {seed!r}"
         )
     rng = np.random.default_rng([_FAMILY_KEY, int(seed)])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from sanet.data.glyphs import value_noise
+from sanet.errors import UsageError
 
 SHAPES = (
     "disc",
@@ -85,7 +86,7 @@ def inside(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if name == "blob":  # a radius that wobbles with the angle
         theta = np.arctan2(b, a)
         return np.sqrt(d2) < 0.8 + 0.15 * np.sin(3 * theta) + 0.1 * np.cos(5 * theta)
-    raise ValueError(f"family: unknown shape {name!r}; expected one of {', '.join(SHAPES)}")
+    raise UsageError(f"family: unknown shape {name!r}; expected one of {', '.join(SHAPES)}")
 
 
 def grey(name: str, u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Generator):
@@ -123,4 +124,4 @@ def grey(name: str, u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Gener
         return (np.sin(k * (u + v) / 1.414) > 0.3).astype(np.float32)
     if name == "blotch":
         return value_noise(h, w, max(2, int(max(h, w) / (2 * p))), rng)
-    raise ValueError(f"family: unknown texture {name!r}; expected one of {', '.join(TEXTURES)}")
+    raise UsageError(f"family: unknown texture {name!r}; expected one of {', '.join(TEXTURES)}")

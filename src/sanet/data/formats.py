@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sanet.errors import DataError
 from sanet._files import atomic_save_bytes
+from sanet.errors import DataError, UsageError
 
 
 def _ints(text: str) -> list[int]:
@@ -64,13 +64,13 @@ def read_context59_list(path: str | os.PathLike) -> tuple[list[int], list[str]]:
             continue
         key, sep, name = ln.partition(":")
         if not sep or not key.strip().isdigit():
-            raise ValueError(
+            raise UsageError(
                 f"{path}: line {ln!r} is not '<id>: <name>'. Fix: pass the official 59_labels.txt"
             )
         ids.append(int(key))
         names.append(name.strip())
     if len(ids) != 59:
-        raise ValueError(f"{path}: expected 59 classes, found {len(ids)}")
+        raise UsageError(f"{path}: expected 59 classes, found {len(ids)}")
     order = np.argsort(ids, kind="stable")  # the PNG labels follow the 459-class id order
     return [ids[i] for i in order], [names[i] for i in order]
 

@@ -26,8 +26,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sanet.errors import DataError
 from sanet.data.formats import read_sbd_mat
+from sanet.errors import DataError, NotFoundError
 
 # Pillow's own limit (it warns above this and refuses above twice this).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -52,7 +52,7 @@ def _open(source: ImageSource, max_pixels: int, what: str) -> Image.Image:
     """Open lazily (header only) and refuse absurd sizes before decoding any pixel."""
     path = _name(source)
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{path}: {what} file not found. Fix: check the dataset root and layout "
             "(docs/datasets.md) or run `sanet check-data`."
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 from sanet.data import classes as C
 from sanet.data.datasets import SegmentationDataset
 from sanet.data.splits import read_split_list, train_aug_ids
+from sanet.errors import NotFoundError, UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -26,7 +27,7 @@ def find_root(root: str | os.PathLike, subdirs: Sequence[str], marker: str, kind
         if (cand / marker).exists():
             return cand
     tried = ", ".join(str(root / s) if s else str(root) for s in subdirs)
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"{kind}: no {marker!r} found under {tried}. Fix: point the root at the folder that "
         f"holds {marker!r} (layouts in docs/datasets.md)."
     )
@@ -101,7 +102,7 @@ def _voc_aug_from_sbd(root: Path, split: str) -> list[tuple[str, str]]:
     voc = next((root / d for d in _VOC_DIRS if (root / d / "SegmentationClass").is_dir()), None)
     sbd = next((root / d for d in _SBD_DIRS if (root / d / "cls").is_dir()), None)
     if voc is None or sbd is None:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"voc-aug: no SegmentationClassAug under {root}, and no VOC2012 + SBD pair to read "
             f"the .mat files from. Fix: {fix}."
         )
@@ -117,7 +118,7 @@ def _voc_aug_from_sbd(root: Path, split: str) -> list[tuple[str, str]]:
     elif split == "val":
         stems = voc_val
     else:
-        raise ValueError(f"voc-aug: split {split!r} needs prepared lists; use train or val")
+        raise UsageError(f"voc-aug: split {split!r} needs prepared lists; use train or val")
     pairs = []
     for s in stems:
         png = voc / "SegmentationClass" / f"{s}.png"
@@ -163,7 +164,7 @@ def build_ade20k(root: str | os.PathLike, split: str = "train", **kw) -> Segment
     sub = {"train": "training", "val": "validation"}.get(split, split)
     mask_dir = base / "annotations" / sub
     if not mask_dir.is_dir():
-        raise FileNotFoundError(f"ade20k: {mask_dir} not found. Fix: use split train or val.")
+        raise NotFoundError(f"ade20k: {mask_dir} not found. Fix: use split train or val.")
     pairs = []
     for mask in sorted(mask_dir.glob("*.png")):
         pairs.append((str(base / "images" / sub / f"{mask.stem}.jpg"), str(mask)))
@@ -185,7 +186,7 @@ def build_cityscapes(root: str | os.PathLike, split: str = "train", **kw) -> Seg
     base = find_root(root, ["", "cityscapes"], "gtFine", "cityscapes")
     image_dir = base / "leftImg8bit" / split
     if not image_dir.is_dir():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"cityscapes: {image_dir} not found. Fix: use split train, val or test and unpack "
             "leftImg8bit_trainvaltest.zip next to gtFine."
         )
@@ -217,7 +218,7 @@ def read_classes_txt(path: Path) -> tuple[list[str], list[tuple[int, int, int]] 
         else:
             names.append(ln.strip())
     if colours and len(colours) != len(names):
-        raise ValueError(f"{path}: give a colour for every class or for none")
+        raise UsageError(f"{path}: give a colour for every class or for none")
     return names, (colours or None)  # type: ignore[return-value]
 
 
@@ -236,20 +237,20 @@ def build_folder(
     base = Path(root).expanduser()
     classes_txt = base / "classes.txt"
     if not classes_txt.exists():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"folder: {classes_txt} not found. Fix: write one class name per line (line k = "
             "mask value k); see docs/datasets.md."
         )
     names, colours = read_classes_txt(classes_txt)
     image_dir, mask_dir = base / "images" / split, base / "masks" / split
     if not image_dir.is_dir() or not mask_dir.is_dir():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"folder: expected {image_dir} and {mask_dir}. Fix: use the layout "
             "images/<split>/ + masks/<split>/ with the same file stems."
         )
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
-        raise FileNotFoundError(f"folder: no images in {image_dir}")
+        raise NotFoundError(f"folder: no images in {image_dir}")
     pairs = [(str(p), str(mask_dir / f"{p.stem}.png")) for p in images]
     lut = None if label_map is None else C.remapped_lut(len(names), label_map, f"folder {base}")
     return SegmentationDataset(

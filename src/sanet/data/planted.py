@@ -24,6 +24,7 @@ from sanet._files import atomic_write_text
 from sanet.conventions import IGNORE_INDEX
 from sanet.data.formats import save_image, save_index_png
 from sanet.data.synthetic import get_generator, scene_rng
+from sanet.errors import UsageError
 
 PLANTED_KINDS = ("unlabelled object", "wrong class", "labelled where nothing is")
 MIN_OBJECT = 0.02  # least share of the image an object must cover to be mislabelled
@@ -40,7 +41,7 @@ def plant_error(
     from scipy import ndimage
 
     if kind not in PLANTED_KINDS:
-        raise ValueError(f"Unknown planted error {kind!r}; expected one of {PLANTED_KINDS}.")
+        raise UsageError(f"Unknown planted error {kind!r}; expected one of {PLANTED_KINDS}.")
     out = mask.copy()
     objects = [c for c in range(num_classes) if c != background]
     if kind == PLANTED_KINDS[2]:
@@ -90,7 +91,7 @@ def write_planted_folder(
     errors planted in ``round(share · num_images)`` masks (kinds in turn), and
     ``out/planted.json`` = ``{"images": [{"image": path, "kind": ...}], ...}``."""
     if not 0 < share < 1:
-        raise ValueError(f"share must lie between 0 and 1, got {share}.")
+        raise UsageError(f"share must lie between 0 and 1, got {share}.")
     gen = get_generator(generator)
     out = Path(out)
     image_dir, mask_dir = out / "images" / split, out / "masks" / split

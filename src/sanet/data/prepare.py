@@ -40,6 +40,7 @@ from sanet.data.formats import (
 from sanet.data.io import load_mask
 from sanet.data.splits import read_split_list, train_aug_ids
 from sanet.data.synthetic import get_generator, scene_rng
+from sanet.errors import NotFoundError, OutputExistsError, UsageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,7 +90,7 @@ def verify_archive(path: Path, skip_checksum: bool = False) -> None:
         "if you trust this copy."
     )
     if strict:
-        raise ValueError(msg)
+        raise UsageError(msg)
     log.warning(msg)
 
 
@@ -97,11 +98,11 @@ def open_source(path: str | os.PathLike, workdir: Path, skip_checksum: bool = Fa
     """A folder as is, or an archive verified and unpacked into ``workdir/<archive name>``."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found. Fix: give the download's folder or archive.")
+        raise NotFoundError(f"{path} not found. Fix: give the download's folder or archive.")
     if path.is_dir():
         return path
     if not tarfile.is_tarfile(path):
-        raise ValueError(f"{path}: expected a folder or a .tar/.tgz archive, found another file")
+        raise UsageError(f"{path}: expected a folder or a .tar/.tgz archive, found another file")
     verify_archive(path, skip_checksum)
     dest = workdir / (path.name.split(".")[0] + "_extracted")
     if not (dest / ".complete").exists():
@@ -127,7 +128,7 @@ def find_dir(base: Path, candidates: Sequence[str], marker: str, what: str) -> P
         for root in (base / c, *(p / c for p in sorted(base.glob("*")) if p.is_dir())):
             if (root / marker).exists():
                 return root
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"{what}: no {marker!r} under {base} (looked in {', '.join(candidates)}). Fix: give the "
         "folder of the official release (docs/datasets.md)."
     )
@@ -192,7 +193,7 @@ def prepare_voc_aug(
     train = train_aug_ids(sbd_train, sbd_val, voc_train, voc_val)
     missing = [s for s in train + voc_val if not (voc_dir / "JPEGImages" / f"{s}.jpg").exists()]
     if missing:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{len(missing)} images of the list are not in {voc_dir / 'JPEGImages'} (e.g. "
             f"{missing[0]}.jpg). Fix: use the full VOC2012 trainval release."
         )
@@ -246,7 +247,7 @@ def prepare_pascal_context(
         ctx_dir = ctx_dir / "trainval"
         mats = sorted(ctx_dir.glob("*.mat"))
     if not mats:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"no .mat label maps in {ctx_dir}. Fix: give the folder 'trainval' of the official "
             "trainval.tar.gz (or the archive itself)."
         )
@@ -318,13 +319,13 @@ def prepare_synthetic(
         generator = "family"  # --family N alone means "member N of the family"
     gen = get_generator(generator, family)
     if image_format not in ("png", "jpg"):
-        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+        raise UsageError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     track = track or _no_track
     out = Path(out).expanduser()
     lines = [f"{n} {r} {g} {b}" for n, (r, g, b) in zip(gen.class_names, gen.palette, strict=True)]
     stale = [d for d in (out / "images", out / "masks") if d.is_dir() and any(d.rglob("*.*"))]
     if stale:  # old scenes left beside new ones would silently join the dataset
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{str(out)!r} already holds images or masks ({stale[0]}). Choose an empty --out, "
             "or delete that folder first; nothing was written."
         )

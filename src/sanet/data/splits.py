@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from sanet.errors import NotFoundError, UsageError
+
 
 def read_split_list(path: Path, kind: str, fix: str) -> list[str]:
     """Stems listed one per line (blank lines and extra columns ignored)."""
     if not path.exists():
-        raise FileNotFoundError(f"{kind}: split list {path} not found. Fix: {fix}")
+        raise NotFoundError(f"{kind}: split list {path} not found. Fix: {fix}")
     ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
     if not ids:
-        raise ValueError(f"{kind}: split list {path} is empty. Fix: {fix}")
+        raise UsageError(f"{kind}: split list {path} is empty. Fix: {fix}")
     return ids
 
 
@@ -32,9 +34,9 @@ def kfold_indices(n: int, folds: int, fold: int, seed: int = 0) -> tuple[list[in
     import numpy as np
 
     if folds < 2 or not 0 <= fold < folds:
-        raise ValueError(f"Need folds ≥ 2 and 0 ≤ fold < folds, got folds={folds}, fold={fold}.")
+        raise UsageError(f"Need folds ≥ 2 and 0 ≤ fold < folds, got folds={folds}, fold={fold}.")
     if n < folds:
-        raise ValueError(f"{n} images cannot be split into {folds} folds; use fewer folds.")
+        raise UsageError(f"{n} images cannot be split into {folds} folds; use fewer folds.")
     order = np.random.default_rng(seed).permutation(n)
     held = sorted(int(i) for i in order[fold::folds])
     taken = set(held)

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sanet.errors import suggest
 from sanet.data.classes import ignore_borders, voc_palette
 from sanet.data.datasets import SegmentationDataset, Transforms
 from sanet.data.family import draw_member
 from sanet.data.glyphs import GLYPH_CLASSES, GLYPH_PALETTE, make_glyph_scene
+from sanet.errors import UsageError, suggest
 
 SYNTHETIC_CLASSES = [
     "background",
@@ -212,20 +212,20 @@ def get_generator(name: str, family: int | None = None) -> SceneGenerator:
     """The generator called ``name``: ``"scenes"``, ``"glyphs"``, or ``"family"`` with the
     member's seed ``family`` (:func:`sanet.data.family.draw_member`)."""
     if name not in GENERATOR_NAMES:
-        raise ValueError(
+        raise UsageError(
             f"synthetic: unknown generator {name!r}; expected one of "
             f"{', '.join(GENERATOR_NAMES)}." + suggest(name, GENERATOR_NAMES)
         )
     if name == "family":
         if family is None:
-            raise ValueError(
+            raise UsageError(
                 "synthetic: generator 'family' needs the member's seed: family=N (an integer "
                 ">= 0), e.g. data.options={generator: family, family: 3}"
             )
         member = draw_member(family)
         return SceneGenerator(f"family:{family}", member.class_names, member.palette, member.make)
     if family is not None:
-        raise ValueError(
+        raise UsageError(
             f"synthetic: family={family!r} applies to generator 'family' only, not {name!r}; "
             "add generator: family, or drop the family option."
         )
@@ -262,14 +262,14 @@ class SyntheticDataset(SegmentationDataset):
         if num_images is None:
             num_images = 512 if split == "train" else 64
         if num_images < 0:
-            raise ValueError(f"synthetic: num_images must be >= 0, got {num_images}")
+            raise UsageError(f"synthetic: num_images must be >= 0, got {num_images}")
         if isinstance(size, (list, tuple)):  # YAML gives lists
             if len(size) != 2:
-                raise ValueError(f"synthetic: size must be an int or (H, W), got {size}")
+                raise UsageError(f"synthetic: size must be an int or (H, W), got {size}")
             size = (int(size[0]), int(size[1]))
         side = min(size) if isinstance(size, tuple) else int(size)
         if side < 16:
-            raise ValueError(f"synthetic: size must be at least 16 pixels, got {size}")
+            raise UsageError(f"synthetic: size must be at least 16 pixels, got {size}")
         self.generator = get_generator(generator, family)
         self.size, self.seed, self.split = size, int(seed), split
         names = [

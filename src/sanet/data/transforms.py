@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from sanet.conventions import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from sanet.errors import UsageError
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -29,7 +30,7 @@ def _as_pair(image: torch.Tensor, mask: torch.Tensor) -> Pair:
     if not isinstance(mask, tv_tensors.Mask):
         if mask.dtype != torch.uint8:
             if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) > 255):
-                raise ValueError(
+                raise UsageError(
                     f"mask values must be class ids 0..254 or 255 (ignore); found "
                     f"{int(mask.min())}..{int(mask.max())}. Fix: map labels before transforms."
                 )
@@ -154,7 +155,7 @@ class RandomCrop:
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
         h, w = image.shape[-2:]
         if h < self.size or w < self.size:
-            raise ValueError(
+            raise UsageError(
                 f"RandomCrop({self.size}) got a {h}×{w} image: pad it to at least "
                 f"{self.size}×{self.size} first (PadToSize({self.size}), as train_transforms does)."
             )

@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sanet.errors import NotFoundError, UsageError
+from sanet.experiments.measure import count_flops, interleaved, profile_calls, warm_up
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask
 from sanet.losses import SANetLoss
@@ -45,7 +47,6 @@ from sanet.models.registry import build_model, list_models
 from sanet.models.resize import resize_bilinear
 from sanet.models.segmentation import MIN_SIZE
 from sanet.training.engine import autocast, train_step
-from sanet.experiments.measure import count_flops, interleaved, profile_calls, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +110,10 @@ class BenchSettings:
             value = getattr(self, name)
             if value < low:
                 flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be ≥ {low} ({what}), got {value}.")
+                raise UsageError(f"{flag} must be ≥ {low} ({what}), got {value}.")
         if min(self.image) < 1:
             h, w = self.image
-            raise ValueError(f"--image must be WxH with sides ≥ 1, got {w}x{h}.")
+            raise UsageError(f"--image must be WxH with sides ≥ 1, got {w}x{h}.")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "image": list(self.image)}
@@ -124,12 +125,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if kind == "onnx":
         return kind, check_onnx_path(spec, name)
     if not sep or not name or (kind != "tv" and kind not in list_models()):
-        raise ValueError(
+        raise UsageError(
             f"Model {spec!r} is not KIND:BACKBONE or tv:NAME; e.g. sanet:resnet50s, "
             f"fcn:resnet101s, tv:fcn_resnet101 (KIND is one of {list_models()} or tv)."
         )
     if kind == "tv" and name not in TORCHVISION:
-        raise ValueError(f"tv:{name} is not one of the torchvision peers {list(TORCHVISION)}.")
+        raise UsageError(f"tv:{name} is not one of the torchvision peers {list(TORCHVISION)}.")
     return kind, name
 
 
@@ -138,9 +139,9 @@ def check_onnx_path(spec: str, path: str) -> str:
     from pathlib import Path
 
     if not path.lower().endswith(".onnx"):
-        raise ValueError(f"{spec!r}: expected onnx:PATH to an .onnx file, e.g. onnx:model.onnx.")
+        raise UsageError(f"{spec!r}: expected onnx:PATH to an .onnx file, e.g. onnx:model.onnx.")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{spec!r}: {path!r} does not exist; export it with sanet export.")
+        raise NotFoundError(f"{spec!r}: {path!r} does not exist; export it with sanet export.")
     return path
 
 
@@ -148,7 +149,7 @@ def apply_threads(settings: BenchSettings) -> None:
     """Give torch ``settings.threads`` (onnxruntime peers get them when built)."""
     if settings.threads is not None:
         if settings.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {settings.threads}.")
+            raise UsageError(f"--threads must be at least 1, got {settings.threads}.")
         torch.set_num_threads(settings.threads)
 
 
@@ -309,12 +310,12 @@ def run_bench(
     modes = list(modes)
     for mode in modes:
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+            raise UsageError(f"mode must be one of {MODES}, got {mode!r}.")
     for spec in specs:
         parse_spec(spec)  # every spec checked before the first (long) build
     onnx = [s for s in specs if s.startswith("onnx:")]
     if onnx and "train" in modes:
-        raise ValueError(
+        raise UsageError(
             f"{onnx[0]} is an exported file: it can be timed in --mode infer or eval, not train "
             "(--mode both includes train). Add --mode infer."
         )

@@ -29,7 +29,6 @@ from typing import Any
 
 import yaml
 
-from sanet.errors import suggest
 from sanet._files import (
     atomic_write_text,
     ensure_writable_dir,
@@ -37,6 +36,7 @@ from sanet._files import (
     refuse_foreign_files,
 )
 from sanet.config import Config, load_config
+from sanet.errors import ComparisonInterrupted, UsageError, suggest
 from sanet.models.card import write_model_card
 from sanet.models.registry import list_models
 from sanet.models.segmentation import CONFIG_NAME, read_pretrained_config
@@ -83,7 +83,7 @@ def read_result(run: RunDir, model: str, seed: int, seconds: float) -> RunResult
     records = [json.loads(line) for line in run.metrics_log.read_text().splitlines() if line]
     val = [r for r in records if r.get("kind") == "val"]
     if not val:
-        raise ValueError(f"{run.metrics_log}: no validation record; the run did not finish.")
+        raise UsageError(f"{run.metrics_log}: no validation record; the run did not finish.")
     final = val[-1]
     return RunResult(
         model=model,
@@ -97,15 +97,6 @@ def read_result(run: RunDir, model: str, seed: int, seconds: float) -> RunResult
         seconds=round(seconds, 1),
         curve=[(r["step"], r["mIoU"]) for r in val],
     )
-
-
-class ComparisonInterrupted(RuntimeError):
-    """A signal stopped ``sanet compare``: every finished run is kept, the run in progress saved
-    its ``last.pt``, and re-running the same command resumes. ``signal`` is its name."""
-
-    def __init__(self, message: str, signal: str) -> None:
-        super().__init__(message)
-        self.signal = signal
 
 
 def ensure_run(
@@ -154,7 +145,7 @@ def _check_same_config(cfg: Config, run: RunDir) -> None:
         if saved.get(sec, {}).get(key) != value
     ]
     if changed:
-        raise ValueError(
+        raise UsageError(
             f"{run.root} was trained with a different config ({', '.join(changed)}). Compare "
             "into a new --out directory, or delete that run directory to retrain it."
         )
@@ -291,14 +282,14 @@ def compare(
         ``runs`` (one :class:`RunResult` each) and the :func:`summarize` numbers.
     """
     if not models or len(set(models)) != len(models):
-        raise ValueError(f"--models must name one or more distinct models, got {list(models)}.")
+        raise UsageError(f"--models must name one or more distinct models, got {list(models)}.")
     for model in models:
         if model not in list_models():
-            raise ValueError(
+            raise UsageError(
                 f"Unknown model {model!r}; choose from {list_models()}.{suggest(model, list_models())}"
             )
     if not seeds:
-        raise ValueError("compare needs at least one seed.")
+        raise UsageError("compare needs at least one seed.")
     out = Path(out)
     ensure_writable_dir(out, "--out")
     writes = "runs/, compare.json and compare.png"

@@ -20,12 +20,13 @@ from sanet.config import Config, load_config
 from sanet.data import build_dataset, parse_data_spec
 from sanet.data.splits import kfold_indices
 from sanet.devices import resolve_device
-from sanet.trust.audit import AuditSettings, Suspect, audit_split
+from sanet.errors import UsageError
+from sanet.experiments.compare import ensure_run
 from sanet.models.registry import load_model
 from sanet.rundir import RunDir
-from sanet.experiments.compare import ensure_run
 from sanet.training.runlog import TrainerCallbacks
 from sanet.training.trainer import validation_protocol
+from sanet.trust.audit import AuditSettings, Suspect, audit_split
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def kfold_audit(
         and the audited dataset (``entries[i]["index"]`` indexes it).
     """
     if folds < 2:
-        raise ValueError(f"--folds must be at least 2, got {folds}.")
+        raise UsageError(f"--folds must be at least 2, got {folds}.")
     out = Path(out)
     configs = [fold_config(recipe, folds, f, data, split, overrides) for f in range(folds)]
     d = configs[0].data

@@ -31,6 +31,7 @@ from torch import nn
 from sanet import __version__
 from sanet._files import atomic_save_bytes
 from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
+from sanet.errors import ExportCheckError, UsageError
 from sanet.exporting.outputs import add_outputs, check_outputs
 from sanet.inference.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from sanet.inference.protocol import EvalProtocol
@@ -59,10 +60,6 @@ class ParityTolerance:
     argmax: float = 0.999
 
 
-class ExportCheckError(ValueError):
-    """onnxruntime's outputs differ from PyTorch's beyond the tolerance."""
-
-
 def max_opset() -> int:
     """The newest opset the installed ``onnx`` package knows (28 for onnx 1.23)."""
     import onnx
@@ -81,16 +78,16 @@ def check_export_options(
     """
     out = Path(out)
     if out.suffix.lower() != ".onnx":
-        raise ValueError(f"--out must name an .onnx file, got {str(out)!r}; e.g. --out model.onnx")
+        raise UsageError(f"--out must name an .onnx file, got {str(out)!r}; e.g. --out model.onnx")
     if size < MIN_SIZE:
-        raise ValueError(
+        raise UsageError(
             f"--size {size} is below {MIN_SIZE}, the smallest image side sanet's models take "
             f"(the graph declares H, W ≥ {MIN_SIZE} and is traced at --size). Fix: "
             f"--size {MIN_SIZE} or more (default: the run's data.crop_size)."
         )
     top = max_opset()
     if not MIN_OPSET <= opset <= top:
-        raise ValueError(
+        raise UsageError(
             f"--opset {opset} is outside {MIN_OPSET}..{top}: PyTorch's exporter writes opset "
             f"{MIN_OPSET} and newer, up to the newest the installed onnx knows; another would "
             f"be left at {MIN_OPSET} in the file. Fix: --opset {MIN_OPSET}..{top} (default "
@@ -98,12 +95,12 @@ def check_export_options(
         )
     for name, value in (("--atol", tolerance.atol), ("--rtol", tolerance.rtol)):
         if not value >= 0:  # `not ≥` also refuses NaN
-            raise ValueError(
+            raise UsageError(
                 f"{name} must be ≥ 0 (a tolerance on |Δ logits|), got {value}. Fix: e.g. "
                 f"{name} 1e-4 (the default), or --no-check to skip the check."
             )
     if not 0 <= tolerance.argmax <= 1:
-        raise ValueError(f"the argmax agreement must lie in 0..1, got {tolerance.argmax}.")
+        raise UsageError(f"the argmax agreement must lie in 0..1, got {tolerance.argmax}.")
 
 
 def file_opset(proto: Any) -> int:
@@ -287,7 +284,7 @@ def export_onnx(
     proto = to_onnx_proto(model, example_size, opset)
     written = file_opset(proto)
     if written != opset:  # the exporter's version conversion failed and kept its own opset
-        raise ValueError(
+        raise UsageError(
             f"The exporter wrote opset {written}, not the {opset} asked for; nothing was "
             f"written. Fix: --opset {written}."
         )

@@ -21,15 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from sanet.errors import OutputCheckError, UsageError
 from sanet.inference.onnx_backend import OUTPUT_NAME
 
 MASK_NAME, CONFIDENCE_NAME = "mask", "confidence"
 OUTPUTS = (OUTPUT_NAME, MASK_NAME, CONFIDENCE_NAME)
 MAX_MASK_CLASSES = 256  # class ids 0..255 fit a uint8
-
-
-class OutputCheckError(ValueError):
-    """An added output differs from its reference beyond the tolerance."""
 
 
 def parse_outputs(text: str) -> tuple[str, ...]:
@@ -38,7 +35,7 @@ def parse_outputs(text: str) -> tuple[str, ...]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in OUTPUTS]
     if not names or unknown or len(set(names)) != len(names):
-        raise ValueError(
+        raise UsageError(
             f"--outputs {text!r}: expected a comma-separated subset of {', '.join(OUTPUTS)} "
             "without repeats, e.g. --outputs logits,mask."
         )
@@ -48,18 +45,18 @@ def parse_outputs(text: str) -> tuple[str, ...]:
 def check_request(outputs: Sequence[str], num_classes: int, temperature: float | None) -> None:
     """Refuse outputs the model cannot give, before any export work."""
     if MASK_NAME in outputs and num_classes > MAX_MASK_CLASSES:
-        raise ValueError(
+        raise UsageError(
             f"--outputs mask stores class ids as uint8, but the model has {num_classes} classes "
             f"(at most {MAX_MASK_CLASSES}). Export the logits and take the arg-max yourself."
         )
     if CONFIDENCE_NAME in outputs and temperature is None:
-        raise ValueError(
+        raise UsageError(
             "--outputs confidence needs a calibrated model (a temperature in its config.json "
             "metadata['calibration']): an uncalibrated softmax is not a probability. Run `sanet "
             "calibrate` on the model first, or drop confidence from --outputs."
         )
     if temperature is not None and not temperature > 0:
-        raise ValueError(f"The model's calibration temperature must be > 0, got {temperature}.")
+        raise UsageError(f"The model's calibration temperature must be > 0, got {temperature}.")
 
 
 def add_outputs(proto: Any, outputs: Sequence[str], temperature: float | None = None) -> Any:
@@ -71,7 +68,7 @@ def add_outputs(proto: Any, outputs: Sequence[str], temperature: float | None = 
 
     graph = proto.graph
     if [o.name for o in graph.output] != [OUTPUT_NAME]:
-        raise ValueError(f"Expected a graph with one {OUTPUT_NAME!r} output, got {graph.output}.")
+        raise UsageError(f"Expected a graph with one {OUTPUT_NAME!r} output, got {graph.output}.")
     logits = graph.output[0]
     dims = [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim]
     pixel = [dims[0], *dims[2:]] if len(dims) == 4 else ["N", "H", "W"]
@@ -86,7 +83,7 @@ def add_outputs(proto: Any, outputs: Sequence[str], temperature: float | None = 
         new_outputs.append(helper.make_tensor_value_info(MASK_NAME, TensorProto.UINT8, pixel))
     if CONFIDENCE_NAME in outputs:
         if temperature is None:
-            raise ValueError("The confidence output needs the calibration temperature.")
+            raise UsageError("The confidence output needs the calibration temperature.")
         graph.initializer.extend(
             [
                 numpy_helper.from_array(np.array(temperature, np.float32), "sanet_temperature"),

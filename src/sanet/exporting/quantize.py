@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sanet.devices import cpu_features
+from sanet.errors import Int8Refused, UsageError
 from sanet.exporting.export import (
     ExportCheckError,
     ParityTolerance,
@@ -43,7 +45,6 @@ from sanet.exporting.export import (
     write_onnx,
 )
 from sanet.exporting.outputs import OUTPUTS, add_outputs, check_outputs
-from sanet.devices import cpu_features
 from sanet.inference.onnx_backend import INPUT_NAME, OnnxModel
 from sanet.inference.predictor import evaluate, image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol, predict_mask
@@ -52,10 +53,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_DROP = 0.01
 SPEED_ROUNDS = 7  # interleaved fp32/int8 calls; the median ratio is recorded
-
-
-class Int8Refused(ValueError):
-    """The int8 graph lost more mIoU than allowed; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,7 @@ def quantize_graph(fp32: bytes, inputs: Sequence[np.ndarray], scheme: QuantSchem
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not inputs:
-        raise ValueError("Static quantization needs at least one calibration image.")
+        raise UsageError("Static quantization needs at least one calibration image.")
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     with tempfile.TemporaryDirectory(prefix="sanet-int8-") as tmp, _no_preprocess_hint():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -320,7 +317,7 @@ def export_int8(
 
     out = Path(out)
     if out.suffix.lower() != ".onnx":
-        raise ValueError(f"--out must name an .onnx file, got {str(out)!r}; e.g. --out model.onnx")
+        raise UsageError(f"--out must name an .onnx file, got {str(out)!r}; e.g. --out model.onnx")
     model = model.eval()
     proto = to_onnx_proto(model, example_size, opset)
     # the metadata rides along so that the gate's OnnxModel reads a sanet file (no warning)

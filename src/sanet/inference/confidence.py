@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sanet._files import atomic_write_text
+from sanet.errors import NotFoundError, UsageError
 from sanet.inference.protocol import EvalProtocol, combine_bands, scale_probs
 from sanet.models.card import write_model_card
 from sanet.models.segmentation import CONFIG_NAME, read_pretrained_config
@@ -95,7 +96,7 @@ def read_calibration(metadata: dict[str, Any] | None) -> Calibration | None:
         return None
     temperature = record.get("temperature")
     if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(
+        raise UsageError(
             f"The model's calibration holds temperature {temperature!r}; expected a number > 0. "
             "Run `sanet calibrate` again to rewrite it."
         )
@@ -122,14 +123,14 @@ def pretrained_folder(checkpoint: str | Path) -> Path:
     if path.is_dir() and (RunDir(path).model / CONFIG_NAME).is_file():
         return RunDir(path).model
     if path.suffix.lower() in (".pt", ".onnx") and path.is_file():
-        raise ValueError(
+        raise UsageError(
             f"{str(path)!r} is a {path.suffix} file: a calibration is stored with a "
             "save_pretrained folder. Pass the run directory or its model/ folder (export the "
             "calibrated model with `sanet export` afterwards)."
         )
     if not path.exists():
-        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    raise ValueError(
+        raise NotFoundError(f"Checkpoint {str(path)!r} does not exist.")
+    raise UsageError(
         f"{str(path)!r} holds no save_pretrained model (config.json + model.safetensors): pass "
         "a run directory with a model/ folder or a save_pretrained folder."
     )

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sanet.errors import NotFoundError, UsageError
 from sanet.models.segmentation import MIN_SIZE, check_image_batch
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _session(
             "(or pip install onnxruntime)."
         ) from err
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX file {str(path)!r} does not exist.")
+        raise NotFoundError(f"ONNX file {str(path)!r} does not exist.")
     options = ort.SessionOptions()
     if not optimize:  # only the metadata is wanted: skip graph optimisation
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -85,7 +86,7 @@ def _session(
             str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
         )
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ValueError(
+        raise UsageError(
             f"onnxruntime cannot load {str(path)!r} ({type(err).__name__}: {err}). Expected an "
             "ONNX model written by `sanet export`; re-export it."
         ) from err
@@ -165,7 +166,7 @@ def _logits_output(session: Any, path: Path) -> str:
     if OUTPUT_NAME in names:
         return OUTPUT_NAME
     if {"mask", "confidence"} & set(names):  # exported with --outputs but without logits
-        raise ValueError(
+        raise UsageError(
             f"{str(path)!r} has the outputs {names} but no {OUTPUT_NAME!r}: sanet's Predictor, "
             "predict, eval and serve average probabilities over windows, scales and flips and "
             "need the logits. Re-export with --outputs logits,mask (the mask-only file is for "

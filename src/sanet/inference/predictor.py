@@ -18,6 +18,7 @@ from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import load_image
 from sanet.data.transforms import normalize_image
 from sanet.devices import resolve_device
+from sanet.errors import UsageError
 from sanet.inference.confidence import (
     Calibration,
     arg_max,
@@ -66,16 +67,16 @@ def image_to_tensor(image: Any) -> torch.Tensor:
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=-1)
         if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype != np.uint8:
-            raise ValueError(
+            raise UsageError(
                 f"Expected an (H, W, 3) uint8 image array, got shape {image.shape} dtype "
                 f"{image.dtype}. Convert with np.asarray(PIL.Image.open(p).convert('RGB'))."
             )
         return torch.from_numpy(np.array(image[..., :3], copy=True)).permute(2, 0, 1)
     if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
         if image.dtype != torch.uint8:
-            raise ValueError(f"Expected a uint8 (3, H, W) tensor, got {image.dtype}.")
+            raise UsageError(f"Expected a uint8 (3, H, W) tensor, got {image.dtype}.")
         return image
-    raise ValueError(
+    raise UsageError(
         f"Cannot read an image from {type(image).__name__}: pass a file path, a PIL image, an "
         "(H, W, 3) uint8 numpy array or a (3, H, W) uint8 tensor."
     )
@@ -249,7 +250,7 @@ class Predictor:
                 if self.calibration is None and self.metadata.get("calibration")
                 else "the model carries no risk threshold"
             )
-            raise ValueError(
+            raise UsageError(
                 f"Unsure pixels need a calibrated risk threshold, but {state}. Run `sanet "
                 "calibrate --checkpoint RUN --data KIND:ROOT --risk 0.05` first (and keep "
                 "calibrated=True)."

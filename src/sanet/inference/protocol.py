@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sanet.errors import UsageError
 from sanet.models.resize import interpolation_taps
 
 logger = logging.getLogger(__name__)
@@ -70,16 +71,16 @@ class EvalProtocol:
 
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"scales must be positive numbers, got {self.scales!r}.")
+            raise UsageError(f"scales must be positive numbers, got {self.scales!r}.")
         if self.crop_size < MIN_INPUT or not 0 < self.stride <= self.crop_size:
-            raise ValueError(
+            raise UsageError(
                 f"Need crop_size ≥ {MIN_INPUT} and 0 < stride ≤ crop_size, got crop_size "
                 f"{self.crop_size}, stride {self.stride} (the paper: 480 and 320)."
             )
         if self.amp not in _AMP_DTYPES:
-            raise ValueError(f"amp must be one of {list(_AMP_DTYPES)}, got {self.amp!r}.")
+            raise UsageError(f"amp must be one of {list(_AMP_DTYPES)}, got {self.amp!r}.")
         if self.base_size is not None and self.base_size < 1:
-            raise ValueError(f"base_size must be positive or None, got {self.base_size}.")
+            raise UsageError(f"base_size must be positive or None, got {self.base_size}.")
 
     @classmethod
     def paper_ms_flip(cls, base_size: int = 520, **kwargs: Any) -> EvalProtocol:

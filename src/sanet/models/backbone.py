@@ -15,8 +15,8 @@ import timm
 import torch
 from torch import nn
 
-from sanet.errors import suggest
 from sanet._files import safe_safetensors_load, safe_torch_load
+from sanet.errors import NotFoundError, UsageError, suggest
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,12 @@ class Backbone(nn.Module):
     ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
-            raise ValueError(
+            raise UsageError(
                 f"output_stride must be 8, 16 or 32, got {output_stride}. "
                 "The paper uses 8; 16 trades accuracy for speed."
             )
         if not timm.is_model(name):
-            raise ValueError(
+            raise UsageError(
                 f"Unknown backbone {name!r}: timm has no such model.{suggest(name, timm.list_models())}"
                 f" The paper's presets are {', '.join(PRESETS)}."
             )
@@ -68,14 +68,14 @@ class Backbone(nn.Module):
                 pretrained=pretrained is True,
             )
         except (TypeError, RuntimeError, AssertionError) as err:
-            raise ValueError(
+            raise UsageError(
                 f"Backbone {name!r} cannot be built with features_only=True and "
                 f"output_stride={output_stride} ({err}). Pick a timm CNN that supports both, "
                 f"e.g. one of {', '.join(PRESETS)} or resnet18d."
             ) from err
         self.channels: list[int] = list(self.body.feature_info.channels())
         if len(self.channels) != 4:
-            raise ValueError(
+            raise UsageError(
                 f"Backbone {name!r} exposes {len(self.channels)} stages; SANet needs 4."
             )
         self.reductions: list[int] = list(self.body.feature_info.reduction())
@@ -90,7 +90,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file, never unpickling objects."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"Backbone weights file {str(path)!r} does not exist. Pass an existing .safetensors "
             "or .pth state-dict file, True (download through timm), or False."
         )
@@ -102,7 +102,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{str(path)!r} does not hold a flat dict of tensors (a state dict).")
+        raise UsageError(f"{str(path)!r} does not hold a flat dict of tensors (a state dict).")
     return obj
 
 
@@ -122,7 +122,7 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"Backbone weights {str(path)!r} lack {len(missing)} of the model's "
             f"{len(own)} tensors (first: {missing[:5]}). Is the file for another architecture? "
             f"Unexpected keys in the file: {unexpected[:5]}."
@@ -130,7 +130,7 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     shapes = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if shapes:
         k = shapes[0]
-        raise ValueError(
+        raise UsageError(
             f"Backbone weights {str(path)!r} have {len(shapes)} tensors of the wrong shape, "
             f"e.g. {k!r}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}."
         )

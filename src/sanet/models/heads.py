@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sanet.errors import UsageError
 from sanet.models.options import Block, HeadInit, ModelOptions
 from sanet.models.resize import resize_bilinear
 from sanet.models.sa import SqueezeAttention, SqueezeExcitation, conv_bn_relu
@@ -24,7 +25,7 @@ def init_head(head: nn.Module, classifiers: list[nn.Module], scheme: HeadInit) -
     that every class starts equally likely.
     """
     if scheme not in ("default", "kaiming"):
-        raise ValueError(f"head_init must be 'default' or 'kaiming', got {scheme!r}")
+        raise UsageError(f"head_init must be 'default' or 'kaiming', got {scheme!r}")
     if scheme == "default":
         return
     for m in head.modules():
@@ -77,7 +78,7 @@ class SANetHead(nn.Module):
         elif block == "se":
             blocks = [SqueezeExcitation(c, c // 4) for c in in_channels]
         else:
-            raise ValueError(f"block must be 'sa' or 'se', got {block!r}")
+            raise UsageError(f"block must be 'sa' or 'se', got {block!r}")
         self.gate = o.gate
         self.heads = nn.ModuleList(blocks)  # one SA(C_i → C_i/4) per stage
         self.fuse = conv_bn_relu(sum(c // 4 for c in in_channels), o.fuse_channels)

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from sanet.errors import suggest
+from sanet.errors import UsageError, suggest
 
 Gate = Literal["logsigmoid", "sigmoid"]
 Block = Literal["sa", "se"]
@@ -60,13 +60,13 @@ class ModelOptions:
         for name, choices in _CHOICES.items():
             value = getattr(self, name)
             if value not in get_args(choices):
-                raise ValueError(
+                raise UsageError(
                     f"model option {name} must be one of {list(get_args(choices))}, got {value!r}."
                 )
         if not isinstance(self.fuse_channels, int) or self.fuse_channels < 1:
-            raise ValueError(f"fuse_channels must be a positive int, got {self.fuse_channels!r}.")
+            raise UsageError(f"fuse_channels must be a positive int, got {self.fuse_channels!r}.")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
+            raise UsageError(f"dropout must be in [0, 1), got {self.dropout!r}.")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -82,7 +82,7 @@ class ModelOptions:
         allowed = cls.names() if allowed is None else allowed
         for key in values:
             if key not in allowed:
-                raise ValueError(
+                raise UsageError(
                     f"Model {model or 'options'!r} has no option {key!r}; it takes "
                     f"{', '.join(allowed)}.{suggest(key, allowed)}"
                 )

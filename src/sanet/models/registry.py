@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sanet.errors import DamagedFileError, suggest
 from sanet._files import safe_torch_load
+from sanet.errors import DamagedFileError, NotFoundError, UsageError, suggest
 from sanet.models.options import ModelOptions
 from sanet.models.segmentation import (
     CONFIG_NAME,
@@ -46,13 +46,13 @@ def build_model(
             ``dropout=`` ...); an option the model does not have is refused.
     """
     if name not in MODEL_KINDS:
-        raise ValueError(
+        raise UsageError(
             f"Unknown model {name!r}; choose one of {list_models()}.{suggest(name, MODEL_KINDS)}"
         )
     kind = MODEL_KINDS[name]
     if option_values:
         if options is not None:
-            raise ValueError("Pass either options=ModelOptions(...) or single options, not both.")
+            raise UsageError("Pass either options=ModelOptions(...) or single options, not both.")
         options = ModelOptions.from_mapping(option_values, kind.options, name)
     return kind.build(
         num_classes,
@@ -117,19 +117,19 @@ def _load(path: Path, map_location: str) -> tuple[SegmentationModel, dict[str, A
         available = RunDir(path).available_weights()
         if available:
             return _load(available[0], map_location)
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{str(path)!r} is neither a save_pretrained folder (config.json) nor a run directory "
             "(model/ or checkpoints/*.pt). Pass one of those, or a .pt checkpoint file."
         )
     if path.suffix.lower() == ".onnx":
-        raise ValueError(
+        raise UsageError(
             f"{str(path)!r} is an ONNX export: it runs through sanet.Predictor, `sanet predict`, "
             "`eval` and `serve`, but this needs the PyTorch model: pass the run directory, its "
             "model/ folder or a .pt checkpoint."
         )
     ckpt = safe_torch_load(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(
+        raise UsageError(
             f"{str(path)!r} is not a sanet training checkpoint (expected keys 'model' and "
             "'model_config'). Pass a run directory, RUN/checkpoints/*.pt or a save_pretrained folder."
         )

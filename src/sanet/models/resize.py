@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from sanet.errors import UsageError
+
 Method = Literal["auto", "matmul", "interpolate"]
 METHODS = ("auto", "matmul", "interpolate")
 # (device type, a backward pass follows) → method; absent = "interpolate". Measured: see above.
@@ -45,7 +47,7 @@ def set_bilinear_method(device_type: str, method: Method, grad: bool | None = No
     Example: ``set_bilinear_method("cuda", "interpolate")`` to compare against ``F.interpolate``.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        raise UsageError(f"method must be one of {METHODS}, got {method!r}.")
     for g in (False, True) if grad is None else (grad,):
         key = (device_type, g)
         if method != "auto":
@@ -125,7 +127,7 @@ def resize_bilinear(
     if method == "interpolate":
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     if method != "matmul":
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        raise UsageError(f"method must be one of {METHODS}, got {method!r}.")
     (h, w), (H, W) = x.shape[-2:], tuple(size)
     # Autocast off: the products run in x's own dtype, so the result has the dtype (and the
     # rounding) F.interpolate would give; under bf16 autocast the logits are bf16 already.

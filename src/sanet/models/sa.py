@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sanet.errors import UsageError
 from sanet.models.options import AttnAct, Combine, UpMode
 
 
@@ -97,7 +98,7 @@ class SqueezeAttention(nn.Module):
             ("combine", combine, Combine),
         ):
             if value not in get_args(choices):
-                raise ValueError(f"{name} must be one of {list(get_args(choices))}, got {value!r}")
+                raise UsageError(f"{name} must be one of {list(get_args(choices))}, got {value!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.attn_act, self.upsample, self.combine = attn_act, upsample, combine
         self.main = _two_convs(in_channels, out_channels)

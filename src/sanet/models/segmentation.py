@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sanet._files import atomic_save_bytes, atomic_write_text, safe_safetensors_load
+from sanet.errors import NotFoundError, UsageError
 from sanet.models.backbone import Backbone
 from sanet.models.card import write_model_card
 from sanet.models.heads import FCNHead, SANetHead
@@ -83,7 +84,7 @@ class SegmentationModel(nn.Module):
         """
         name = config.get("name")
         if name not in MODEL_KINDS:
-            raise ValueError(
+            raise UsageError(
                 f"Stored model name {name!r} is not one of {sorted(MODEL_KINDS)}: the config "
                 "was not written by sanet's save_pretrained or training checkpoints."
             )
@@ -233,9 +234,9 @@ def check_image_batch(shape: tuple[int, ...], min_size: int = MIN_SIZE) -> None:
     Shape: ``(N, 3, H, W)`` with ``H, W ≥ min_size``.
     """
     if len(shape) != 4 or shape[1] != 3:
-        raise ValueError(f"Expected a (N, 3, H, W) image batch, got shape {shape}.")
+        raise UsageError(f"Expected a (N, 3, H, W) image batch, got shape {shape}.")
     if shape[-1] < min_size or shape[-2] < min_size:
-        raise ValueError(
+        raise UsageError(
             f"Input {shape[-2:]} is too small: H and W must be ≥ {min_size}. "
             "Resize or pad the image (e.g. with sanet.data transforms) before the model."
         )
@@ -246,7 +247,7 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     cfg, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not cfg.is_file() or not weights.is_file():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{str(directory)!r} is not a save_pretrained folder: expected {CONFIG_NAME} and "
             f"{WEIGHTS_NAME} in it. Pass the folder written by model.save_pretrained(dir) "
             "(in a training run: RUN_DIR/model)."
@@ -254,23 +255,23 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
     try:
         return json.loads(cfg.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{str(cfg)!r} is not valid JSON ({err}).") from err
+        raise UsageError(f"{str(cfg)!r} is not valid JSON ({err}).") from err
 
 
 def _check_dtype_and_device(x: torch.Tensor, weight: torch.Tensor) -> None:
     """One clear line instead of torch's internal text for an input the weights cannot take."""
     if not x.is_floating_point():
-        raise ValueError(
+        raise UsageError(
             f"Expected a float image batch, normalised with the ImageNet mean and std, got "
             f"{x.dtype}. Convert uint8 images with sanet.inference.normalize(image)."
         )
     if x.device != weight.device:
-        raise ValueError(
+        raise UsageError(
             f"The input is on {x.device} but the model is on {weight.device}. Move one to the "
             f"other, e.g. x.to({str(weight.device)!r})."
         )
     if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-        raise ValueError(
+        raise UsageError(
             f"The input is {x.dtype} but the model's weights are {weight.dtype}. Cast the input "
             f"(x.to({weight.dtype})) or run under torch.autocast."
         )
@@ -278,7 +279,7 @@ def _check_dtype_and_device(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 def _check_num_classes(num_classes: int) -> None:
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+        raise UsageError(f"num_classes must be a positive int, got {num_classes!r}.")
 
 
 def _upsample(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:

@@ -40,14 +40,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sanet.inference.predictor import Predictor, working_size
+from sanet.inference.protocol import window_count
 from sanet.serve import schema
 from sanet.serve.limits import Busy, ClientGone, InferenceGate, ServeLimits, TimedOut, TooSlow
 from sanet.serve.middleware import AccessLog, BodyLimit, HostAllowList, SecurityHeaders
 from sanet.serve.payload import class_table, decode, encode, read_upload, redact_paths
 from sanet.serve.startup import bind_socket, check_model
 from sanet.serve.unsure import check_unsure, model_calibration, predict, share
-from sanet.inference.predictor import Predictor, working_size
-from sanet.inference.protocol import window_count
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from sanet.errors import UsageError
 from sanet.inference.protocol import Cancelled
 
 T = TypeVar("T")
@@ -75,14 +76,14 @@ class ServeLimits:
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_concurrent", "retry_after_s"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
+                raise UsageError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
         if self.max_queue < 0 or self.timeout_s <= 0 or self.upload_timeout_s <= 0:
-            raise ValueError(
+            raise UsageError(
                 "max_queue must be ≥ 0, timeout_s and upload_timeout_s > 0; got "
                 f"{self.max_queue}, {self.timeout_s}, {self.upload_timeout_s}."
             )
         if self.max_side is not None and self.max_side != 0 and self.max_side < 32:
-            raise ValueError(
+            raise UsageError(
                 f"max_side must be 0 (native size) or ≥ 32 (the models' minimum input), got "
                 f"{self.max_side}."
             )

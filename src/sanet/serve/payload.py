@@ -21,9 +21,9 @@ from starlette.requests import ClientDisconnect
 
 from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import DataError, TooManyPixels, load_image
+from sanet.inference.predictor import Predictor
 from sanet.serve.limits import ClientGone, ServeLimits
 from sanet.serve.unsure import Prediction, guarantee, share, unsure_image
-from sanet.inference.predictor import Predictor
 from sanet.viz.visualize import (
     confidence_image,
     default_palette,

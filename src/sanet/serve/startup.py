@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sanet.errors import UsageError
 from sanet.inference.onnx_backend import OnnxModel
 from sanet.inference.predictor import Predictor
 
@@ -44,7 +45,7 @@ def check_dependencies() -> None:
         if not found:
             missing.append(package)
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"sanet serve needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
             " not installed. Install the extra: pip install 'sanet[serve]'."
         )
@@ -54,11 +55,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: any free port), or ``ValueError`` saying
     why not: a port out of range, a port in use, a privileged port, an unknown host."""
     if not 0 <= port <= 65535:
-        raise ValueError(f"--port must be between 1 and 65535, got {port}. Try --port 8000.")
+        raise UsageError(f"--port must be between 1 and 65535, got {port}. Try --port 8000.")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
-        raise ValueError(
+        raise UsageError(
             f"--host {host!r} is not an address or name this machine can listen on ({err}). "
             "Use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
         ) from None
@@ -70,7 +71,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as err:
         sock.close()
-        raise ValueError(_bind_error(host, port, err)) from None
+        raise UsageError(_bind_error(host, port, err)) from None
     sock.setblocking(False)
     if host not in LOOPBACK:
         logger.warning(
@@ -150,13 +151,13 @@ def check_model(predictor: Predictor, side: int | None = None) -> float:
         "export`"
     )
     if isinstance(model, OnnxModel) and (why := _onnx_signature(model)):
-        raise ValueError(f"{why}. {expected}.")
+        raise UsageError(f"{why}. {expected}.")
     k = int(getattr(model, "num_classes", 0) or 0)
     out = _forward(model, CHECK_SIZE, predictor.device, expected)
     classes = k or (out.shape[1] if out.ndim == 4 else 0)
     want = (1, classes, *CHECK_SIZE)
     if tuple(out.shape) != want:
-        raise ValueError(
+        raise UsageError(
             f"The model returned logits of shape {tuple(out.shape)} for a 65×97 image; expected "
             f"{want} ({k} classes). {expected}."
         )
@@ -176,7 +177,7 @@ def _forward(model: Any, size: tuple[int, int], device: Any, expected: str) -> t
             out = model(x)
         return out["out"] if isinstance(out, dict) else out
     except Exception as err:  # a foreign graph fails inside onnxruntime in many ways
-        raise ValueError(
+        raise UsageError(
             f"The model cannot run on a {size[0]}×{size[1]} image "
             f"({type(err).__name__}: {str(err).splitlines()[0][:300]}). {expected}."
         ) from None

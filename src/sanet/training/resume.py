@@ -13,6 +13,7 @@ import torch
 
 from sanet._files import remove_stale_temp_files, safe_torch_load
 from sanet.config import RESUME_MAY_CHANGE, RESUME_MAY_GROW, Config, resume_conflicts
+from sanet.errors import NotFoundError, UsageError
 from sanet.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def read_resume_checkpoint(cfg: Config, run: RunDir, device: torch.device) -> di
     run changes nothing that decides the next samples or the maths (``resume_conflicts``)."""
     last = run.last
     if not last.is_file():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"--resume: {str(last)!r} does not exist. Resume needs the run directory of an "
             "earlier `sanet train` (with --out DIR) that saved checkpoints/last.pt."
         )
@@ -36,13 +37,13 @@ def read_resume_checkpoint(cfg: Config, run: RunDir, device: torch.device) -> di
     ckpt = safe_torch_load(last, device, fix=fix)
     missing = _RESUME_KEYS - set(ckpt) if isinstance(ckpt, dict) else _RESUME_KEYS
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"--resume: {str(last)!r} is not a sanet training checkpoint (no {sorted(missing)}). "
             f"{fix[0].upper()}{fix[1:]}."
         )
     changed = resume_conflicts(ckpt["config"], cfg)
     if changed:
-        raise ValueError(
+        raise UsageError(
             f"--resume: the config differs from the run's in {', '.join(changed)}: a resumed run "
             "must see the same samples and do the same maths. Resume with the run's own config: "
             f"{run.resume_command()} (may change: {', '.join(sorted(RESUME_MAY_CHANGE))}; may "

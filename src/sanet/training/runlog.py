@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sanet.errors import DataError
 from sanet._files import atomic_write_text
+from sanet.errors import DataError
 from sanet.rundir import RunDir
 from sanet.viz.visualize import (
     plot_confusion_matrix,

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from sanet.devices import resolve_device
+from sanet.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def set_threads(threads: int) -> int:
     vector-kernel level ATen dispatched to (e.g. ``AVX2``) are logged with the run.
     """
     if threads < 0:
-        raise ValueError(
+        raise UsageError(
             f"train.threads must be ≥ 0 (0: torch's default), got {threads}. "
             "Set it to the number of cores to use, e.g. --set train.threads=2."
         )

@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sanet.errors import plain_worker_errors
 from sanet._files import atomic_torch_save
 from sanet.config import Config, save_config
+from sanet.errors import NonFiniteLossError, TrainingInterrupted, UsageError, plain_worker_errors
 from sanet.inference.predictor import evaluate
 from sanet.inference.protocol import EvalProtocol
 from sanet.losses import SANetLoss
@@ -42,20 +42,6 @@ from sanet.training.runtime import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the message names the step, the files and the last checkpoint."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM: the step finished, ``last.pt`` was saved; the message says how to resume.
-
-    ``signal`` is the signal's name (``"SIGTERM"``), ``step`` the optimiser steps saved."""
-
-    def __init__(self, message: str, signal: str = "SIGINT", step: int = 0) -> None:
-        super().__init__(message)
-        self.signal, self.step = signal, step
 
 
 @dataclass
@@ -91,7 +77,7 @@ class Trainer:
         self.train_set, self.val_set = train_set, val_set
         self.num_classes = cfg.model.num_classes or train_set.num_classes
         if self.num_classes != train_set.num_classes:
-            raise ValueError(
+            raise UsageError(
                 f"model.num_classes={self.num_classes} but dataset {cfg.data.dataset!r} has "
                 f"{train_set.num_classes} classes. Set model.num_classes=0 to take the dataset's."
             )
@@ -105,7 +91,7 @@ class Trainer:
         self.val_protocol = validation_protocol(cfg)
         self.steps_per_epoch = len(self.sampler) // (self.micro_batch * t.accumulate)
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise UsageError(
                 f"The training set has {len(train_set)} images: fewer than one step of "
                 f"train.batch_size={t.batch_size}. Lower train.batch_size or add images."
             )
@@ -401,7 +387,7 @@ def validation_protocol(cfg: Config) -> EvalProtocol:
 
 def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
     if batch_size % (world_size * accumulate):
-        raise ValueError(
+        raise UsageError(
             f"train.batch_size={batch_size} (global) must be divisible by the number of processes "
             f"({world_size}) × train.accumulate ({accumulate})."
         )

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
+from sanet.errors import UsageError
 from sanet.inference.confidence import label_stats, protocol_views
 from sanet.inference.predictor import image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol, predict_proba
@@ -56,9 +57,9 @@ class AuditSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.confidence < 1:
-            raise ValueError(f"--confidence must lie between 0 and 1, got {self.confidence}.")
+            raise UsageError(f"--confidence must lie between 0 and 1, got {self.confidence}.")
         if not 0 <= self.min_region < 1:
-            raise ValueError(f"--min-region must lie in [0, 1), got {self.min_region}.")
+            raise UsageError(f"--min-region must lie in [0, 1), got {self.min_region}.")
 
 
 def background_class(class_names: Sequence[str]) -> int | None:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
+from sanet.errors import UsageError
 from sanet.inference.confidence import (
     ASSUMPTION,
     label_stats,
@@ -175,10 +176,10 @@ def check_risk_alpha(alpha: float, images: int) -> None:
     """Refuse an α outside (0, 1) or one that ``images`` calibration images cannot reach
     (the adjusted risk is at least ``1/(n+1)``)."""
     if not 0 < alpha < 1:
-        raise ValueError(f"--risk must lie between 0 and 1 (e.g. 0.05), got {alpha}.")
+        raise UsageError(f"--risk must lie between 0 and 1 (e.g. 0.05), got {alpha}.")
     if 1 / (images + 1) > alpha:
         need = math.ceil(1 / alpha) - 1
-        raise ValueError(
+        raise UsageError(
             f"--risk {alpha} needs at least {need} calibration images (the guarantee costs "
             f"1/(n+1)); the split has {images}. Use a larger --risk or more images."
         )
@@ -188,7 +189,7 @@ def fit_subset(indices: Sequence[int], fit_images: int) -> list[int]:
     """At most ``fit_images`` of ``indices``, evenly spaced: the images the temperature is
     fitted on."""
     if fit_images < 1:
-        raise ValueError(f"--fit-images must be at least 1, got {fit_images}.")
+        raise UsageError(f"--fit-images must be at least 1, got {fit_images}.")
     return list(indices)[:: max(1, math.ceil(len(indices) / fit_images))]
 
 
@@ -219,7 +220,7 @@ def fit_calibration(
     """
     indices = list(range(len(dataset))) if indices is None else list(indices)
     if not indices:
-        raise ValueError("The calibration split has no images.")
+        raise UsageError("The calibration split has no images.")
     if alpha is not None:
         check_risk_alpha(alpha, len(indices))
     model = model.to(device).eval()
@@ -233,7 +234,7 @@ def fit_calibration(
         if on_image:
             on_image("fit")
     if fit_pixels == 0:
-        raise ValueError("The calibration images hold no labelled pixel (every mask is 255).")
+        raise UsageError("The calibration images hold no labelled pixel (every mask is 255).")
     temperature = fit_temperature(TEMPERATURE_GRID, nll_grid / fit_pixels)
     names = list(class_names)
     result = _measure(model, dataset, indices, len(names), protocol, temperature, device, on_image)
@@ -331,7 +332,7 @@ def _measure(
 def _risk(losses: np.ndarray, alpha: float, sure: np.ndarray) -> dict[str, Any]:
     threshold, adjusted = conformal_threshold(losses, alpha)
     if threshold is None:
-        raise ValueError(
+        raise UsageError(
             f"No confidence threshold keeps the sure-and-wrong share at --risk {alpha} on these "
             f"{len(losses)} images: the smallest reachable is {adjusted.min():.4g}. Use a larger "
             "--risk, more images, or a better model."

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sanet.errors import UsageError
 from sanet.viz.visualize import colorize, pyplot, save_figure, to_rgb_array
 
 logger = logging.getLogger(__name__)
@@ -63,19 +64,19 @@ def attention_maps(
         the image size.
     """
     if not hasattr(model, "attention_parts"):
-        raise ValueError(
+        raise UsageError(
             f"{type(model).__name__} has no SA heads to explain; pass a SANet checkpoint "
             "(model name 'sanet' or 'sanet_se')."
         )
     H, W = image.shape[-2:]
     px, py = point_xy
     if not (0 <= px < W and 0 <= py < H):
-        raise ValueError(f"--point {px},{py} lies outside the {W}×{H} image (X < {W}, Y < {H}).")
+        raise UsageError(f"--point {px},{py} lies outside the {W}×{H} image (X < {W}, Y < {H}).")
     parts = model.attention_parts(image[None])  # per stage: (attn, main), each (1, C_i/4, h, w)
     maps: dict[tuple[int, str], np.ndarray] = {}
     for head in heads:
         if not 1 <= head <= len(parts):
-            raise ValueError(f"head must be in 1..{len(parts)}, got {head}.")
+            raise UsageError(f"head must be in 1..{len(parts)}, got {head}.")
         for kind, feats in zip(("attention", "main"), parts[head - 1], strict=True):
             f = feats[0].float()  # (C, h, w)
             y, x = feature_point((px, py), (H, W), tuple(f.shape[-2:]))
@@ -153,7 +154,7 @@ def plot_sweep_heatmap(
     plt = pyplot()
     grid = np.asarray(miou, dtype=np.float64)
     if grid.shape != (len(alphas), len(betas)):
-        raise ValueError(f"mIoU grid {grid.shape} does not match {len(alphas)}×{len(betas)}.")
+        raise UsageError(f"mIoU grid {grid.shape} does not match {len(alphas)}×{len(betas)}.")
     fig, ax = plt.subplots(figsize=(1.2 * len(betas) + 2, 1.0 * len(alphas) + 1.5))
     im = ax.imshow(grid, cmap="viridis")
     fig.colorbar(im, ax=ax, label="mIoU")

@@ -20,6 +20,7 @@ from PIL import Image
 from sanet._files import atomic_save_bytes
 from sanet.conventions import IGNORE_INDEX
 from sanet.data.classes import voc_palette
+from sanet.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _to_numpy_mask(mask: torch.Tensor | np.ndarray) -> np.ndarray:
         mask = mask.detach().cpu().numpy()
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f"Expected an (H, W) mask, got shape {mask.shape}.")
+        raise UsageError(f"Expected an (H, W) mask, got shape {mask.shape}.")
     return mask
 
 
@@ -55,7 +56,7 @@ def mask_to_pil(
     """An index ("P" mode) PNG image of class ids with the dataset palette attached."""
     mask = _to_numpy_mask(mask)
     if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise ValueError(
+        raise UsageError(
             f"Class ids must lie in 0..255 for an index PNG, got {mask.min()}..{mask.max()}."
         )
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
@@ -85,7 +86,7 @@ def to_rgb_array(image: Any) -> np.ndarray:
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype != np.uint8:
-        raise ValueError(f"Expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}.")
+        raise UsageError(f"Expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}.")
     return np.ascontiguousarray(image[..., :3])
 
 
@@ -99,7 +100,7 @@ def overlay(
     rgb = to_rgb_array(image)
     mask = _to_numpy_mask(mask)
     if rgb.shape[:2] != mask.shape:
-        raise ValueError(f"Image {rgb.shape[:2]} and mask {mask.shape} sizes differ.")
+        raise UsageError(f"Image {rgb.shape[:2]} and mask {mask.shape} sizes differ.")
     colour = colorize(mask, palette).astype(np.float32)
     out = rgb.astype(np.float32)
     blend = (1 - alpha) * out + alpha * colour
