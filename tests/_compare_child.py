@@ -44,7 +44,9 @@ def main() -> int:
     if where == "step":
         engine.train_step = hook(engine.train_step)
     elif where == "validate":
-        trainer.evaluate = hook(trainer.evaluate)  # validation's one loop, as trainer names it
+        trainer.evaluate_pairs = hook(
+            trainer.evaluate_pairs
+        )  # validation's one loop, as trainer names it
     elif where == "finished":
         compare.read_result = hook(compare.read_result)
     elif where == "build":

@@ -50,13 +50,13 @@ def main() -> int:
     elif where == "validate":
         from sanet.training import trainer
 
-        real_evaluate = trainer.evaluate
+        real_evaluate = trainer.evaluate_pairs
 
         def evaluate(*a, **k):
             maybe_fire()
             return real_evaluate(*a, **k)
 
-        trainer.evaluate = evaluate
+        trainer.evaluate_pairs = evaluate
     else:
         raise SystemExit(f"unknown fault point {where!r}")
     from sanet.cli import main as sanet_main

@@ -15,8 +15,8 @@ import torch
 import sanet
 from conftest import TINY_BACKBONE
 from sanet import load_model
-from sanet.errors import DamagedFileError
 from sanet._files import atomic_save_bytes, atomic_torch_save, safe_torch_load
+from sanet.errors import DamagedFileError
 
 
 def test_failed_write_leaves_previous_file_and_no_temp(tmp_path, monkeypatch) -> None:

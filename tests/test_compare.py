@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from sanet.cli import main
-from sanet.rundir import RunDir
 from sanet.experiments import compare as C
+from sanet.rundir import RunDir
 
 TINY = [
     "model.backbone=resnet18d",

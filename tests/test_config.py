@@ -46,7 +46,7 @@ def test_bad_overrides_are_clear_errors(override: str, message: str) -> None:
 
 def test_recipe_model_keys_are_the_model_options() -> None:
     """The recipe's model section offers every head option, with the same default and choices
-    (config.py cannot import the models, so this test keeps the two lists equal)."""
+    (ModelConfig inherits them from ModelOptions: one definition)."""
     hints = typing.get_type_hints(ModelConfig)
     option_hints = typing.get_type_hints(ModelOptions)
     for field in dataclasses.fields(ModelOptions):

@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sanet.serve.limits import ServeLimits
-from sanet.serve.app import create_app
 from sanet.inference import Predictor
+from sanet.serve.app import create_app
+from sanet.serve.limits import ServeLimits
 
 CHROMIUM = os.environ.get("SANET_CHROMIUM", "/usr/bin/chromium")
 # The test boxes have no internet: without these chromium stalls on background connections.

@@ -24,8 +24,8 @@ from PIL import Image
 import sanet
 from sanet.cli import main
 from sanet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from sanet.serve.app import create_app
 from sanet.inference import EvalProtocol, OnnxModel, Predictor, read_onnx_metadata
+from sanet.serve.app import create_app
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

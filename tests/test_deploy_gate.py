@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sanet.serve.limits import Busy, InferenceGate, ServeLimits, TooSlow
-from sanet.serve.app import create_app
 from sanet.inference import EvalProtocol, Predictor
 from sanet.inference.predictor import resize_mask, working_size
+from sanet.serve.app import create_app
+from sanet.serve.limits import Busy, InferenceGate, ServeLimits, TooSlow
 
 NAMES = ["background", "disc", "square"]
 BOUNDARY = "gateboundary"

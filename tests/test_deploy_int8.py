@@ -22,6 +22,7 @@ import torch
 
 from sanet.cli import main
 from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
+from sanet.devices import cpu_features
 from sanet.exporting.outputs import add_outputs, check_request, parse_outputs
 from sanet.exporting.quantize import (
     Int8Data,
@@ -30,7 +31,6 @@ from sanet.exporting.quantize import (
     choose_scheme,
     quantize_checked,
 )
-from sanet.devices import cpu_features
 from sanet.inference import EvalProtocol, OnnxModel, Predictor, read_onnx_metadata
 
 onnx = pytest.importorskip("onnx")

@@ -14,8 +14,8 @@ from PIL import Image
 
 from sanet.cli import build_parser
 from sanet.cli.deploy import serve_limits
-from sanet.serve.limits import ServeLimits
 from sanet.serve.app import create_app
+from sanet.serve.limits import ServeLimits
 from test_deploy_serve import BASE, hand_predictor
 
 DEPLOY_DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"

@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from torch import nn
 
-from sanet.serve.limits import ServeLimits
-from sanet.serve.app import create_app
 from sanet.inference import Predictor
+from sanet.serve.app import create_app
+from sanet.serve.limits import ServeLimits
 
 NAMES = ["background", "disc", "square"]
 BASE = "http://127.0.0.1"  # the host allow-list answers IP addresses and localhost

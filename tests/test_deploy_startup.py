@@ -16,8 +16,8 @@ import pytest
 
 import sanet.inference
 from sanet.cli import main
-from sanet.serve.startup import bind_socket, check_model, default_allowed_hosts
 from sanet.inference import Predictor
+from sanet.serve.startup import bind_socket, check_model, default_allowed_hosts
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

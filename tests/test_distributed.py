@@ -16,7 +16,7 @@ import torch
 import sanet
 from sanet import load_model
 from sanet.data import build_dataset
-from sanet.inference import evaluate
+from sanet.inference import evaluate_pairs
 from sanet.training import engine
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
@@ -77,7 +77,7 @@ def test_two_process_ddp_matches_single_process_evaluation(ddp_run: Path) -> Non
     model, _ = load_model(run / "checkpoints/last.pt")
     data = build_dataset("synthetic", None, split="val", num_images=9, size=64, seed=0)
     assert len(data) % 2 == 1  # uneven shards: a padded duplicate would change the counts
-    single = evaluate(model, data, model.num_classes).compute()
+    single = evaluate_pairs(model, data, model.num_classes).compute()
     assert val["pixAcc"] == pytest.approx(single["pixAcc"], abs=1e-12)
     assert val["mIoU"] == pytest.approx(single["mIoU"], abs=1e-12)
 

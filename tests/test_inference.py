@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from sanet.inference import EvalProtocol, Predictor, evaluate, predict_mask, predict_proba
+from sanet.inference import EvalProtocol, Predictor, evaluate_pairs, predict_mask, predict_proba
 from sanet.inference.protocol import combine_bands, window_starts
 
 
@@ -262,7 +262,7 @@ def test_evaluate_accumulates_confusion_over_a_dataset():
         for h, w in [(45, 45), (65, 97)]
     ]
     seen = []
-    cm = evaluate(model, data, 4, on_image=lambda i, p: seen.append(p.shape))
+    cm = evaluate_pairs(model, data, 4, on_image=lambda i, p: seen.append(p.shape))
     assert seen == [(45, 45), (65, 97)]
     ref = ConfusionMatrix(4)
     for image, mask in data:

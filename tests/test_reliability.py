@@ -93,13 +93,14 @@ def test_r12_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch,
 def test_r03_unwritable_outputs_fail_before_the_work(
     case, ckpt, folder_data, tmp_path, monkeypatch, capsys
 ):
+    import sanet.api.evaluation
     import sanet.data.check
     import sanet.inference.predictor
 
     def never(*args, **kwargs):
         raise AssertionError("the work started before --out was checked")
 
-    monkeypatch.setattr(sanet.inference.predictor, "evaluate", never)
+    monkeypatch.setattr(sanet.api.evaluation, "evaluate_pairs", never)
     monkeypatch.setattr(sanet.inference.predictor.Predictor, "predict", never)
     monkeypatch.setattr(sanet.data.check, "check_dataset", never)
     a_file = tmp_path / "a_file.txt"
@@ -285,8 +286,8 @@ def test_r15_check_data_lists_every_missing_file(folder_data, tmp_path):
 # ---------------------------------------------------------------- G: feedback on large images
 
 
-def test_r10_progress_inside_a_large_image_and_a_base_size_hint(capsys) -> None:
-    from sanet.cli.eval import WindowProgress
+def test_r10_progress_inside_a_large_image_and_a_base_size_hint(caplog) -> None:
+    from sanet.api.prediction import WindowProgress
     from sanet.inference import predict_mask
     from sanet.inference.protocol import window_count
 
@@ -318,6 +319,6 @@ def test_r10_progress_inside_a_large_image_and_a_base_size_hint(capsys) -> None:
     with WindowProgress(bar, model, proto).image(Path("wide.png"), 40, 2100):
         predict_mask(model, image, proto)
     assert bar.total == bar.done == 9  # every window counted once, by the model's own calls
-    hint = capsys.readouterr().out
-    assert "wide.png is 2100×40 px" in hint and "--base-size 1024" in hint
+    hint = caplog.text  # from Python the hint names the argument (the CLI: --base-size 1024)
+    assert "wide.png is 2100×40 px" in hint and "base_size=1024" in hint
     assert "(4 windows)" in hint  # 1024 × 20 px: starts 0, 256, 512 and the border-aligned 768

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import sanet
-from sanet.errors import DamagedFileError
 from sanet._files import atomic_torch_save, atomic_write_text, remove_stale_temp_files, temp_name
 from sanet.cli import main
+from sanet.errors import DamagedFileError
 from sanet.rundir import RunDir
 
 BACKBONE = "resnet10t"

@@ -10,6 +10,7 @@ Each test name carries the id (``r26`` ...) that the table in docs/reliability.m
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -137,9 +138,9 @@ REPLACED = [
 def test_r28_no_command_replaces_a_file_silently(
     command, ckpt, data, tmp_path, monkeypatch, capsys
 ) -> None:
-    import sanet.models.registry
     import sanet.experiments.bench
     import sanet.experiments.sweep
+    import sanet.models.registry
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sanet.models.registry, "load_model", _never)
@@ -388,9 +389,10 @@ def test_r33_the_messages_built_from_parts_read_correctly(tmp_path) -> None:
         ensure_new_file,
         ensure_writable_dir,
         ensure_writable_file,
+        refuse_existing,
         refuse_foreign_files,
     )
-    from sanet.cli.common import refuse_existing
+    from sanet.errors import flag_names
 
     a_file = tmp_path / "f.txt"
     a_file.write_text("x")
@@ -406,10 +408,13 @@ def test_r33_the_messages_built_from_parts_read_correctly(tmp_path) -> None:
     ]
     if Path("/sys").is_dir():
         calls.append(lambda: ensure_writable_dir("/sys/sanet-no-such-folder/x", "--out"))
-    for call in calls:
-        with pytest.raises(OSError) as info:
-            call()
-        text = str(info.value)
-        assert not DOUBLED.search(text), text
-        assert "a the" not in text and "a --" not in text and text.endswith("."), text
-        assert "Fix:" in text or "Pass --overwrite" in text or "give a file name" in text, text
+    for voice, overwrite in (({}, "Pass overwrite=True"), ({"overwrite": "--overwrite"}, None)):
+        overwrite = overwrite or "Pass --overwrite"  # the command line names its flag
+        with flag_names(voice) if voice else contextlib.nullcontext():
+            for call in calls:
+                with pytest.raises(OSError) as info:
+                    call()
+                text = str(info.value)
+                assert not DOUBLED.search(text), text
+                assert "a the" not in text and "a --" not in text and text.endswith("."), text
+                assert "Fix:" in text or overwrite in text or "give a file name" in text, text

@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sanet.errors import (
     NotFoundError,
     NotWritableError,
     OutputExistsError,
+    arg,
 )
 
 # ".<target name>.<random>.sanet-tmp": hidden, beside its target, and distinctive enough that
@@ -90,14 +92,15 @@ def ensure_writable_dir(folder: str | Path, what: str) -> Path:
     A missing folder is left to the first write (every writer creates its parents): a command
     that fails before writing anything leaves no empty folder behind. The probe writes (and
     removes) a hidden temporary file in ``folder``, or in its nearest existing parent.
-    ``what`` names the option in the message (e.g. ``"--out"``).
+    ``what`` names the argument in the message (``errors.arg("out")``: ``out`` from Python,
+    ``--out`` from the command line).
 
     Raises:
         NotADirectoryError: ``folder`` (or a parent) is a file.
         PermissionError: the folder cannot be created or written (read-only, full, no access).
     """
     folder = Path(folder)
-    _probe_folder(folder, f"{what} {str(folder)!r}", f"Fix: give {what} a folder you can write to.")
+    _probe_folder(folder, f"{what} {str(folder)!r}", "Fix: choose a folder you can write to.")
     return folder
 
 
@@ -113,7 +116,7 @@ def ensure_writable_file(path: str | Path, what: str, example: str = "report.jso
     _probe_folder(
         path.parent,
         f"the folder of {what} {str(path)!r}",
-        f"Fix: give {what} a file in a folder you can write to.",
+        "Fix: choose a file in a folder you can write to.",
     )
     return path
 
@@ -121,15 +124,28 @@ def ensure_writable_file(path: str | Path, what: str, example: str = "report.jso
 def ensure_new_file(
     path: str | Path, what: str, overwrite: bool, example: str = "report.json"
 ) -> Path:
-    """:func:`ensure_writable_file`, and refuse a file that exists unless ``overwrite`` (the
-    command's ``--overwrite``): outputs are never replaced silently (docs/reliability.md)."""
+    """:func:`ensure_writable_file`, and refuse a file that exists unless ``overwrite``: outputs
+    are never replaced silently (docs/reliability.md)."""
     path = ensure_writable_file(path, what, example)
     if not overwrite and (path.exists() or path.is_symlink()):
         raise OutputExistsError(
-            f"{what} {str(path)!r} already exists; nothing was written. Pass --overwrite to "
-            f"replace it, or choose another {what}."
+            f"{what} {str(path)!r} already exists; nothing was written. Pass "
+            f"{arg('overwrite', True)} to replace it, or choose another {what}."
         )
     return path
+
+
+def refuse_existing(paths: Iterable[Path], what: str, overwrite: bool) -> None:
+    """Refuse, before any work, to replace output files that exist, unless ``overwrite``."""
+    found = [p for p in paths if p.exists()]
+    if found and not overwrite:
+        shown = ", ".join(str(p) for p in found[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise OutputExistsError(
+            f"{what} already holds {shown}{more}; nothing was written. Pass "
+            f"{arg('overwrite', True)} to replace {'it' if len(found) == 1 else 'them'}, or "
+            f"choose another {what}."
+        )
 
 
 def refuse_foreign_files(

@@ -16,26 +16,27 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from sanet._files import atomic_write_text
+from sanet.conventions import BASE_SIZE, EVAL_CROP_SIZE, EVAL_STRIDE
 from sanet.errors import ConfigError, NotFoundError, suggest
+from sanet.models.options import ModelOptions
 
 
-@dataclass
-class ModelConfig:
+@dataclass(frozen=True)
+class ModelConfig(ModelOptions):
+    """``model``: which network, and its head options (the fields of
+    :class:`~sanet.models.ModelOptions`, inherited: one definition of their names, types and
+    defaults; docs/paper-fidelity.md gives the reasons)."""
+
     name: str = "sanet"
     backbone: str = "resnet50s"
     output_stride: int = 8
     pretrained_backbone: bool | str = False  # True: timm download; str: a local weights file
     num_classes: int = 0  # 0: take it from the dataset
     init_from: str = ""  # initialise all weights from a run dir / .pt / save_pretrained folder
-    # Head options: the fields of sanet.models.ModelOptions, same names and defaults (a test
-    # keeps them equal); each model uses its own (docs/paper-fidelity.md gives the reasons).
-    gate: Literal["logsigmoid", "sigmoid"] = "logsigmoid"  # D = M + log σ(c) | M ⊙ σ(c)
-    attn_act: Literal["relu", "sigmoid"] = "relu"  # σ of the SA attention branch (Eq. 3)
-    upsample: Literal["nearest", "bilinear"] = "nearest"  # Up of Eq. 3
-    attn_combine: Literal["eq4", "residual"] = "eq4"  # X_attn ⊙ X_res + X_attn | (1+X_attn) ⊙ X_res
-    fuse_channels: int = 512  # channels of the fused feature F (Fig. 3)
-    dropout: float = 0.1
-    head_init: Literal["default", "kaiming"] = "default"
+
+    def options(self) -> ModelOptions:
+        """The head options alone, as the models take them."""
+        return ModelOptions(**{name: getattr(self, name) for name in ModelOptions.names()})
 
 
 @dataclass
@@ -50,7 +51,7 @@ class DataConfig:
     root: str = ""
     train_split: str = "train"
     val_split: str = "val"
-    base_size: int = 520  # long side at scale 1.0; 0: each image's own long side
+    base_size: int = BASE_SIZE  # long side at scale 1.0; 0: each image's own long side
     crop_size: int = 480
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # long side × base_size
     num_workers: int = 4
@@ -94,8 +95,8 @@ class EvalConfig:
 
     scales: list[float] = field(default_factory=lambda: [1.0])  # of data.base_size; [1.0]: as is
     flip: bool = False  # also predict the mirror image and average the probabilities
-    crop_size: int = 480  # sliding-window size
-    stride: int = 320  # sliding-window step
+    crop_size: int = EVAL_CROP_SIZE  # sliding-window size
+    stride: int = EVAL_STRIDE  # sliding-window step
 
 
 @dataclass
@@ -151,13 +152,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     """Build a :class:`Config`, rejecting unknown sections/keys and values of the wrong type."""
-    cfg = Config()
-    sections = {f.name: f for f in dataclasses.fields(Config)}
+    sections = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+    built: dict[str, Any] = {}
     for section, values in raw.items():
         if section not in sections:
             raise ConfigError(f"{source}: unknown section {section!r}.{suggest(section, sections)}")
-        target = getattr(cfg, section)
-        fields = {f.name: f for f in dataclasses.fields(target)}
+        kind = sections[section]
+        fields = {f.name: f for f in dataclasses.fields(kind)}
         if values is not None and not isinstance(values, dict):
             raise ConfigError(
                 f"{source}: section {section!r} must be a mapping of key: value lines, got a "
@@ -170,8 +171,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
                     f"{source}: unknown key {section}.{key}.{suggest(key, fields)} "
                     f"Known keys in {section}: {', '.join(fields)}."
                 )
-            hint = typing.get_type_hints(type(target))[key]
-            setattr(target, key, _coerce(value, hint, f"{section}.{key}", source))
+            hint = typing.get_type_hints(kind)[key]
+            built.setdefault(section, {})[key] = _coerce(value, hint, f"{section}.{key}", source)
+    cfg = Config(**{section: sections[section](**values) for section, values in built.items()})
     check_ranges(cfg, source)
     return cfg
 

@@ -15,3 +15,10 @@ IGNORE_INDEX = 255
 #: ImageNet-pretrained ResNets: ``x = (pixel / 255 - mean) / std``.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The paper's evaluation protocol (Sec. 4; PyTorch-Encoding's ``MultiEvalModule``): scales of
+#: the base size, each image's long side at scale 1.0, and the sliding window over larger inputs.
+PAPER_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+BASE_SIZE = 520
+EVAL_CROP_SIZE = 480
+EVAL_STRIDE = 320  # 2/3 of the window

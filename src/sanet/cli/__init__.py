@@ -15,9 +15,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from sanet import __version__
 from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust
-from sanet.errors import is_user_error, one_line
+from sanet.errors import flag_names, is_user_error, one_line
+from sanet.version import __version__
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
 # ``func`` on its parsers via ``set_defaults(func=...)``. A new command group is one more
@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with flag_names(flags_of(parser)):  # library messages name the flags typed here
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"sanet {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -60,3 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"sanet {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{parameter: flag}`` of every option of every subcommand (``out`` → ``--out``,
+    ``overrides`` → ``--set``): how a message of the library names what a user typed here."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for dest, flag in flags_of(sub).items():
+                    flags.setdefault(dest, flag)
+        elif action.option_strings:
+            flags.setdefault(action.dest, max(action.option_strings, key=len))
+    return flags

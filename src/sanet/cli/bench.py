@@ -138,11 +138,11 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sanet import __version__
     from sanet._files import ensure_new_file
     from sanet.experiments.bench import GPU_COMMAND, apply_threads, resize_timings, run_bench
     from sanet.experiments.measure import environment
     from sanet.models.resize import set_bilinear_method
+    from sanet.version import __version__
 
     settings = settings_from_args(args)  # every flag is checked before any model is built
     for flag, path, example in (

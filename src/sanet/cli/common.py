@@ -8,14 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sanet.errors import OutputExistsError, UsageError
-from sanet.rundir import RunDir
 
 logger = logging.getLogger(__name__)
-
-# Windows per forward in `sanet eval/predict` on a GPU: wider batches than on a CPU (a 500×375
-# image at the paper's six scales has 14 windows of 480×480, 28 with mirrors). A chosen default,
-# not a measured optimum (no GPU was lent): `sanet bench --mode eval --window-batch N` measures.
-CUDA_WINDOW_BATCH = 16
 
 
 def add_overrides(p: argparse.ArgumentParser, help: str | None = None) -> None:
@@ -74,7 +68,7 @@ def add_protocol_args(p: argparse.ArgumentParser, *, require_checkpoint: bool = 
         "--window-batch",
         type=int,
         help="windows (mirrors included) per forward pass, across scales (default: 4 on CPU, "
-        f"{CUDA_WINDOW_BATCH} on CUDA)",
+        "16 on CUDA)",
     )
     p.add_argument(
         "--amp",
@@ -93,22 +87,10 @@ def device_name(name: str | None) -> str:
 
 
 def run_config(checkpoint: str) -> dict[str, Any]:
-    """``config.yaml`` of the run ``checkpoint`` is or lies in (for its eval protocol), the part
-    of it that ``sanet export`` embedded in an ``.onnx`` file, else ``{}``."""
-    if str(checkpoint).lower().endswith(".onnx"):
-        from sanet.inference import read_onnx_metadata
+    """The run's config (:func:`sanet.inference.runs.run_config`)."""
+    from sanet.inference.runs import run_config as read
 
-        return read_onnx_metadata(checkpoint).get("run_config") or {}
-    run = RunDir.containing(checkpoint)
-    if run is None:
-        return {}
-    import yaml
-
-    try:
-        return yaml.safe_load(run.config.read_text()) or {}
-    except yaml.YAMLError as err:
-        logger.warning("Ignoring unreadable %s (%s)", run.config, err)
-        return {}
+    return read(checkpoint)
 
 
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
@@ -120,52 +102,32 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
 
 
 def protocol_from_args(args: argparse.Namespace) -> Any:
-    """The one place flags and a run's config become an ``EvalProtocol``.
+    """The protocol flags as :func:`sanet.inference.runs.run_protocol` takes them: the run's own
+    ``eval`` section (the checkpoint's), with each flag given replacing its setting."""
+    from sanet.inference.runs import run_protocol
 
-    Each setting comes from its flag, else from the run's ``eval`` section, else from
-    :class:`~sanet.config.EvalConfig`'s default; ``--ms-flip`` and ``--single-scale`` replace
-    the run's scales and flip. Scales other than a lone 1.0 are fractions of the base size
-    (``--base-size``, else the run's ``data.base_size``, else 520), as in the paper; a base size
-    of 0 scales each image's own size.
-    """
-    from dataclasses import asdict
-
-    from sanet.config import DataConfig, EvalConfig
-    from sanet.inference import PAPER_SCALES, EvalProtocol
-
-    cfg = run_config(args.checkpoint)
-    ev = {**asdict(EvalConfig()), **(cfg.get("eval") or {})}
-    scales, flip = tuple(ev["scales"]), bool(ev["flip"])
-    if args.ms_flip:
-        scales, flip = PAPER_SCALES, True
-    elif args.single_scale:
-        if args.scales:
-            raise UsageError("--scales contradicts --single-scale (scale 1.0); pass one of them.")
-        scales, flip = (1.0,), False
-    if args.scales:
-        scales = parse_floats(args.scales, "--scales")
-    if args.flip is not None:
-        flip = args.flip
-    base = args.base_size
-    if base is None and tuple(scales) != (1.0,):
-        base = (cfg.get("data") or {}).get("base_size", DataConfig().base_size)
-    # base size 0 (a recipe trained at each image's own size): scales multiply the image's sides
-    return EvalProtocol(
-        scales=tuple(float(s) for s in scales),
-        flip=flip,
-        base_size=base or None,
-        crop_size=int(args.crop_size or ev["crop_size"]),
-        stride=int(args.stride or ev["stride"]),
-        window_batch=args.window_batch
-        or (CUDA_WINDOW_BATCH if device_name(args.device).startswith("cuda") else 4),
+    if args.single_scale and args.scales:
+        raise UsageError("--scales contradicts --single-scale (scale 1.0); pass one of them.")
+    mode = "paper" if args.ms_flip else "single" if args.single_scale else "run"
+    return run_protocol(
+        args.checkpoint,
+        mode=mode,
+        scales=parse_floats(args.scales, "--scales") if args.scales else None,
+        flip=args.flip,
+        base_size=args.base_size,
+        crop_size=args.crop_size,
+        stride=args.stride,
+        window_batch=args.window_batch,
         amp=args.amp,
+        device=device_name(args.device),
     )
 
 
 def protocol_mode(protocol: Any) -> str:
-    """``single-scale``, ``multi-scale``, with ``+flip`` when mirrors are averaged."""
-    mode = "single-scale" if tuple(protocol.scales) == (1.0,) else "multi-scale"
-    return mode + ("+flip" if protocol.flip else "")
+    """``single-scale`` or ``multi-scale`` (+flip)."""
+    from sanet.inference.runs import protocol_mode as mode
+
+    return mode(protocol)
 
 
 def progress() -> Any:
@@ -235,3 +197,18 @@ def check_classes(model: Any, dataset: Any, checkpoint: str) -> None:
             f"The checkpoint {checkpoint!r} predicts {model.num_classes} classes but the dataset "
             f"has {dataset.num_classes}. Evaluate it on the dataset it was trained for."
         )
+
+
+def report_failed(command: str, failed: list[str], total: int, fix: str) -> int:
+    """Batch commands finish the good items, then list the bad ones here: exit 1 if any."""
+    import sys
+
+    if not failed:
+        return 0
+    print(
+        f"sanet {command}: {len(failed)} of {total} inputs failed (the others are done); {fix}:",
+        file=sys.stderr,
+    )
+    for line in failed:
+        print(f"  {line}", file=sys.stderr)
+    return 1

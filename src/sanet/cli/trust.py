@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sanet.api.common import expand_inputs
 from sanet.cli.common import (
     add_overrides,
     add_overwrite,
@@ -23,7 +24,6 @@ from sanet.cli.common import (
     protocol_mode,
     refuse_existing,
 )
-from sanet.cli.eval import expand_inputs
 from sanet.errors import UsageError
 
 #: What a stored calibration keeps (the bulky tables stay in calibration.json).
@@ -329,8 +329,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     import io
 
     from sanet._files import atomic_write_text, ensure_writable_file
-    from sanet.cli.common import progress
-    from sanet.cli.eval import report_failed
+    from sanet.cli.common import progress, report_failed
     from sanet.errors import DataError
     from sanet.inference.predictor import Predictor, load_rgb
     from sanet.trust.audit import rank_scores

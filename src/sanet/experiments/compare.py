@@ -70,7 +70,7 @@ def run_name(model: str, seed: int) -> str:
     return f"{model}-seed{seed}"
 
 
-def run_config(recipe: str | Path, model: str, seed: int, overrides: Sequence[str]) -> Config:
+def member_config(recipe: str | Path, model: str, seed: int, overrides: Sequence[str]) -> Config:
     """The recipe with ``overrides``, then ``model.name`` and ``train.seed`` set for this run."""
     return load_config(recipe, [*overrides, f"model.name={model}", f"train.seed={seed}"])
 
@@ -164,7 +164,7 @@ def run_all(
     Seed-major order means an interrupted comparison already holds complete pairs of models.
     """
     out = Path(out)
-    configs = {(m, s): run_config(recipe, m, s, overrides) for s in seeds for m in models}
+    configs = {(m, s): member_config(recipe, m, s, overrides) for s in seeds for m in models}
     results: list[RunResult] = []
     # SIGINT/SIGTERM anywhere (a run's training or validation, between runs) stops the whole
     # comparison: the trainer saves the run in progress, finished runs stay, a re-run resumes.

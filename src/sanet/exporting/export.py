@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from sanet import __version__
 from sanet._files import atomic_save_bytes
 from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
 from sanet.errors import ExportCheckError, UsageError
@@ -36,6 +35,7 @@ from sanet.exporting.outputs import add_outputs, check_outputs
 from sanet.inference.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from sanet.inference.protocol import EvalProtocol
 from sanet.models.segmentation import MIN_SIZE, SegmentationModel
+from sanet.version import __version__
 
 logger = logging.getLogger(__name__)
 

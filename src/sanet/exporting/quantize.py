@@ -3,7 +3,7 @@
 INT8 conversions lose accuracy silently (the peers' trackers: "much worse masks"), and the same
 QDQ file can lose points on one CPU and not on another. So the int8 file is written only after
 the fp32 and int8 graphs were evaluated on images the calibration did not see, with sanet's own
-protocol (:func:`~sanet.inference.evaluate` on :class:`~sanet.inference.OnnxModel`), and the mIoU
+protocol (:func:`~sanet.inference.evaluate_pairs` on :class:`~sanet.inference.OnnxModel`), and the mIoU
 drop is within the user's bound; the file then records what was measured where.
 
 How (:func:`quantize_graph`): ``onnxruntime.quantization.quantize_static`` in QDQ format,
@@ -46,7 +46,7 @@ from sanet.exporting.export import (
 )
 from sanet.exporting.outputs import OUTPUTS, add_outputs, check_outputs
 from sanet.inference.onnx_backend import INPUT_NAME, OnnxModel
-from sanet.inference.predictor import evaluate, image_to_tensor, normalize
+from sanet.inference.predictor import evaluate_pairs, image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol, predict_mask
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def _no_preprocess_hint() -> Iterator[None]:
 
 def miou_of(path: Path, pairs: Sequence[tuple[Any, Any]], num_classes: int, protocol: Any) -> float:
     """mIoU of the ONNX file at ``path`` over ``pairs`` under ``protocol`` (sanet's loop)."""
-    return float(evaluate(OnnxModel(path), pairs, num_classes, protocol).compute()["mIoU"])
+    return float(evaluate_pairs(OnnxModel(path), pairs, num_classes, protocol).compute()["mIoU"])
 
 
 def gate(fp32: float, int8: float, max_drop: float, where: str) -> float:

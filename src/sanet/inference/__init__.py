@@ -8,7 +8,7 @@ from sanet.inference.confidence import Calibration, read_calibration
 from sanet.inference.onnx_backend import OnnxModel, read_onnx_metadata
 from sanet.inference.predictor import (
     Predictor,
-    evaluate,
+    evaluate_pairs,
     image_to_tensor,
     load_rgb,
     normalize,
@@ -30,7 +30,7 @@ __all__ = [
     "EvalProtocol",
     "OnnxModel",
     "Predictor",
-    "evaluate",
+    "evaluate_pairs",
     "image_to_tensor",
     "load_rgb",
     "normalize",

@@ -28,6 +28,7 @@ from sanet.inference.confidence import (
 )
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask, predict_proba
+from sanet.inference.runs import run_protocol
 from sanet.metrics import ConfusionMatrix
 from sanet.models.registry import load_model
 
@@ -96,7 +97,9 @@ class Predictor:
             (PyTorch), or an ``.onnx`` file from ``sanet export`` (onnxruntime).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (for ``.onnx``: the execution provider;
             the protocol's tensor work then stays on the CPU).
-        protocol: inference protocol (default single scale; see :class:`EvalProtocol`).
+        protocol: inference protocol; default: the run's own (:func:`~sanet.inference.runs.
+            run_protocol`: the ``eval`` section of the run the checkpoint belongs to, or the one
+            an exported file carries), as ``sanet predict`` and ``sanet eval`` use it.
         calibrated: use the calibration ``sanet calibrate`` stored with the model (calibrated
             probabilities, confidence, unsure pixels); ``False``: the raw probabilities.
 
@@ -118,6 +121,8 @@ class Predictor:
         calibrated: bool = True,
     ) -> None:
         model, metadata = open_model(checkpoint, device)
+        if protocol is None:
+            protocol = run_protocol(checkpoint, device=device)
         if isinstance(model, OnnxModel):
             device = "cpu"  # onnxruntime returns host arrays; the glue runs where they are
         self._setup(model, metadata, device, protocol, calibrated)
@@ -133,7 +138,7 @@ class Predictor:
         calibrated: bool = True,
     ) -> Predictor:
         """Wrap an in-memory model (e.g. right after training); ``metadata`` may hold a
-        calibration."""
+        calibration. Without a run to read, ``protocol`` defaults to single scale."""
         self = cls.__new__(cls)
         self._setup(model, metadata or {}, device, protocol, calibrated)
         return self
@@ -203,11 +208,11 @@ class Predictor:
                 :class:`~sanet.inference.protocol.Cancelled`.
         """
         if unsure:
-            threshold = self.unsure_threshold()
+            self.unsure_threshold()  # refused before the forward passes
             mask, confidence = self.predict_with_confidence(
                 image, max_side=max_side, should_stop=should_stop
             )
-            return np.where(confidence < threshold, IGNORE_INDEX, mask)
+            return self.apply_unsure(mask, confidence)
         x, size = self._working_input(image, max_side)
         mask = predict_mask(self.model, x, self.protocol, should_stop=should_stop)
         return resize_mask(mask, size).cpu().numpy()
@@ -237,6 +242,14 @@ class Predictor:
         if small != size:
             x = F.interpolate(x[None], size=small, mode="bilinear", align_corners=False)[0]
         return x, size
+
+    def apply_unsure(self, mask: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        """``mask`` with 255 on the unsure pixels: those whose calibrated confidence is *below*
+        the risk threshold λ̂. A pixel with confidence exactly λ̂ is sure: the conformal risk
+        control counts a pixel as sure when its confidence is ≥ λ (docs/trust.md), and its
+        guarantee is for that set. The one place the threshold is applied (``sanet predict``,
+        the server and :meth:`predict` all call it)."""
+        return np.where(confidence < self.unsure_threshold(), IGNORE_INDEX, mask)
 
     def unsure_threshold(self) -> float:
         """The calibrated confidence below which a pixel is unsure (``sanet calibrate --risk``).
@@ -280,7 +293,7 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return mask[rows[:, None], cols[None, :]]
 
 
-def evaluate(
+def evaluate_pairs(
     model: nn.Module,
     pairs: Iterable[tuple[Any, Any]],
     num_classes: int,

@@ -33,13 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sanet.conventions import BASE_SIZE, EVAL_CROP_SIZE, EVAL_STRIDE, PAPER_SCALES
 from sanet.errors import UsageError
 from sanet.models.resize import interpolation_taps
 
 logger = logging.getLogger(__name__)
 
-#: The paper's multi-scale evaluation (Sec. 4; PyTorch-Encoding's MultiEvalModule).
-PAPER_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 MIN_INPUT = 32  # the models need H, W ≥ 32; smaller windows are zero-padded (mean colour)
 _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,8 +62,8 @@ class EvalProtocol:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     base_size: int | None = None
-    crop_size: int = 480
-    stride: int = 320
+    crop_size: int = EVAL_CROP_SIZE
+    stride: int = EVAL_STRIDE
     window_batch: int = 4
     band_rows: int = 256
     amp: str = "none"
@@ -75,7 +74,7 @@ class EvalProtocol:
         if self.crop_size < MIN_INPUT or not 0 < self.stride <= self.crop_size:
             raise UsageError(
                 f"Need crop_size ≥ {MIN_INPUT} and 0 < stride ≤ crop_size, got crop_size "
-                f"{self.crop_size}, stride {self.stride} (the paper: 480 and 320)."
+                f"{self.crop_size}, stride {self.stride} (the paper: {EVAL_CROP_SIZE} and {EVAL_STRIDE})."
             )
         if self.amp not in _AMP_DTYPES:
             raise UsageError(f"amp must be one of {list(_AMP_DTYPES)}, got {self.amp!r}.")
@@ -83,7 +82,7 @@ class EvalProtocol:
             raise UsageError(f"base_size must be positive or None, got {self.base_size}.")
 
     @classmethod
-    def paper_ms_flip(cls, base_size: int = 520, **kwargs: Any) -> EvalProtocol:
+    def paper_ms_flip(cls, base_size: int = BASE_SIZE, **kwargs: Any) -> EvalProtocol:
         """Scales 0.5–1.75 of base size 520, each with its mirror image (Sec. 4)."""
         return cls(scales=PAPER_SCALES, flip=True, base_size=base_size, **kwargs)
 

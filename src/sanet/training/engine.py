@@ -1,6 +1,6 @@
 """Step-level training machinery: optimiser groups, poly schedule, resumable data order,
 per-sample seeded augmentation, the train step with AMP and the non-finite guard. (Validation
-is ``sanet.inference.evaluate``, the same loop as ``sanet eval``.)
+is ``sanet.inference.evaluate_pairs``, the same loop as ``sanet eval``.)
 
 Nothing here reads a config: ``trainer.py`` wires these pieces from one.
 """

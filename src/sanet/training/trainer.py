@@ -21,11 +21,10 @@ from torch import nn
 from sanet._files import atomic_torch_save
 from sanet.config import Config, save_config
 from sanet.errors import NonFiniteLossError, TrainingInterrupted, UsageError, plain_worker_errors
-from sanet.inference.predictor import evaluate
+from sanet.inference.predictor import evaluate_pairs
 from sanet.inference.protocol import EvalProtocol
 from sanet.losses import SANetLoss
 from sanet.models.card import recipe_record
-from sanet.models.options import ModelOptions
 from sanet.models.registry import build_model, load_model
 from sanet.rundir import RunDir
 from sanet.training import engine
@@ -121,7 +120,7 @@ class Trainer:
             num_classes=self.num_classes,
             output_stride=m.output_stride,
             pretrained_backbone=m.pretrained_backbone,
-            options=ModelOptions(**{name: getattr(m, name) for name in ModelOptions.names()}),
+            options=m.options(),
         )
         engine.set_bn_momentum(model, t.bn_momentum)
         self.model_config = {"name": model.name, **model.config}
@@ -331,7 +330,7 @@ class Trainer:
         """Validation under :attr:`val_protocol` on every rank's shard; counts all-reduced,
         best saved."""
         pairs = ((images, masks) for images, masks, _ in self.val_loader)
-        cm = evaluate(self.net, pairs, self.num_classes, self.val_protocol, self.device)
+        cm = evaluate_pairs(self.net, pairs, self.num_classes, self.val_protocol, self.device)
         cm.all_reduce()
         result = cm.compute()
         s = self.state

@@ -1,0 +1,90 @@
+"""What several verbs share: datasets from ``"KIND:ROOT"``, the protocol argument, image inputs,
+and the check that a model and a dataset agree on the classes."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sanet.data import SegmentationDataset, build_dataset, parse_data_spec
+from sanet.devices import resolve_device
+from sanet.errors import NotFoundError, UsageError, arg
+from sanet.inference.protocol import EvalProtocol
+from sanet.inference.runs import Mode, run_protocol
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+#: ``protocol=`` of the verbs: an exact :class:`EvalProtocol`, or a mode of the run's own
+#: (``None`` = ``"run"``: the run's ``eval`` section; ``"paper"``; ``"single"``).
+ProtocolArg = EvalProtocol | Mode | None
+
+
+def device_of(device: str | torch.device | None) -> str:
+    """``device``, else ``cuda`` when there is one, else ``cpu``; a device this machine does not
+    have is refused before any work."""
+    return str(resolve_device(device))
+
+
+def protocol_of(checkpoint: str | Path, protocol: ProtocolArg, device: str) -> EvalProtocol:
+    """The protocol a verb runs ``checkpoint`` under (:func:`~sanet.inference.runs.
+    run_protocol`): ``protocol`` itself when it is one, else the run's own in that mode."""
+    if isinstance(protocol, EvalProtocol):
+        return protocol
+    return run_protocol(checkpoint, mode=protocol or "run", device=device)
+
+
+def open_dataset(
+    data: str | SegmentationDataset, split: str, options: Mapping[str, Any] | None = None
+) -> SegmentationDataset:
+    """``data`` as a dataset: ``"KIND:ROOT"`` (``"synthetic"`` needs no root) with ``split`` and
+    dataset ``options`` (a recipe's ``data.options``), or a dataset object as it is."""
+    if not isinstance(data, str):
+        if options:
+            raise UsageError(
+                f"{arg('data_options')} applies to a 'KIND:ROOT' {arg('data')}; build the dataset "
+                "with them instead (sanet.data.build_dataset(kind, root, split, **options))."
+            )
+        return data
+    kind, root = parse_data_spec(data)
+    return build_dataset(kind, root, split=split, **dict(options or {}))
+
+
+def data_name(data: str | SegmentationDataset) -> str:
+    """How a report names ``data``: its ``"KIND:ROOT"``, or the dataset's name."""
+    return data if isinstance(data, str) else str(getattr(data, "name", type(data).__name__))
+
+
+def check_classes(model: Any, dataset: Any, checkpoint: str | Path) -> None:
+    """Refuse to use a model on a dataset with another number of classes."""
+    if model.num_classes != dataset.num_classes:
+        raise UsageError(
+            f"The checkpoint {str(checkpoint)!r} predicts {model.num_classes} classes but the "
+            f"dataset has {dataset.num_classes}. Use it on the dataset it was trained for."
+        )
+
+
+def expand_inputs(inputs: str | Path | list[str | Path]) -> list[Path]:
+    """Files, folders (their images, not recursive) and globs → a sorted, de-duplicated list."""
+    found: list[Path] = []
+    for item in [inputs] if isinstance(inputs, (str, Path)) else inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(str(item)):
+            matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
+            found += [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        else:
+            raise NotFoundError(f"Input {str(item)!r} is not a file, a folder or a glob pattern.")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise NotFoundError(
+            f"No images found in {[str(i) for i in inputs] if isinstance(inputs, list) else inputs}"
+            f"; expected files with extensions {', '.join(IMAGE_EXTENSIONS)}."
+        )
+    return unique

@@ -1,0 +1,209 @@
+"""``sanet.predict_files``: index-PNG masks (and overlays, confidence maps, unsure pixels) for
+image files, written into a folder (``sanet predict``). In memory, predict with
+:class:`~sanet.inference.Predictor`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sanet._files import ensure_writable_dir, refuse_existing
+from sanet.api.common import ProtocolArg, device_of, expand_inputs, protocol_of
+from sanet.errors import DataError, UsageError, arg
+from sanet.inference.predictor import Predictor, load_rgb
+from sanet.inference.protocol import window_count
+from sanet.progress import progress_bar
+from sanet.viz.visualize import confidence_image, mask_to_pil, overlay_with_legend, save_png
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict_files` wrote.
+
+    Attributes:
+        masks: the mask PNG of each image predicted, in input order.
+        failed: the inputs that could not be read, with the reason (the others are written).
+        threshold: with ``unsure``, the calibrated confidence below which a pixel is 255.
+        alpha: the risk level that threshold was chosen for.
+    """
+
+    masks: list[Path] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    threshold: float | None = None
+    alpha: float | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    image: Path
+    mask: Path
+    overlay: Path | None
+    confidence: Path | None
+
+
+def predict_files(
+    checkpoint: str | Path,
+    inputs: str | Path | list[str | Path],
+    out: str | Path,
+    *,
+    overlay: bool = False,
+    unsure: bool = False,
+    confidence: bool = False,
+    protocol: ProtocolArg = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> PredictResult:
+    """Predict image files into ``out``: ``out/<stem>.png`` (index PNG with the classes'
+    palette), with ``overlay`` also ``out/overlays/<stem>.png``, with ``confidence``
+    ``out/<stem>_confidence.png`` (255 × the calibrated largest probability).
+
+    Args:
+        inputs: image files, folders (their images) or glob patterns.
+        unsure: 255 where the calibrated confidence is below the stored risk threshold
+            (``sanet.calibrate(..., risk=α)``; docs/trust.md).
+        protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``.
+        overwrite: replace outputs that exist (default: refuse before any work).
+        progress: show progress bars (images, and windows inside large images).
+
+    Returns:
+        a :class:`PredictResult`; unreadable inputs are listed in ``failed``.
+    """
+    device = device_of(device)
+    chosen = protocol_of(checkpoint, protocol, device)
+    out = Path(out)
+    plan = _plan(expand_inputs(inputs), out, overlay, confidence)
+    ensure_writable_dir(out / "overlays" if overlay else out, arg("out"))
+    targets = [p for row in plan for p in (row.mask, row.overlay, row.confidence) if p]
+    refuse_existing(targets, arg("out"), overwrite)
+    predictor = Predictor(checkpoint, device=device, protocol=chosen)
+    threshold = predictor.unsure_threshold() if unsure else None  # refused before any work
+    result = PredictResult(threshold=threshold)
+    if threshold is not None:
+        result.alpha = predictor.calibration.alpha  # type: ignore[union-attr]
+    with progress_bar(unit="img", enabled=progress) as bar:
+        task = bar.add_task("predict", total=len(plan))
+        windows = WindowProgress(bar, predictor.model, chosen)
+        for row in plan:
+            try:
+                rgb = load_rgb(row.image)
+            except (DataError, FileNotFoundError) as err:
+                result.failed.append(f"{row.image}: {getattr(err, 'problem', None) or err}")
+                bar.advance(task)
+                continue
+            with windows.image(row.image, *rgb.shape[:2]):
+                _write_one(predictor, rgb, row, threshold, unsure or confidence)
+            result.masks.append(row.mask)
+            bar.advance(task)
+    return result
+
+
+def _write_one(
+    predictor: Predictor, rgb: np.ndarray, row: _Plan, threshold: float | None, conf: bool
+) -> None:
+    """One image's mask (255 where unsure), overlay and confidence map."""
+    if conf:
+        mask, confidence = predictor.predict_with_confidence(rgb)
+        if threshold is not None:
+            mask = predictor.apply_unsure(mask, confidence)
+    else:
+        mask = predictor.predict(rgb)
+    save_png(mask_to_pil(mask, predictor.palette), row.mask)
+    if row.confidence is not None:
+        save_png(confidence_image(confidence), row.confidence)
+    if row.overlay is not None:
+        pic = overlay_with_legend(rgb, mask, predictor.class_names, predictor.palette)
+        save_png(pic, row.overlay)
+
+
+def _plan(images: list[Path], out: Path, overlay: bool, confidence: bool) -> list[_Plan]:
+    """Where each image's outputs go; refuses name clashes and overwriting any input."""
+    out = out.resolve()
+    plan, seen = [], {}
+    for image in images:
+        if image.stem in seen:
+            raise UsageError(
+                f"{seen[image.stem]} and {image} would both be written as {image.stem}.png. "
+                f"Predict them into separate {arg('out')} folders."
+            )
+        seen[image.stem] = image
+        mask = out / f"{image.stem}.png"
+        plan.append(
+            _Plan(
+                image,
+                mask,
+                out / "overlays" / f"{image.stem}.png" if overlay else None,
+                mask.with_name(f"{image.stem}_confidence.png") if confidence else None,
+            )
+        )
+    inputs, written = set(images), [(r.mask, r.overlay) for r in plan]
+    taken = {p for pair in written for p in pair if p is not None} | inputs
+    for row in plan:
+        for target in (row.mask, row.overlay):
+            if target is not None and target in inputs:
+                raise UsageError(
+                    f"Refusing to overwrite the input {target}. Choose an {arg('out')} folder "
+                    "that does not hold the input images."
+                )
+        if row.confidence is not None and row.confidence in taken:
+            raise UsageError(
+                f"{row.confidence} is an input or another output as well as a confidence map. "
+                f"Rename the image, or predict it into another {arg('out')} folder."
+            )
+    return plan
+
+
+class WindowProgress:
+    """Progress inside an image that takes many forward passes (windows done / total), and a
+    hint about the base size the first time an image is huge at native size."""
+
+    MIN_WINDOWS = 8  # fewer: the image bar alone moves often enough
+
+    def __init__(self, bar: Any, model: Any, protocol: Any) -> None:
+        self.bar, self.model, self.protocol, self.hinted = bar, model, protocol, False
+
+    @contextlib.contextmanager
+    def image(self, path: Path, height: int, width: int) -> Iterator[None]:
+        total = window_count(height, width, self.protocol)
+        if total < self.MIN_WINDOWS:
+            yield
+            return
+        self._hint(path, height, width, total)
+        task = self.bar.add_task(f"  {path.name}", total=total, unit="win")
+
+        def count(module: Any, inputs: tuple, output: Any) -> None:
+            self.bar.advance(task, inputs[0].shape[0])  # windows (and mirrors) in this batch
+
+        handle = self.model.register_forward_hook(count)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self.bar.remove_task(task)
+
+    def _hint(self, path: Path, height: int, width: int, total: int) -> None:
+        if self.hinted or self.protocol.base_size is not None or max(height, width) <= 2048:
+            return
+        self.hinted = True
+        small = window_count(height, width, dataclasses.replace(self.protocol, base_size=1024))
+        logger.warning(
+            "%s is %d×%d px: at native size it takes %d forward windows. %s predicts at a long "
+            "side of 1024 px (%d windows), the mask is resized back to %d×%d.",
+            path.name,
+            width,
+            height,
+            total,
+            arg("base_size", 1024),
+            small,
+            width,
+            height,
+        )

@@ -1,0 +1,130 @@
+"""One meaning of a run: the config a checkpoint belongs to, and the protocol it is predicted,
+evaluated, calibrated, exported and served with.
+
+:func:`run_protocol` is the only place that turns a checkpoint into an :class:`EvalProtocol`:
+the run's ``eval`` section (``config.yaml`` beside the weights, or the copy ``sanet export``
+embedded in an ``.onnx`` file), then explicit overrides. ``Predictor``, ``sanet.evaluate``,
+``sanet.calibrate``, ``sanet.export`` and the server all call it, so a run means the same
+everywhere (docs/python.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sanet.conventions import BASE_SIZE, EVAL_CROP_SIZE, EVAL_STRIDE, PAPER_SCALES
+from sanet.errors import UsageError, arg
+from sanet.inference.onnx_backend import read_onnx_metadata
+from sanet.inference.protocol import EvalProtocol
+from sanet.rundir import RunDir
+
+logger = logging.getLogger(__name__)
+
+#: Windows per forward pass: wider batches on a GPU than on a CPU (a 500×375 image at the
+#: paper's six scales has 14 windows of 480×480, 28 with mirrors). Chosen defaults, not measured
+#: optima: ``sanet bench --mode eval --window-batch N`` measures.
+WINDOW_BATCH = {"cpu": 4, "cuda": 16}
+
+Mode = Literal["run", "paper", "single"]
+
+
+def run_config(checkpoint: str | Path | None) -> dict[str, Any]:
+    """``config.yaml`` of the run ``checkpoint`` is or lies in, the part of it that ``sanet
+    export`` embedded in an ``.onnx`` file, else ``{}`` (a model saved outside a run)."""
+    if checkpoint is None:
+        return {}
+    if str(checkpoint).lower().endswith(".onnx"):
+        return read_onnx_metadata(checkpoint).get("run_config") or {}
+    run = RunDir.containing(checkpoint)
+    if run is None:
+        return {}
+    import yaml
+
+    try:
+        return yaml.safe_load(run.config.read_text()) or {}
+    except yaml.YAMLError as err:
+        logger.warning("Ignoring unreadable %s (%s)", run.config, err)
+        return {}
+
+
+def embedded_run_config(checkpoint: str | Path) -> dict[str, Any]:
+    """What an exported file keeps of its run's config: the ``eval`` section and the base size
+    (enough for :func:`run_protocol` to mean the same for the file as for the run)."""
+    cfg = run_config(checkpoint)
+    if not cfg:
+        return {}
+    return {
+        "eval": cfg.get("eval") or {},
+        "data": {"base_size": (cfg.get("data") or {}).get("base_size")},
+    }
+
+
+def run_protocol(
+    checkpoint: str | Path | None = None,
+    *,
+    mode: Mode = "run",
+    scales: tuple[float, ...] | None = None,
+    flip: bool | None = None,
+    base_size: int | None = None,
+    crop_size: int | None = None,
+    stride: int | None = None,
+    window_batch: int | None = None,
+    amp: str = "none",
+    device: str | torch.device = "cpu",
+) -> EvalProtocol:
+    """The protocol of ``checkpoint``'s run, with explicit overrides.
+
+    Each setting comes from its argument, else from the run's ``eval`` section, else from the
+    defaults (single scale, windows of 480 every 320 px). ``mode="paper"`` takes the paper's
+    scales 0.5–1.75 with flips, ``mode="single"`` scale 1.0 at the image's own size without
+    flips (what validation during training measures). Scales other than a lone 1.0 are
+    fractions of the base size (``base_size``, else the run's ``data.base_size``, else 520), as
+    in the paper; a base size of 0 in a recipe scales each image's own size.
+
+    Args:
+        checkpoint: a run directory or a file in one, a ``save_pretrained`` folder, an ``.onnx``
+            file, or ``None`` (no run: the defaults).
+        window_batch: windows per forward pass (default: 4 on a CPU, 16 on a GPU).
+        device: where the forward passes run (it picks the window batch).
+    """
+    cfg = run_config(checkpoint)
+    ev = cfg.get("eval") or {}
+    chosen_scales = tuple(ev.get("scales") or (1.0,))
+    chosen_flip = bool(ev.get("flip", False))
+    if mode == "paper":
+        chosen_scales, chosen_flip = PAPER_SCALES, True
+    elif mode == "single":
+        if scales is not None:
+            raise UsageError(
+                f"{arg('scales')} contradicts the single-scale mode (scale 1.0); give one of them."
+            )
+        chosen_scales, chosen_flip = (1.0,), False
+    elif mode != "run":
+        raise UsageError(f"mode must be 'run', 'paper' or 'single', got {mode!r}.")
+    if scales is not None:
+        chosen_scales = tuple(scales)
+    if flip is not None:
+        chosen_flip = flip
+    base = base_size
+    if base is None and tuple(chosen_scales) != (1.0,):
+        base = (cfg.get("data") or {}).get("base_size", BASE_SIZE)
+    kind = torch.device(device).type
+    return EvalProtocol(
+        scales=tuple(float(s) for s in chosen_scales),
+        flip=chosen_flip,
+        base_size=base or None,  # 0: a recipe trained at each image's own size
+        crop_size=int(crop_size or ev.get("crop_size") or EVAL_CROP_SIZE),
+        stride=int(stride or ev.get("stride") or EVAL_STRIDE),
+        window_batch=window_batch or WINDOW_BATCH.get(kind, WINDOW_BATCH["cpu"]),
+        amp=amp,
+    )
+
+
+def protocol_mode(protocol: EvalProtocol) -> str:
+    """``single-scale`` or ``multi-scale``, with ``+flip`` when mirrors are averaged."""
+    mode = "single-scale" if tuple(protocol.scales) == (1.0,) else "multi-scale"
+    return mode + ("+flip" if protocol.flip else "")
