@@ -320,15 +320,14 @@ def confusion_tiled(
     model: nn.Module,
     source: RasterSource,
     labels: Any,
-    num_classes: int,
+    cm: ConfusionMatrix,
     protocol: EvalProtocol,
     *,
     tiling: Tiling | None = None,
     device: torch.device | str = "cpu",
 ) -> ConfusionMatrix:
-    """The confusion matrix of one large image, block by block: ``labels(rows, cols)`` gives the
-    class ids (0..K-1, 255 = ignore) of a block; nodata pixels are left out."""
-    cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
+    """Add one large image to ``cm``, block by block: ``labels(rows, cols)`` gives the class ids
+    (0..K-1, 255 = ignore) of a block; nodata pixels are left out."""
     for block in stream_blocks(model, source, protocol, tiling=tiling, device=device):
         target = torch.as_tensor(np.asarray(labels(block.rows, block.cols)), dtype=torch.int64)
         target[~torch.from_numpy(block.valid)] = IGNORE_INDEX

@@ -212,7 +212,8 @@ def write_tiled(
         unsure: the predictor's ``apply_unsure`` (the one place its threshold is applied).
         should_stop: asked after each block; a truthy answer (a signal's name, or True) stops
             with :class:`~sanet.errors.Interrupted` after saving the state.
-        on_block: called with ``(blocks done, blocks in all)``.
+        on_block: called with ``(blocks done, blocks in all)`` when the work starts and after
+            each block.
     """
     tiling, began = tiling or Tiling(), time.perf_counter()
     if meta["num_classes"] > IGNORE_INDEX:
@@ -232,6 +233,8 @@ def write_tiled(
         return out
     rasterio = require_rasterio()
     out.resumed_from = start
+    if on_block is not None:
+        on_block(start, total)
     temperatures = [1.0] if temperature == 1.0 else [1.0, temperature]
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
