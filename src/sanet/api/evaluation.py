@@ -19,7 +19,7 @@ from sanet.api.common import (
     open_dataset,
     protocol_of,
 )
-from sanet.api.large_eval import is_large, stream_pair
+from sanet.api.large_eval import is_large, stream_large
 from sanet.api.tiled import TILE_ABOVE_MP
 from sanet.data import SegmentationDataset
 from sanet.errors import DataError, UsageError, arg
@@ -107,9 +107,8 @@ def evaluate(
     start, failed, done, large = time.perf_counter(), [], [], []
     with progress_bar(unit="img", enabled=progress) as bar:
         task = bar.add_task(f"eval {split}", total=n)
-        pairs = _readable_pairs(
-            dataset, n, failed, done, lambda: bar.advance(task), large, tile_above
-        )
+        skip = lambda: bar.advance(task)  # noqa: E731
+        pairs = _readable_pairs(dataset, n, failed, done, skip, large, tile_above)
 
         def on_image(j: int, pred: Any) -> None:
             if save_predictions:
@@ -117,13 +116,7 @@ def evaluate(
             bar.advance(task)
 
         cm = evaluate_pairs(model, pairs, dataset.num_classes, chosen, device, on_image=on_image)
-        for i in large:  # streamed block by block (docs/large-images.md)
-            try:
-                stream_pair(model, dataset, i, cm, chosen, device)
-                done.append(i)
-            except (DataError, FileNotFoundError) as err:
-                failed.append(str(err))
-            bar.advance(task)
+        stream_large(model, dataset, large, cm, chosen, device, done, failed, bar, task)
     if not done:
         return EvalResult({}, None, failed)
     report = _report(cm, dataset, chosen, len(done), time.perf_counter() - start, meta)

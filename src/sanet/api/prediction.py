@@ -105,24 +105,17 @@ def predict_files(
     """
     device = device_of(device)
     chosen = protocol_of(checkpoint, protocol, device)
+    options = {"bands": bands, "value_range": value_range, "tile_size": tile_size}
+    options |= {"strip_width": strip_width, "resume": resume, "overwrite": overwrite}
     out, images = Path(out), expand_inputs(inputs)
     plan = _plan(images, out, overlay, confidence)
     tiles, notes = _tiled_plan(images, out, tiled, tile_above, confidence, unsure)
-    _check_tiled_options(tiles, bands, value_range, tile_size, strip_width, overlay, notes)
-    ensure_writable_dir(out / "overlays" if overlay and len(tiles) < len(plan) else out, arg("out"))
-    targets = [p for r in plan if r.image not in tiles for p in (r.mask, r.overlay, r.confidence)]
-    refuse_existing([p for p in targets if p], arg("out"), overwrite)
-    for image, t in tiles.items():
-        preflight(t, resume=resume, overwrite=overwrite)
-        with contextlib.suppress(DataError):  # bad bands fail now; unreadable: in ``failed``
-            open_raster(image, bands=bands, value_range=value_range).close()
+    _check_outputs(plan, tiles, out, overlay, notes, options)
     predictor = Predictor(checkpoint, device=device, protocol=chosen)
     threshold = predictor.unsure_threshold() if unsure else None  # refused before any work
     result = PredictResult(threshold=threshold, notes=notes)
     if threshold is not None:
         result.alpha = predictor.calibration.alpha  # type: ignore[union-attr]
-    options = {"bands": bands, "value_range": value_range, "tile_size": tile_size}
-    options |= {"strip_width": strip_width, "resume": resume, "overwrite": overwrite}
     with progress_bar(unit="img", enabled=progress) as bar:
         task = bar.add_task("predict", total=len(plan))
         windows = WindowProgress(bar, predictor.model, chosen)
@@ -133,6 +126,27 @@ def predict_files(
                 _whole_one(predictor, row, windows, threshold, unsure or confidence, result)
             bar.advance(task)
     return result
+
+
+def _check_outputs(
+    plan: list[_Plan],
+    tiles: dict[Path, TiledTargets],
+    out: Path,
+    overlay: bool,
+    notes: list[str],
+    options: dict[str, Any],
+) -> None:
+    """Refuse, before any work, outputs that exist, partial predictions not resumed, bad tiling
+    options and bad band choices (an unreadable image is reported in ``failed`` later)."""
+    _check_tiled_options(tiles, options, overlay, notes)
+    whole = [r for r in plan if r.image not in tiles]
+    ensure_writable_dir(out / "overlays" if overlay and whole else out, arg("out"))
+    targets = [p for r in whole for p in (r.mask, r.overlay, r.confidence) if p is not None]
+    refuse_existing(targets, arg("out"), options["overwrite"])
+    for image, t in tiles.items():
+        preflight(t, resume=options["resume"], overwrite=options["overwrite"])
+        with contextlib.suppress(DataError):
+            open_raster(image, bands=options["bands"], value_range=options["value_range"]).close()
 
 
 def _tiled_plan(
@@ -151,18 +165,18 @@ def _tiled_plan(
 
 
 def _check_tiled_options(
-    tiles: dict, bands: Any, value_range: Any, tile: int, strip: int, overlay: bool, notes: list
+    tiles: dict[Path, TiledTargets], options: dict[str, Any], overlay: bool, notes: list[str]
 ) -> None:
-    Tiling(tile, strip)  # bad sizes fail now
-    if not tiles and (bands is not None or value_range is not None):
+    Tiling(options["tile_size"], options["strip_width"])  # bad sizes fail now
+    if not tiles and (options["bands"] is not None or options["value_range"] is not None):
         raise UsageError(
             f"{arg('bands')} and {arg('value_range')} apply to images predicted tile by tile; "
             f"add {arg('tiled', True)} (GeoTIFF outputs)."
         )
     if tiles and overlay:
         notes.append(
-            "No overlay is drawn for images predicted tile by tile (open the GeoTIFF "
-            "over the image in a GIS: docs/large-images.md)"
+            "No overlay is drawn for images predicted tile by tile (open the GeoTIFF over the "
+            "image in a GIS: docs/large-images.md)"
         )
         logger.info(notes[-1])
 

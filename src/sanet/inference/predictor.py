@@ -14,12 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sanet._files import ensure_writable_file
 from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import load_image
 from sanet.data.transforms import normalize_image
 from sanet.devices import resolve_device
-from sanet.errors import UsageError, arg
+from sanet.errors import UsageError
 from sanet.inference.confidence import (
     Calibration,
     arg_max,
@@ -27,13 +26,11 @@ from sanet.inference.confidence import (
     protocol_views,
     read_calibration,
 )
-from sanet.inference.geotiff import TiledTargets
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask, predict_proba
-from sanet.inference.raster import open_raster
 from sanet.inference.runs import run_protocol
 from sanet.inference.tiled import Tiling
-from sanet.inference.tiled_job import TiledOutput, tiled_meta, write_tiled
+from sanet.inference.tiled_job import TiledOutput, predict_raster
 from sanet.metrics import ConfusionMatrix
 from sanet.models.registry import load_model
 
@@ -265,13 +262,11 @@ class Predictor:
         on_block: Callable[[int, int], None] | None = None,
     ) -> TiledOutput:
         """Predict an image of any size block by block into GeoTIFF, in memory independent of
-        its area (docs/large-images.md): the class ids at ``out`` (uint8, the palette as colour
-        table, the input's CRS, transform and nodata), with ``confidence`` also
-        ``OUT_confidence.tif`` (255 × the calibrated largest probability) and with ``unsure``
-        ``OUT_unsure.tif`` (1 where the confidence is below the risk threshold).
-
-        The result is this predictor's sliding-window protocol on the whole image (up to float
-        rounding), with scales relative to the image's own resolution.
+        its area (docs/large-images.md): class ids at ``out`` (uint8, the palette as colour
+        table, the input's CRS, transform and nodata); with ``confidence`` also
+        ``OUT_confidence.tif`` (255 × the calibrated largest probability), with ``unsure``
+        ``OUT_unsure.tif`` (1 where the confidence is below the risk threshold). The same
+        answer as the whole-image sliding window (scales relative to the image's resolution).
 
         Args:
             image: a raster file (GeoTIFF, any GDAL format, PNG, JPEG) or an ``(H, W, 3)``
@@ -279,50 +274,26 @@ class Predictor:
             bands: the 3 bands (1-based) used as red, green, blue of a multispectral raster.
             value_range: values mapped onto 0..255 (16-bit: default 0..65535; float: needed).
             tile_size, strip_width: the output tiles (block rows) and the strips' width.
-            resume: continue a partial prediction of ``out`` (a stopped run), or keep whole
-                outputs; overwrite: replace outputs and discard a partial prediction.
+            resume: continue a stopped prediction of ``out`` (whole outputs are kept);
+                overwrite: replace outputs and discard a partial prediction.
             should_stop: asked after each block; truthy stops with
                 :class:`~sanet.errors.Interrupted` (the partial files are kept for ``resume``).
             on_block: called with ``(blocks done, blocks in all)``.
         """
-        if unsure:
-            self.unsure_threshold()  # refused before any work
-        out = ensure_writable_file(out, arg("out"), "IMAGE.tif")
-        tiling = Tiling(tile_size, strip_width)
-        with open_raster(image, bands=bands, value_range=value_range) as source:
-            notes = [source.note] if source.note else []
-            if self.protocol.base_size is not None:
-                notes.append(
-                    f"Tiled prediction: scales {list(self.protocol.scales)} are relative to the "
-                    f"image's own resolution (the base size {self.protocol.base_size} is not used)"
-                )
-            for note in notes:
-                logger.info(note)
-            result = write_tiled(
-                self.model,
-                source,
-                TiledTargets.beside(out, confidence, unsure),
-                self.protocol,
-                meta=tiled_meta(
-                    self.model,
-                    self.protocol,
-                    self.metadata,
-                    self.calibration,
-                    calibrated=confidence or unsure,
-                    bands=bands,
-                    value_range=value_range,
-                ),
-                tiling=tiling,
-                temperature=self.temperature if (confidence or unsure) else 1.0,
-                unsure=self.apply_unsure if unsure else None,
-                resume=resume,
-                overwrite=overwrite,
-                device=self.device,
-                should_stop=should_stop,
-                on_block=on_block,
-            )
-        result.notes = notes
-        return result
+        return predict_raster(
+            self,
+            image,
+            out,
+            confidence=confidence,
+            unsure=unsure,
+            bands=bands,
+            value_range=value_range,
+            tiling=Tiling(tile_size, strip_width),
+            resume=resume,
+            overwrite=overwrite,
+            should_stop=should_stop,
+            on_block=on_block,
+        )
 
     def apply_unsure(self, mask: np.ndarray, confidence: np.ndarray) -> np.ndarray:
         """``mask`` with 255 on the unsure pixels: those whose calibrated confidence is *below*

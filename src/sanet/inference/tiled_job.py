@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sanet._files import atomic_write_text, refuse_existing
+from sanet._files import atomic_write_text, ensure_writable_file, refuse_existing
 from sanet.conventions import IGNORE_INDEX
 from sanet.errors import Interrupted, NotWritableError, OutputExistsError, UsageError, arg
 from sanet.inference.confidence import Calibration, protocol_settings
@@ -36,8 +37,10 @@ from sanet.inference.geotiff import (
     write_block,
 )
 from sanet.inference.protocol import EvalProtocol
-from sanet.inference.raster import RasterSource, require_rasterio
+from sanet.inference.raster import RasterSource, open_raster, require_rasterio
 from sanet.inference.tiled import Tiling, stream_blocks
+
+logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 GDAL_CACHE_BYTES = 64 * 2**20  # GDAL's block cache (its default is 5 % of the RAM)
@@ -215,7 +218,44 @@ def write_tiled(
         on_block: called with ``(blocks done, blocks in all)`` when the work starts and after
             each block.
     """
-    tiling, began = tiling or Tiling(), time.perf_counter()
+    began = time.perf_counter()
+    tiling = tiling or Tiling()
+    start, state, out = _prepare(source, targets, meta, tiling, resume, overwrite)
+    if start is None:
+        return out
+    rasterio = require_rasterio()
+    if on_block is not None:
+        on_block(start, state["blocks"])
+    temperatures = [1.0] if temperature == 1.0 else [1.0, temperature]
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+            if start == 0:
+                create_layers(targets, source, tiling, meta)
+                _save_state(targets, state | {"done": 0})
+            kw = {"tiling": tiling, "temperatures": temperatures, "start": start, "device": device}
+            blocks = stream_blocks(model, source, protocol, **kw)
+            _loop(targets, blocks, state, unsure, should_stop, on_block)
+    except BaseException as err:
+        if (read_state(targets) or {}).get("done", 0) == 0:
+            discard_partial(targets)  # nothing done: nothing left behind
+        if _is_disk_full(err) and not isinstance(err, NotWritableError):
+            raise _disk_full(targets, "writing the outputs") from err
+        raise
+    finish_layers(targets)
+    out.seconds = time.perf_counter() - began
+    return out
+
+
+def _prepare(
+    source: RasterSource,
+    targets: TiledTargets,
+    meta: dict[str, Any],
+    tiling: Tiling,
+    resume: bool,
+    overwrite: bool,
+) -> tuple[int | None, dict[str, Any], TiledOutput]:
+    """The block to start at (``None``: the outputs are whole already), the state to save, and
+    the result to fill."""
     if meta["num_classes"] > IGNORE_INDEX:
         raise UsageError(
             f"GeoTIFF class ids are uint8: at most 255 classes, got {meta['num_classes']}."
@@ -227,39 +267,70 @@ def write_tiled(
         targets.mask, targets.confidence, targets.unsure, source.height, source.width, total
     )
     start = _start(targets, state, resume, overwrite)
+    out.resumed_from = total if start is None else start
     if start is None or start == total:
-        finish_layers(targets)
-        out.complete, out.resumed_from = True, total
-        return out
-    rasterio = require_rasterio()
-    out.resumed_from = start
-    if on_block is not None:
-        on_block(start, total)
-    temperatures = [1.0] if temperature == 1.0 else [1.0, temperature]
-    try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-            if start == 0:
-                create_layers(targets, source, tiling, meta)
-                _save_state(targets, state | {"done": 0})
-            blocks = stream_blocks(
-                model,
-                source,
-                protocol,
-                tiling=tiling,
-                temperatures=temperatures,
-                start=start,
-                device=device,
+        finish_layers(targets)  # (a run stopped between its last block and the renames)
+        out.complete = True
+        return None, state, out
+    return start, state, out
+
+
+def predict_raster(
+    predictor: Any,
+    image: Any,
+    out: str | Path,
+    *,
+    confidence: bool,
+    unsure: bool,
+    bands: Sequence[int] | None,
+    value_range: tuple[float, float] | None,
+    tiling: Tiling,
+    resume: bool,
+    overwrite: bool,
+    should_stop: Callable[[], Any] | None,
+    on_block: Callable[[int, int], None] | None,
+) -> TiledOutput:
+    """The work of :meth:`~sanet.inference.Predictor.predict_tiled` (``predictor``: its model,
+    protocol, calibration, device and ``apply_unsure``)."""
+    if unsure:
+        predictor.unsure_threshold()  # refused before any work
+    out = ensure_writable_file(out, arg("out"), "IMAGE.tif")
+    calibrated, protocol = confidence or unsure, predictor.protocol
+    with open_raster(image, bands=bands, value_range=value_range) as source:
+        notes = [source.note] if source.note else []
+        if protocol.base_size is not None:
+            notes.append(
+                f"Tiled prediction: scales {list(protocol.scales)} are relative to the image's "
+                f"own resolution (the base size {protocol.base_size} is not used)"
             )
-            _loop(targets, blocks, state, unsure, should_stop, on_block)
-    except BaseException as err:
-        if (read_state(targets) or {}).get("done", 0) == 0:
-            discard_partial(targets)  # nothing done: nothing left behind
-        if _is_disk_full(err) and not isinstance(err, NotWritableError):
-            raise _disk_full(targets, "writing the outputs") from err
-        raise
-    finish_layers(targets)
-    out.seconds = time.perf_counter() - began
-    return out
+        for note in notes:
+            logger.info(note)
+        meta = tiled_meta(
+            predictor.model,
+            protocol,
+            predictor.metadata,
+            predictor.calibration,
+            calibrated=calibrated,
+            bands=bands,
+            value_range=value_range,
+        )
+        result = write_tiled(
+            predictor.model,
+            source,
+            TiledTargets.beside(out, confidence, unsure),
+            protocol,
+            meta=meta,
+            tiling=tiling,
+            temperature=predictor.temperature if calibrated else 1.0,
+            unsure=predictor.apply_unsure if unsure else None,
+            resume=resume,
+            overwrite=overwrite,
+            device=predictor.device,
+            should_stop=should_stop,
+            on_block=on_block,
+        )
+    result.notes = notes
+    return result
 
 
 def _loop(
