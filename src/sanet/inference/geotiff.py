@@ -86,6 +86,7 @@ def create_layers(
     rasterio = require_rasterio()
     k = meta["num_classes"] or IGNORE_INDEX  # unknown: a colour for every id
     palette = list(meta.get("palette") or []) + voc_palette(k)[len(meta.get("palette") or []) :]
+    targets.mask.parent.mkdir(parents=True, exist_ok=True)
     for name, path in targets.layers().items():
         with (
             quiet(),
