@@ -28,13 +28,20 @@ from typing import Any
 import numpy as np
 
 from sanet.data.io import load_image, load_mask
-from sanet.errors import DataError, NotFoundError, UsageError, arg
+from sanet.errors import DataError, NotFoundError, UsageError, arg, speaks_cli
 
 logger = logging.getLogger(__name__)
 
 #: Decoded whole by Pillow (as every other sanet command reads images); the rest goes to GDAL.
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _RE_COPY = "copy or export the file again (gdalinfo shows what GDAL reads of it)"
+
+
+def numbers_arg(name: str, values: Sequence[float]) -> str:
+    """``bands=(4, 3, 2)`` from Python, ``--bands 4,3,2`` on the command line."""
+    if speaks_cli():
+        return arg(name, ",".join(f"{v:g}" for v in values))
+    return arg(name, tuple(values))
 
 
 def require_rasterio() -> Any:
@@ -209,7 +216,7 @@ def _choose_bands(
         return (1,), False, f"{Path(path).name}: 1 band, repeated to red, green and blue"
     raise UsageError(
         f"{path} has {count} bands and none is marked as alpha: name the 3 used as red, green "
-        f"and blue with {arg('bands', (3, 2, 1) if count < 4 else (4, 3, 2))} (1-based)."
+        f"and blue with {numbers_arg('bands', (3, 2, 1) if count < 4 else (4, 3, 2))} (1-based)."
     )
 
 
@@ -229,11 +236,11 @@ def _value_range(
             "%s is 16-bit: values 0..65535 are scaled to 0..255 (pass %s to stretch e.g. "
             "12-bit data)",
             Path(path).name,
-            arg("value_range", (0, 4095)),
+            numbers_arg("value_range", (0, 4095)),
         )
         return 0.0, 65535.0
     raise UsageError(
-        f"{path} holds {dtype} values: pass {arg('value_range', (0, 1))} (the values shown as "
+        f"{path} holds {dtype} values: pass {numbers_arg('value_range', (0, 1))} (the values shown as "
         "black and white) to map them onto 0..255."
     )
 

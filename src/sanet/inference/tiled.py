@@ -228,13 +228,16 @@ class _ScaleStrip:
                 self._accumulate(self.ys[k], chunk, probs)
 
     def _accumulate(self, y: int, xs: list[int], probs: list[torch.Tensor]) -> None:
+        """Add windows at row ``y``; the rows of a window above the sums' first row (a window
+        added again on a resume) are written already and left out."""
         self._grow(y + self.ch)
-        r = y - self.base
+        skip = max(0, self.base - y)
+        r, h = y + skip - self.base, self.ch - skip
         for j, x in enumerate(xs):
             c = x - self.x0
             for s, p in zip(self.sums, probs, strict=True):
-                s[:, r : r + self.ch, c : c + self.cw] += p[j]
-            self.count[r : r + self.ch, c : c + self.cw] += 1
+                s[:, r : r + h, c : c + self.cw] += p[j][:, skip:]
+            self.count[r : r + h, c : c + self.cw] += 1
 
     def _grow(self, end: int) -> None:
         """Room in the sums for scaled rows up to ``end`` (exclusive)."""

@@ -169,7 +169,7 @@ def _start(
         return 0
     if found is None:
         return None if resume and targets.mask.exists() else 0
-    differs = [k for k in ("image", "settings", "blocks") if found.get(k) != state[k]]
+    differs = [k for k in ("image", "settings") if found.get(k) != state[k]]
     layers = targets.layers().values()
     missing = [p for p in layers if not (TiledTargets.partial(p).is_file() or p.is_file())]
     if differs or missing or found.get("unreadable"):
