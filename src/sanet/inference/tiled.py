@@ -177,9 +177,14 @@ class _ScaleStrip:
         self.x0, self.out_cols = self.xs[0], cols
         self.width = self.xs[-1] + self.cw - self.x0
         self.done, self.base = 0, 0  # window rows added; scaled row of the sums' first row
-        self.count = torch.zeros(0, self.width, device=run.device)
+        # Room for one block's rows and the windows reaching below them, allocated once: the
+        # sums move up by one block after each (``_drop``), never grow in steady state.
+        rows = int(run.tile * h / run.height) + 3 + self.ch
+        self.used = 0  # rows of the sums in use, from ``base``
+        self.count = torch.zeros(rows, self.width, device=run.device)
         self.sums = [
-            torch.zeros(run.num_classes, 0, self.width, device=run.device) for _ in run.temperatures
+            torch.zeros(run.num_classes, rows, self.width, device=run.device)
+            for _ in run.temperatures
         ]
 
     def start_at(self, row: int) -> None:
@@ -240,17 +245,23 @@ class _ScaleStrip:
             self.count[r : r + h, c : c + self.cw] += 1
 
     def _grow(self, end: int) -> None:
-        """Room in the sums for scaled rows up to ``end`` (exclusive)."""
-        extra = end - self.base - self.count.shape[0]
+        """Rows up to scaled row ``end`` (exclusive) in use (more room if ever needed)."""
+        need = end - self.base
+        extra = need - self.count.shape[0]
         if extra > 0:
             self.count = F.pad(self.count, (0, 0, 0, extra))
             self.sums = [F.pad(s, (0, 0, 0, extra)) for s in self.sums]
+        self.used = max(self.used, need)
 
     def _drop(self, base: int) -> None:
-        """Forget the scaled rows above ``base`` (final, handed out)."""
-        cut = base - self.base
-        self.count, self.base = self.count[cut:].clone(), base
-        self.sums = [s[:, cut:].clone() for s in self.sums]
+        """Forget the scaled rows above ``base`` (final, handed out): the rows below move up."""
+        cut, used = base - self.base, self.used
+        keep = max(0, used - cut)
+        for t in [self.count, *self.sums]:
+            if keep:
+                t[..., :keep, :] = t[..., cut:used, :].clone()
+            t[..., keep:used, :] = 0
+        self.base, self.used = base, keep
 
 
 class _Run:
@@ -263,8 +274,10 @@ class _Run:
         protocol: EvalProtocol,
         temperatures: Sequence[float],
         device: torch.device | str,
+        tile: int,
     ) -> None:
         self.model, self.source, self.protocol = model, source, tiled_protocol(protocol)
+        self.tile = tile
         self.temperatures, self.device = list(temperatures), torch.device(device)
         self.height, self.width = source.height, source.width
         with torch.no_grad():  # the number of classes, from one small forward pass
@@ -305,7 +318,7 @@ def stream_blocks(
     the image's size.
     """
     tiling = tiling or Tiling()
-    run = _Run(model, source, protocol, temperatures, device)
+    run = _Run(model, source, protocol, temperatures, device, tiling.tile)
     plan = tiling.blocks(run.height, run.width)
     strips: list[_ScaleStrip] = []
     for index in range(start, len(plan)):
