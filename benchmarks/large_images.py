@@ -23,6 +23,7 @@ run's peak memory: every strip holds the same buffers); its throughput is that o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -82,10 +83,8 @@ def child(mode: str, raster: str, out: str, threads: int, max_strips: int | None
             with rasterio.open(raster) as src:
                 per_strip = -(-src.height // 512)
         stop = (lambda: blocks[0] >= max_strips * per_strip) if per_strip else None  # type: ignore[operator]
-        try:
+        with contextlib.suppress(sanet.errors.Interrupted):  # --max-strips
             predictor.predict_tiled(raster, out, on_block=on_block, should_stop=stop)
-        except sanet.errors.Interrupted:
-            pass
     else:
         import rasterio
 

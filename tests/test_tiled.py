@@ -50,18 +50,29 @@ def test_tiled_equals_the_whole_image_sliding_window_and_keeps_the_georeference(
     rgb = scene(203, 341)
     src = write_tif(tmp_path / "scene.tif", rgb.transpose(2, 0, 1))
     pred = predictor(model, temperature=2.0)
+    want_mask, want_conf = _whole(pred, rgb)
+    threshold = float(np.median(want_conf))  # about half the pixels unsure
+    pred.calibration = dataclasses.replace(pred.calibration, threshold=threshold)
     out = pred.predict_tiled(
-        src, tmp_path / "out" / "scene.tif", confidence=True, tile_size=32, strip_width=128
+        src,
+        tmp_path / "out" / "scene.tif",
+        confidence=True,
+        unsure=True,
+        tile_size=32,
+        strip_width=128,
     )
     assert out.blocks == 21 and out.resumed_from == 0 and not out.complete
     mask, info = read_layer(out.mask)
     conf, conf_info = read_layer(out.confidence)
-    want_mask, want_conf = _whole(pred, rgb)
     assert (mask == want_mask).mean() >= 0.999  # measured: 1.0
     want = np.rint(np.clip(want_conf, 0, 1) * 255).astype(np.uint8)
     assert np.abs(conf.astype(int) - want).max() <= 1 and (conf == want).mean() >= 0.999
     assert np.array_equal(pred.predict(rgb), want_mask)  # the reference is predict's answer
-    for layer in (info, conf_info):
+    unsure, unsure_info = read_layer(out.unsure)  # 1 = unsure: apply_unsure's rule
+    want_unsure = (pred.apply_unsure(want_mask, want_conf) == 255).astype(np.uint8)
+    assert (unsure == want_unsure).mean() >= 0.999 and 0 < unsure.mean() < 1
+    assert unsure_info["nodata"] == 255 and float(unsure_info["tags"]["threshold"]) == threshold
+    for layer in (info, conf_info, unsure_info):
         assert layer["crs"] == rasterio.crs.CRS.from_string(CRS)
         assert layer["transform"] == TRANSFORM
         assert layer["tiled"] and layer["blockxsize"] == 32 and layer["compress"] == "deflate"
@@ -70,10 +81,8 @@ def test_tiled_equals_the_whole_image_sliding_window_and_keeps_the_georeference(
     assert info["colormap"][2] == (*PALETTE[2], 255) and info["colormap"][255][3] == 0
     assert info["description"] == "mask" and conf_info["description"] == "confidence"
     assert "background" in info["tags"]["class_names"]
-    assert sorted(p.name for p in out.mask.parent.iterdir()) == [
-        "scene.tif",
-        "scene_confidence.tif",
-    ]
+    names = sorted(p.name for p in out.mask.parent.iterdir())
+    assert names == ["scene.tif", "scene_confidence.tif", "scene_unsure.tif"]
 
 
 def test_multi_scale_with_flips_matches_the_whole_image_protocol(model, tmp_path: Path) -> None:

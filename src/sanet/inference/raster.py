@@ -216,7 +216,7 @@ def _choose_bands(
         return (1,), False, f"{Path(path).name}: 1 band, repeated to red, green and blue"
     raise UsageError(
         f"{path} has {count} bands and none is marked as alpha: name the 3 used as red, green "
-        f"and blue with {numbers_arg('bands', (3, 2, 1) if count < 4 else (4, 3, 2))} (1-based)."
+        f"and blue with {numbers_arg('bands', (4, 3, 2) if count >= 4 else (1,))} (1-based)."
     )
 
 
