@@ -47,12 +47,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--unsure",
         action="store_true",
-        help="255 on pixels below the calibrated risk threshold (sanet calibrate --risk)",
+        help="255 on pixels below the calibrated risk threshold (sanet calibrate --risk); tiled: "
+        "<stem>_unsure.tif, 1 = unsure",
     )
     p.add_argument(
         "--confidence",
         action="store_true",
-        help="also write <stem>_confidence.png: 255 × the calibrated largest probability",
+        help="also write <stem>_confidence.png (tiled: .tif): 255 × the calibrated largest "
+        "probability",
     )
     add_tiled_args(p)
     add_overwrite(p, "masks and overlays in --out that exist")
