@@ -117,6 +117,11 @@ def test_band_rules_single_band_16_bit_multispectral_float(model, tmp_path: Path
     # 16-bit: 0..65535 → 0..255 by default; value_range stretches (12-bit data)
     wide = write_tif(tmp_path / "u16.tif", (rgb.astype(np.uint16) * 257).transpose(2, 0, 1))
     assert np.array_equal(tiled(wide), pred.predict(rgb))
+    note = pred.predict_tiled(wide, tmp_path / "n" / "u16.tif", tile_size=64).notes
+    assert note == [
+        "u16.tif is 16-bit: values 0..65535 scaled to 0..255 (pass "
+        "value_range=(0, 4095) to stretch e.g. 12-bit data)"
+    ]
     twelve = write_tif(tmp_path / "u12.tif", (rgb.astype(np.uint16) * 16).transpose(2, 0, 1))
     assert np.array_equal(tiled(twelve, value_range=(0, 4080)), pred.predict(rgb))
     # 5 bands: refused without bands (one line naming the count and the fix), used with them

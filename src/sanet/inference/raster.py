@@ -19,7 +19,6 @@ Band rules (one line each; the note of a :class:`RasterSource` says which one ap
 from __future__ import annotations
 
 import contextlib
-import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,8 +28,6 @@ import numpy as np
 
 from sanet.data.io import load_image, load_mask
 from sanet.errors import DataError, NotFoundError, UsageError, arg, speaks_cli
-
-logger = logging.getLogger(__name__)
 
 #: Decoded whole by Pillow (as every other sanet command reads images); the rest goes to GDAL.
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -148,7 +145,18 @@ class GdalSource(RasterSource):
         self.transform = src.transform if (src.crs or not src.transform.is_identity) else None
         self.nodata = src.nodata
         self._bands, self._alpha, self.note = _choose_bands(src, self.path, bands)
-        self._range = _value_range(src.dtypes[self._bands[0] - 1], self.path, value_range)
+        dtype = src.dtypes[self._bands[0] - 1]
+        self._range = _value_range(dtype, self.path, value_range)
+        if dtype == "uint16" and value_range is None:
+            self.note = "; ".join(
+                n
+                for n in (
+                    self.note,
+                    f"{Path(path).name} is 16-bit: values 0..65535 scaled to 0..255 (pass "
+                    f"{numbers_arg('value_range', (0, 4095))} to stretch e.g. 12-bit data)",
+                )
+                if n
+            )
         self._masked = self._alpha or any(
             "all_valid" not in {f.name for f in flags} for flags in src.mask_flag_enums
         )
@@ -232,12 +240,6 @@ def _value_range(
     if dtype == "uint8":
         return None
     if dtype == "uint16":
-        logger.info(
-            "%s is 16-bit: values 0..65535 are scaled to 0..255 (pass %s to stretch e.g. "
-            "12-bit data)",
-            Path(path).name,
-            numbers_arg("value_range", (0, 4095)),
-        )
         return 0.0, 65535.0
     raise UsageError(
         f"{path} holds {dtype} values: pass {numbers_arg('value_range', (0, 1))} (the values shown as "
