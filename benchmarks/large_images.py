@@ -16,6 +16,9 @@ blobs, written block by block (its writing is not timed).
 - ``whole``: the GeoTIFF read whole, ``Predictor.predict`` (the whole-image protocol of
   ``sanet predict``), the mask saved as an index PNG: what ``sanet predict`` does today.
 
+Each line also gives the process's CPU seconds (user + system) and megapixels per CPU second: on
+a shared machine the wall-clock throughput moves with the load, the CPU time much less.
+
 ``--max-strips N`` stops a tiled run after its first N strips (a full-height strip reaches the
 run's peak memory: every strip holds the same buffers); its throughput is that of the strips.
 """
@@ -71,6 +74,7 @@ def child(mode: str, raster: str, out: str, threads: int, max_strips: int | None
     protocol = EvalProtocol(crop_size=96, stride=64, window_batch=4)
     predictor = Predictor.from_model(model.eval(), protocol=protocol)
     start, blocks = time.perf_counter(), [0, 0]
+    cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system seconds so far
     if mode == "tiled":
 
         def on_block(done: int, total: int) -> None:
@@ -99,7 +103,8 @@ def child(mode: str, raster: str, out: str, threads: int, max_strips: int | None
         height, width = src.height, src.width
     fraction = blocks[0] / blocks[1] if mode == "tiled" and blocks[1] else 1.0
     mp = height * width * fraction / 1e6
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss, cpu = usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime - cpu0  # KiB → GiB
     print(
         json.dumps(
             {
@@ -109,6 +114,8 @@ def child(mode: str, raster: str, out: str, threads: int, max_strips: int | None
                 "fraction": round(fraction, 4),
                 "seconds": round(seconds, 1),
                 "mp_per_s": round(mp / seconds, 4),
+                "cpu_s": round(cpu, 1),
+                "mp_per_cpu_s": round(mp / cpu, 4),
                 "peak_rss_gib": round(rss, 3),
             }
         )
