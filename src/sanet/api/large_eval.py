@@ -31,7 +31,10 @@ def is_large(dataset: Any, index: int, tile_above: float | None) -> bool:
     if getattr(dataset, "transforms", None) is not None:
         return False
     try:
-        height, width = raster_size(dataset.files(index)[0])
+        image = Path(dataset.files(index)[0])
+        if not image.is_file():
+            return False  # a generated dataset (synthetic), or a missing file named later
+        height, width = raster_size(image)
     except Exception:
         return False  # the whole-image reader names the problem
     return height * width > tile_above * 1e6
