@@ -16,8 +16,9 @@ blobs, written block by block (its writing is not timed).
 - ``whole``: the GeoTIFF read whole, ``Predictor.predict`` (the whole-image protocol of
   ``sanet predict``), the mask saved as an index PNG: what ``sanet predict`` does today.
 
-Each line also gives the process's CPU seconds (user + system) and megapixels per CPU second: on
-a shared machine the wall-clock throughput moves with the load, the CPU time much less.
+Each line also gives the process's CPU seconds (user + system). On a shared machine both move
+with the load (torch's threads spin while they wait for a core): ``--repeat N`` alternates the
+modes N times so that both meet the same load; compare the best run of each.
 
 ``--max-strips N`` stops a tiled run after its first N strips (a full-height strip reaches the
 run's peak memory: every strip holds the same buffers); its throughput is that of the strips.
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-strips", type=int, default=None, help="(tiled) stop after N strips")
     parser.add_argument("--strips-above", type=int, default=0, help="--max-strips only above this")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each mode, alternated")
     parser.add_argument("--json", type=Path, help="append the results here (JSON lines)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sanet-large-") as tmp:
@@ -152,7 +154,7 @@ def main() -> None:
             raster = folder / f"image_{size}.tif"
             make_raster(raster, size)
             modes = ["tiled"] + (["whole"] if size <= args.whole_up_to else [])
-            for mode in modes:
+            for mode in modes * args.repeat:  # alternated: both see the same load
                 strips = args.max_strips if size > args.strips_above else None
                 row = measure(
                     mode, raster, folder, args.threads, strips if mode == "tiled" else None
