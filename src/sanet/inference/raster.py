@@ -82,6 +82,10 @@ class RasterSource:
     def read(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def valid(self, rows: slice, cols: slice) -> np.ndarray:
+        """The ``(h, w)`` valid map alone (a source without nodata reads no pixel for it)."""
+        return self.read(rows, cols)[1]
+
     def identity(self) -> dict[str, Any]:
         """What a resumed prediction checks is still the same image."""
         path = Path(self.path)
@@ -113,14 +117,17 @@ class ArraySource(RasterSource):
             raise UsageError(
                 f"Expected an (H, W, 3) uint8 image array, got shape {rgb.shape} dtype {rgb.dtype}."
             )
-        self.rgb, self.valid, self.path, self.note = rgb, valid, path, note
+        self.rgb, self.valid_map, self.path, self.note = rgb, valid, path, note
         self.height, self.width = int(rgb.shape[0]), int(rgb.shape[1])
+
+    def valid(self, rows: slice, cols: slice) -> np.ndarray:
+        if self.valid_map is None:
+            return np.ones((rows.stop - rows.start, cols.stop - cols.start), dtype=bool)
+        return np.array(self.valid_map[rows, cols], dtype=bool)
 
     def read(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         rgb = np.ascontiguousarray(self.rgb[rows, cols].transpose(2, 0, 1))
-        if self.valid is None:
-            return rgb, np.ones(rgb.shape[1:], dtype=bool)
-        return rgb, np.array(self.valid[rows, cols], dtype=bool)
+        return rgb, self.valid(rows, cols)
 
 
 class GdalSource(RasterSource):
@@ -167,6 +174,11 @@ class GdalSource(RasterSource):
         """Read the first and the last pixel: a truncated file fails here, before any work."""
         for r, c in ((0, 0), (self.height - 1, self.width - 1)):
             self.read(slice(r, r + 1), slice(c, c + 1))
+
+    def valid(self, rows: slice, cols: slice) -> np.ndarray:
+        if not (self._masked or self._float):
+            return np.ones((rows.stop - rows.start, cols.stop - cols.start), dtype=bool)
+        return self.read(rows, cols)[1]
 
     def read(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.errors import RasterioIOError

@@ -328,8 +328,10 @@ def stream_blocks(
             for strip in strips:
                 strip.start_at(rows.start)
         maps = [strip.advance(rows) for strip in strips]
-        probs = [sum(m[t] for m in maps) / len(maps) for t in range(len(run.temperatures))]
-        yield Block(index, rows, cols, probs, source.read(rows, cols)[1])  # type: ignore[misc]
+        probs = maps[0]  # one scale: its map (sum([m]) / 1 is m, bit for bit)
+        if len(maps) > 1:  # the average of the scales, as combine_bands takes it
+            probs = [sum(m[t] for m in maps) / len(maps) for t in range(len(run.temperatures))]
+        yield Block(index, rows, cols, probs, source.valid(rows, cols))  # type: ignore[misc]
 
 
 def confusion_tiled(

@@ -344,7 +344,7 @@ def _loop(
     """Write every block, saving the state after each; stop cleanly when asked."""
     total = state["blocks"]
     for block in blocks:
-        layers = block_layers(block, unsure)
+        layers = block_layers(block, unsure, targets.confidence is not None)
         try:
             write_block(targets, block, layers)
             _save_state(targets, state | {"done": block.index + 1})
