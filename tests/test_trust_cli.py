@@ -246,7 +246,7 @@ def test_r62_audit_labels_refuses_bad_combinations(case, model_dir, data, tmp_pa
     argv, needle = {
         "both": (["demo", *ckpt], "not both or neither"),
         "neither": ([], "not both or neither"),
-        "recipe-without-folds": (["demo"], "needs --folds K"),
+        "recipe-without-folds": (["demo"], "needs --folds, the number of folds"),
         "one-fold": (["demo", "--folds", "1"], "--folds must be at least 2"),
         "confidence-above-1": ([*ckpt, "--confidence", "1.5"], "--confidence must lie"),
         "protocol-flag-with-recipe": (["demo", "--folds", "2", "--ms-flip"], "--ms-flip goes with"),
