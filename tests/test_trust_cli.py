@@ -18,48 +18,25 @@ import pytest
 import torch
 from PIL import Image
 
-import sanet
+from _trust_scenes import FOLDER_NAMES as NAMES
+from _trust_scenes import save_sharp_model, write_folder_dataset
 from sanet.cli import main
 from sanet.inference import Predictor
-
-NAMES = ["background", "disc", "square"]
-
 
 # tiny tensors: on a shared 2-core machine thread wake-ups cost ten times the work
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """A 3-class folder dataset, split val: four 41×47 pairs with ignore pixels."""
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("data")
-    (root / "classes.txt").write_text("\n".join(NAMES) + "\n")
-    for stem in ("a", "b", "c", "d"):
-        _png(root / "images/val" / f"{stem}.png", rng.integers(0, 256, (41, 47, 3), np.uint8))
-        mask = rng.integers(0, 3, (41, 47)).astype(np.uint8)
-        mask[:3] = 255
-        _png(root / "masks/val" / f"{stem}.png", mask)
-    return root
+    return write_folder_dataset(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained 3-class FCN-resnet10t with sharpened logits (an over-confident model)."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ckpt") / "model"
-    model = sanet.build_model("fcn", backbone="resnet10t", num_classes=3)
-    with torch.no_grad():
-        for p in model.head.parameters():
-            p.mul_(3.0)
-    model.save_pretrained(folder, metadata={"class_names": NAMES})
-    return folder
+    return save_sharp_model(tmp_path_factory.mktemp("ckpt") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +223,7 @@ def test_r62_audit_labels_refuses_bad_combinations(case, model_dir, data, tmp_pa
     argv, needle = {
         "both": (["demo", *ckpt], "not both or neither"),
         "neither": ([], "not both or neither"),
-        "recipe-without-folds": (["demo"], "needs --folds K"),
+        "recipe-without-folds": (["demo"], "needs --folds, the number of folds"),
         "one-fold": (["demo", "--folds", "1"], "--folds must be at least 2"),
         "confidence-above-1": ([*ckpt, "--confidence", "1.5"], "--confidence must lie"),
         "protocol-flag-with-recipe": (["demo", "--folds", "2", "--ms-flip"], "--ms-flip goes with"),

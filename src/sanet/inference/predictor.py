@@ -18,10 +18,11 @@ from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import load_image
 from sanet.data.transforms import normalize_image
 from sanet.devices import resolve_device
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 from sanet.inference.confidence import (
     Calibration,
     arg_max,
+    calibrate_hint,
     largest,
     protocol_views,
     read_calibration,
@@ -264,9 +265,9 @@ class Predictor:
                 else "the model carries no risk threshold"
             )
             raise UsageError(
-                f"Unsure pixels need a calibrated risk threshold, but {state}. Run `sanet "
-                "calibrate --checkpoint RUN --data KIND:ROOT --risk 0.05` first (and keep "
-                "calibrated=True)."
+                f"Unsure pixels need a calibrated risk threshold, but {state}. Calibrate the "
+                f"model with a risk level first ({calibrate_hint(0.05)}) and keep "
+                f"{arg('calibrated', True)}."
             )
         return self.calibration.threshold
 
