@@ -184,7 +184,7 @@ def test_export_refuses_outputs_it_would_replace_or_misname(run, tmp_path, monke
 
 
 def test_serving_app_refuses_in_library_words(run: Path, tmp_path: Path, monkeypatch) -> None:
-    with pytest.raises(NotFoundError, match=r"checkpoint='.*missing' does not exist"):
+    with pytest.raises(NotFoundError, match=r"^checkpoint '.*missing' does not exist"):
         serving_app(tmp_path / "missing")
     monkeypatch.setattr(sanet.inference, "Predictor", _never)  # refused before any loading
     with pytest.raises(UsageError, match=r"Unknown serving limit 'max_sid'.*'max_side'"):

@@ -156,7 +156,7 @@ def _limits(limits: ServeLimits | None, fields: dict[str, Any]) -> ServeLimits:
 
 def _check_checkpoint(checkpoint: str | Path) -> None:
     if not Path(checkpoint).exists():
-        raise NotFoundError(f"{arg('checkpoint', str(checkpoint))} does not exist.")
+        raise NotFoundError(f"{arg('checkpoint')} {str(checkpoint)!r} does not exist.")
 
 
 def _build(
