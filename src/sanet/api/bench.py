@@ -9,12 +9,15 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sanet._files import atomic_write_text, ensure_new_file
 from sanet.api.common import device_of
 from sanet.errors import UsageError, arg, speaks_cli, suggest
 from sanet.version import __version__
+
+if TYPE_CHECKING:
+    from sanet.experiments.bench import BenchSettings
 
 #: Defaults per device type: the paper-sized setting on a GPU, a small one a CPU finishes.
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -53,7 +56,7 @@ class BenchResult:
     """
 
     rows: list[dict[str, Any]]
-    settings: Any
+    settings: BenchSettings
     environment: dict[str, Any]
     report: dict[str, Any]
     models: list[str] = field(default_factory=list)
@@ -63,7 +66,7 @@ class BenchResult:
 
 
 def bench(
-    models: list[str] | None = None,
+    models: str | list[str] | None = None,
     *,
     device: str | None = None,
     mode: str = "both",
@@ -126,7 +129,8 @@ def _bench(call: dict[str, Any]) -> BenchResult:
     settings = _settings(call)  # every argument is checked before any model is built
     json_path, profile_path = _outputs(call["json"], call["profile"], call["overwrite"])
     default = DEVICE_DEFAULTS[_kind(settings.device)]["models"]
-    specs = [] if call["resize"] else list(call["models"] or default)
+    given = [call["models"]] if isinstance(call["models"], str) else call["models"]
+    specs = [] if call["resize"] else list(given or default)
     for spec in specs:
         experiments.parse_spec(spec)  # a bad model name fails now, not after the first builds
     experiments.apply_threads(settings)  # before `environment` records the thread count
