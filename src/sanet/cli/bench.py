@@ -7,8 +7,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-#: The GPU figures of docs/benchmarks.md (add ``--compile`` and ``--compile
-#: max-autotune-no-cudagraphs`` for the compiled rows).
+#: The GPU figures of docs/benchmarks.md (the compiled rows add ``--compile [MODE]``).
 GPU_COMMAND = (
     "sanet bench --device cuda --models tv:fcn_resnet101 fcn:resnet101s sanet:resnet101s "
     "--size 512 --batch 16 --classes 59 --amp bf16 --channels-last --mode both --json bench.json"
@@ -116,19 +115,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     accepted = inspect.signature(bench).parameters
     result = bench(**{k: v for k, v in vars(args).items() if k in accepted})
-    console = Console()
-    if not console.is_terminal:  # a log file or a pipe: room for the whole table
-        console = Console(width=150)
+    console = Console()  # in a log file or a pipe: room for the whole table
+    console = console if console.is_terminal else Console(width=150)
     settings = result.settings
-    console.print(
-        _describe(result.environment, settings, args.mode, args.models or []), style="dim"
-    )
-    if args.resize:
-        console.print(resize_table(result.rows, settings))
-    else:
-        if result.profile is not None:
-            console.print(f"Wrote the profiler tables to {result.profile}")
-        console.print(bench_table(result.rows))
+    console.print(_describe(result, args.models or []), style="dim")
+    if result.profile is not None:
+        console.print(f"Wrote the profiler tables to {result.profile}")
+    console.print(resize_table(result.rows, settings) if args.resize else bench_table(result.rows))
     if result.json is not None:
         console.print(f"Wrote {result.json}")
     if not settings.device.startswith("cuda"):
@@ -144,20 +137,17 @@ def _classes(classes: int, models: list[str]) -> str:
     return f"{classes} classes" + (" (onnx: files: their own)" if files else "")
 
 
-def _describe(env: dict[str, Any], settings: Any, mode: str, models: list[str]) -> str:
-    if mode == "eval":
+def _describe(result: Any, models: list[str]) -> str:
+    """The header line: where, what and how it was measured."""
+    env, settings = result.environment, result.settings
+    if result.mode == "eval":
         h, w = settings.image
         what = f"one {w}×{h} image, {settings.protocol}, {settings.window_batch} windows/forward"
     else:
         what = f"{settings.size}×{settings.size}, batch {settings.batch}"
-    how = ", ".join(
-        [
-            _classes(settings.classes, models),
-            f"amp {settings.amp}",
-            "channels_last" if settings.channels_last else "contiguous",
-            f"compile {settings.compile}" if settings.compile else "eager",
-        ]
-    )
+    layout = "channels_last" if settings.channels_last else "contiguous"
+    compiled = f"compile {settings.compile}" if settings.compile else "eager"
+    how = f"{_classes(settings.classes, models)}, amp {settings.amp}, {layout}, {compiled}"
     return (
         f"{env['device_name']} ({env['device']}), torch {env['torch']}, {env['threads']} threads, "
         f"load {env['load_average_1min']}; {what}; {how}; {settings.steps} timed calls after "
@@ -187,10 +177,8 @@ def bench_table(rows: list[dict]) -> Any:
     from rich.table import Table
 
     table = Table(title="sanet bench (ratios: to the first model of each mode)")
-    for name in ("model", "mode"):
-        table.add_column(name, justify="left")
-    for title, _, _ in _COLUMNS:
-        table.add_column(title, justify="right")
+    for title in ("model", "mode", *(c[0] for c in _COLUMNS)):
+        table.add_column(title, justify="left" if title in ("model", "mode") else "right")
     for r in rows:
         table.add_row(r["model"], r["mode"], *(_fmt(r[key], n) for _, key, n in _COLUMNS))
     return table
