@@ -80,6 +80,14 @@ def rgb_image(h: int, w: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+def cli_words() -> contextlib.AbstractContextManager:
+    """Messages as the ``sanet`` command line words them (its flags)."""
+    from sanet.cli import build_parser, flags_of
+    from sanet.errors import flag_names
+
+    return flag_names(flags_of(build_parser()))
+
+
 # ---------------------------------------------------------------------------------------------
 # The CPU and the scheme
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +178,9 @@ def test_r84_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_
     np.testing.assert_array_equal(session.run(None, {"image": x})[0][0], hand_mask(rgb, BENIGN))
     path = tmp_path / "mask.onnx"
     onnx.save(proto, str(path))
-    with pytest.raises(ValueError, match=r"no 'logits'.*--outputs logits,mask"):
+    with pytest.raises(ValueError, match=r"no 'logits'.*outputs='logits,mask'"):
+        OnnxModel(path)  # from Python: the parameter of sanet.export
+    with cli_words(), pytest.raises(ValueError, match=r"no 'logits'.*--outputs logits,mask"):
         OnnxModel(path)
 
 
@@ -255,7 +265,10 @@ def test_r83_int8_that_loses_accuracy_is_refused_in_one_line() -> None:
     with pytest.raises(Int8Refused) as info:
         quantize_checked(fp32, _data(FRAGILE, 0.01), protocol, num_classes=3)
     message = str(info.value)
-    assert "\n" not in message and "--max-miou-drop 0.01" in message
+    assert "\n" not in message and "max_miou_drop=0.01" in message  # sanet.export's parameter
+    assert "(calib_images, calib_data)" in message
+    with cli_words(), pytest.raises(Int8Refused, match=r"exceeds --max-miou-drop 0\.01;"):
+        quantize_checked(fp32, _data(FRAGILE, 0.01), protocol, num_classes=3)
     # fp32 is right everywhere (1.0); int8 mostly predicts class 0, absent from the masks
     found = re.search(r"int8 mIoU (\d\.\d{4}) vs fp32 (\d\.\d{4}).*drop of (\d\.\d{4})", message)
     assert found, message
