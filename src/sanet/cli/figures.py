@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sanet._files import ensure_new_file, ensure_writable_dir, refuse_foreign_files
+from sanet._files import ensure_writable_dir, refuse_foreign_files
 from sanet.cli.common import (
     add_data_options,
     add_overrides,
     add_overwrite,
     add_protocol_args,
-    check_classes,
-    device_name,
-    open_dataset,
+    parse_data_options,
     parse_floats,
     protocol_from_args,
 )
@@ -59,55 +57,37 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _parse_point(text: str) -> tuple[int, int]:
-    try:
-        x, y = (int(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--point must be X,Y in pixels (column,row), got {text!r}.") from None
-    return x, y
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
-    from sanet.inference.predictor import image_to_tensor, normalize
-    from sanet.models.registry import load_model
-    from sanet.viz.figures import attention_maps, plot_attention_maps
+    from sanet.api.figures import explain
 
-    point = _parse_point(args.point)
-    ensure_new_file(args.out, "--out", args.overwrite, "figure.png")
-    device = device_name(args.device)
-    model, _ = load_model(args.checkpoint, map_location="cpu")
-    model = model.to(device).eval()
-    image = image_to_tensor(args.image)
-    maps = attention_maps(model, normalize(image, device), point)
-    plot_attention_maps(image, maps, point, args.out)
-    print(f"Wrote {args.out}")
+    out = explain(
+        args.checkpoint,
+        args.image,
+        args.point,
+        args.out,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    print(f"Wrote {out}")
     return 0
 
 
 def cmd_figure5(args: argparse.Namespace) -> int:
-    from sanet.inference.predictor import Predictor
-    from sanet.viz.figures import plot_figure5
+    from sanet.api.figures import figure5
 
-    protocol = protocol_from_args(args)
-    ensure_new_file(args.out, "--out", args.overwrite, "figure.png")
-    device = device_name(args.device)
-    dataset = open_dataset(args.data, args.split, args.data_options)
-    indices = [int(v) for v in parse_floats(args.indices, "--indices")]
-    if not indices or any(not 0 <= i < len(dataset) for i in indices):
-        raise UsageError(f"--indices must lie in 0..{len(dataset) - 1}, got {args.indices!r}.")
-    sanet_p = Predictor(args.checkpoint, device=device, protocol=protocol)
-    base_p = Predictor(args.baseline, device=device, protocol=protocol)
-    for name, p in (("--checkpoint", sanet_p), ("--baseline", base_p)):
-        check_classes(p.model, dataset, f"{name} {getattr(args, name[2:])}")
-    images, targets, base, ours = [], [], [], []
-    for i in indices:
-        image, mask = dataset[i]
-        images.append(image)
-        targets.append(mask.numpy())
-        base.append(base_p.predict(image))
-        ours.append(sanet_p.predict(image))
-    plot_figure5(images, targets, base, ours, args.out, palette=dataset.palette)
-    print(f"Wrote {args.out}")
+    out = figure5(
+        args.checkpoint,
+        args.baseline,
+        args.data,
+        args.out,
+        split=args.split,
+        data_options=parse_data_options(args.data_options),
+        indices=args.indices,
+        protocol=protocol_from_args(args),
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    print(f"Wrote {out}")
     return 0
 
 
