@@ -148,7 +148,7 @@ EXPORT_REFUSALS = [
     ({"calib_data": "synthetic:"}, UsageError, r"calib_data only apply with int8=True"),
     ({"int8": True}, UsageError, "int8=True needs calib_data"),
     ({"int8": True, "calib_data": "synthetic:", "eval_images": 0}, UsageError, "eval_images must"),
-    ({"int8": True, "calib_data": "nope:x"}, UsageError, "calib_data 'nope:x': unknown kind"),
+    ({"int8": True, "calib_data": "nope:x"}, UsageError, "calib_data='nope:x' has an unknown kind"),
     (
         {"int8": True, "calib_data": "synthetic:", "eval_split": "train"},
         UsageError,

@@ -282,12 +282,7 @@ def _open_split(spec: str, split: str, name: str, checkpoint: str | Path) -> Any
     the run's dataset kind (the demo's synthetic scenes at their size and seed)."""
     from sanet.data import parse_data_spec
 
-    try:
-        kind, _ = parse_data_spec(spec)
-    except UsageError as err:  # its message names the data argument: name this one
-        text = str(err)
-        at = text.find(repr(spec))
-        raise UsageError(f"{arg(name)} {text[at:] if at >= 0 else text}") from None
+    kind, _ = parse_data_spec(spec, name)
     data = run_config(checkpoint).get("data") or {}
     options = dict(data.get("options") or {}) if data.get("dataset") == kind else {}
     if options:

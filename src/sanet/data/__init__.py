@@ -99,17 +99,18 @@ def build_dataset(
     return _BUILDERS[kind](root, split, transforms=transforms, **kwargs)
 
 
-def parse_data_spec(spec: str) -> tuple[str, str | None]:
-    """``"KIND:PATH"`` -> (kind, path); ``"synthetic"`` needs no path."""
+def parse_data_spec(spec: str, name: str = "data") -> tuple[str, str | None]:
+    """``"KIND:PATH"`` -> (kind, path); ``"synthetic"`` needs no path. ``name`` is the argument
+    that holds ``spec`` (for the message)."""
     kind, _, path = spec.partition(":")
     if kind not in DATASET_KINDS:
         raise UsageError(
-            f"{arg('data', spec)} has an unknown kind {kind!r}; expected KIND:PATH with KIND one "
+            f"{arg(name, spec)} has an unknown kind {kind!r}; expected KIND:PATH with KIND one "
             f"of {', '.join(DATASET_KINDS)}." + suggest(kind, DATASET_KINDS)
         )
     if kind != "synthetic" and not path:
         raise UsageError(
-            f"{arg('data', spec)} has no path; expected KIND:PATH, e.g. {kind}:data/{kind}."
+            f"{arg(name, spec)} has no path; expected KIND:PATH, e.g. {kind}:data/{kind}."
         )
     return kind, (path or None)
 
