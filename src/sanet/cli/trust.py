@@ -254,9 +254,9 @@ def _audit_checkpoint(args: argparse.Namespace, settings: Any) -> tuple:
 
 def _audit_folds(args: argparse.Namespace, settings: Any) -> tuple:
     from sanet.cli.common import progress
-    from sanet.cli.views import TrainingView
     from sanet.config import recipe_path
     from sanet.experiments.folds import kfold_audit
+    from sanet.training.progress import TrainingView
 
     recipe = Path(args.recipe)
     if not recipe.is_file() and recipe.suffix == "" and len(recipe.parts) == 1:
