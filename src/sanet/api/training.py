@@ -104,13 +104,7 @@ def train(
         command = "sanet train" if speaks_cli() else "sanet.train"
         refuse_foreign_files(run.root, run.clashing_files(), arg("out"), command, RUN_FILES)
     trainer = Trainer(cfg, run.root, resume=resume, callbacks=training_view(progress))
-    finished = None
-    if trainer.state.global_step >= trainer.total_steps and trainer.dist.is_main:
-        finished = (
-            f"{run.root} finished its {_steps(trainer.total_steps)} already; to train longer, "
-            f"resume with {_longer(cfg.train, trainer.steps_per_epoch)}."
-        )
-        logger.warning(finished)
+    finished = _finished_already(trainer)
     summary = trainer.fit()
     best = summary["best_mIoU"]
     return TrainResult(
@@ -138,6 +132,19 @@ def _recipe_and_run(
         return with_overrides(config, list(overrides)), RunDir(out)
     cfg = load_config(resolve_recipe(config), list(overrides))
     return cfg, RunDir(Path(out) if out is not None else Path("runs") / Path(config).stem)
+
+
+def _finished_already(trainer: Trainer) -> str | None:
+    """The warning (logged on rank 0) when a resumed run has already taken all its steps."""
+    if trainer.state.global_step < trainer.total_steps or not trainer.dist.is_main:
+        return None
+    longer = _longer(trainer.cfg.train, trainer.steps_per_epoch)
+    note = (
+        f"{trainer.run.root} finished its {_steps(trainer.total_steps)} already; to train "
+        f"longer, resume with {longer}."
+    )
+    logger.warning(note)
+    return note
 
 
 def _steps(n: int) -> str:
