@@ -17,8 +17,8 @@ from sanet._files import safe_torch_load
 from sanet.api.experiments import compare, sweep
 from sanet.api.training import demo, train
 from sanet.cli import main
-from sanet.config import load_config
-from sanet.errors import OutputExistsError, UsageError
+from sanet.config import load_config, with_overrides
+from sanet.errors import ConfigError, OutputExistsError, UsageError
 from sanet.rundir import RunDir
 from sanet.training.trainer import Trainer
 
@@ -118,6 +118,12 @@ def test_train_refuses_a_folder_with_files_a_run_did_not_write(tmp_path, recipe)
     assert (tmp_path / "config.yaml").read_text() == "my notes\n"
     with pytest.raises(UsageError, match=r"out is needed when config is a Config"):
         train(load_config(recipe, TINY))
+    cfg = load_config(recipe, TINY)  # a Config takes overrides as a recipe does, and stays as is
+    with pytest.raises(OutputExistsError, match=r"sanet\.train did not write"):
+        train(cfg, out=tmp_path, overrides=["train.lr=0.5"])
+    assert with_overrides(cfg, ["train.lr=0.5"]).train.lr == 0.5 and cfg.train.lr != 0.5
+    with pytest.raises(ConfigError, match=r"train\.lr must be > 0"):
+        train(cfg, out=tmp_path / "new", overrides=["train.lr=0"])
 
 
 def test_resuming_a_finished_run_warns_how_to_train_longer(runs, tmp_path, caplog) -> None:
