@@ -26,14 +26,14 @@ from sanet.api.common import (
     open_dataset,
     protocol_of,
 )
-from sanet.config import recipe_path
+from sanet.config import resolve_recipe
 from sanet.data import SegmentationDataset
 from sanet.errors import DataError, UsageError, arg
 from sanet.experiments.folds import kfold_audit
 from sanet.inference import predictor as inference_predictor
 from sanet.inference.confidence import read_calibration
 from sanet.progress import progress_bar
-from sanet.training.runlog import TrainerCallbacks
+from sanet.training.progress import training_view
 from sanet.trust.audit import AuditSettings, audit_split, rank_scores, sort_report
 from sanet.trust.plots import SuspectRow, plot_suspects
 
@@ -79,7 +79,6 @@ def audit_labels(
     overrides: Sequence[str] = (),
     protocol: ProtocolArg = None,
     device: str | None = None,
-    callbacks: TrainerCallbacks | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> AuditResult:
@@ -101,7 +100,6 @@ def audit_labels(
         overrides: with ``recipe``: ``section.key=value`` overrides for every fold's run.
         protocol: with ``checkpoint``: ``None`` (the run's own), ``"paper"``, ``"single"`` or
             an ``EvalProtocol`` (fold models: the recipe's validation protocol).
-        callbacks: with ``recipe``: what each fold's training reports to.
         overwrite: replace ``label_audit.json`` and ``suspects.png`` (default: refuse).
 
     Returns:
@@ -116,7 +114,7 @@ def audit_labels(
         entries, suspects, dataset, info = _audit_checkpoint(*args)
     else:
         args = (data, recipe, folds, split or "train", out, overrides, settings, top)
-        entries, suspects, dataset, info = _audit_folds(*args, callbacks, progress)
+        entries, suspects, dataset, info = _audit_folds(*args, progress)
     ranked = sort_report(entries)
     audit = {"images": ranked, "data": data_name(data), "split": info.pop("split"), **info}
     audit["settings"] = {"confidence": settings.confidence, "min_region": settings.min_region}
@@ -208,7 +206,6 @@ def _audit_folds(
     overrides: Sequence[str],
     settings: AuditSettings,
     top: int,
-    callbacks: TrainerCallbacks | None,
     progress: bool,
 ) -> tuple:
     """Train (or reuse) the fold models and score every image out of fold."""
@@ -217,9 +214,7 @@ def _audit_folds(
             f"With a {arg('recipe')}, {arg('data')} is a 'KIND:ROOT' string (each fold's run "
             "builds its own dataset from it), not a dataset object."
         )
-    path = Path(recipe)
-    if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
-        path = recipe_path(str(recipe))  # an embedded recipe by name, e.g. "demo"
+    path = resolve_recipe(recipe)  # a file, or an embedded recipe by name (e.g. "demo")
     bars = _FoldBars(progress)
     try:
         entries, suspects, info, dataset = kfold_audit(
@@ -231,7 +226,7 @@ def _audit_folds(
             overrides=list(overrides),
             settings=settings,
             keep=top,
-            callbacks=callbacks,
+            callbacks=training_view(progress),
             on_fold=bars.fold,
             on_image=bars.image,
         )

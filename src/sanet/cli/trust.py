@@ -112,7 +112,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from sanet.api.audit import audit_labels
-    from sanet.cli.views import TrainingView
 
     given = [f for f in (*PROTOCOL_FLAGS, "device") if getattr(args, f) not in (None, False)]
     if args.recipe is not None and args.checkpoint is None and given:
@@ -133,7 +132,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         protocol=protocol_from_args(args) if args.checkpoint is not None else None,
         device=args.device,
-        callbacks=TrainingView() if args.recipe is not None else None,
         overwrite=args.overwrite,
         progress=True,
     )
