@@ -286,7 +286,7 @@ R81_CASES = [
     (["--int8", "--calib-data", "synthetic:", "--calib-images", "0"], "--calib-images must be"),
     (["--int8", "--calib-data", "synthetic:", "--max-miou-drop", "2"], "between -1 and 1"),
     (["--int8", "--calib-data", "synthetic:", "--eval-split", "train"], "calibration images"),
-    (["--int8", "--calib-data", "nope:x"], "--calib-data 'nope:x': unknown kind"),
+    (["--int8", "--calib-data", "nope:x"], "--calib-data nope:x has an unknown kind"),
     (["--int8", "--calib-data", "synthetic:"], "predicts 3 classes but the dataset has 7"),
     (["--outputs", "logits,confidence"], "needs a calibrated model"),
 ]

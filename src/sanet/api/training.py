@@ -143,7 +143,7 @@ def _finished_already(trainer: Trainer) -> str | None:
         f"{trainer.run.root} finished its {_steps(trainer.total_steps)} already; to train "
         f"longer, resume with {longer}."
     )
-    logger.warning(note)
+    logger.debug(note)
     return note
 
 
