@@ -143,7 +143,7 @@ def _finished_already(trainer: Trainer) -> str | None:
         f"{trainer.run.root} finished its {_steps(trainer.total_steps)} already; to train "
         f"longer, resume with {longer}."
     )
-    logger.debug(note)
+    logger.warning(note)
     return note
 
 

@@ -11,9 +11,10 @@ a bug keeps its traceback. Nothing outside ``sanet/cli/`` imports this package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust
 from sanet.errors import flag_names, is_user_error, one_line
@@ -42,15 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``sanet`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
-    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        with flag_names(flags_of(parser)):  # library messages name the flags typed here
-            return int(args.func(args) or 0)
+        with flag_names(flags_of(parser)), log_to_stderr(args.verbose):
+            return int(args.func(args) or 0)  # library messages name the flags typed here
     except KeyboardInterrupt:
         print(f"sanet {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -61,6 +59,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"sanet {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def log_to_stderr(verbose: bool) -> Iterator[None]:
+    """Show the library's log records (its notes and warnings) on stderr while a command runs:
+    INFO and above, DEBUG with ``-v``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root, ours = logging.getLogger(), logging.getLogger("sanet")
+    level = ours.level
+    ours.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(level)
 
 
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:

@@ -44,8 +44,6 @@ def _train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"\nsanet train: error: {err}", file=sys.stderr)
         return 3
-    if result.already_finished and result.rank == 0:
-        print(result.already_finished, file=sys.stderr)
     if result.rank == 0:
         best = result.best_miou
         shown = f"{best:.4f}" if best is not None else "n/a (no validation ran)"
