@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sanet", description="Squeeze-and-Attention Networks for semantic segmentation."
     )
     parser.add_argument("--version", action="version", version=f"sanet {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also the library's notes (INFO, DEBUG) and the traceback of errors",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.add_parsers(sub)
@@ -63,13 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def log_to_stderr(verbose: bool) -> Iterator[None]:
-    """Show the library's log records (its notes and warnings) on stderr while a command runs:
-    INFO and above, DEBUG with ``-v``."""
+    """Show the library's warnings on stderr while a command runs (its notes too with ``-v``):
+    what a command prints itself comes from the results, and an error stays one line."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root, ours = logging.getLogger(), logging.getLogger("sanet")
     level = ours.level
-    ours.setLevel(logging.DEBUG if verbose else logging.INFO)
+    ours.setLevel(logging.DEBUG if verbose else logging.WARNING)
     root.addHandler(handler)
     try:
         yield
