@@ -17,7 +17,8 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust
-from sanet.errors import flag_names, is_user_error, one_line
+from sanet.errors import Interrupted, NonFiniteLossError, flag_names, is_user_error, one_line
+from sanet.training.runtime import exit_status
 from sanet.version import __version__
 
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
@@ -57,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sanet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Interrupted as err:  # stopped by a signal after saving: how to continue, 130/143
+        print(f"\nsanet {args.command}: {err}", file=sys.stderr)
+        return exit_status(err.signal)
+    except NonFiniteLossError as err:  # a run that diverged: exit 3 (docs/reliability.md)
+        print(f"\nsanet {args.command}: error: {err}", file=sys.stderr)
+        return 3
     except Exception as err:
         # The rule (docs/reliability.md): a problem the user can fix is one line and exit 2;
         # anything else is a bug and keeps its traceback. -v shows the traceback of both.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 from pathlib import Path
-from typing import Any
+
+from sanet.cli.common import call
 
 #: The GPU figures of docs/benchmarks.md (the compiled rows add ``--compile [MODE]``).
 GPU_COMMAND = (
@@ -111,14 +111,14 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sanet.api.bench import bench
+    from sanet.api import bench
+    from sanet.api.reports import bench_header, bench_table, resize_table
 
-    accepted = inspect.signature(bench).parameters
-    result = bench(**{k: v for k, v in vars(args).items() if k in accepted})
+    result = call(bench, args)
     console = Console()  # in a log file or a pipe: room for the whole table
     console = console if console.is_terminal else Console(width=150)
     settings = result.settings
-    console.print(_describe(result, args.models or []), style="dim")
+    console.print(bench_header(result, args.models or []), style="dim")
     if result.profile is not None:
         console.print(f"Wrote the profiler tables to {result.profile}")
     console.print(resize_table(result.rows, settings) if args.resize else bench_table(result.rows))
@@ -127,74 +127,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not settings.device.startswith("cuda"):
         console.print(f"GPU figures (docs/benchmarks.md): {GPU_COMMAND}", style="dim")
     return 0
-
-
-def _classes(classes: int, models: list[str]) -> str:
-    """The header's class count: exported files keep their own K (--classes builds models)."""
-    files = sum(m.startswith("onnx:") for m in models)
-    if models and files == len(models):
-        return "classes: each file's own"
-    return f"{classes} classes" + (" (onnx: files: their own)" if files else "")
-
-
-def _describe(result: Any, models: list[str]) -> str:
-    """The header line: where, what and how it was measured."""
-    env, settings = result.environment, result.settings
-    if result.mode == "eval":
-        h, w = settings.image
-        what = f"one {w}×{h} image, {settings.protocol}, {settings.window_batch} windows/forward"
-    else:
-        what = f"{settings.size}×{settings.size}, batch {settings.batch}"
-    layout = "channels_last" if settings.channels_last else "contiguous"
-    compiled = f"compile {settings.compile}" if settings.compile else "eager"
-    how = f"{_classes(settings.classes, models)}, amp {settings.amp}, {layout}, {compiled}"
-    return (
-        f"{env['device_name']} ({env['device']}), torch {env['torch']}, {env['threads']} threads, "
-        f"load {env['load_average_1min']}; {what}; {how}; {settings.steps} timed calls after "
-        f"{settings.warmup} + 1 untimed"
-    )
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-#: The table's columns after model and mode: (title, row key, digits).
-_COLUMNS = (
-    ("GFLOPs/img", "gflops_per_image", 1),
-    ("img/s", "images_per_s", 2),
-    ("ms/batch", "latency_ms", 1),
-    ("first call s", "first_step_s", 1),
-    ("TFLOP/s", "tflops", 3),
-    ("peak GB", "peak_memory_gb", 2),
-    ("× first", "ratio", 2),
-    ("× first per FLOP", "ratio_per_flop", 2),
-)
-
-
-def bench_table(rows: list[dict]) -> Any:
-    """The rich table of :func:`~sanet.experiments.bench.run_bench` rows."""
-    from rich.table import Table
-
-    table = Table(title="sanet bench (ratios: to the first model of each mode)")
-    for title in ("model", "mode", *(c[0] for c in _COLUMNS)):
-        table.add_column(title, justify="left" if title in ("model", "mode") else "right")
-    for r in rows:
-        table.add_row(r["model"], r["mode"], *(_fmt(r[key], n) for _, key, n in _COLUMNS))
-    return table
-
-
-def resize_table(rows: list[dict], settings: Any) -> Any:
-    """The rich table of :func:`~sanet.experiments.bench.resize_timings` rows."""
-    from rich.table import Table
-
-    small = -(-settings.size // 8)
-    table = Table(
-        title=f"bilinear ({settings.batch}, {settings.classes}, {small}, {small}) → "
-        f"{settings.size}×{settings.size}, amp {settings.amp}"
-    )
-    for name in ("method", "pass", "ms"):
-        table.add_column(name, justify="right" if name == "ms" else "left")
-    for r in rows:
-        table.add_row(r["method"], r["pass"], _fmt(r["ms"], 1))
-    return table

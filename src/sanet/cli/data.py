@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sanet.cli.common import add_data_options, parse_data_options
+from sanet.cli.common import add_data_options, call, parse_data_options, show
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -123,60 +123,10 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from sanet.api import check_data
+    from sanet.api.reports import check_report
 
-    from sanet.api.data import check_data
-
-    result = check_data(
-        args.data,
-        split=args.split,
-        data_options=parse_data_options(args.data_options),
-        out=args.out,
-        overwrite=args.overwrite,
-        workers=args.workers,
-        progress=True,
-    )
-    console = Console(emoji=False)  # "voc:train:" must not become an emoji
-    _print_report(console, result.report, args.show, Table)
-    console.print(f"report: {result.path}")
+    options = parse_data_options(args.data_options)
+    result = call(check_data, args, data_options=options, progress=True)
+    show(*check_report(result.report, args.show), f"report: {result.path}", markup=True)
     return 1 if result.errors else 0
-
-
-def _print_report(console, report: dict, show: int, Table) -> None:
-    from sanet.data.check import ERROR_KINDS
-
-    summary = Table(title=f"{report['dataset']}: {report['num_pairs']} pairs")
-    summary.add_column("check")
-    summary.add_column("count", justify="right")
-    for kind, n in report["issue_counts"].items():
-        style = "red" if n and kind in ERROR_KINDS else ("yellow" if n else "")
-        summary.add_row(kind, f"[{style}]{n}[/{style}]" if style else str(n))
-    console.print(summary)
-    for it in report["issues"][:show]:
-        colour = "red" if it["severity"] == "error" else "yellow"
-        console.print(f"[{colour}]{it['kind']}[/{colour}] {it['message']}")
-    if len(report["issues"]) > show:
-        console.print(f"... and {len(report['issues']) - show} more in the JSON report")
-    classes = Table(title="class frequencies (valid pixels)")
-    for col, just in (
-        ("id", "right"),
-        ("class", "left"),
-        ("images", "right"),
-        ("pixels %", "right"),
-        ("weight", "right"),
-    ):
-        classes.add_column(col, justify=just)
-    rows = zip(
-        report["class_names"],
-        report["class_images"],
-        report["class_frequency"],
-        report["suggested_class_weights"],
-        strict=True,
-    )
-    for k, (name, images, freq, weight) in enumerate(rows):
-        classes.add_row(str(k), name, str(images), f"{100 * freq:.2f}", f"{weight:.3f}")
-    console.print(classes)
-    console.print(f"ignore (255): {100 * report['ignore_share']:.2f} % of the pixels")
-    status = "[red]errors found[/red]" if report["errors"] else "[green]no errors[/green]"
-    console.print(f"{status}: {report['errors']} errors, {report['warnings']} warnings")

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sanet.cli.common import add_protocol_args, protocol_from_args
+from sanet.cli.common import add_protocol_args, call, protocol_from_args, show
 from sanet.cli.int8 import add_export_args
 
 
@@ -79,39 +79,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sanet.api.export import export
+    from sanet.api import export
+    from sanet.api.reports import export_lines
 
-    names = ("size", "opset", "check", "atol", "rtol", "outputs", "int8", "calib_data")
-    names += ("calib_split", "calib_images", "eval_data", "eval_split", "eval_images")
-    names += ("max_miou_drop", "overwrite")
-    result = export(args.checkpoint, args.out, **{n: getattr(args, n) for n in names})
-    if result.quantization is not None:
-        print(int8_summary(result.quantization))
-    if result.parity:
-        checked = ", ".join(f"{h}×{w}" for h, w in (r["size"] for r in result.parity))
-        worst = max(r["max_abs_diff"] for r in result.parity)
-        agree = min(r["argmax_agreement"] for r in result.parity)
-        print(
-            f"check: onnxruntime = PyTorch at {checked} (max |Δ logits| {worst:.2g}, "
-            f"argmax agreement {agree:.2%})"
-        )
-    mb, classes = result.size_bytes / 1e6, len(result.class_names)
-    print(f"Wrote {result.path} ({mb:.1f} MB, opset {result.opset}, {classes} classes)")
+    show(*export_lines(call(export, args)))
     return 0
-
-
-def int8_summary(q: dict[str, Any]) -> str:
-    """One line of what the INT8 gate measured (the file's ``quantization`` record)."""
-    m, s, cpu = q["miou"], q["speedup"], q["cpu"]
-    flags = [f for f in ("avx512_vnni", "avx_vnni", "amx") if cpu.get(f)] or ["no VNNI"]
-    return (
-        f"int8 (quantized from the fp32 graph checked below): mIoU {m['fp32']:.4f} (fp32) → "
-        f"{m['int8']:.4f} (int8), drop {m['drop']:.4f} ≤ "
-        f"{m['max_drop']:g} on {m['data'].rstrip(':')} {m['split']} ({m['images']} images); "
-        f"{s['ratio']:.2f}× the fp32 speed at {s['size'][0]}×{s['size'][1]}, {s['threads']} "
-        f"threads ({cpu['name']}: {', '.join(flags)}; {q['activations']} activations, "
-        f"reduce_range {q['reduce_range']})"
-    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -127,17 +99,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    serve(
-        args.checkpoint,
-        host=args.host,
-        port=args.port,
-        protocol=protocol_from_args(args),
-        device=args.device,
-        window_batch=args.window_batch,
-        limits=serve_limits(args),
-        allowed_hosts=[n for n in args.allowed_hosts.split(",") if n.strip()],
-        on_ready=ready,
-    )
+    hosts = [n for n in args.allowed_hosts.split(",") if n.strip()]
+    limits = serve_limits(args)
+    protocol = protocol_from_args(args)
+    call(serve, args, protocol=protocol, limits=limits, allowed_hosts=hosts, on_ready=ready)
     return 0
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from sanet.cli.common import add_overrides, add_overwrite
+from sanet.cli.common import add_overrides, add_overwrite, call
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -26,24 +26,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sanet.api.training import train
-    from sanet.errors import NonFiniteLossError, TrainingInterrupted
+    from sanet.api import train
     from sanet.training.runtime import exit_status
 
-    try:
-        result = train(
-            args.config,
-            out=args.out,
-            overrides=args.overrides,
-            resume=args.resume,
-            progress=True,
-        )
-    except TrainingInterrupted as err:
-        print(f"\n{err}", file=sys.stderr)
-        return exit_status(err.signal)
-    except NonFiniteLossError as err:
-        print(f"\nsanet train: error: {err}", file=sys.stderr)
-        return 3
+    result = call(train, args, progress=True)  # a signal or a NaN loss: cli/__init__.py
     if result.rank == 0:
         best = result.best_miou
         shown = f"{best:.4f}" if best is not None else "n/a (no validation ran)"

@@ -11,9 +11,11 @@ from sanet.cli.common import (
     add_overrides,
     add_overwrite,
     add_protocol_args,
+    call,
     parse_data_options,
     protocol_from_args,
     report_failed,
+    show,
 )
 from sanet.errors import UsageError
 
@@ -76,42 +78,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from sanet.api.calibration import calibrate
+    from sanet.api import calibrate
+    from sanet.api.reports import calibration_lines
 
-    result = calibrate(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        data_options=parse_data_options(args.data_options),
-        risk=args.risk,
-        out=args.out,
-        limit=args.limit,
-        fit_images=args.fit_images,
-        protocol=protocol_from_args(args),
-        device=args.device,
-        overwrite=args.overwrite,
-        progress=True,
-    )
-    record = result.record
-    print(
-        f"T = {result.temperature:.4g}: ECE {result.ece_before:.4f} → {result.ece_after:.4f}, "
-        f"NLL {result.nll_before:.4f} → {result.nll_after:.4f} "
-        f"({record['images']} images, {record['labelled_pixels']} labelled pixels)"
-    )
-    risk = record.get("risk")
-    if risk:
-        print(
-            f"unsure below confidence {risk['threshold']:.6g}: the expected share of sure-and-"
-            f"wrong labelled pixels per image is ≤ {risk['alpha']} (conformal risk control over "
-            f"{risk['images']} images; {risk['unsure_share']:.1%} of this split's labelled pixels "
-            f"are unsure). The guarantee {risk['assumption']}."
-        )
-    print(f"Wrote {result.report}, {result.plot}; stored in {result.stored}")
+    options = parse_data_options(args.data_options)
+    protocol = protocol_from_args(args)
+    result = call(calibrate, args, data_options=options, protocol=protocol, progress=True)
+    show(*calibration_lines(result))
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from sanet.api.audit import audit_labels
+    from sanet.api import audit_labels
+    from sanet.api.reports import audit_lines
 
     given = [f for f in (*PROTOCOL_FLAGS, "device") if getattr(args, f) not in (None, False)]
     if args.recipe is not None and args.checkpoint is None and given:
@@ -119,44 +98,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
             f"--{given[0].replace('_', '-')} goes with --checkpoint; the fold models are scored "
             "with the recipe's validation protocol on its train.device (set them with --set)."
         )
-    result = audit_labels(
-        args.data,
-        checkpoint=args.checkpoint,
-        recipe=args.recipe,
-        folds=args.folds,
-        split=args.split,
-        out=args.out,
-        top=args.top,
-        confidence=args.confidence,
-        min_region=args.min_region,
-        overrides=args.overrides,
-        protocol=protocol_from_args(args) if args.checkpoint is not None else None,
-        device=args.device,
-        overwrite=args.overwrite,
-        progress=True,
-    )
-    for entry in result.images[:5]:
-        top = entry["regions"][0] if entry["regions"] else None
-        what = (
-            f"{top['kind']}: {top['label']} → {top['predicted']}, {top['pixels']} px" if top else ""
-        )
-        print(f"{entry['score']:.4f}  {entry['image']}  {what}")
-    print(f"Wrote {result.report} and {result.suspects}")
+    protocol = protocol_from_args(args) if args.checkpoint is not None else None
+    show(*audit_lines(call(audit_labels, args, protocol=protocol, progress=True)))
     return 0
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from sanet.api.audit import rank
+    from sanet.api import rank
 
-    result = rank(
-        args.checkpoint,
-        args.inputs,
-        out=args.out,
-        protocol=protocol_from_args(args),
-        device=args.device,
-        overwrite=args.overwrite,
-        progress=True,
-    )
+    result = call(rank, args, protocol=protocol_from_args(args), progress=True)
     print(f"Wrote {result.out}: {len(result.rows)} images, most worth labelling first")
     total = len(result.rows) + len(result.failed)
     return report_failed("rank", result.failed, total, "fix or convert these files and rerun")
