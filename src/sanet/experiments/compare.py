@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from sanet.models.card import write_model_card
 from sanet.models.registry import list_models
 from sanet.models.segmentation import CONFIG_NAME, read_pretrained_config
 from sanet.rundir import RunDir
+from sanet.stats import mean_std, paired_difference
 from sanet.training.runlog import TrainerCallbacks
 from sanet.training.runtime import StopFlag
 from sanet.training.trainer import Trainer, TrainingInterrupted
@@ -199,33 +199,6 @@ def _interrupted(
     )
     again = "Re-run the same command" if speaks_cli() else "Call sanet.compare again as before"
     return ComparisonInterrupted(f"stopped by {signal} {where}; {kept}. {again} to resume.", signal)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof=1``; 0.0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """``b − a`` per seed: mean, sd, 95 % t-interval and paired t-test p-value.
-
-    With fewer than two pairs the interval and p-value are ``None``.
-    """
-    from scipy import stats
-
-    diffs = [y - x for x, y in zip(a, b, strict=True)]
-    n = len(diffs)
-    mean, sd = mean_std(diffs)
-    out: dict[str, Any] = {"n": n, "mean": mean, "std": sd, "ci95": None, "p_value": None}
-    if n >= 2:
-        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-        out["ci95"] = [mean - half, mean + half]
-        out["p_value"] = float(stats.ttest_rel(b, a).pvalue) if sd > 0 else None
-    return out
 
 
 def summarize(
