@@ -17,7 +17,14 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust
-from sanet.errors import Interrupted, NonFiniteLossError, flag_names, is_user_error, one_line
+from sanet.errors import (
+    Interrupted,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    flag_names,
+    is_user_error,
+    one_line,
+)
 from sanet.training.runtime import exit_status
 from sanet.version import __version__
 
@@ -53,13 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with flag_names(flags_of(parser)), log_to_stderr(args.verbose):
+        with flag_names(flags_of(parser)), show_logs(args.verbose):
             return int(args.func(args) or 0)  # library messages name the flags typed here
     except KeyboardInterrupt:
         print(f"sanet {args.command}: interrupted", file=sys.stderr)
         return 130
     except Interrupted as err:  # stopped by a signal after saving: how to continue, 130/143
-        print(f"\nsanet {args.command}: {err}", file=sys.stderr)
+        # a training run's message is a whole sentence ("Stopped by SIGINT after step 3; ...")
+        prefix = "" if isinstance(err, TrainingInterrupted) else f"sanet {args.command}: "
+        print(f"\n{prefix}{err}", file=sys.stderr)
         return exit_status(err.signal)
     except NonFiniteLossError as err:  # a run that diverged: exit 3 (docs/reliability.md)
         print(f"\nsanet {args.command}: error: {err}", file=sys.stderr)
@@ -74,19 +83,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def log_to_stderr(verbose: bool) -> Iterator[None]:
-    """Show the library's warnings on stderr while a command runs (its notes too with ``-v``):
-    what a command prints itself comes from the results, and an error stays one line."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+def show_logs(verbose: bool) -> Iterator[None]:
+    """Show the library's log records while a command runs: its notes (INFO; DEBUG too with
+    ``-v``) on stdout beside the command's output, its warnings on stderr, so that an error
+    stays the one line of stderr it is (docs/reliability.md)."""
+    notes, warnings = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    notes.addFilter(lambda record: record.levelno < logging.WARNING)
+    warnings.setLevel(logging.WARNING)
+    for handler in (notes, warnings):
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root, ours = logging.getLogger(), logging.getLogger("sanet")
     level = ours.level
-    ours.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    root.addHandler(handler)
+    ours.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.addHandler(notes)
+    root.addHandler(warnings)
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        root.removeHandler(notes)
+        root.removeHandler(warnings)
         ours.setLevel(level)
 
 
