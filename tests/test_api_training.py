@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_recipe
 from sanet._files import safe_torch_load
 from sanet.api.experiments import compare, sweep
 from sanet.api.training import demo, train
@@ -23,25 +24,18 @@ from sanet.rundir import RunDir
 from sanet.training.trainer import Trainer
 
 # 4 scenes of 48 px, batch 2, one epoch: 2 steps, then the final validation on 4 scenes
-TINY = [
-    "model.backbone=resnet18d",
-    "model.pretrained_backbone=false",
-    "data.dataset=synthetic",
-    "data.base_size=48",
-    "data.crop_size=48",
-    "data.scale_range=[1.0, 1.0]",
-    "data.num_workers=0",
-    "data.options={num_images: 4, size: 48, seed: 0}",
-    "train.batch_size=2",
-    "train.epochs=1",
-    "train.log_every=1",
-    "train.val_every=0",
-    "train.device=cpu",
-    "train.threads=1",
-    "train.deterministic=true",
-    "eval.crop_size=48",
-    "eval.stride=32",
-]
+TINY = tiny_recipe(
+    size=48,
+    backbone="resnet18d",
+    model__pretrained_backbone=False,
+    data__scale_range="[1.0, 1.0]",
+    train__log_every=1,
+    train__val_every=0,
+    train__threads=1,
+    train__deterministic=True,
+    eval__crop_size=48,
+    eval__stride=32,
+)
 
 
 def _records(run: Path, kind: str) -> list[dict]:

@@ -10,24 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tiny_recipe
 from sanet import stats
 from sanet.cli import main
 from sanet.experiments import compare as C
 from sanet.rundir import RunDir
 
-TINY = [
-    "model.backbone=resnet18d",
-    "data.dataset=synthetic",
-    "data.base_size=32",
-    "data.crop_size=32",
-    "data.num_workers=0",
-    "data.options={num_images: 4, size: 32, seed: 0}",
-    "train.batch_size=2",
-    "train.epochs=1",
-    "train.log_every=1",
-    "train.val_every=0",
-    "train.device=cpu",
-]
+TINY = tiny_recipe(backbone="resnet18d", train__log_every=1, train__val_every=0)
 
 # Student's t quantiles t(0.975, df) from a printed table, independent of scipy.
 T975 = {1: 12.7062, 2: 4.3027}

@@ -169,7 +169,8 @@ def test_the_files_description_names_the_outputs_it_has(tmp_path: Path) -> None:
             assert (f"'{name}'" in text) == (name in outputs), (outputs, text)
 
 
-def test_r84_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_path: Path) -> None:
+@pytest.mark.reliability("r84")
+def test_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_path: Path) -> None:
     proto = add_outputs(conv_proto(BENIGN), parse_outputs("mask"))
     session = ort.InferenceSession(proto.SerializeToString())
     assert [o.name for o in session.get_outputs()] == ["mask"]
@@ -184,6 +185,7 @@ def test_r84_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_
         OnnxModel(path)
 
 
+@pytest.mark.reliability("r80")
 @pytest.mark.parametrize(
     ("text", "classes", "temperature", "match"),
     [
@@ -195,7 +197,7 @@ def test_r84_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_
         ("logits,confidence", 3, -1.0, "temperature must be > 0"),
     ],
 )
-def test_r80_outputs_the_model_cannot_give_are_refused(text, classes, temperature, match) -> None:
+def test_outputs_the_model_cannot_give_are_refused(text, classes, temperature, match) -> None:
     with pytest.raises(ValueError, match=match):
         check_request(parse_outputs(text), classes, temperature)
 
@@ -259,7 +261,8 @@ def test_int8_graph_is_qdq_and_within_the_bound() -> None:
     assert record["speedup"]["ratio"] > 0 and record["speedup"]["size"] == [64, 64]
 
 
-def test_r83_int8_that_loses_accuracy_is_refused_in_one_line() -> None:
+@pytest.mark.reliability("r83")
+def test_int8_that_loses_accuracy_is_refused_in_one_line() -> None:
     protocol = EvalProtocol(crop_size=64, stride=48)
     fp32 = conv_proto(FRAGILE).SerializeToString()
     with pytest.raises(Int8Refused) as info:
@@ -292,8 +295,9 @@ R81_CASES = [
 ]
 
 
+@pytest.mark.reliability("r81")
 @pytest.mark.parametrize(("flags", "match"), R81_CASES)
-def test_r81_export_flags_that_cannot_work_are_one_line(
+def test_export_flags_that_cannot_work_are_one_line(
     flags, match, tiny_checkpoint: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "m.onnx"
@@ -347,8 +351,9 @@ R82_CASES = [
 ]
 
 
+@pytest.mark.reliability("r82")
 @pytest.mark.parametrize(("flags", "match"), R82_CASES)
-def test_r82_bench_peers_that_cannot_run_are_one_line(flags, match, tmp_path: Path, capsys):
+def test_bench_peers_that_cannot_run_are_one_line(flags, match, tmp_path: Path, capsys):
     a = tmp_path / "a.onnx"
     onnx.save(conv_proto(BENIGN), str(a))
     flags = [f.format(a=a, missing=tmp_path / "missing.onnx") for f in flags]
@@ -422,8 +427,9 @@ def test_int8_export_runs_everywhere_an_export_runs(tiny_run: Path, tmp_path: Pa
     assert [r["model"] for r in json.loads(report.read_text())["rows"]][1] == f"onnx:{out}"
 
 
+@pytest.mark.reliability("r83")
 @pytest.mark.slow
-def test_r83_an_impossible_max_miou_drop_is_refused(tiny_run: Path, tmp_path: Path, capsys):
+def test_an_impossible_max_miou_drop_is_refused(tiny_run: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     out = run / "int8.onnx"

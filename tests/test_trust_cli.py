@@ -173,8 +173,9 @@ def _one_error_line(err: str, *needles: str) -> None:
 R60_CASES = ["risk-above-1", "risk-needs-more-images", "pt-checkpoint", "fit-images-0"]
 
 
+@pytest.mark.reliability("r60")
 @pytest.mark.parametrize("case", R60_CASES)
-def test_r60_calibrate_refuses_bad_input_before_any_work(case, model_dir, data, tmp_path, capsys):
+def test_calibrate_refuses_bad_input_before_any_work(case, model_dir, data, tmp_path, capsys):
     folder = tmp_path / "model"
     shutil.copytree(model_dir, folder)
     config = (folder / "config.json").read_bytes()
@@ -197,9 +198,8 @@ def test_r60_calibrate_refuses_bad_input_before_any_work(case, model_dir, data, 
     assert not out.exists() and (folder / "config.json").read_bytes() == config
 
 
-def test_r61_predict_unsure_without_a_risk_threshold_writes_nothing(
-    model_dir, data, tmp_path, capsys
-):
+@pytest.mark.reliability("r61")
+def test_predict_unsure_without_a_risk_threshold_writes_nothing(model_dir, data, tmp_path, capsys):
     out = tmp_path / "pred"
     args = ["predict", "--checkpoint", str(model_dir), str(data / "images/val"), "--out", str(out)]
     assert main([*args, "--unsure"]) == 2
@@ -217,8 +217,9 @@ R62_CASES = [
 ]
 
 
+@pytest.mark.reliability("r62")
 @pytest.mark.parametrize("case", R62_CASES)
-def test_r62_audit_labels_refuses_bad_combinations(case, model_dir, data, tmp_path, capsys):
+def test_audit_labels_refuses_bad_combinations(case, model_dir, data, tmp_path, capsys):
     ckpt, spec = ["--checkpoint", str(model_dir)], ["--data", f"folder:{data}"]
     argv, needle = {
         "both": (["demo", *ckpt], "not both or neither"),
@@ -234,9 +235,8 @@ def test_r62_audit_labels_refuses_bad_combinations(case, model_dir, data, tmp_pa
     assert not (out / "label_audit.json").exists() and not (out / "runs").exists()
 
 
-def test_r63_rank_finishes_the_readable_images_and_lists_the_bad_one(
-    model_dir, data, tmp_path, capsys
-):
+@pytest.mark.reliability("r63")
+def test_rank_finishes_the_readable_images_and_lists_the_bad_one(model_dir, data, tmp_path, capsys):
     images = tmp_path / "images"
     shutil.copytree(data / "images/val", images)
     (images / "b.png").write_bytes((images / "b.png").read_bytes()[:60])  # truncated
@@ -248,7 +248,8 @@ def test_r63_rank_finishes_the_readable_images_and_lists_the_bad_one(
     assert sorted(ranked) == ["a.png", "c.png", "d.png"]
 
 
-def test_r64_predict_confidence_refuses_a_map_that_would_overwrite_another_output(
+@pytest.mark.reliability("r64")
+def test_predict_confidence_refuses_a_map_that_would_overwrite_another_output(
     model_dir, data, tmp_path, capsys
 ):
     images = tmp_path / "images"
@@ -264,8 +265,9 @@ def test_r64_predict_confidence_refuses_a_map_that_would_overwrite_another_outpu
 R65_CASES = ["calibrate", "audit-labels", "rank", "predict-confidence"]
 
 
+@pytest.mark.reliability("r65")
 @pytest.mark.parametrize("case", R65_CASES)
-def test_r65_trust_outputs_are_never_replaced_silently(
+def test_trust_outputs_are_never_replaced_silently(
     case, model_dir, data, tmp_path, monkeypatch, capsys
 ):
     import sanet.inference.predictor
