@@ -244,13 +244,17 @@ class Predictor:
             x = F.interpolate(x[None], size=small, mode="bilinear", align_corners=False)[0]
         return x, size
 
+    def unsure_pixels(self, confidence: np.ndarray) -> np.ndarray:
+        """Which pixels are unsure: those whose calibrated confidence is *below* the risk
+        threshold λ̂ (bool, the shape of ``confidence``). A pixel with confidence exactly λ̂ is
+        sure: the conformal risk control counts a pixel as sure when its confidence is ≥ λ
+        (docs/trust.md), and its guarantee is for that set. The one place the threshold is
+        applied (:meth:`apply_unsure`, ``sanet predict``, the server all call it)."""
+        return confidence < self.unsure_threshold()
+
     def apply_unsure(self, mask: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-        """``mask`` with 255 on the unsure pixels: those whose calibrated confidence is *below*
-        the risk threshold λ̂. A pixel with confidence exactly λ̂ is sure: the conformal risk
-        control counts a pixel as sure when its confidence is ≥ λ (docs/trust.md), and its
-        guarantee is for that set. The one place the threshold is applied (``sanet predict``,
-        the server and :meth:`predict` all call it)."""
-        return np.where(confidence < self.unsure_threshold(), IGNORE_INDEX, mask)
+        """``mask`` with 255 on the :meth:`unsure_pixels`."""
+        return np.where(self.unsure_pixels(confidence), IGNORE_INDEX, mask)
 
     def unsure_threshold(self) -> float:
         """The calibrated confidence below which a pixel is unsure (``sanet calibrate --risk``).
