@@ -41,7 +41,7 @@ mutants-sample: $(STAMP)
 	$(BIN)/python tests/mutations/run.py --only $(MUTANTS_SAMPLE)
 
 demo: $(STAMP)
-	$(BIN)/sanet demo --out runs/demo
+	$(BIN)/sanet demo --out runs/demo --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -7,13 +7,14 @@ counting every (member, seed) pair as independent would overstate the precision)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from sanet.stats import t_interval
 
 #: the scene properties a study regresses the difference on (FamilyMember.parameters())
 REGRESSORS = (
@@ -27,19 +28,6 @@ REGRESSORS = (
     "shared_cues",
 )
 PAIRS = (("sanet", "fcn"), ("sanet", "sanet_se"))
-
-
-def t_interval(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample sd, 95 % t-interval and one-sample t-test p-value (H0: mean 0)."""
-    x = np.asarray(values, float)
-    n = len(x)
-    out: dict[str, Any] = {"n": n, "mean": float(x.mean()) if n else None}
-    if n < 2:
-        return {**out, "std": None, "ci95": None, "p_value": None}
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    p = float(stats.ttest_1samp(x, 0.0).pvalue) if sd > 1e-12 else None
-    return {**out, "std": sd, "ci95": [out["mean"] - half, out["mean"] + half], "p_value": p}
 
 
 def per_seed(payload: Mapping[str, Any], model: str) -> dict[int, float]:

@@ -27,8 +27,8 @@ from sanet.cli import main
 from sanet.data.planted import PLANTED_KINDS, write_planted_folder
 from sanet.data.prepare import prepare_synthetic
 from sanet.inference import Predictor
-from sanet.trust.audit import planted_recall, rank_scores
 from sanet.inference.confidence import read_calibration
+from sanet.trust.audit import planted_recall, rank_scores
 
 
 def emit(**record) -> None:

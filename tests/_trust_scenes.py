@@ -9,6 +9,8 @@ class colour plus Gaussian noise whose level differs from scene to scene (easy a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -57,3 +59,40 @@ def scenes(seed: int, n: int, size: int = 40) -> list[tuple[torch.Tensor, torch.
             (torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask).long())
         )
     return out
+
+
+# --------------------------------------------------- a folder dataset and a model on disk (verbs)
+
+FOLDER_NAMES = ["background", "disc", "square"]
+
+
+def write_folder_dataset(root: Path, stems: str = "abcd") -> Path:
+    """A 3-class ``folder`` dataset at ``root``, split val: one random 41×47 image and mask per
+    letter of ``stems``, the top three rows of each mask ignored (255)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "classes.txt").write_text("\n".join(FOLDER_NAMES) + "\n")
+    for stem in stems:
+        for sub in ("images/val", "masks/val"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 256, (41, 47, 3), np.uint8)
+        Image.fromarray(image).save(root / "images/val" / f"{stem}.png")
+        mask = rng.integers(0, 3, (41, 47)).astype(np.uint8)
+        mask[:3] = 255
+        Image.fromarray(mask).save(root / "masks/val" / f"{stem}.png")
+    return root
+
+
+def save_sharp_model(folder: Path) -> Path:
+    """An untrained 3-class FCN-resnet10t with sharpened logits (an over-confident model),
+    saved with ``save_pretrained`` into ``folder``."""
+    import sanet
+
+    torch.manual_seed(0)
+    model = sanet.build_model("fcn", backbone="resnet10t", num_classes=3)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.mul_(3.0)
+    model.save_pretrained(folder, metadata={"class_names": FOLDER_NAMES})
+    return folder

@@ -10,6 +10,43 @@ import torch
 TINY_BACKBONE = "resnet18d"  # same deep-stem family as the presets, ~11 M params: fast on CPU
 
 
+def tiny_recipe(
+    *,
+    size: int = 32,
+    images: int = 4,
+    batch: int = 2,
+    backbone: str = "resnet10t",
+    **keys: object,
+) -> list[str]:
+    """The tiny training recipe of the tests, as ``section.key=value`` overrides of the default
+    recipe: ``images`` synthetic scenes of ``size`` px (crops of the same size), batches of
+    ``batch``, one epoch on the CPU, no worker processes. ``keys`` adds or replaces keys,
+    written with ``__`` for the dot: ``train__epochs=2`` → ``train.epochs=2``."""
+    recipe = {
+        "model.backbone": backbone,
+        "data.dataset": "synthetic",
+        "data.base_size": size,
+        "data.crop_size": size,
+        "data.num_workers": 0,
+        "data.options": f"{{num_images: {images}, size: {size}, seed: 0}}",
+        "train.batch_size": batch,
+        "train.epochs": 1,
+        "train.device": "cpu",
+    }
+    recipe |= {key.replace("__", "."): value for key, value in keys.items()}
+    return [f"{key}={_yaml(value)}" for key, value in recipe.items() if value is not None]
+
+
+def _yaml(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    """:func:`tiny_recipe` with its defaults."""
+    return tiny_recipe()
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -15,7 +15,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "sanet"
-MAX_LINES = 420  # STYLE.md: a file past ~400 lines is split by concept
+MAX_LINES = 420  # a file past ~400 lines is split by concept (docs/architecture.md)
+MAX_FUNCTION_LINES = 60  # a function past it is split (docs/architecture.md)
 DOC = SRC.parent / "docs" / "architecture.md"
 
 
@@ -193,6 +194,31 @@ def test_no_private_helper_is_imported_across_modules() -> None:
 def test_no_file_is_too_long() -> None:
     long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these by concept (STYLE.md): {long}"
+
+
+def _long_functions() -> dict[str, int]:
+    """``{"module:function": lines}`` of every function (method, nested function) in src/sanet
+    longer than :data:`MAX_FUNCTION_LINES`, decorators excluded, docstring included."""
+    found = {}
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    found[f"{module}:{node.name}"] = lines
+    return found
+
+
+def test_no_function_is_too_long() -> None:
+    long = _long_functions()
+    assert not long, (
+        f"split these (docs/architecture.md: at most {MAX_FUNCTION_LINES} lines): {long}"
+    )
+
+
+def test_the_function_length_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "MAX_FUNCTION_LINES", 5)
+    assert "sanet.api.evaluation:evaluate" in _long_functions()
 
 
 def test_public_api_works_right_after_import_sanet(tmp_path: Path) -> None:

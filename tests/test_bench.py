@@ -1,4 +1,5 @@
-"""``sanet bench`` (training/bench.py, cli/bench.py): peers side by side, FLOPs, ratios, JSON."""
+"""``sanet bench`` (experiments/bench.py, api/bench.py, cli/bench.py): peers side by side,
+FLOPs, ratios, JSON."""
 
 from __future__ import annotations
 

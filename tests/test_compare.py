@@ -10,41 +10,31 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tiny_recipe
+from sanet import stats
 from sanet.cli import main
 from sanet.experiments import compare as C
 from sanet.rundir import RunDir
 
-TINY = [
-    "model.backbone=resnet18d",
-    "data.dataset=synthetic",
-    "data.base_size=32",
-    "data.crop_size=32",
-    "data.num_workers=0",
-    "data.options={num_images: 4, size: 32, seed: 0}",
-    "train.batch_size=2",
-    "train.epochs=1",
-    "train.log_every=1",
-    "train.val_every=0",
-    "train.device=cpu",
-]
+TINY = tiny_recipe(backbone="resnet18d", train__log_every=1, train__val_every=0)
 
 # Student's t quantiles t(0.975, df) from a printed table, independent of scipy.
 T975 = {1: 12.7062, 2: 4.3027}
 
 
 def test_mean_std_and_paired_difference_by_hand() -> None:
-    assert C.mean_std([0.3]) == (0.3, 0.0)
-    mean, sd = C.mean_std([0.1, 0.2, 0.6])
+    assert stats.mean_std([0.3]) == (0.3, 0.0)
+    mean, sd = stats.mean_std([0.1, 0.2, 0.6])
     assert math.isclose(mean, 0.3) and math.isclose(sd, math.sqrt((0.04 + 0.01 + 0.09) / 2))
     a, b = [0.40, 0.50, 0.45], [0.45, 0.52, 0.53]  # b − a = 0.05, 0.02, 0.08
-    d = C.paired_difference(a, b)
+    d = stats.paired_difference(a, b)
     sd = math.sqrt(((0.05 - 0.05) ** 2 + (0.02 - 0.05) ** 2 + (0.08 - 0.05) ** 2) / 2)
     half = T975[2] * sd / math.sqrt(3)
     assert d["n"] == 3 and math.isclose(d["mean"], 0.05) and math.isclose(d["std"], sd)
     assert d["ci95"] == pytest.approx([0.05 - half, 0.05 + half], rel=1e-4)
     # paired t statistic = mean / (sd/√n) = 0.05 / 0.01732 = 2.887 with 2 df: p = 0.102
     assert math.isclose(d["p_value"], 0.1020, abs_tol=5e-4)
-    single = C.paired_difference([0.4], [0.5])
+    single = stats.paired_difference([0.4], [0.5])
     assert single["ci95"] is None and single["p_value"] is None
 
 

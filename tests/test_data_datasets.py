@@ -76,8 +76,14 @@ def test_voc_aug_uses_train_aug_list(tmp_path):
 
 
 def test_voc_aug_without_list_says_run_prepare(tmp_path):
+    from sanet.errors import flag_names
+
     _voc_root(tmp_path, "SegmentationClassAug")
-    with pytest.raises(FileNotFoundError, match="sanet prepare voc-aug"):
+    python = r"sanet\.prepare\('voc-aug', sbd='SBD', voc='VOC2012'\)"
+    with pytest.raises(FileNotFoundError, match=python):  # the caller's words: Python
+        build_dataset("voc-aug", tmp_path, split="train")
+    cli = "sanet prepare voc-aug --sbd SBD --voc VOC2012"  # or the command line's
+    with flag_names({"sbd": "--sbd", "voc": "--voc"}), pytest.raises(FileNotFoundError, match=cli):
         build_dataset("voc-aug", tmp_path, split="train")
 
 

@@ -16,6 +16,7 @@ from sanet.data import build_dataset
 from sanet.data.formats import CONTEXT59_IDS, read_context59_list
 from sanet.data.prepare import KNOWN_MD5, prepare_pascal_context, prepare_synthetic, prepare_voc_aug
 from sanet.data.splits import train_aug_ids
+from sanet.errors import flag_names
 
 
 def _jpg(path: Path, h: int, w: int) -> None:
@@ -107,7 +108,12 @@ def test_known_archive_checksum_mismatch_refused(tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(sbd, arcname="benchmark_RELEASE")
     with pytest.raises(
-        ValueError, match=r"MD5 is [0-9a-f]{32}, expected 82b4d87c.*--skip-checksum"
+        ValueError, match=r"MD5 is [0-9a-f]{32}, expected 82b4d87c.*pass skip_checksum=True"
+    ):
+        prepare_voc_aug(archive, voc, tmp_path / "out")
+    with (
+        flag_names({"skip_checksum": "--skip-checksum"}),
+        pytest.raises(ValueError, match=r"pass --skip-checksum if"),
     ):
         prepare_voc_aug(archive, voc, tmp_path / "out")
     summary = prepare_voc_aug(archive, voc, tmp_path / "out", skip_checksum=True)

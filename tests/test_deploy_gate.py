@@ -156,7 +156,8 @@ def test_resize_mask_samples_pixel_centres_like_pillow() -> None:
         np.testing.assert_array_equal(got, want)
 
 
-def test_r40_a_large_photo_is_predicted_at_working_resolution() -> None:
+@pytest.mark.reliability("r40")
+def test_a_large_photo_is_predicted_at_working_resolution() -> None:
     model = StepModel()
     app = app_with(model, max_side=96)
     r = asyncio.run(post(app, jpeg(1125, 1500)))
@@ -189,7 +190,8 @@ def test_the_default_working_side_comes_from_the_protocol(max_side, protocol, se
 # --- Admission by estimated time ------------------------------------------------------------
 
 
-def test_r45_admission_arithmetic_by_hand() -> None:
+@pytest.mark.reliability("r45")
+def test_admission_arithmetic_by_hand() -> None:
     gate = InferenceGate(ServeLimits(timeout_s=10, max_queue=8))  # budget 0.8 · 10 = 8 s
     gate.record(1, 1.0)  # 1 s per window
     gate.admit(3)  # waits 0, needs 3
@@ -213,7 +215,8 @@ def test_r45_admission_arithmetic_by_hand() -> None:
         two.admit(1)  # time would allow it, places do not
 
 
-def test_r45_admission_over_http_503_with_the_estimated_wait_and_413_alone() -> None:
+@pytest.mark.reliability("r45")
+def test_admission_over_http_503_with_the_estimated_wait_and_413_alone() -> None:
     permits = threading.Semaphore(0)
     model = StepModel(permits)
     protocol = EvalProtocol(crop_size=32, stride=32, window_batch=1)
@@ -260,7 +263,8 @@ def test_full_queue_is_503_with_retry_after() -> None:
 WINDOWS4 = EvalProtocol(crop_size=32, stride=32, window_batch=1)  # a 32×128 image: 4 windows
 
 
-def test_r41_timed_out_work_stops_between_windows() -> None:
+@pytest.mark.reliability("r41")
+def test_timed_out_work_stops_between_windows() -> None:
     permits = threading.Semaphore(0)
     model = StepModel(permits)
     app = app_with(model, WINDOWS4, max_side=0, max_queue=0, timeout_s=0.3)
@@ -307,7 +311,8 @@ def test_a_calibrated_model_runs_one_set_of_windows_and_stops_on_timeout() -> No
     run(steps)
 
 
-def test_r42_client_disconnect_mid_inference(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.reliability("r42")
+def test_client_disconnect_mid_inference(caplog: pytest.LogCaptureFixture) -> None:
     permits = threading.Semaphore(0)
     model = StepModel(permits)
     app = app_with(model, WINDOWS4, max_side=0)
@@ -329,7 +334,8 @@ def test_r42_client_disconnect_mid_inference(caplog: pytest.LogCaptureFixture) -
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback
 
 
-def test_r43_client_disconnect_mid_upload(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.reliability("r43")
+def test_client_disconnect_mid_upload(caplog: pytest.LogCaptureFixture) -> None:
     model = StepModel()
     app = app_with(model)
     body = multipart(jpeg(64, 64))
@@ -345,7 +351,8 @@ def test_r43_client_disconnect_mid_upload(caplog: pytest.LogCaptureFixture) -> N
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-def test_r44_a_slow_upload_is_408_and_holds_no_place() -> None:
+@pytest.mark.reliability("r44")
+def test_a_slow_upload_is_408_and_holds_no_place() -> None:
     model = StepModel()
     app = app_with(model, max_concurrent=1, max_queue=0, upload_timeout_s=0.5)
     body = multipart(jpeg(40, 40))
@@ -362,7 +369,8 @@ def test_r44_a_slow_upload_is_408_and_holds_no_place() -> None:
     run(steps)
 
 
-def test_r52_bad_uploads_are_refused_before_taking_a_place() -> None:
+@pytest.mark.reliability("r52")
+def test_bad_uploads_are_refused_before_taking_a_place() -> None:
     permits = threading.Semaphore(0)
     model = StepModel(permits)
     app = app_with(model, max_concurrent=1, max_queue=0, max_pixels=1_000_000)

@@ -80,6 +80,14 @@ def rgb_image(h: int, w: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+def cli_words() -> contextlib.AbstractContextManager:
+    """Messages as the ``sanet`` command line words them (its flags)."""
+    from sanet.cli import build_parser, flags_of
+    from sanet.errors import flag_names
+
+    return flag_names(flags_of(build_parser()))
+
+
 # ---------------------------------------------------------------------------------------------
 # The CPU and the scheme
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +169,8 @@ def test_the_files_description_names_the_outputs_it_has(tmp_path: Path) -> None:
             assert (f"'{name}'" in text) == (name in outputs), (outputs, text)
 
 
-def test_r84_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_path: Path) -> None:
+@pytest.mark.reliability("r84")
+def test_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_path: Path) -> None:
     proto = add_outputs(conv_proto(BENIGN), parse_outputs("mask"))
     session = ort.InferenceSession(proto.SerializeToString())
     assert [o.name for o in session.get_outputs()] == ["mask"]
@@ -170,10 +179,13 @@ def test_r84_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_
     np.testing.assert_array_equal(session.run(None, {"image": x})[0][0], hand_mask(rgb, BENIGN))
     path = tmp_path / "mask.onnx"
     onnx.save(proto, str(path))
-    with pytest.raises(ValueError, match=r"no 'logits'.*--outputs logits,mask"):
+    with pytest.raises(ValueError, match=r"no 'logits'.*outputs='logits,mask'"):
+        OnnxModel(path)  # from Python: the parameter of sanet.export
+    with cli_words(), pytest.raises(ValueError, match=r"no 'logits'.*--outputs logits,mask"):
         OnnxModel(path)
 
 
+@pytest.mark.reliability("r80")
 @pytest.mark.parametrize(
     ("text", "classes", "temperature", "match"),
     [
@@ -185,7 +197,7 @@ def test_r84_mask_only_file_gives_the_arg_max_and_sanet_names_what_it_lacks(tmp_
         ("logits,confidence", 3, -1.0, "temperature must be > 0"),
     ],
 )
-def test_r80_outputs_the_model_cannot_give_are_refused(text, classes, temperature, match) -> None:
+def test_outputs_the_model_cannot_give_are_refused(text, classes, temperature, match) -> None:
     with pytest.raises(ValueError, match=match):
         check_request(parse_outputs(text), classes, temperature)
 
@@ -249,13 +261,17 @@ def test_int8_graph_is_qdq_and_within_the_bound() -> None:
     assert record["speedup"]["ratio"] > 0 and record["speedup"]["size"] == [64, 64]
 
 
-def test_r83_int8_that_loses_accuracy_is_refused_in_one_line() -> None:
+@pytest.mark.reliability("r83")
+def test_int8_that_loses_accuracy_is_refused_in_one_line() -> None:
     protocol = EvalProtocol(crop_size=64, stride=48)
     fp32 = conv_proto(FRAGILE).SerializeToString()
     with pytest.raises(Int8Refused) as info:
         quantize_checked(fp32, _data(FRAGILE, 0.01), protocol, num_classes=3)
     message = str(info.value)
-    assert "\n" not in message and "--max-miou-drop 0.01" in message
+    assert "\n" not in message and "max_miou_drop=0.01" in message  # sanet.export's parameter
+    assert "(calib_images, calib_data)" in message
+    with cli_words(), pytest.raises(Int8Refused, match=r"exceeds --max-miou-drop 0\.01;"):
+        quantize_checked(fp32, _data(FRAGILE, 0.01), protocol, num_classes=3)
     # fp32 is right everywhere (1.0); int8 mostly predicts class 0, absent from the masks
     found = re.search(r"int8 mIoU (\d\.\d{4}) vs fp32 (\d\.\d{4}).*drop of (\d\.\d{4})", message)
     assert found, message
@@ -273,14 +289,15 @@ R81_CASES = [
     (["--int8", "--calib-data", "synthetic:", "--calib-images", "0"], "--calib-images must be"),
     (["--int8", "--calib-data", "synthetic:", "--max-miou-drop", "2"], "between -1 and 1"),
     (["--int8", "--calib-data", "synthetic:", "--eval-split", "train"], "calibration images"),
-    (["--int8", "--calib-data", "nope:x"], "--calib-data 'nope:x': unknown kind"),
+    (["--int8", "--calib-data", "nope:x"], "--calib-data nope:x has an unknown kind"),
     (["--int8", "--calib-data", "synthetic:"], "predicts 3 classes but the dataset has 7"),
     (["--outputs", "logits,confidence"], "needs a calibrated model"),
 ]
 
 
+@pytest.mark.reliability("r81")
 @pytest.mark.parametrize(("flags", "match"), R81_CASES)
-def test_r81_export_flags_that_cannot_work_are_one_line(
+def test_export_flags_that_cannot_work_are_one_line(
     flags, match, tiny_checkpoint: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "m.onnx"
@@ -334,8 +351,9 @@ R82_CASES = [
 ]
 
 
+@pytest.mark.reliability("r82")
 @pytest.mark.parametrize(("flags", "match"), R82_CASES)
-def test_r82_bench_peers_that_cannot_run_are_one_line(flags, match, tmp_path: Path, capsys):
+def test_bench_peers_that_cannot_run_are_one_line(flags, match, tmp_path: Path, capsys):
     a = tmp_path / "a.onnx"
     onnx.save(conv_proto(BENIGN), str(a))
     flags = [f.format(a=a, missing=tmp_path / "missing.onnx") for f in flags]
@@ -409,8 +427,9 @@ def test_int8_export_runs_everywhere_an_export_runs(tiny_run: Path, tmp_path: Pa
     assert [r["model"] for r in json.loads(report.read_text())["rows"]][1] == f"onnx:{out}"
 
 
+@pytest.mark.reliability("r83")
 @pytest.mark.slow
-def test_r83_an_impossible_max_miou_drop_is_refused(tiny_run: Path, tmp_path: Path, capsys):
+def test_an_impossible_max_miou_drop_is_refused(tiny_run: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     out = run / "int8.onnx"

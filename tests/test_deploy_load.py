@@ -33,8 +33,9 @@ def bench(checkpoint: Path, *args: str) -> dict:
     return result
 
 
+@pytest.mark.reliability("r54")
 @pytest.mark.slow
-def test_r54_fifty_clients_get_200_or_503_and_memory_stays_flat(tiny_checkpoint: Path) -> None:
+def test_fifty_clients_get_200_or_503_and_memory_stays_flat(tiny_checkpoint: Path) -> None:
     result = bench(tiny_checkpoint, "--scenario", "load", "--clients", "50", "--seconds", "15")
     assert set(result["statuses"]) <= {"200", "503"}, result  # no 504, no error, no reset
     assert result["statuses"].get("200", 0) >= 1
@@ -42,8 +43,9 @@ def test_r54_fifty_clients_get_200_or_503_and_memory_stays_flat(tiny_checkpoint:
     assert result["rss_mb_end"] < result["rss_mb_start"] + 250, result
 
 
+@pytest.mark.reliability("r53")
 @pytest.mark.slow
-def test_r53_slow_bodies_never_block_other_clients(tiny_checkpoint: Path) -> None:
+def test_slow_bodies_never_block_other_clients(tiny_checkpoint: Path) -> None:
     result = bench(
         tiny_checkpoint,
         "--scenario", "slow-body", "--seconds", "20", "--serve-args", "--upload-timeout 8",
@@ -52,8 +54,9 @@ def test_r53_slow_bodies_never_block_other_clients(tiny_checkpoint: Path) -> Non
     assert result["slow_client_outcomes"] == {"408": 9}, result
 
 
+@pytest.mark.reliability("r55")
 @pytest.mark.slow
-def test_r55_a_12_mp_photo_then_a_small_image(tiny_checkpoint: Path) -> None:
+def test_a_12_mp_photo_then_a_small_image(tiny_checkpoint: Path) -> None:
     # the case: a run whose windows are 64 px (5,229 windows at native size)
     result = bench(
         tiny_checkpoint,
@@ -65,8 +68,9 @@ def test_r55_a_12_mp_photo_then_a_small_image(tiny_checkpoint: Path) -> None:
     assert small["status"] == 200 and small["seconds"] < 10, result
 
 
+@pytest.mark.reliability("r56")
 @pytest.mark.slow
-def test_r56_abandoned_work_is_stopped(tiny_checkpoint: Path) -> None:
+def test_abandoned_work_is_stopped(tiny_checkpoint: Path) -> None:
     # native size: the 12 MP photo takes minutes of windows, so the client leaves mid-inference
     result = bench(
         tiny_checkpoint,

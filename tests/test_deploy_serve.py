@@ -179,6 +179,7 @@ def test_missing_field_is_422_and_a_bad_body_400(client: TestClient) -> None:
     assert r.status_code == 400 and "curl -F image=@photo.jpg" in r.json()["detail"]
 
 
+@pytest.mark.reliability("r51")
 @pytest.mark.parametrize(
     "method,path,status,words",
     [
@@ -189,7 +190,7 @@ def test_missing_field_is_422_and_a_bad_body_400(client: TestClient) -> None:
         ("get", "/static/nothing.js", 404, "Nothing at /static/nothing.js"),
     ],
 )
-def test_r51_every_error_body_is_one_string(client, method, path, status, words) -> None:
+def test_every_error_body_is_one_string(client, method, path, status, words) -> None:
     kwargs = {"files": upload(png_bytes(8, 8))} if method == "post" else {}
     r = getattr(client, method)(path, **kwargs)
     assert r.status_code == status
@@ -198,7 +199,8 @@ def test_r51_every_error_body_is_one_string(client, method, path, status, words)
     assert words in body["detail"]
 
 
-def test_r51_a_bug_is_a_500_with_a_string_and_no_path() -> None:
+@pytest.mark.reliability("r51")
+def test_a_bug_is_a_500_with_a_string_and_no_path() -> None:
     class Broken(nn.Module):
         num_classes = 3
 
@@ -213,7 +215,8 @@ def test_r51_a_bug_is_a_500_with_a_string_and_no_path() -> None:
     assert "RuntimeError" in detail and "/opt" not in detail and "server log" in detail
 
 
-def test_r51_openapi_documents_the_upload_and_every_error(client: TestClient) -> None:
+@pytest.mark.reliability("r51")
+def test_openapi_documents_the_upload_and_every_error(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/segment"]["post"]
     form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -228,6 +231,7 @@ def test_r51_openapi_documents_the_upload_and_every_error(client: TestClient) ->
     assert {"500", "503"} <= set(spec["paths"]["/healthz"]["get"]["responses"])
 
 
+@pytest.mark.reliability("r49")
 @pytest.mark.parametrize(
     "host,allowed,status",
     [
@@ -241,7 +245,7 @@ def test_r51_openapi_documents_the_upload_and_every_error(client: TestClient) ->
         ("anything.example", ("*",), 200),
     ],
 )
-def test_r49_host_allow_list(host: str, allowed: tuple, status: int) -> None:
+def test_host_allow_list(host: str, allowed: tuple, status: int) -> None:
     with TestClient(create_app(hand_predictor(), allowed_hosts=allowed), base_url=BASE) as c:
         r = c.get("/healthz", headers={"host": host})
     assert r.status_code == status
@@ -249,8 +253,9 @@ def test_r49_host_allow_list(host: str, allowed: tuple, status: int) -> None:
         assert "--allowed-hosts" in r.json()["detail"]
 
 
+@pytest.mark.reliability("r49")
 @pytest.mark.parametrize("path", ["/", "/healthz", "/static/app.js", "/nothing"])
-def test_r49_security_headers_on_every_answer(client: TestClient, path: str) -> None:
+def test_security_headers_on_every_answer(client: TestClient, path: str) -> None:
     r = client.get(path)
     csp = r.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
@@ -286,7 +291,8 @@ def test_health_is_503_until_the_model_is_loaded() -> None:
         assert c.post("/v1/segment", files=upload(png_bytes(40, 40))).status_code == 200
 
 
-def test_r50_failed_load_is_a_500_state_without_paths() -> None:
+@pytest.mark.reliability("r50")
+def test_failed_load_is_a_500_state_without_paths() -> None:
     def load() -> Predictor:
         raise FileNotFoundError("/srv/models/secret-run/model.safetensors does not exist")
 
@@ -411,8 +417,9 @@ def test_calibrated_model_info_and_uncalibrated_answers_unchanged(client: TestCl
     assert "risk threshold" in next(p for p in params if p["name"] == "unsure")["description"]
 
 
+@pytest.mark.reliability("r57")
 @pytest.mark.parametrize("risk", [False, None])  # calibrated without --risk; not calibrated
-def test_r57_unsure_without_a_threshold_is_422_before_the_upload(risk) -> None:
+def test_unsure_without_a_threshold_is_422_before_the_upload(risk) -> None:
     predictor = hand_predictor() if risk is None else calibrated(risk=False)
     with TestClient(create_app(predictor), base_url=BASE) as c:
         r = c.post("/v1/segment?unsure=true", files=upload(b"not even an image"))

@@ -69,8 +69,9 @@ def serve_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]
     return status, out.out, out.err
 
 
+@pytest.mark.reliability("r46")
 @pytest.mark.parametrize("kind,words", FOREIGN)
-def test_r46_foreign_onnx_is_refused_in_one_line(tmp_path, capsys, kind, words) -> None:
+def test_foreign_onnx_is_refused_in_one_line(tmp_path, capsys, kind, words) -> None:
     path = graph_file(tmp_path / f"{kind}.onnx", kind)
     status, out, err = serve_cli(capsys, "--checkpoint", str(path), "--port", "0")
     assert status == 2 and "Serving" not in out
@@ -84,7 +85,8 @@ def test_check_model_accepts_a_sanet_model_and_times_a_window(tiny_checkpoint: P
     assert 0 < seconds < 60
 
 
-def test_r47_a_busy_port_is_refused_before_the_model_loads(
+@pytest.mark.reliability("r47")
+def test_a_busy_port_is_refused_before_the_model_loads(
     tiny_checkpoint: Path, capsys, monkeypatch
 ) -> None:
     def never(*args, **kwargs):
@@ -105,6 +107,7 @@ def test_r47_a_busy_port_is_refused_before_the_model_loads(
     )
 
 
+@pytest.mark.reliability("r47")
 @pytest.mark.parametrize(
     "flags,words",
     [
@@ -113,20 +116,19 @@ def test_r47_a_busy_port_is_refused_before_the_model_loads(
         (["--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
     ],
 )
-def test_r47_bad_ports_and_hosts_are_one_line(tiny_checkpoint, capsys, monkeypatch, flags, words):
+def test_bad_ports_and_hosts_are_one_line(tiny_checkpoint, capsys, monkeypatch, flags, words):
     monkeypatch.setattr(sanet.inference, "Predictor", None)  # never reached
     status, out, err = serve_cli(capsys, "--checkpoint", str(tiny_checkpoint), *flags)
     assert status == 2 and "Serving" not in out
     assert len(err.strip().splitlines()) == 1 and words in err
 
 
+@pytest.mark.reliability("r48")
 @pytest.mark.parametrize(
     "module,package",
     [("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")],
 )
-def test_r48_a_missing_dependency_is_one_line(
-    tiny_checkpoint, capsys, monkeypatch, module, package
-):
+def test_a_missing_dependency_is_one_line(tiny_checkpoint, capsys, monkeypatch, module, package):
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a)

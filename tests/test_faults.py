@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_recipe
 from sanet import load_model
 from sanet._files import safe_torch_load
 from sanet.config import load_config
@@ -25,22 +26,14 @@ from sanet.rundir import RunDir
 from sanet.training.trainer import Trainer
 
 CHILD = Path(__file__).with_name("_fault_child.py")
-TINY = [
-    "model.backbone=resnet10t",
-    "data.dataset=synthetic",
-    "data.base_size=32",
-    "data.crop_size=32",
-    "data.num_workers=0",
-    "data.options={num_images: 4, size: 32, seed: 0}",
-    "train.batch_size=2",
-    "train.epochs=2",
-    "train.lr=0.01",
-    "train.log_every=1",
-    "train.val_every=1",
-    "train.device=cpu",
-    "train.deterministic=true",
-    "train.seed=3",
-]  # 2 epochs × 2 steps; a validation and a last.pt after each epoch
+TINY = tiny_recipe(
+    train__epochs=2,
+    train__lr=0.01,
+    train__log_every=1,
+    train__val_every=1,
+    train__deterministic=True,
+    train__seed=3,
+)  # 2 epochs × 2 steps; a validation and a last.pt after each epoch
 STEPS = 4
 slow = pytest.mark.slow
 
@@ -78,10 +71,9 @@ def reference(config: Path, tmp_path_factory) -> dict[str, torch.Tensor]:
     return safe_torch_load(RunDir(run).last)["model"]
 
 
+@pytest.mark.reliability("r17")
 @pytest.mark.parametrize(("sig", "where", "n"), FAULTS)
-def test_r17_a_fault_anywhere_in_training_loses_nothing_done(
-    sig, where, n, config, tmp_path, request
-):
+def test_a_fault_anywhere_in_training_loses_nothing_done(sig, where, n, config, tmp_path, request):
     run = RunDir(tmp_path / "run")
     cmd = [
         sys.executable,

@@ -12,26 +12,21 @@ import torch
 import yaml
 
 import sanet
+from conftest import tiny_recipe
 from sanet.config import load_config
 from sanet.models.card import README_NAME, recipe_record, write_model_card
 from sanet.training.trainer import Trainer
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
-TINY = [
-    "model.backbone=resnet18d",
-    "data.dataset=synthetic",
-    "data.base_size=32",
-    "data.crop_size=32",
-    "data.num_workers=0",
-    "data.options={num_images: 6, size: 40, seed: 0}",
-    "train.batch_size=3",
-    "train.epochs=1",
-    "train.val_every=1",
-    "train.device=cpu",
-    "eval.crop_size=32",
-    "eval.stride=24",
-]
+TINY = tiny_recipe(
+    backbone="resnet18d",
+    batch=3,
+    data__options="{num_images: 6, size: 40, seed: 0}",
+    train__val_every=1,
+    eval__crop_size=32,
+    eval__stride=24,
+)
 
 
 def front_matter(text: str) -> dict:

@@ -66,7 +66,8 @@ def _one_error_line(err: str, *needles: str) -> None:
 # ------------------------------------------------------------------------- A: the error rule
 
 
-def test_r12_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+@pytest.mark.reliability("r12")
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
     import sanet.cli.data as data_cli
     from sanet.config import load_config
 
@@ -87,10 +88,11 @@ def test_r12_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch,
 # --------------------------------------------------------- B: validation before the work starts
 
 
+@pytest.mark.reliability("r03")
 @pytest.mark.parametrize(
     "case", ["predict-out-file", "eval-out-readonly", "check-data-out-dir", "train-out-file"]
 )
-def test_r03_unwritable_outputs_fail_before_the_work(
+def test_unwritable_outputs_fail_before_the_work(
     case, ckpt, folder_data, tmp_path, monkeypatch, capsys
 ):
     import sanet.api.evaluation
@@ -148,9 +150,10 @@ def test_r03_unwritable_outputs_fail_before_the_work(
     _one_error_line(capsys.readouterr().err, expected)
 
 
+@pytest.mark.reliability("r06")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("case", ["predict", "eval", "train"])
-def test_r06_cuda_on_a_machine_without_it_is_one_line(case, ckpt, folder_data, tmp_path, capsys):
+def test_cuda_on_a_machine_without_it_is_one_line(case, ckpt, folder_data, tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("model: {backbone: resnet10t}\n")
     image = str(folder_data / "images/val/a.png")
     args = {
@@ -188,6 +191,7 @@ def test_r06_cuda_on_a_machine_without_it_is_one_line(case, ckpt, folder_data, t
     _one_error_line(capsys.readouterr().err, "no CUDA device", "--device cpu")
 
 
+@pytest.mark.reliability("r07")
 @pytest.mark.parametrize(
     ("yaml_text", "override", "message"),
     [
@@ -201,7 +205,7 @@ def test_r06_cuda_on_a_machine_without_it_is_one_line(case, ckpt, folder_data, t
         ("train:\n  - lr: 0.1\n", None, "section 'train' must be a mapping"),
     ],
 )
-def test_r07_config_values_out_of_range_are_named(yaml_text, override, message, tmp_path, capsys):
+def test_config_values_out_of_range_are_named(yaml_text, override, message, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml_text)
     extra = ["--set", override] if override else []
@@ -210,7 +214,8 @@ def test_r07_config_values_out_of_range_are_named(yaml_text, override, message, 
     assert not (tmp_path / "run").exists()  # refused before anything was created
 
 
-def test_r07_every_minimum_names_a_config_key() -> None:
+@pytest.mark.reliability("r07")
+def test_every_minimum_names_a_config_key() -> None:
     from sanet.config import MINIMUM, Config
 
     keys = {f"{s}.{k}" for s, section in Config().to_dict().items() for k in section}
@@ -220,7 +225,8 @@ def test_r07_every_minimum_names_a_config_key() -> None:
 # ------------------------------------------------------ C: batch commands finish the good items
 
 
-def test_r01_predict_writes_every_readable_image_and_lists_the_rest(ckpt, tmp_path, capsys):
+@pytest.mark.reliability("r01")
+def test_predict_writes_every_readable_image_and_lists_the_rest(ckpt, tmp_path, capsys):
     rng = np.random.default_rng(1)
     folder = tmp_path / "photos"
     for stem in ("b", "c", "d"):
@@ -236,7 +242,8 @@ def test_r01_predict_writes_every_readable_image_and_lists_the_rest(ckpt, tmp_pa
     assert "split list" not in err and "Traceback" not in err
 
 
-def test_r16_eval_leaves_out_unreadable_pairs_and_says_so(ckpt, folder_data, tmp_path, capsys):
+@pytest.mark.reliability("r16")
+def test_eval_leaves_out_unreadable_pairs_and_says_so(ckpt, folder_data, tmp_path, capsys):
     out = tmp_path / "ev"
     rc = main(
         [
@@ -261,7 +268,8 @@ def test_r16_eval_leaves_out_unreadable_pairs_and_says_so(ckpt, folder_data, tmp
     assert "1 of 5 inputs failed" in capsys.readouterr().err
 
 
-def test_r15_check_data_lists_every_missing_file(folder_data, tmp_path):
+@pytest.mark.reliability("r15")
+def test_check_data_lists_every_missing_file(folder_data, tmp_path):
     for stem in ("a", "c", "d"):
         (folder_data / "masks/val" / f"{stem}.png").unlink()
     report_path = tmp_path / "report.json"
@@ -286,7 +294,8 @@ def test_r15_check_data_lists_every_missing_file(folder_data, tmp_path):
 # ---------------------------------------------------------------- G: feedback on large images
 
 
-def test_r10_progress_inside_a_large_image_and_a_base_size_hint(caplog) -> None:
+@pytest.mark.reliability("r10")
+def test_progress_inside_a_large_image_and_a_base_size_hint(caplog) -> None:
     from sanet.api.prediction import WindowProgress
     from sanet.inference import predict_mask
     from sanet.inference.protocol import window_count

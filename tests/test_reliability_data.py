@@ -93,8 +93,9 @@ def _one_line(err: str, *needles: str) -> str:
 # ------------------------------------------------------------------ r20: 0/255 binary masks
 
 
+@pytest.mark.reliability("r20")
 @pytest.mark.parametrize("command", ["check-data", "train"])
-def test_r20_binary_masks_saved_as_0_255_are_named_with_the_fix(
+def test_binary_masks_saved_as_0_255_are_named_with_the_fix(
     command, binary, tmp_path, capsys
 ) -> None:
     if command == "check-data":
@@ -113,7 +114,8 @@ def test_r20_binary_masks_saved_as_0_255_are_named_with_the_fix(
         assert not out.exists()  # refused before the run directory was made
 
 
-def test_r20_label_map_reads_255_as_the_object_and_trains(binary, tmp_path, capsys) -> None:
+@pytest.mark.reliability("r20")
+def test_label_map_reads_255_as_the_object_and_trains(binary, tmp_path, capsys) -> None:
     ds = build_dataset("folder", binary, split="train", label_map={255: 1})
     raw = np.asarray(Image.open(binary / "masks/train/000.png"))
     _, mask = ds[0]
@@ -130,8 +132,9 @@ def test_r20_label_map_reads_255_as_the_object_and_trains(binary, tmp_path, caps
 # ------------------------------------------------------------- r21: a class list of one class
 
 
+@pytest.mark.reliability("r21")
 @pytest.mark.parametrize("command", ["check-data", "train"])
-def test_r21_a_single_class_is_refused_by_name(command, tmp_path, capsys) -> None:
+def test_a_single_class_is_refused_by_name(command, tmp_path, capsys) -> None:
     masks = [_box(0, background=0) for _ in range(2)]
     root = _dataset(tmp_path / "one", ["object"], {"train": masks, "val": masks})
     if command == "check-data":
@@ -153,8 +156,9 @@ WARNINGS = [
 ]
 
 
+@pytest.mark.reliability("r22")
 @pytest.mark.parametrize(("kind", "classes", "make", "needle"), WARNINGS)
-def test_r22_absent_classes_and_a_large_ignore_share_are_warned(
+def test_absent_classes_and_a_large_ignore_share_are_warned(
     kind, classes, make, needle, tmp_path
 ) -> None:
     masks = [make() for _ in range(3)]
@@ -170,7 +174,8 @@ def test_r22_absent_classes_and_a_large_ignore_share_are_warned(
 # --------------------------------------------------------- r23: labelled pixels of one class
 
 
-def test_r23_training_refuses_a_split_of_one_class_naming_the_cause(tmp_path, capsys) -> None:
+@pytest.mark.reliability("r23")
+def test_training_refuses_a_split_of_one_class_naming_the_cause(tmp_path, capsys) -> None:
     masks = [_box(0) for _ in range(3)]  # classes.txt has 3 classes; masks hold value 0 only
     root = _dataset(tmp_path / "zeros", ["bg", "a", "b"], {"train": masks, "val": masks})
     out = tmp_path / "run"
@@ -181,7 +186,8 @@ def test_r23_training_refuses_a_split_of_one_class_naming_the_cause(tmp_path, ca
     assert rc == 1 and report["issue_counts"]["one_class"] == 1
 
 
-def test_r23_a_large_split_is_checked_on_a_sample_and_refused_only_on_all_masks(
+@pytest.mark.reliability("r23")
+def test_a_large_split_is_checked_on_a_sample_and_refused_only_on_all_masks(
     tmp_path, monkeypatch
 ) -> None:
     n = 100  # more than the 64 masks the start of training samples
@@ -216,8 +222,9 @@ BAD_MAPS = [
 ]
 
 
+@pytest.mark.reliability("r24")
 @pytest.mark.parametrize(("options", "message"), BAD_MAPS)
-def test_r24_a_bad_label_map_is_one_line(options, message, binary, tmp_path, capsys) -> None:
+def test_a_bad_label_map_is_one_line(options, message, binary, tmp_path, capsys) -> None:
     out = tmp_path / "report.json"
     args = [
         "check-data",

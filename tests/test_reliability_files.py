@@ -26,8 +26,9 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.reliability("r02")
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
-def test_r02_written_files_get_the_mode_of_the_umask(umask: int, tmp_path: Path) -> None:
+def test_written_files_get_the_mode_of_the_umask(umask: int, tmp_path: Path) -> None:
     model = sanet.build_model("fcn", backbone=BACKBONE, num_classes=2)
     old = os.umask(umask)
     try:
@@ -43,7 +44,8 @@ def test_r02_written_files_get_the_mode_of_the_umask(umask: int, tmp_path: Path)
         assert _mode(path) == _mode(reference), path
 
 
-def test_r09_temp_files_of_interrupted_writes_are_found_and_only_they(tmp_path: Path) -> None:
+@pytest.mark.reliability("r09")
+def test_temp_files_of_interrupted_writes_are_found_and_only_they(tmp_path: Path) -> None:
     leftover = tmp_path / ".last.pt.k2j4x9.sanet-tmp"  # what kill -9 before the rename leaves
     leftover.write_bytes(b"half a checkpoint")
     mine = [tmp_path / ".notes.tmp", tmp_path / "last.pt", tmp_path / "x.sanet-tmp"]
@@ -89,6 +91,7 @@ def _damage(run: RunDir, case: str, tmp_path: Path) -> Path:
     return run.last
 
 
+@pytest.mark.reliability("r05")
 @pytest.mark.parametrize(
     ("case", "load", "instead"),
     [
@@ -97,7 +100,7 @@ def _damage(run: RunDir, case: str, tmp_path: Path) -> Path:
         ("pickle-that-runs-code", "last", "model"),
     ],
 )
-def test_r05_damaged_weights_name_the_file_and_the_other_weights(
+def test_damaged_weights_name_the_file_and_the_other_weights(
     case: str, load: str, instead: str, run: RunDir, tmp_path: Path, capsys
 ) -> None:
     damaged = _damage(run, case, tmp_path)
@@ -120,7 +123,8 @@ def test_r05_damaged_weights_name_the_file_and_the_other_weights(
     assert len(err.strip().splitlines()) == 1 and str(damaged) in err
 
 
-def test_r05_a_truncated_last_pt_suggests_resuming_from_best(run: RunDir) -> None:
+@pytest.mark.reliability("r05")
+def test_a_truncated_last_pt_suggests_resuming_from_best(run: RunDir) -> None:
     from sanet.config import Config
     from sanet.training.resume import read_resume_checkpoint
 
@@ -131,6 +135,7 @@ def test_r05_a_truncated_last_pt_suggests_resuming_from_best(run: RunDir) -> Non
     assert f"copy {run.best} over {run.last}" in str(info.value)
 
 
+@pytest.mark.reliability("r13")
 @pytest.mark.parametrize(
     ("make_input", "message"),
     [
@@ -139,13 +144,14 @@ def test_r05_a_truncated_last_pt_suggests_resuming_from_best(run: RunDir) -> Non
         (lambda: torch.zeros(1, 3, 40, 40, device="meta"), "the model is on cpu"),
     ],
 )
-def test_r13_model_inputs_of_the_wrong_dtype_or_device_are_named(make_input, message) -> None:
+def test_model_inputs_of_the_wrong_dtype_or_device_are_named(make_input, message) -> None:
     model = sanet.build_model("fcn", backbone=BACKBONE, num_classes=2).eval()
     with pytest.raises(ValueError, match=message):
         model(make_input())
 
 
-def test_r13_autocast_inputs_are_still_accepted() -> None:
+@pytest.mark.reliability("r13")
+def test_autocast_inputs_are_still_accepted() -> None:
     model = sanet.build_model("fcn", backbone=BACKBONE, num_classes=2).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # it casts for itself
         assert model(torch.zeros(1, 3, 40, 40))["out"].shape == (1, 2, 40, 40)

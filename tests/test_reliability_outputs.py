@@ -22,23 +22,17 @@ from PIL import Image
 from torch import nn
 
 import sanet
+from conftest import tiny_recipe
 from sanet.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sanet"
-TINY = [
-    "model.backbone=resnet10t",
-    "model.pretrained_backbone=false",
-    "data.dataset=synthetic",
-    "data.base_size=32",
-    "data.crop_size=32",
-    "data.num_workers=0",
-    "data.options={num_images: 4, size: 32, seed: 0}",
-    "train.batch_size=2",
-    "train.log_every=1",
-    "train.device=cpu",
-    "eval.crop_size=32",
-    "eval.stride=32",
-]
+TINY = tiny_recipe(
+    model__pretrained_backbone=False,
+    train__epochs=None,  # the default recipe's: each test sets its own budget
+    train__log_every=1,
+    eval__crop_size=32,
+    eval__stride=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +77,9 @@ def _never(*args, **kwargs):
 # ----------------------------------------------------------------------- r26: compare --out
 
 
+@pytest.mark.reliability("r26")
 @pytest.mark.parametrize("case", ["users-compare-json", "other-files", "out-is-a-file"])
-def test_r26_compare_refuses_an_out_it_did_not_fill(case, tmp_path, monkeypatch, capsys) -> None:
+def test_compare_refuses_an_out_it_did_not_fill(case, tmp_path, monkeypatch, capsys) -> None:
     import sanet.experiments.compare as compare
 
     monkeypatch.setattr(compare, "run_all", _never)
@@ -134,8 +129,9 @@ REPLACED = [
 ]
 
 
+@pytest.mark.reliability("r28")
 @pytest.mark.parametrize("command", REPLACED)
-def test_r28_no_command_replaces_a_file_silently(
+def test_no_command_replaces_a_file_silently(
     command, ckpt, data, tmp_path, monkeypatch, capsys
 ) -> None:
     import sanet.experiments.bench
@@ -194,7 +190,8 @@ def test_r28_no_command_replaces_a_file_silently(
     assert mine.read_text() == "model: {name: fcn}\n"
 
 
-def test_r28_overwrite_replaces_and_check_data_replaces_its_own_report(data, tmp_path, monkeypatch):
+@pytest.mark.reliability("r28")
+def test_overwrite_replaces_and_check_data_replaces_its_own_report(data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mine = tmp_path / "mine.json"
     mine.write_text("mine")
@@ -220,8 +217,9 @@ BENCH_FLAGS = [
 ]
 
 
+@pytest.mark.reliability("r27")
 @pytest.mark.parametrize(("flags", "message"), BENCH_FLAGS)
-def test_r27_bench_checks_every_flag_before_building_a_model(
+def test_bench_checks_every_flag_before_building_a_model(
     flags, message, monkeypatch, capsys
 ) -> None:
     import sanet.experiments.bench
@@ -245,8 +243,9 @@ EXPORT_FLAGS = [
 ]
 
 
+@pytest.mark.reliability("r29")
 @pytest.mark.parametrize(("flags", "message"), EXPORT_FLAGS)
-def test_r29_export_checks_every_flag_before_loading_the_model(
+def test_export_checks_every_flag_before_loading_the_model(
     flags, message, ckpt, tmp_path, monkeypatch, capsys
 ) -> None:
     import sanet.models.registry
@@ -269,9 +268,10 @@ class _Conv(nn.Module):
         return {"out": nn.functional.interpolate(self.conv(x), size=x.shape[-2:], mode="bilinear")}
 
 
+@pytest.mark.reliability("r29")
 @pytest.mark.export
 @pytest.mark.parametrize("asked", [18, 21])
-def test_r29_the_recorded_opset_is_the_files(asked, tmp_path, monkeypatch) -> None:
+def test_the_recorded_opset_is_the_files(asked, tmp_path, monkeypatch) -> None:
     import onnx
 
     from sanet.exporting import export as E
@@ -293,6 +293,7 @@ def test_r29_the_recorded_opset_is_the_files(asked, tmp_path, monkeypatch) -> No
 # ---------------------------------------------------------- r31: advice that works
 
 
+@pytest.mark.reliability("r31")
 @pytest.mark.parametrize(
     ("budget", "names"),
     [
@@ -300,7 +301,7 @@ def test_r29_the_recorded_opset_is_the_files(asked, tmp_path, monkeypatch) -> No
         (["train.epochs=1"], "a larger train.epochs (now 1"),
     ],
 )
-def test_r31_a_finished_run_names_the_key_that_ended_it(budget, names, tmp_path, capsys) -> None:
+def test_a_finished_run_names_the_key_that_ended_it(budget, names, tmp_path, capsys) -> None:
     recipe, run = tmp_path / "r.yaml", tmp_path / "run"
     recipe.write_text("model: {name: fcn}\n")
     args = ["train", str(recipe), "--out", str(run), "--set", *TINY, "train.val_every=0", *budget]
@@ -321,8 +322,9 @@ def test_r31_a_finished_run_names_the_key_that_ended_it(budget, names, tmp_path,
 EARLY = ["train-resume", "compare-bad-data", "eval", "predict", "export", "explain", "bench"]
 
 
+@pytest.mark.reliability("r32")
 @pytest.mark.parametrize("command", EARLY)
-def test_r32_a_command_that_fails_before_writing_leaves_no_folder(
+def test_a_command_that_fails_before_writing_leaves_no_folder(
     command, ckpt, data, tmp_path, capsys
 ) -> None:
     new = tmp_path / "new" / "deeper"
@@ -364,7 +366,8 @@ def test_r32_a_command_that_fails_before_writing_leaves_no_folder(
 DOUBLED = re.compile(r"\b(a|an|the)\s+(a|an|the)\b|\b(\w{2,})\s+\3\b", re.I)
 
 
-def test_r33_no_message_in_the_source_doubles_a_word() -> None:
+@pytest.mark.reliability("r33")
+def test_no_message_in_the_source_doubles_a_word() -> None:
     """Every string literal of the package (f-strings with their fields as ``{}``): no doubled
     word ("the the") and no two articles in a row ("a the")."""
     found = []
@@ -382,7 +385,8 @@ def test_r33_no_message_in_the_source_doubles_a_word() -> None:
     assert [f for f in found if not any(a in f for a in allowed)] == []
 
 
-def test_r33_the_messages_built_from_parts_read_correctly(tmp_path) -> None:
+@pytest.mark.reliability("r33")
+def test_the_messages_built_from_parts_read_correctly(tmp_path) -> None:
     """The messages that are assembled from parts at run time (where "Choose a the folder of
     --out folder" came from), rendered for each of their shapes."""
     from sanet._files import (

@@ -20,27 +20,20 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_recipe
 from sanet.cli import main
 from sanet.rundir import RunDir
 
 HERE = Path(__file__).parent
-TINY = [
-    "model.backbone=resnet10t",
-    "model.pretrained_backbone=false",
-    "data.dataset=synthetic",
-    "data.base_size=32",
-    "data.crop_size=32",
-    "data.num_workers=0",
-    "data.options={num_images: 4, size: 32, seed: 0}",
-    "train.batch_size=2",
-    "train.epochs=2",
-    "train.log_every=1",
-    "train.val_every=1",
-    "train.device=cpu",
-    "train.threads=1",
-    "eval.crop_size=32",
-    "eval.stride=32",
-]  # 2 epochs × 2 steps per run; validations after steps 2 and 4
+TINY = tiny_recipe(
+    model__pretrained_backbone=False,
+    train__epochs=2,
+    train__log_every=1,
+    train__val_every=1,
+    train__threads=1,
+    eval__crop_size=32,
+    eval__stride=32,
+)  # 2 epochs × 2 steps per run; validations after steps 2 and 4
 RUNS = ["sanet-seed0", "fcn-seed0"]  # the order compare trains them in
 slow = pytest.mark.slow
 
@@ -81,8 +74,9 @@ def _records(run: Path, kind: str) -> list[int]:
     return [r["step"] for r in map(json.loads, lines) if r["kind"] == kind]
 
 
+@pytest.mark.reliability("r25")
 @pytest.mark.parametrize(("sig", "where", "n", "says", "finished"), COMPARE_POINTS)
-def test_r25_a_signal_anywhere_in_compare_stops_it_and_a_rerun_resumes(
+def test_a_signal_anywhere_in_compare_stops_it_and_a_rerun_resumes(
     sig, where, n, says, finished, tmp_path, monkeypatch
 ) -> None:
     out = tmp_path / "cmp"
@@ -140,8 +134,9 @@ TRAIN_POINTS = [
 ]
 
 
+@pytest.mark.reliability("r30")
 @pytest.mark.parametrize(("sig", "where", "n", "status", "says"), TRAIN_POINTS)
-def test_r30_train_exits_128_plus_the_signal_and_never_loses_one(
+def test_train_exits_128_plus_the_signal_and_never_loses_one(
     sig, where, n, status, says, tmp_path
 ) -> None:
     run, recipe = tmp_path / "run", tmp_path / "recipe.yaml"

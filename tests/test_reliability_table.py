@@ -1,6 +1,7 @@
 """docs/reliability.md's table of faults and bad inputs stays true to the tests: every id in it
-is a test (``test_<id>_...``), every such test is in it, and its "tried" column is the number of
-cases those tests run (parametrisations counted from the source, so nothing is imported)."""
+is tried by a test (marked ``@pytest.mark.reliability("<id>")``), every such test is in it, and
+its "tried" column is the number of cases those tests run (parametrisations counted from the
+source, so nothing is imported)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_ID = re.compile(r"^test_(r\d\d)_")
 ROW = re.compile(r"^\| (r\d\d) \|(?:[^|]*\|){2} (\d+) \|")  # | id | fault | item | tried | ...
 
 
@@ -19,6 +19,14 @@ def _cases(call: ast.Call, constants: dict[str, ast.AST]) -> int:
     values = constants.get(values.id, values) if isinstance(values, ast.Name) else values
     assert isinstance(values, (ast.List, ast.Tuple)), ast.dump(values)
     return len(values.elts)
+
+
+def _case_id(test: ast.FunctionDef) -> str | None:
+    """The id of ``@pytest.mark.reliability("r02")`` on ``test``, else ``None``."""
+    for deco in test.decorator_list:
+        if isinstance(deco, ast.Call) and ast.unparse(deco.func).endswith("mark.reliability"):
+            return ast.literal_eval(deco.args[0])
+    return None
 
 
 def _tests_by_id() -> dict[str, int]:
@@ -34,14 +42,14 @@ def _tests_by_id() -> dict[str, int]:
             if isinstance(t, ast.Name)
         }
         for node in tree.body:
-            match = isinstance(node, ast.FunctionDef) and TEST_ID.match(node.name)
-            if not match:
+            case = isinstance(node, ast.FunctionDef) and _case_id(node)
+            if not case:
                 continue
             cases = 1
             for deco in node.decorator_list:
                 if isinstance(deco, ast.Call) and ast.unparse(deco.func).endswith("parametrize"):
                     cases *= _cases(deco, constants)
-            found[match.group(1)] = found.get(match.group(1), 0) + cases
+            found[case] = found.get(case, 0) + cases
     return found
 
 

@@ -16,27 +16,22 @@ from PIL import Image
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import tiny_recipe
 from sanet.cli import main
 from sanet.config import Config, load_config, resume_conflicts
 from sanet.training import engine
 from sanet.training.runlog import RunLog
 from sanet.training.trainer import Trainer, TrainingInterrupted
 
-TINY = [
-    "model.backbone=resnet10t",
-    "data.dataset=synthetic",
-    "data.base_size=64",
-    "data.crop_size=64",
-    "data.num_workers=0",
-    "data.options={num_images: 12, size: 64, seed: 0}",
-    "train.batch_size=4",
-    "train.epochs=1",
-    "train.lr=0.01",
-    "train.log_every=2",
-    "train.device=cpu",
-    "train.deterministic=true",
-    "train.seed=7",
-]
+TINY = tiny_recipe(
+    size=64,
+    images=12,
+    batch=4,
+    train__lr=0.01,
+    train__log_every=2,
+    train__deterministic=True,
+    train__seed=7,
+)
 
 
 # ---------------------------------------------------------------- r11: the non-finite guard
@@ -92,8 +87,9 @@ def _train(
 
 
 # the very first step (fresh momentum) with a NaN loss; a later one with a NaN pixel
+@pytest.mark.reliability("r11")
 @pytest.mark.parametrize(("nan_at", "nan_in"), [(1, "loss"), (3, "images")])
-def test_r11_a_nan_step_changes_nothing(nan_at: int, nan_in: str) -> None:
+def test_a_nan_step_changes_nothing(nan_at: int, nan_in: str) -> None:
     g = torch.Generator().manual_seed(1)
     batches = [
         (torch.randn(2, 3, 8, 8, generator=g), torch.randint(0, 2, (2, 8, 8), generator=g))
@@ -109,7 +105,8 @@ def test_r11_a_nan_step_changes_nothing(nan_at: int, nan_in: str) -> None:
     assert all(torch.equal(states[-1][k], reference[-1][k]) for k in reference[-1])
 
 
-def test_r11_an_inf_loss_with_finite_gradients_is_skipped() -> None:
+@pytest.mark.reliability("r11")
+def test_an_inf_loss_with_finite_gradients_is_skipped() -> None:
     """The loss is checked itself, not only through its gradients: an inf that enters as a
     constant (an overflowed auxiliary term, a logged-only part) leaves the gradients finite."""
 
@@ -130,7 +127,8 @@ def test_r11_an_inf_loss_with_finite_gradients_is_skipped() -> None:
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
 
 
-def test_r11_the_guard_makes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.reliability("r11")
+def test_the_guard_makes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     model, criterion = TinyNet(), PoisonableLoss()
     criterion.poison = True
     opt = engine.make_sgd([{"params": list(model.parameters())}], lr=0.1, momentum=0.9)
@@ -247,6 +245,7 @@ def test_a_real_sanet_step_makes_no_host_sync_on_cuda() -> None:
 # ---------------------------------------------------------------------- r08: resume policy
 
 
+@pytest.mark.reliability("r08")
 @pytest.mark.parametrize(
     ("change", "refused"),
     [
@@ -270,7 +269,7 @@ def test_a_real_sanet_step_makes_no_host_sync_on_cuda() -> None:
         ("train.amp=bf16", "train.amp"),
     ],
 )
-def test_r08_resume_accepts_speed_knobs_and_refuses_what_changes_the_run(change, refused) -> None:
+def test_resume_accepts_speed_knobs_and_refuses_what_changes_the_run(change, refused) -> None:
     conflicts = resume_conflicts(Config().to_dict(), load_config(None, [change]))
     if refused is None:
         assert conflicts == []
@@ -278,7 +277,8 @@ def test_r08_resume_accepts_speed_knobs_and_refuses_what_changes_the_run(change,
         assert len(conflicts) == 1 and conflicts[0].startswith(refused), conflicts
 
 
-def test_r08_keys_a_saved_config_predates_count_as_their_defaults() -> None:
+@pytest.mark.reliability("r08")
+def test_keys_a_saved_config_predates_count_as_their_defaults() -> None:
     saved = Config().to_dict()
     del saved["train"]["accumulate"], saved["eval"]  # written before these keys existed
     assert resume_conflicts(saved, Config()) == []
@@ -287,7 +287,8 @@ def test_r08_keys_a_saved_config_predates_count_as_their_defaults() -> None:
 # ----------------------------------------------------- r04: data errors in DataLoader workers
 
 
-def test_r04_a_bad_file_in_a_worker_is_one_line_naming_it(tmp_path: Path, capsys) -> None:
+@pytest.mark.reliability("r04")
+def test_a_bad_file_in_a_worker_is_one_line_naming_it(tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
     for split in ("train", "val"):
@@ -329,7 +330,8 @@ def test_r04_a_bad_file_in_a_worker_is_one_line_naming_it(tmp_path: Path, capsys
 # ------------------------------------------------ r09: interrupted writes leave nothing behind
 
 
-def test_r09_a_run_removes_what_interrupted_writes_left(tmp_path: Path) -> None:
+@pytest.mark.reliability("r09")
+def test_a_run_removes_what_interrupted_writes_left(tmp_path: Path) -> None:
     run = tmp_path / "run"
     left = [
         run / "checkpoints/.last.pt.x1y2z3.sanet-tmp",
@@ -354,8 +356,9 @@ def test_r09_a_run_removes_what_interrupted_writes_left(tmp_path: Path) -> None:
 # ------------------------------------------- r14: a run stopped between its end and validation
 
 
+@pytest.mark.reliability("r14")
 @pytest.mark.slow
-def test_r14_a_run_stopped_at_its_last_step_validates_when_resumed(tmp_path, monkeypatch) -> None:
+def test_a_run_stopped_at_its_last_step_validates_when_resumed(tmp_path, monkeypatch) -> None:
     real, calls = engine.train_step, []
 
     def step(*args, **kwargs):

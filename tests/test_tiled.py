@@ -68,8 +68,8 @@ def test_tiled_equals_the_whole_image_sliding_window_and_keeps_the_georeference(
     want = np.rint(np.clip(want_conf, 0, 1) * 255).astype(np.uint8)
     assert np.abs(conf.astype(int) - want).max() <= 1 and (conf == want).mean() >= 0.999
     assert np.array_equal(pred.predict(rgb), want_mask)  # the reference is predict's answer
-    unsure, unsure_info = read_layer(out.unsure)  # 1 = unsure: apply_unsure's rule
-    want_unsure = (pred.apply_unsure(want_mask, want_conf) == 255).astype(np.uint8)
+    unsure, unsure_info = read_layer(out.unsure)  # 1 = unsure: the predictor's own rule
+    want_unsure = pred.unsure_pixels(want_conf).astype(np.uint8)
     assert (unsure == want_unsure).mean() >= 0.999 and 0 < unsure.mean() < 1
     assert unsure_info["nodata"] == 255 and float(unsure_info["tags"]["threshold"]) == threshold
     for layer in (info, conf_info, unsure_info):

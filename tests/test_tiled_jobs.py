@@ -175,8 +175,8 @@ def test_cli_predict_tiled_sigint_exits_130_and_resume_finishes(
     argv += ["--tiled", "--crop-size", "64", "--stride", "48", "--tile-size", "32"]
     argv += ["--strip-width", "64", "--device", "cpu"]
     assert _run_cli(argv) == 130
-    text = capsys.readouterr().out
-    assert "Stopped by SIGINT after block 2 of 12" in text and "--resume" in text
+    text = capsys.readouterr().err  # cli/__init__.py prints how to continue
+    assert "sanet predict: Stopped by SIGINT after block 2 of 12" in text and "--resume" in text
     assert not (out / "field.tif").exists()
     assert _run_cli(argv) == 2  # a partial prediction is not discarded silently
     assert "--resume to continue it, or --overwrite" in capsys.readouterr().err

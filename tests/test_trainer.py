@@ -13,29 +13,25 @@ import pytest
 import torch
 import yaml
 
-from conftest import interrupt_after
+from conftest import interrupt_after, tiny_recipe
 from sanet import load_model
 from sanet._files import safe_torch_load
 from sanet.config import load_config
 from sanet.training import engine
 from sanet.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
-TINY = [
-    "model.backbone=resnet18d",
-    "data.dataset=synthetic",
-    "data.base_size=64",
-    "data.crop_size=64",
-    "data.num_workers=0",
-    "data.options={num_images: 12, size: 64, seed: 0}",
-    "train.batch_size=4",
-    "train.epochs=2",
-    "train.lr=0.01",
-    "train.log_every=2",
-    "train.val_every=1",
-    "train.device=cpu",
-    "train.deterministic=true",
-    "train.seed=7",
-]
+TINY = tiny_recipe(
+    size=64,
+    images=12,
+    batch=4,
+    backbone="resnet18d",
+    train__epochs=2,
+    train__lr=0.01,
+    train__log_every=2,
+    train__val_every=1,
+    train__deterministic=True,
+    train__seed=7,
+)
 
 
 def _trainer(run: Path, *extra: str, resume: bool = False) -> Trainer:
@@ -51,7 +47,8 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, s
     _trainer(tmp_path / "full").fit()
     with monkeypatch.context() as m:
         interrupt_after(m, stop_after)
-        with pytest.raises(TrainingInterrupted, match="--resume"):
+        # from Python the message names the call that resumes (the CLI's voice: test below)
+        with pytest.raises(TrainingInterrupted, match=r"Resume with: sanet\.train\(.*resume=True"):
             _trainer(tmp_path / "cut").fit()
     state = safe_torch_load(tmp_path / "cut/checkpoints/last.pt")["state"]
     assert state["global_step"] == stop_after
@@ -64,7 +61,8 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, s
     assert (tmp_path / "cut/checkpoints/best.pt").is_file()
 
 
-def test_r02_run_directory_contents_and_modes(tmp_path: Path) -> None:
+@pytest.mark.reliability("r02")
+def test_run_directory_contents_and_modes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _trainer(run, "train.epochs=1").fit()
     for name in (
@@ -93,7 +91,8 @@ def test_r02_run_directory_contents_and_modes(tmp_path: Path) -> None:
     assert metric["value"] == round(max(v["mIoU"] for v in val), 4)
 
 
-def test_r11_nonfinite_loss_stops_at_the_sync_with_no_nan_step_applied(tmp_path, monkeypatch):
+@pytest.mark.reliability("r11")
+def test_nonfinite_loss_stops_at_the_sync_with_no_nan_step_applied(tmp_path, monkeypatch):
     trainer = _trainer(tmp_path / "nan", "train.epochs=1", "train.log_every=10")  # sync: step 3
     real_criterion, real_step, after_step = trainer.criterion, engine.train_step, []
 
@@ -219,7 +218,8 @@ def test_sigterm_through_the_cli_saves_and_resumes(tmp_path: Path) -> None:
     assert os.path.isfile(run / "model/model.safetensors")
 
 
-def test_r08_resume_refuses_what_changes_the_run_and_accepts_speed_knobs(tmp_path: Path) -> None:
+@pytest.mark.reliability("r08")
+def test_resume_refuses_what_changes_the_run_and_accepts_speed_knobs(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _trainer(run, "train.epochs=1").fit()
     config_before = (run / "config.yaml").read_text()

@@ -11,28 +11,22 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import interrupt_after
+from conftest import interrupt_after, tiny_recipe
 from sanet.config import load_config
 from sanet.training import engine
 from sanet.training.trainer import Trainer, TrainingInterrupted
 
 N_IMAGES, BATCH, SEED, LR = 12, 4, 7, 0.01
-TINY = [
-    "model.backbone=resnet10t",
-    "data.dataset=synthetic",
-    "data.base_size=32",
-    "data.crop_size=32",
-    "data.num_workers=0",
-    f"data.options={{num_images: {N_IMAGES}, size: 32, seed: 0}}",
-    f"train.batch_size={BATCH}",
-    "train.epochs=2",
-    f"train.lr={LR}",
-    "train.log_every=1",
-    "train.val_every=0",
-    "train.device=cpu",
-    "train.deterministic=true",
-    f"train.seed={SEED}",
-]
+TINY = tiny_recipe(
+    images=N_IMAGES,
+    batch=BATCH,
+    train__epochs=2,
+    train__lr=LR,
+    train__log_every=1,
+    train__val_every=0,
+    train__deterministic=True,
+    train__seed=SEED,
+)
 STEPS_PER_EPOCH = N_IMAGES // BATCH  # 3
 
 

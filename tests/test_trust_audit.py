@@ -179,3 +179,11 @@ def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp
     assert main([*argv, "--overwrite"]) == 0  # the runs are reused, the audit is the same
     again = json.loads((out / "label_audit.json").read_text())
     assert [e["score"] for e in again["images"]] == [e["score"] for e in report["images"]]
+    # from Python: the same runs, the same report
+    from sanet.api.audit import audit_labels
+
+    spec, recipe = f"folder:{root}", "demo"
+    result = audit_labels(
+        spec, recipe=recipe, folds=2, out=out, top=3, overrides=small, overwrite=True
+    )
+    assert result.audit == report == json.loads(result.report.read_text())

@@ -18,48 +18,25 @@ import pytest
 import torch
 from PIL import Image
 
-import sanet
+from _trust_scenes import FOLDER_NAMES as NAMES
+from _trust_scenes import save_sharp_model, write_folder_dataset
 from sanet.cli import main
 from sanet.inference import Predictor
-
-NAMES = ["background", "disc", "square"]
-
 
 # tiny tensors: on a shared 2-core machine thread wake-ups cost ten times the work
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """A 3-class folder dataset, split val: four 41×47 pairs with ignore pixels."""
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("data")
-    (root / "classes.txt").write_text("\n".join(NAMES) + "\n")
-    for stem in ("a", "b", "c", "d"):
-        _png(root / "images/val" / f"{stem}.png", rng.integers(0, 256, (41, 47, 3), np.uint8))
-        mask = rng.integers(0, 3, (41, 47)).astype(np.uint8)
-        mask[:3] = 255
-        _png(root / "masks/val" / f"{stem}.png", mask)
-    return root
+    return write_folder_dataset(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained 3-class FCN-resnet10t with sharpened logits (an over-confident model)."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ckpt") / "model"
-    model = sanet.build_model("fcn", backbone="resnet10t", num_classes=3)
-    with torch.no_grad():
-        for p in model.head.parameters():
-            p.mul_(3.0)
-    model.save_pretrained(folder, metadata={"class_names": NAMES})
-    return folder
+    return save_sharp_model(tmp_path_factory.mktemp("ckpt") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +173,9 @@ def _one_error_line(err: str, *needles: str) -> None:
 R60_CASES = ["risk-above-1", "risk-needs-more-images", "pt-checkpoint", "fit-images-0"]
 
 
+@pytest.mark.reliability("r60")
 @pytest.mark.parametrize("case", R60_CASES)
-def test_r60_calibrate_refuses_bad_input_before_any_work(case, model_dir, data, tmp_path, capsys):
+def test_calibrate_refuses_bad_input_before_any_work(case, model_dir, data, tmp_path, capsys):
     folder = tmp_path / "model"
     shutil.copytree(model_dir, folder)
     config = (folder / "config.json").read_bytes()
@@ -220,9 +198,8 @@ def test_r60_calibrate_refuses_bad_input_before_any_work(case, model_dir, data, 
     assert not out.exists() and (folder / "config.json").read_bytes() == config
 
 
-def test_r61_predict_unsure_without_a_risk_threshold_writes_nothing(
-    model_dir, data, tmp_path, capsys
-):
+@pytest.mark.reliability("r61")
+def test_predict_unsure_without_a_risk_threshold_writes_nothing(model_dir, data, tmp_path, capsys):
     out = tmp_path / "pred"
     args = ["predict", "--checkpoint", str(model_dir), str(data / "images/val"), "--out", str(out)]
     assert main([*args, "--unsure"]) == 2
@@ -240,13 +217,14 @@ R62_CASES = [
 ]
 
 
+@pytest.mark.reliability("r62")
 @pytest.mark.parametrize("case", R62_CASES)
-def test_r62_audit_labels_refuses_bad_combinations(case, model_dir, data, tmp_path, capsys):
+def test_audit_labels_refuses_bad_combinations(case, model_dir, data, tmp_path, capsys):
     ckpt, spec = ["--checkpoint", str(model_dir)], ["--data", f"folder:{data}"]
     argv, needle = {
         "both": (["demo", *ckpt], "not both or neither"),
         "neither": ([], "not both or neither"),
-        "recipe-without-folds": (["demo"], "needs --folds K"),
+        "recipe-without-folds": (["demo"], "needs --folds, the number of folds"),
         "one-fold": (["demo", "--folds", "1"], "--folds must be at least 2"),
         "confidence-above-1": ([*ckpt, "--confidence", "1.5"], "--confidence must lie"),
         "protocol-flag-with-recipe": (["demo", "--folds", "2", "--ms-flip"], "--ms-flip goes with"),
@@ -257,9 +235,8 @@ def test_r62_audit_labels_refuses_bad_combinations(case, model_dir, data, tmp_pa
     assert not (out / "label_audit.json").exists() and not (out / "runs").exists()
 
 
-def test_r63_rank_finishes_the_readable_images_and_lists_the_bad_one(
-    model_dir, data, tmp_path, capsys
-):
+@pytest.mark.reliability("r63")
+def test_rank_finishes_the_readable_images_and_lists_the_bad_one(model_dir, data, tmp_path, capsys):
     images = tmp_path / "images"
     shutil.copytree(data / "images/val", images)
     (images / "b.png").write_bytes((images / "b.png").read_bytes()[:60])  # truncated
@@ -271,7 +248,8 @@ def test_r63_rank_finishes_the_readable_images_and_lists_the_bad_one(
     assert sorted(ranked) == ["a.png", "c.png", "d.png"]
 
 
-def test_r64_predict_confidence_refuses_a_map_that_would_overwrite_another_output(
+@pytest.mark.reliability("r64")
+def test_predict_confidence_refuses_a_map_that_would_overwrite_another_output(
     model_dir, data, tmp_path, capsys
 ):
     images = tmp_path / "images"
@@ -287,8 +265,9 @@ def test_r64_predict_confidence_refuses_a_map_that_would_overwrite_another_outpu
 R65_CASES = ["calibrate", "audit-labels", "rank", "predict-confidence"]
 
 
+@pytest.mark.reliability("r65")
 @pytest.mark.parametrize("case", R65_CASES)
-def test_r65_trust_outputs_are_never_replaced_silently(
+def test_trust_outputs_are_never_replaced_silently(
     case, model_dir, data, tmp_path, monkeypatch, capsys
 ):
     import sanet.inference.predictor

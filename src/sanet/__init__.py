@@ -1,14 +1,48 @@
 """sanet: Squeeze-and-Attention Networks for Semantic Segmentation (Zhong et al., CVPR 2020).
 
-The public API. Sub-packages: ``sanet.models``, ``sanet.data``, ``sanet.metrics``,
-``sanet.inference``, ``sanet.training``, ``sanet.viz``, ``sanet.serve`` (``docs/architecture.md``
-shows how they depend on each other).
+The public API: the models (``build_model``, ``SANet``, ``SANetLoss``, ``ConfusionMatrix``),
+prediction (``Predictor``, ``run_protocol``) and the verbs (``train``, ``evaluate``,
+``calibrate``, ``export``, ``audit_labels``, ``rank``, ``compare``, ``prepare``,
+``check_data`` ...: :mod:`sanet.api`), with errors under one base class
+(:class:`sanet.errors.SanetError`). docs/python.md shows the whole workflow;
+docs/architecture.md how the sub-packages depend on each other.
 """
 
 from __future__ import annotations
 
 from sanet import data, errors, inference, metrics, models
-from sanet.api import EvalResult, PredictResult, evaluate, predict_files
+from sanet.api import (
+    AuditResult,
+    BenchResult,
+    CalibrationResult,
+    CheckResult,
+    CompareResult,
+    DemoResult,
+    EvalResult,
+    ExportResult,
+    PredictResult,
+    PrepareResult,
+    RankResult,
+    ServingApp,
+    SweepResult,
+    TrainResult,
+    audit_labels,
+    bench,
+    calibrate,
+    check_data,
+    compare,
+    demo,
+    evaluate,
+    explain,
+    export,
+    figure5,
+    predict_files,
+    prepare,
+    rank,
+    serving_app,
+    sweep,
+    train,
+)
 from sanet.inference import EvalProtocol, Predictor
 from sanet.inference.runs import run_protocol
 from sanet.losses import SANetLoss
@@ -18,24 +52,50 @@ from sanet.version import __version__
 
 __all__ = [
     "FCN",
+    "AuditResult",
+    "BenchResult",
+    "CalibrationResult",
+    "CheckResult",
+    "CompareResult",
     "ConfusionMatrix",
+    "DemoResult",
     "EvalProtocol",
     "EvalResult",
+    "ExportResult",
     "PredictResult",
     "Predictor",
+    "PrepareResult",
+    "RankResult",
     "SANet",
     "SANetLoss",
     "SegmentationModel",
+    "ServingApp",
+    "SweepResult",
+    "TrainResult",
     "__version__",
+    "audit_labels",
+    "bench",
     "build_model",
+    "calibrate",
+    "check_data",
+    "compare",
     "data",
+    "demo",
     "errors",
     "evaluate",
+    "explain",
+    "export",
+    "figure5",
     "inference",
     "list_models",
     "load_model",
     "metrics",
     "models",
     "predict_files",
+    "prepare",
+    "rank",
     "run_protocol",
+    "serving_app",
+    "sweep",
+    "train",
 ]

@@ -1,4 +1,4 @@
-"""Crash-safe file writes and safe loading (SPEC §5): the bottom floor of the package.
+"""Crash-safe file writes and safe loading (docs/design.md, "Quality bars"): the bottom floor of the package.
 
 Every file a user keeps is written to a temporary file in the same folder, fsynced, then renamed
 over the target: a crash leaves either the old file or the new one, never half of one. The new

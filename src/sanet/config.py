@@ -9,6 +9,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -17,7 +18,7 @@ import yaml
 
 from sanet._files import atomic_write_text
 from sanet.conventions import BASE_SIZE, EVAL_CROP_SIZE, EVAL_STRIDE
-from sanet.errors import ConfigError, NotFoundError, suggest
+from sanet.errors import ConfigError, NotFoundError, arg, speaks_cli, suggest
 from sanet.models.options import ModelOptions
 
 
@@ -89,8 +90,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """The run's evaluation protocol (SPEC §2.5): what ``sanet eval``/``predict`` use for a
-    ``--checkpoint`` in this run unless flags say otherwise. Validation during training uses
+    """The run's evaluation protocol (docs/paper-fidelity.md): what ``sanet.evaluate`` and
+    ``Predictor`` use for a checkpoint of this run unless told otherwise. Validation during training uses
     only ``crop_size`` and ``stride``, at single scale (``trainer.validation_protocol``)."""
 
     scales: list[float] = field(default_factory=lambda: [1.0])  # of data.base_size; [1.0]: as is
@@ -125,7 +126,19 @@ def recipe_path(name: str) -> Path:
     return path
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def resolve_recipe(config: str | Path) -> Path:
+    """The recipe file ``config`` names: a YAML file, or an embedded recipe by name
+    (``"demo"``: :func:`recipe_path`) when no file of that name exists."""
+    path = Path(config)
+    if path.is_file() or path.suffix or len(path.parts) != 1:
+        return path
+    try:
+        return recipe_path(str(config))
+    except NotFoundError as err:
+        raise NotFoundError(f"Config file {str(config)!r} does not exist. {err}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | None = None) -> Config:
     """Load a YAML recipe (or the defaults) and apply ``section.key=value`` overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
@@ -140,6 +153,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(
                 f"{str(path)!r} must hold a mapping of sections, got {type(raw).__name__}."
             )
+    return config_from_dict(
+        apply_overrides(raw, overrides), source=str(path) if path else "defaults"
+    )
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str] | None) -> dict[str, Any]:
+    """Set each ``section.key=value`` of ``overrides`` (the value read as YAML) in ``raw``."""
     for item in overrides or []:
         key, value = _split_override(item)
         section, _, name = key.partition(".")
@@ -147,7 +167,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw[section], dict):
             raise ConfigError(f"Section {section!r} must be a mapping.")
         raw[section][name] = yaml.safe_load(value) if value != "" else ""
-    return config_from_dict(raw, source=str(path) if path else "defaults")
+    return raw
+
+
+def with_overrides(cfg: Config, overrides: Sequence[str] | None) -> Config:
+    """A new :class:`Config`: ``cfg`` with ``section.key=value`` overrides, checked as a
+    loaded recipe's are (``cfg`` itself is not changed)."""
+    if not overrides:
+        return cfg
+    return config_from_dict(apply_overrides(cfg.to_dict(), overrides), source="config")
+
+
+def override_hint(item: str) -> str:
+    """How the caller passes the override ``item`` (``"train.max_steps=N"``): ``--set
+    train.max_steps=N`` on the command line, ``overrides=['train.max_steps=N']`` from Python."""
+    if speaks_cli():
+        return f"{arg('overrides')} {item}"
+    return f"{arg('overrides')}=[{item!r}]"
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:

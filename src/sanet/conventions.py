@@ -8,7 +8,7 @@ the published values.
 from __future__ import annotations
 
 #: Mask value of pixels that are not labelled (VOC's object borders, padding, classes a dataset
-#: leaves out): never counted by the losses (Sec. 3) or the metrics (SPEC §2.5).
+#: leaves out): never counted by the losses (Sec. 3) or the metrics (docs/design.md).
 IGNORE_INDEX = 255
 
 #: ImageNet statistics of RGB in 0..1, the normalisation of timm's and torchvision's

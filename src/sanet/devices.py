@@ -10,9 +10,12 @@ from typing import Any
 
 import torch
 
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 
-_FIX = "Use the CPU instead (--device cpu, or train.device=cpu in a config)"
+
+def _fix() -> str:
+    """Running on the CPU instead, in the caller's words."""
+    return f"Use the CPU instead ({arg('device', 'cpu')}, or train.device=cpu in a config)"
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -37,7 +40,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
             raise UsageError(
                 f"Device {str(name)!r} was asked for, but torch sees no CUDA device on this "
-                f"machine (torch {torch.__version__}, built with {built}). {_FIX}, or check the "
+                f"machine (torch {torch.__version__}, built with {built}). {_fix()}, or check the "
                 "GPU driver (nvidia-smi) and CUDA_VISIBLE_DEVICES."
             )
         if (device.index or 0) >= count:
@@ -46,7 +49,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
                 f"device(s): cuda:0 .. cuda:{count - 1}. Pick one of those."
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"Device {str(name)!r} was asked for, but MPS is not available. {_FIX}.")
+        raise UsageError(f"Device {str(name)!r} was asked for, but MPS is not available. {_fix()}.")
     return device
 
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics from a dataset-accumulated confusion matrix (SPEC §2.5).
+"""Segmentation metrics from a dataset-accumulated confusion matrix (docs/design.md, "Protocol").
 
 ``ConfusionMatrix`` counts ``(ground truth, prediction)`` pixel pairs with one ``torch.bincount``
 per batch on the tensors' own device, sums the counts across processes under DDP, and derives:

@@ -1,4 +1,4 @@
-"""The layout of a training run directory, written down once (SPEC §4).
+"""The layout of a training run directory, written down once (docs/architecture.md).
 
 ```
 RUN/
@@ -130,9 +130,13 @@ class RunDir:
             found.append(self.config)
         return sorted(found)
 
-    def resume_command(self) -> str:
-        """The command that continues this run."""
-        return f"sanet train {self.config} --out {self.root} --resume"
+    def resume_command(self, cli: bool = True) -> str:
+        """What continues this run: the ``sanet train`` command, or (``cli=False``) the Python
+        call. Messages pass ``cli=errors.speaks_cli()`` to speak the caller's language (this
+        module imports nothing from sanet)."""
+        if cli:
+            return f"sanet train {self.config} --out {self.root} --resume"
+        return f"sanet.train({str(self.config)!r}, out={str(self.root)!r}, resume=True)"
 
 
 # the sections every run's config.yaml has held (later versions added more, e.g. eval)

@@ -9,12 +9,48 @@ shell over these functions (docs/python.md shows the whole workflow).
 
 from __future__ import annotations
 
+from sanet.api.audit import AuditResult, RankResult, audit_labels, rank
+from sanet.api.bench import BenchResult, bench
+from sanet.api.calibration import CalibrationResult, calibrate
+from sanet.api.data import CheckResult, PrepareResult, check_data, prepare
 from sanet.api.evaluation import EvalResult, evaluate
+from sanet.api.experiments import CompareResult, SweepResult, compare, sweep
+from sanet.api.export import ExportResult, export
+from sanet.api.figures import explain, figure5
 from sanet.api.prediction import PredictResult, predict_files
+from sanet.api.serving import ServingApp, serve, serving_app
+from sanet.api.training import DemoResult, TrainResult, demo, train
 
 __all__ = [
+    "AuditResult",
+    "BenchResult",
+    "CalibrationResult",
+    "CheckResult",
+    "CompareResult",
+    "DemoResult",
     "EvalResult",
+    "ExportResult",
     "PredictResult",
+    "PrepareResult",
+    "RankResult",
+    "ServingApp",
+    "SweepResult",
+    "TrainResult",
+    "audit_labels",
+    "bench",
+    "calibrate",
+    "check_data",
+    "compare",
+    "demo",
     "evaluate",
+    "explain",
+    "export",
+    "figure5",
     "predict_files",
+    "prepare",
+    "rank",
+    "serve",
+    "serving_app",
+    "sweep",
+    "train",
 ]

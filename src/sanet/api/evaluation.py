@@ -84,9 +84,8 @@ def evaluate(
         limit: evaluate only the first ``limit`` images.
         save_predictions: also write ``out/predictions/<image>.png`` (index PNGs).
         progress: show a progress bar.
-        tile_above: images above this many megapixels are streamed block by block, image and
-            mask read lazily, in flat memory (docs/large-images.md; their predictions are not
-            saved); ``None``: never.
+        tile_above: images above this many megapixels are streamed block by block in flat
+            memory (docs/large-images.md; not saved by ``save_predictions``); ``None``: never.
 
     Returns:
         an :class:`EvalResult`; unreadable images are left out and listed in ``failed``.
@@ -104,19 +103,10 @@ def evaluate(
         raise UsageError(f"{data_name(data)} split {split!r} has no images to evaluate.")
     model, meta = open_model(checkpoint, device)  # an .onnx file runs on onnxruntime
     check_classes(model, dataset, checkpoint)
-    start, failed, done, large = time.perf_counter(), [], [], []
-    with progress_bar(unit="img", enabled=progress) as bar:
-        task = bar.add_task(f"eval {split}", total=n)
-        skip = lambda: bar.advance(task)  # noqa: E731
-        pairs = _readable_pairs(dataset, n, failed, done, skip, large, tile_above)
-
-        def on_image(j: int, pred: Any) -> None:
-            if save_predictions:
-                _save_prediction(dataset, done[j], pred, out / "predictions")  # type: ignore[operator]
-            bar.advance(task)
-
-        cm = evaluate_pairs(model, pairs, dataset.num_classes, chosen, device, on_image=on_image)
-        stream_large(model, dataset, large, cm, chosen, device, done, failed, bar, task)
+    start, saved = time.perf_counter(), out / "predictions" if save_predictions else None
+    cm, done, failed = _confusion(
+        model, dataset, n, chosen, device, split, progress, saved, tile_above
+    )
     if not done:
         return EvalResult({}, None, failed)
     report = _report(cm, dataset, chosen, len(done), time.perf_counter() - start, meta)
@@ -125,6 +115,38 @@ def evaluate(
     if out is not None:
         _write_outputs(out, report, cm)
     return EvalResult(report, out, failed)
+
+
+def _confusion(
+    model: Any,
+    dataset: Any,
+    n: int,
+    protocol: Any,
+    device: str,
+    split: str,
+    progress: bool,
+    saved: Path | None,
+    tile_above: float | None,
+) -> tuple[Any, list[int], list[str]]:
+    """The confusion matrix of the first ``n`` samples (images above ``tile_above`` megapixels
+    streamed block by block), the indices evaluated and the unreadable samples; with ``saved``
+    each prediction of a small image goes there as an index PNG."""
+    failed: list[str] = []
+    done: list[int] = []
+    large: list[int] = []
+    with progress_bar(unit="img", enabled=progress) as bar:
+        task = bar.add_task(f"eval {split}", total=n)
+        skip = lambda: bar.advance(task)  # noqa: E731
+        pairs = _readable_pairs(dataset, n, failed, done, skip, large, tile_above)
+
+        def on_image(j: int, pred: Any) -> None:
+            if saved is not None:
+                _save_prediction(dataset, done[j], pred, saved)
+            bar.advance(task)
+
+        cm = evaluate_pairs(model, pairs, dataset.num_classes, protocol, device, on_image=on_image)
+        stream_large(model, dataset, large, cm, protocol, device, done, failed, bar, task)
+    return cm, done, failed
 
 
 def _check_outputs(out: Path, save_predictions: bool, overwrite: bool) -> None:

@@ -84,21 +84,17 @@ def predict_files(
 ) -> PredictResult:
     """Predict image files into ``out``: ``out/<stem>.png`` (index PNG with the classes'
     palette), with ``overlay`` also ``out/overlays/<stem>.png``, with ``confidence``
-    ``out/<stem>_confidence.png`` (255 × the calibrated largest probability). Images predicted
-    tile by tile (:func:`sanet.api.tiled.predict_tiled`) give ``out/<stem>.tif`` and
-    ``<stem>_confidence.tif`` / ``<stem>_unsure.tif`` GeoTIFF instead (no overlay).
+    ``out/<stem>_confidence.png`` (255 × the calibrated largest probability). An image
+    predicted tile by tile gives GeoTIFF ``out/<stem>.tif`` (:func:`sanet.api.tiled.predict_tiled`).
 
     Args:
         inputs: image files, folders (their images) or glob patterns.
-        unsure: 255 where the calibrated confidence is below the stored risk threshold
-            (``sanet.calibrate(..., risk=α)``; docs/trust.md).
+        unsure: 255 where the calibrated confidence is below the stored risk threshold.
         protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``.
         overwrite: replace outputs that exist (default: refuse before any work).
         progress: show progress bars (images, and windows or blocks inside large images).
         tiled: ``True``: every image tile by tile; ``None``: those above ``tile_above``
-            megapixels (with a note); ``False``: none.
-        resume, bands, value_range, tile_size, strip_width: of the tiled images, as in
-            :func:`sanet.api.tiled.predict_tiled`.
+            megapixels (with a note). ``resume``, ``bands`` ...: as in ``predict_tiled``.
 
     Returns:
         a :class:`PredictResult`; unreadable inputs are listed in ``failed``.

@@ -1,31 +1,17 @@
-"""``sanet bench``: speed of our models against torchvision's, in one process (SPEC §4).
-
-A thin wrapper over :mod:`sanet.experiments.bench`: parses flags, prints a table, writes
-``--json`` and ``--profile`` files. The JSON layout is documented in docs/benchmarks.md.
-"""
+"""``sanet bench``: flags → :func:`sanet.api.bench.bench` → the table (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 from pathlib import Path
-from typing import Any
 
-from sanet.cli.common import device_name
-from sanet.errors import UsageError
+from sanet.cli.common import call
 
-# Defaults per device type: the paper-sized setting on a GPU, a small one a CPU finishes.
-_DEFAULTS = {
-    "cuda": dict(
-        models=["tv:fcn_resnet101", "sanet:resnet101s"], size=512, batch=16, steps=20, warmup=5
-    ),
-    "cpu": dict(
-        models=["tv:fcn_resnet50", "sanet:resnet50s"], size=256, batch=4, steps=3, warmup=1
-    ),
-}
-_MODES = {"infer": ["infer"], "train": ["train"], "both": ["infer", "train"], "eval": ["eval"]}
+#: The GPU figures of docs/benchmarks.md (the compiled rows add ``--compile [MODE]``).
+GPU_COMMAND = (
+    "sanet bench --device cuda --models tv:fcn_resnet101 fcn:resnet101s sanet:resnet101s "
+    "--size 512 --batch 16 --classes 59 --amp bf16 --channels-last --mode both --json bench.json"
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -54,10 +40,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mode",
-        choices=list(_MODES),
+        choices=["infer", "train", "both", "eval"],
         default="both",
         help="infer, train, both (default) or eval (one image, multi-scale + flip)",
     )
+    _add_shape_args(p)
+    _add_eval_args(p)
+    _add_output_args(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def _add_shape_args(p: argparse.ArgumentParser) -> None:
+    """Input, steps and how the models run."""
     p.add_argument("--size", type=int, help="square input side (default 256 CPU, 512 CUDA)")
     p.add_argument("--batch", type=int, help="images per step (default 4 CPU, 16 CUDA)")
     p.add_argument("--classes", type=int, default=59, help="output classes (59: PASCAL Context)")
@@ -78,6 +72,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="how our models resize bilinearly (auto: the device's faster exact one)",
     )
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    """``--mode eval``'s image and protocol."""
     p.add_argument("--image", default="500x375", metavar="WxH", help="--mode eval image size")
     p.add_argument(
         "--protocol",
@@ -86,6 +84,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="--mode eval: the paper's multi-scale + flip, or single scale",
     )
     p.add_argument("--window-batch", type=int, default=4, help="--mode eval windows per forward")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """The files written, and the resize timing instead of models."""
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     p.add_argument(
         "--profile",
@@ -104,176 +106,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="instead: time F.interpolate against the matrix form for this run's logit upsampling",
     )
-    p.set_defaults(func=cmd_bench)
-
-
-def settings_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~sanet.experiments.bench.BenchSettings` of the flags and the device defaults."""
-    from sanet.experiments.bench import BenchSettings
-
-    device = device_name(args.device)
-    defaults = _DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
-    try:
-        width, height = (int(v) for v in args.image.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--image must be WxH, e.g. 500x375, got {args.image!r}.") from None
-    pick = lambda name: defaults[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
-    return BenchSettings(
-        device=device,
-        size=pick("size"),
-        batch=pick("batch"),
-        classes=args.classes,
-        steps=pick("steps"),
-        warmup=pick("warmup"),
-        amp=args.amp,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        image=(height, width),
-        protocol=args.protocol,
-        window_batch=args.window_batch,
-        threads=args.threads,
-    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sanet._files import ensure_new_file
-    from sanet.experiments.bench import GPU_COMMAND, apply_threads, resize_timings, run_bench
-    from sanet.experiments.measure import environment
-    from sanet.models.resize import set_bilinear_method
-    from sanet.version import __version__
+    from sanet.api import bench
+    from sanet.api.reports import bench_header, bench_table, resize_table
 
-    settings = settings_from_args(args)  # every flag is checked before any model is built
-    for flag, path, example in (
-        ("--json", args.json, "bench.json"),
-        ("--profile", args.profile, "bench_profile.txt"),
-    ):
-        if path is not None:
-            ensure_new_file(path, flag, args.overwrite, example)
-    apply_threads(settings)  # before `environment` records the thread count
-    device_type = settings.device.split(":")[0]
-    set_bilinear_method(device_type, args.upsample)
-    console = Console()
-    if not console.is_terminal:  # a log file or a pipe: room for the whole table
-        console = Console(width=150)
-    env = {"sanet": __version__, **environment(settings.device)}
-    console.print(_describe(env, settings, args.mode, args.models or []), style="dim")
-    if args.resize:
-        rows = resize_timings(settings)
-        console.print(resize_table(rows, settings))
-    else:
-        specs = args.models or _DEFAULTS["cuda" if device_type == "cuda" else "cpu"]["models"]
-        rows = run_bench(specs, settings, _MODES[args.mode], profile=args.profile is not None)
-        if args.profile is not None:
-            _write_profile(args.profile, rows, settings)
-            console.print(f"Wrote the profiler tables to {args.profile}")
-        console.print(bench_table(rows))
-    env["load_average_1min_end"] = environment(settings.device)["load_average_1min"]
-    report = {
-        "command": shlex.join(["sanet", *sys.argv[1:]]) if sys.argv[0] else "sanet bench",
-        "environment": env,
-        "settings": settings.to_dict() | {"upsample": args.upsample},
-        "rows": rows,
-    }
-    if args.json is not None:
-        from sanet._files import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
-        console.print(f"Wrote {args.json}")
-    if device_type != "cuda":
+    result = call(bench, args)
+    console = Console()  # in a log file or a pipe: room for the whole table
+    console = console if console.is_terminal else Console(width=150)
+    settings = result.settings
+    console.print(bench_header(result, args.models or []), style="dim")
+    if result.profile is not None:
+        console.print(f"Wrote the profiler tables to {result.profile}")
+    console.print(resize_table(result.rows, settings) if args.resize else bench_table(result.rows))
+    if result.json is not None:
+        console.print(f"Wrote {result.json}")
+    if not settings.device.startswith("cuda"):
         console.print(f"GPU figures (docs/benchmarks.md): {GPU_COMMAND}", style="dim")
     return 0
-
-
-def _classes(classes: int, models: list[str]) -> str:
-    """The header's class count: exported files keep their own K (--classes builds models)."""
-    files = sum(m.startswith("onnx:") for m in models)
-    if models and files == len(models):
-        return "classes: each file's own"
-    return f"{classes} classes" + (" (onnx: files: their own)" if files else "")
-
-
-def _describe(env: dict[str, Any], settings: Any, mode: str, models: list[str]) -> str:
-    if mode == "eval":
-        h, w = settings.image
-        what = f"one {w}×{h} image, {settings.protocol}, {settings.window_batch} windows/forward"
-    else:
-        what = f"{settings.size}×{settings.size}, batch {settings.batch}"
-    how = ", ".join(
-        [
-            _classes(settings.classes, models),
-            f"amp {settings.amp}",
-            "channels_last" if settings.channels_last else "contiguous",
-            f"compile {settings.compile}" if settings.compile else "eager",
-        ]
-    )
-    return (
-        f"{env['device_name']} ({env['device']}), torch {env['torch']}, {env['threads']} threads, "
-        f"load {env['load_average_1min']}; {what}; {how}; {settings.steps} timed calls after "
-        f"{settings.warmup} + 1 untimed"
-    )
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def bench_table(rows: list[dict]) -> Any:
-    """The rich table of :func:`~sanet.experiments.bench.run_bench` rows."""
-    from rich.table import Table
-
-    table = Table(title="sanet bench (ratios: to the first model of each mode)")
-    for name in (
-        "model",
-        "mode",
-        "GFLOPs/img",
-        "img/s",
-        "ms/batch",
-        "first call s",
-        "TFLOP/s",
-        "peak GB",
-        "× first",
-        "× first per FLOP",
-    ):
-        table.add_column(name, justify="left" if name in ("model", "mode") else "right")
-    for r in rows:
-        table.add_row(
-            r["model"],
-            r["mode"],
-            _fmt(r["gflops_per_image"], 1),
-            _fmt(r["images_per_s"]),
-            _fmt(r["latency_ms"], 1),
-            _fmt(r["first_step_s"], 1),
-            _fmt(r["tflops"], 3),
-            _fmt(r["peak_memory_gb"]),
-            _fmt(r["ratio"]),
-            _fmt(r["ratio_per_flop"]),
-        )
-    return table
-
-
-def resize_table(rows: list[dict], settings: Any) -> Any:
-    """The rich table of :func:`~sanet.experiments.bench.resize_timings` rows."""
-    from rich.table import Table
-
-    small = -(-settings.size // 8)
-    table = Table(
-        title=f"bilinear ({settings.batch}, {settings.classes}, {small}, {small}) → "
-        f"{settings.size}×{settings.size}, amp {settings.amp}"
-    )
-    for name in ("method", "pass", "ms"):
-        table.add_column(name, justify="right" if name == "ms" else "left")
-    for r in rows:
-        table.add_row(r["method"], r["pass"], _fmt(r["ms"], 1))
-    return table
-
-
-def _write_profile(path: Path, rows: list[dict], settings: Any) -> None:
-    from sanet._files import atomic_write_text
-
-    parts = [
-        f"## {r['model']} {r['mode']} ({settings.device}, batch {r['batch']})\n\n{r.pop('profile')}"
-        for r in rows
-    ]
-    atomic_write_text(path, "\n\n".join(parts) + "\n")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
-from sanet.errors import OutputExistsError, UsageError
+from sanet.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +85,6 @@ def device_name(name: str | None) -> str:
     return str(resolve_device(name))
 
 
-def run_config(checkpoint: str) -> dict[str, Any]:
-    """The run's config (:func:`sanet.inference.runs.run_config`)."""
-    from sanet.inference.runs import run_config as read
-
-    return read(checkpoint)
-
-
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
     """``"0.5,1,1.5"`` → ``(0.5, 1.0, 1.5)``; a clear error naming ``what`` otherwise."""
     try:
@@ -123,35 +115,9 @@ def protocol_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def protocol_mode(protocol: Any) -> str:
-    """``single-scale`` or ``multi-scale`` (+flip)."""
-    from sanet.inference.runs import protocol_mode as mode
-
-    return mode(protocol)
-
-
-def progress() -> Any:
-    """A progress bar counting images."""
-    from sanet.progress import progress_bar
-
-    return progress_bar(unit="img")
-
-
 def add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
     """``--overwrite``: outputs are never replaced silently (docs/reliability.md)."""
     p.add_argument("--overwrite", action="store_true", help=f"replace {what} (default: refuse)")
-
-
-def refuse_existing(paths: list[Path], what: str, overwrite: bool) -> None:
-    """Refuse, before any work, to replace output files that exist, unless ``--overwrite``."""
-    found = [p for p in paths if p.exists()]
-    if found and not overwrite:
-        shown = ", ".join(str(p) for p in found[:3])
-        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-        raise OutputExistsError(
-            f"{what} already holds {shown}{more}; nothing was written. Pass --overwrite to "
-            f"replace {'it' if len(found) == 1 else 'them'}, or choose another {what}."
-        )
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -182,23 +148,6 @@ def parse_data_options(text: str | None) -> dict[str, Any]:
     return options
 
 
-def open_dataset(spec: str, split: str, options: str | None = None) -> Any:
-    """The dataset of ``--data KIND:PATH``, ``--split`` and ``--data-options``."""
-    from sanet.data import build_dataset, parse_data_spec
-
-    kind, root = parse_data_spec(spec)
-    return build_dataset(kind, root, split=split, **parse_data_options(options))
-
-
-def check_classes(model: Any, dataset: Any, checkpoint: str) -> None:
-    """Refuse to evaluate a model on a dataset with another number of classes."""
-    if model.num_classes != dataset.num_classes:
-        raise UsageError(
-            f"The checkpoint {checkpoint!r} predicts {model.num_classes} classes but the dataset "
-            f"has {dataset.num_classes}. Evaluate it on the dataset it was trained for."
-        )
-
-
 def report_failed(command: str, failed: list[str], total: int, fix: str) -> int:
     """Batch commands finish the good items, then list the bad ones here: exit 1 if any."""
     import sys
@@ -212,3 +161,27 @@ def report_failed(command: str, failed: list[str], total: int, fix: str) -> int:
     for line in failed:
         print(f"  {line}", file=sys.stderr)
     return 1
+
+
+def call(verb: Any, args: argparse.Namespace, **given: Any) -> Any:
+    """``verb(...)`` with every parameter that has a flag of the same name (``--out`` → ``out``:
+    the flags are named after the parameters, which is also how library messages name them),
+    and ``given`` for the rest (parsed values, ``progress=True``)."""
+    import inspect
+
+    names = inspect.signature(verb).parameters
+    values = {n: getattr(args, n) for n in names if hasattr(args, n) and n not in given}
+    return verb(**values, **given)
+
+
+def show(*items: Any, markup: bool = False) -> None:
+    """Print a report's pieces in order: lines as they are (``rich`` markup in them only with
+    ``markup``), tables through ``rich``."""
+    from rich.console import Console
+
+    console = Console(emoji=False)  # "voc:train:" must not become an emoji
+    for item in items:
+        if isinstance(item, str) and not markup:
+            print(item)
+        else:
+            console.print(item)

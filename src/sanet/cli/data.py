@@ -1,17 +1,12 @@
-"""``sanet prepare`` and ``sanet check-data``: parse arguments, call :mod:`sanet.data`, print."""
+"""``sanet prepare`` and ``sanet check-data``: flags → :func:`sanet.prepare` /
+:func:`sanet.check_data` → printed summaries and tables."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
 
-from sanet._files import atomic_write_text, ensure_writable_dir
-from sanet.cli.common import add_data_options, parse_data_options
-
-T = TypeVar("T")
+from sanet.cli.common import add_data_options, call, parse_data_options, show
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -52,8 +47,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         help="write member SEED of the scene family (docs/datasets.md); its parameters go to "
         "family.json",
     )
-    s.add_argument("--format", choices=["png", "jpg"], default="png", help="image format")
-    s.set_defaults(func=_run_prepare_synthetic)
+    s.add_argument(
+        "--format", dest="image_format", choices=["png", "jpg"], default="png", help="image format"
+    )
+    s.set_defaults(func=_run_prepare)
 
     v = kinds.add_parser(
         "voc-aug", help="SBD cls/*.mat + VOC2012 -> SegmentationClassAug + train_aug.txt"
@@ -62,7 +59,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--voc", required=True, help="VOCtrainval_11-May-2012.tar or VOC2012 folder")
     v.add_argument("--out", type=Path, help="output folder (default: the VOC2012 folder)")
     v.add_argument("--skip-checksum", action="store_true", help="do not verify archive MD5s")
-    v.set_defaults(func=_run_prepare_voc_aug)
+    v.set_defaults(func=_run_prepare)
 
     c = kinds.add_parser(
         "pascal-context", help="trainval/*.mat (459 classes) -> 60-label PNGs + split lists"
@@ -72,13 +69,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--labels59", help="the official 59_labels.txt (default: built-in list)")
     c.add_argument("--out", type=Path, help="output folder (default: the VOC2010 folder)")
     c.add_argument("--skip-checksum", action="store_true", help="do not verify archive MD5s")
-    c.set_defaults(func=_run_prepare_context)
-
-
-def _track(items: Iterable[T], total: int, description: str) -> Iterable[T]:
-    from rich.progress import track
-
-    return track(items, total=total, description=description)
+    c.set_defaults(func=_run_prepare)
 
 
 def _print_summary(title: str, summary: dict) -> None:
@@ -89,51 +80,17 @@ def _print_summary(title: str, summary: dict) -> None:
     )
 
 
-def _run_prepare_synthetic(args: argparse.Namespace) -> int:
-    from sanet.data.prepare import prepare_synthetic
+def _run_prepare(args: argparse.Namespace) -> int:
+    from sanet.api.data import PREPARE_OPTIONS, prepare
 
-    ensure_writable_dir(args.out, "--out")
-    summary = prepare_synthetic(
-        args.out,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        size=args.size,
-        seed=args.seed,
-        generator=args.generator,
-        family=args.family,
-        image_format=args.format,
-        track=_track,
-    )
-    parameters = summary.pop("parameters", None)
-    _print_summary("synthetic:", summary)
-    if parameters:
-        _print_summary("family member:", parameters)
-    print(f"train with --data folder:{args.out}")
-    return 0
-
-
-def _run_prepare_voc_aug(args: argparse.Namespace) -> int:
-    from sanet.data.prepare import prepare_voc_aug
-
-    summary = prepare_voc_aug(
-        args.sbd, args.voc, args.out, skip_checksum=args.skip_checksum, track=_track
-    )
-    _print_summary("voc-aug:", summary)
-    return 0
-
-
-def _run_prepare_context(args: argparse.Namespace) -> int:
-    from sanet.data.prepare import prepare_pascal_context
-
-    summary = prepare_pascal_context(
-        args.context,
-        args.voc2010,
-        args.out,
-        labels59=args.labels59,
-        skip_checksum=args.skip_checksum,
-        track=_track,
-    )
-    _print_summary("pascal-context:", summary)
+    kind = args.prepare_kind
+    options = {key: getattr(args, key) for key in PREPARE_OPTIONS[kind]}
+    result = prepare(kind, out=args.out, progress=True, **options)
+    _print_summary(f"{kind}:", result.summary)
+    if result.parameters:
+        _print_summary("family member:", result.parameters)
+    if kind == "synthetic":
+        print(f"train with --data folder:{args.out}")
     return 0
 
 
@@ -166,83 +123,10 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from sanet.api import check_data
+    from sanet.api.reports import check_report
 
-    from sanet._files import ensure_new_file
-    from sanet.data import build_dataset, parse_data_spec
-    from sanet.data.check import check_dataset, default_workers
-    from sanet.progress import progress_bar
-
-    kind, path = parse_data_spec(args.data)
     options = parse_data_options(args.data_options)
-    out = args.out or Path(f"check-data-{kind}-{args.split}.json")
-    # the default report of an earlier check is this command's own: re-running replaces it
-    own = args.out is None and _is_report(out)
-    ensure_new_file(out, "--out", args.overwrite or own)
-    # Missing files are issues of the scan like any other (all listed), not a stop at building.
-    ds = build_dataset(kind, path, split=args.split, check_files=False, **options)
-    console = Console(emoji=False)  # "voc:train:" must not become an emoji
-
-    with progress_bar(unit="pairs", console=console) as bar:
-        task = bar.add_task(ds.name, total=len(ds))
-        report = check_dataset(
-            ds,
-            workers=args.workers or default_workers(),
-            progress=lambda n: bar.advance(task, n),
-        )
-    report["data"] = args.data
-    report["data_options"] = options
-    report["split"] = args.split
-    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    _print_report(console, report, args.show, Table)
-    console.print(f"report: {out}")
-    return 1 if report["errors"] else 0
-
-
-def _is_report(path: Path) -> bool:
-    """A JSON report that ``sanet check-data`` wrote."""
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(report, dict) and {"issue_counts", "class_weighting"} <= report.keys()
-
-
-def _print_report(console, report: dict, show: int, Table) -> None:
-    from sanet.data.check import ERROR_KINDS
-
-    summary = Table(title=f"{report['dataset']}: {report['num_pairs']} pairs")
-    summary.add_column("check")
-    summary.add_column("count", justify="right")
-    for kind, n in report["issue_counts"].items():
-        style = "red" if n and kind in ERROR_KINDS else ("yellow" if n else "")
-        summary.add_row(kind, f"[{style}]{n}[/{style}]" if style else str(n))
-    console.print(summary)
-    for it in report["issues"][:show]:
-        colour = "red" if it["severity"] == "error" else "yellow"
-        console.print(f"[{colour}]{it['kind']}[/{colour}] {it['message']}")
-    if len(report["issues"]) > show:
-        console.print(f"... and {len(report['issues']) - show} more in the JSON report")
-    classes = Table(title="class frequencies (valid pixels)")
-    for col, just in (
-        ("id", "right"),
-        ("class", "left"),
-        ("images", "right"),
-        ("pixels %", "right"),
-        ("weight", "right"),
-    ):
-        classes.add_column(col, justify=just)
-    rows = zip(
-        report["class_names"],
-        report["class_images"],
-        report["class_frequency"],
-        report["suggested_class_weights"],
-        strict=True,
-    )
-    for k, (name, images, freq, weight) in enumerate(rows):
-        classes.add_row(str(k), name, str(images), f"{100 * freq:.2f}", f"{weight:.3f}")
-    console.print(classes)
-    console.print(f"ignore (255): {100 * report['ignore_share']:.2f} % of the pixels")
-    status = "[red]errors found[/red]" if report["errors"] else "[green]no errors[/green]"
-    console.print(f"{status}: {report['errors']} errors, {report['warnings']} warnings")
+    result = call(check_data, args, data_options=options, progress=True)
+    show(*check_report(result.report, args.show), f"report: {result.path}", markup=True)
+    return 1 if result.errors else 0

@@ -1,22 +1,23 @@
-"""``sanet export`` and ``sanet serve``: thin wrappers over :mod:`sanet.serve`."""
+"""``sanet export`` and ``sanet serve``: flags → :func:`sanet.api.export.export` /
+:func:`sanet.api.serving.serve` → printed results."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
-from sanet.cli.common import add_protocol_args, device_name, protocol_from_args, run_config
-from sanet.cli.int8 import add_export_args, check_export_args, export_int8_from_args
-from sanet.errors import NotFoundError, UsageError
-from sanet.rundir import RunDir
+from sanet.cli.common import add_protocol_args, call, protocol_from_args, show
+from sanet.cli.int8 import add_export_args
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``export`` and ``serve``."""
+    _add_export(sub)
+    _add_serve(sub)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="one self-describing ONNX file, checked against PyTorch")
     p.add_argument("--checkpoint", required=True, help="run dir, .pt or save_pretrained folder")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
@@ -45,6 +46,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_export_args(p)  # --outputs, --int8 and its calibration and gate flags
     p.set_defaults(func=cmd_export)
 
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="web page and HTTP API for a checkpoint or an .onnx file")
     add_protocol_args(s)
     s.add_argument("--host", default="127.0.0.1", help="interface (default loopback only)")
@@ -75,128 +78,36 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_serve)
 
 
-# ---------------------------------------------------------------------------------------------
-# sanet export
-# ---------------------------------------------------------------------------------------------
-
-
-def _run_extras(checkpoint: str) -> dict[str, Any]:
-    """What a run directory adds to the metadata: its eval settings and best validation."""
-    cfg = run_config(checkpoint)
-    extras: dict[str, Any] = {}
-    if cfg:
-        extras["run_config"] = {
-            "eval": cfg.get("eval") or {},
-            "data": {"base_size": (cfg.get("data") or {}).get("base_size")},
-        }
-    summary = RunDir(checkpoint).summary
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        extras["validation"] = {k: s.get(k) for k in ("val_mIoU", "val_pixAcc", "protocol")}
-    return extras
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from sanet._files import ensure_new_file
-    from sanet.exporting.export import (
-        DEFAULT_OPSET,
-        ParityTolerance,
-        build_metadata,
-        check_export_options,
-        export_onnx,
-    )
-    from sanet.exporting.outputs import check_request
-    from sanet.inference import EvalProtocol
-    from sanet.models.registry import load_model
+    from sanet.api import export
+    from sanet.api.reports import export_lines
 
-    if str(args.checkpoint).lower().endswith(".onnx"):
-        raise UsageError(f"{args.checkpoint} is already an ONNX file; export a run or model/.")
-    cfg = run_config(args.checkpoint)
-    size = int(args.size or (cfg.get("data") or {}).get("crop_size") or 480)
-    # every flag and --out before the model is loaded, exported and checked
-    opset = DEFAULT_OPSET if args.opset is None else args.opset
-    tolerance = ParityTolerance(atol=args.atol, rtol=args.rtol)
-    check_export_options(args.out, size, opset, tolerance)
-    outputs = check_export_args(args)
-    ensure_new_file(args.out, "--out", args.overwrite, "model.onnx")
-    model, meta = load_model(args.checkpoint, map_location="cpu")
-    temperature = (meta.get("calibration") or {}).get("temperature")  # `sanet calibrate`'s
-    check_request(outputs, model.num_classes, temperature)
-    ev = cfg.get("eval") or {}
-    protocol = EvalProtocol(
-        crop_size=int(ev.get("crop_size") or 480), stride=int(ev.get("stride") or 320)
-    )
-    metadata = build_metadata(model, meta, protocol, opset, **_run_extras(args.checkpoint))
-    if args.int8:
-        written = export_int8_from_args(
-            args, model, metadata, protocol, size, opset, outputs, temperature
-        )
-    else:
-        written = export_onnx(
-            model,
-            args.out,
-            metadata,
-            example_size=(size, size),
-            opset=opset,
-            check=args.check,
-            tolerance=tolerance,
-            outputs=outputs,
-            temperature=temperature,
-        )
-    mb = args.out.stat().st_size / 1e6
-    if written["parity"]:
-        rows = written["parity"]["sizes"]
-        checked = ", ".join(f"{h}×{w}" for h, w in (r["size"] for r in rows))
-        worst = max(r["max_abs_diff"] for r in rows)
-        agree = min(r["argmax_agreement"] for r in rows)
-        print(
-            f"check: onnxruntime = PyTorch at {checked} (max |Δ logits| {worst:.2g}, "
-            f"argmax agreement {agree:.2%})"
-        )
-    classes = len(metadata["class_names"])
-    print(f"Wrote {args.out} ({mb:.1f} MB, opset {written['opset']}, {classes} classes)")
+    show(*export_lines(call(export, args)))
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# sanet serve
-# ---------------------------------------------------------------------------------------------
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Check everything that would make every request fail (dependencies, port, model) before
-    "Serving on"; then serve until Ctrl-C."""
-    from sanet.serve.startup import bind_socket, check_dependencies, default_allowed_hosts
+    """Everything that would make every request fail (dependencies, port, model) is checked
+    before "Serving on"; then serve until Ctrl-C."""
+    from sanet.api.serving import serve
 
-    check_dependencies()
-    from sanet.serve.app import create_app, serve, working_side
-
-    if not Path(args.checkpoint).exists():
-        raise NotFoundError(f"--checkpoint {args.checkpoint!r} does not exist.")
-    limits = serve_limits(args)
-    device = device_name(args.device)
-    sock = bind_socket(args.host, args.port)  # before the model loads: a busy port fails fast
-    try:
-        predictor, limits, seconds = _load_checked(args, limits, device)
-        _access_log_as_json_lines()
-        names = [n for n in args.allowed_hosts.split(",") if n.strip()]
-        app = create_app(predictor, limits, allowed_hosts=default_allowed_hosts(args.host) + names)
-        app.state.gate.record(1, seconds)  # the first estimate for admission
-        host = f"[{args.host}]" if ":" in args.host else args.host
-        side = working_side(limits, predictor)
+    def ready(served: Any, url: str) -> None:
+        side = served.working_side
         print(
-            f"Serving {args.checkpoint} ({predictor.backend}; images longer than "
-            f"{side or 'any size'} px are predicted at that size) on "
-            f"http://{host}:{sock.getsockname()[1]}/ (Ctrl-C stops)",
+            f"Serving {args.checkpoint} ({served.predictor.backend}; images longer than "
+            f"{side or 'any size'} px are predicted at that size) on {url} (Ctrl-C stops)",
             flush=True,
         )
-        serve(app, sock=sock)
-    finally:
-        sock.close()
+
+    hosts = [n for n in args.allowed_hosts.split(",") if n.strip()]
+    limits = serve_limits(args)
+    protocol = protocol_from_args(args)
+    call(serve, args, protocol=protocol, limits=limits, allowed_hosts=hosts, on_ready=ready)
     return 0
 
 
 def serve_limits(args: argparse.Namespace) -> Any:
+    """The :class:`~sanet.serve.limits.ServeLimits` of the flags (MiB and megapixels)."""
     from sanet.serve.limits import ServeLimits
 
     return ServeLimits(
@@ -208,54 +119,3 @@ def serve_limits(args: argparse.Namespace) -> Any:
         timeout_s=args.timeout,
         upload_timeout_s=args.upload_timeout,
     )
-
-
-def _load_checked(args: argparse.Namespace, limits: Any, device: str) -> tuple[Any, Any, float]:
-    """The predictor, once it passed ``check_model`` (its load-time warnings are shown only
-    then: a refused model is one line); the limits with the run's working size; the seconds of
-    one forward window."""
-    from sanet.inference import Predictor
-    from sanet.serve.app import working_side
-    from sanet.serve.startup import check_model
-
-    protocol = protocol_from_args(args)
-    if args.window_batch is None and not device.startswith("cuda"):
-        # one window per forward on a CPU (batches barely help there): a request that timed out
-        # or was abandoned stops after one window, not after a batch of them
-        protocol = dataclasses.replace(protocol, window_batch=1)
-    if args.max_side is None and protocol.base_size is None:  # the size the run trained at
-        base_size = (run_config(args.checkpoint).get("data") or {}).get("base_size")
-        limits = dataclasses.replace(limits, max_side=base_size or None)
-    held = _Held()
-    backend = logging.getLogger("sanet.inference")
-    backend.addHandler(held)
-    backend.propagate = False
-    try:
-        predictor = Predictor(args.checkpoint, device=device, protocol=protocol)
-        seconds = check_model(predictor, working_side(limits, predictor))
-    finally:
-        backend.removeHandler(held)
-        backend.propagate = True
-    for record in held.records:
-        logging.getLogger(record.name).handle(record)
-    return predictor, limits, seconds
-
-
-class _Held(logging.Handler):
-    """Keeps log records to show later."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def _access_log_as_json_lines() -> None:
-    """Access records as bare JSON lines on stderr (one per request), for log collectors."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access = logging.getLogger("sanet.access")
-    access.addHandler(handler)
-    access.propagate = False

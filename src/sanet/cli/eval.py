@@ -11,6 +11,7 @@ from sanet.cli.common import (
     add_data_options,
     add_overwrite,
     add_protocol_args,
+    call,
     parse_data_options,
     protocol_from_args,
     report_failed,
@@ -150,33 +151,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sanet.api import predict_files
-    from sanet.errors import Interrupted
-    from sanet.training.runtime import exit_status
 
     console = Console()
-    try:
-        result = predict_files(
-            args.checkpoint,
-            args.inputs,
-            args.out,
-            overlay=args.overlay,
-            unsure=args.unsure,
-            confidence=args.confidence,
-            protocol=protocol_from_args(args),
-            device=args.device,
-            overwrite=args.overwrite,
-            progress=True,
-            tiled=args.tiled,
-            tile_above=args.tile_above,
-            resume=args.resume,
-            bands=args.bands,
-            value_range=args.value_range,
-            tile_size=args.tile_size,
-            strip_width=args.strip_width,
-        )
-    except Interrupted as err:  # the partial files are kept; the message says how to continue
-        console.print(f"sanet predict: {err}", style="yellow")
-        return exit_status(err.signal)
+    result = call(predict_files, args, protocol=protocol_from_args(args), progress=True)
     _print_predicted(console, args, result)
     total = len(result.masks) + len(result.failed)
     return report_failed("predict", result.failed, total, "fix or convert these files and rerun")

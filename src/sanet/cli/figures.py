@@ -1,24 +1,17 @@
-"""`sanet explain`, `sanet figure5` and `sanet sweep`: the paper's Fig. 6, Fig. 5 and Fig. 4."""
+"""`sanet explain` and `sanet figure5`: the paper's Fig. 6 and Fig. 5."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from sanet._files import ensure_new_file, ensure_writable_dir, refuse_foreign_files
 from sanet.cli.common import (
     add_data_options,
-    add_overrides,
     add_overwrite,
     add_protocol_args,
-    check_classes,
-    device_name,
-    open_dataset,
-    parse_floats,
+    parse_data_options,
     protocol_from_args,
 )
-from sanet.errors import UsageError
-from sanet.rundir import RunDir
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -45,111 +38,41 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_overwrite(p, "--out if it exists")
     p.set_defaults(func=cmd_figure5)
 
-    p = sub.add_parser("sweep", help="train an α/β grid of loss weights, draw mIoU (Fig. 4)")
-    p.add_argument("config", nargs="?", help="training recipe YAML (default: the demo recipe)")
-    p.add_argument("--alphas", default="0.2,0.4,0.6,0.8,1.0", help="L_cat weights α")
-    p.add_argument("--betas", default="0.2,0.4,0.6,0.8,1.0", help="L_dense weights β")
-    p.add_argument("--out", type=Path, required=True, help="runs, sweep.json and fig4.png")
-    add_overrides(p, "config overrides applied to every run, e.g. --set train.epochs=4")
-    p.set_defaults(func=cmd_sweep)
-
 
 # ---------------------------------------------------------------------------------------------
 # sanet explain (Fig. 6) and sanet figure5
 # ---------------------------------------------------------------------------------------------
 
 
-def _parse_point(text: str) -> tuple[int, int]:
-    try:
-        x, y = (int(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--point must be X,Y in pixels (column,row), got {text!r}.") from None
-    return x, y
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
-    from sanet.inference.predictor import image_to_tensor, normalize
-    from sanet.models.registry import load_model
-    from sanet.viz.figures import attention_maps, plot_attention_maps
+    from sanet.api.figures import explain
 
-    point = _parse_point(args.point)
-    ensure_new_file(args.out, "--out", args.overwrite, "figure.png")
-    device = device_name(args.device)
-    model, _ = load_model(args.checkpoint, map_location="cpu")
-    model = model.to(device).eval()
-    image = image_to_tensor(args.image)
-    maps = attention_maps(model, normalize(image, device), point)
-    plot_attention_maps(image, maps, point, args.out)
-    print(f"Wrote {args.out}")
+    out = explain(
+        args.checkpoint,
+        args.image,
+        args.point,
+        args.out,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    print(f"Wrote {out}")
     return 0
 
 
 def cmd_figure5(args: argparse.Namespace) -> int:
-    from sanet.inference.predictor import Predictor
-    from sanet.viz.figures import plot_figure5
+    from sanet.api.figures import figure5
 
-    protocol = protocol_from_args(args)
-    ensure_new_file(args.out, "--out", args.overwrite, "figure.png")
-    device = device_name(args.device)
-    dataset = open_dataset(args.data, args.split, args.data_options)
-    indices = [int(v) for v in parse_floats(args.indices, "--indices")]
-    if not indices or any(not 0 <= i < len(dataset) for i in indices):
-        raise UsageError(f"--indices must lie in 0..{len(dataset) - 1}, got {args.indices!r}.")
-    sanet_p = Predictor(args.checkpoint, device=device, protocol=protocol)
-    base_p = Predictor(args.baseline, device=device, protocol=protocol)
-    for name, p in (("--checkpoint", sanet_p), ("--baseline", base_p)):
-        check_classes(p.model, dataset, f"{name} {getattr(args, name[2:])}")
-    images, targets, base, ours = [], [], [], []
-    for i in indices:
-        image, mask = dataset[i]
-        images.append(image)
-        targets.append(mask.numpy())
-        base.append(base_p.predict(image))
-        ours.append(sanet_p.predict(image))
-    plot_figure5(images, targets, base, ours, args.out, palette=dataset.palette)
-    print(f"Wrote {args.out}")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# sanet sweep (Fig. 4)
-# ---------------------------------------------------------------------------------------------
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from sanet.cli.views import TrainingView
-    from sanet.config import load_config, recipe_path
-    from sanet.experiments.sweep import sweep_foreign_files, sweep_loss_weights
-
-    alphas = parse_floats(args.alphas, "--alphas")
-    betas = parse_floats(args.betas, "--betas")
-    if not alphas or not betas:
-        raise UsageError("--alphas and --betas need at least one value each, e.g. 0.2,0.4.")
-    if args.config is None:
-        args.config = recipe_path("demo")
-    load_config(args.config, args.overrides)  # fail on a bad recipe before the first run
-    ensure_writable_dir(args.out, "--out")
-    found = sweep_foreign_files(args.out)
-    refuse_foreign_files(
-        args.out, found, "--out", "sanet sweep", "alpha*_beta*/, sweep.json, fig4.png"
+    out = figure5(
+        args.checkpoint,
+        args.baseline,
+        args.data,
+        args.out,
+        split=args.split,
+        data_options=parse_data_options(args.data_options),
+        indices=args.indices,
+        protocol=protocol_from_args(args),
+        device=args.device,
+        overwrite=args.overwrite,
     )
-
-    view = TrainingView()
-
-    def train_one(alpha: float, beta: float, run_dir: Path) -> float:
-        from sanet.training.trainer import Trainer
-
-        overrides = [*args.overrides, f"loss.alpha={alpha}", f"loss.beta={beta}"]
-        cfg = load_config(args.config, overrides)
-        resume = RunDir(run_dir).has_checkpoint()  # an interrupted cell resumes
-        return float(Trainer(cfg, run_dir, resume=resume, callbacks=view).fit()["best_mIoU"])
-
-    grid = sweep_loss_weights(alphas, betas, train_one, args.out)
-    i, j = divmod(int(grid.argmax()), grid.shape[1])
-    Console().print(
-        f"Best mIoU {grid[i, j]:.4f} at α={alphas[i]:g}, β={betas[j]:g}. "
-        f"Wrote {args.out / 'fig4.png'} and {args.out / 'sweep.json'}."
-    )
+    print(f"Wrote {out}")
     return 0

@@ -1,4 +1,4 @@
-"""Datasets, paired transforms, synthetic scenes and converters (SPEC §3).
+"""Datasets, paired transforms, synthetic scenes and converters (docs/datasets.md).
 
 ```python
 from sanet.data import build_dataset, train_transforms
@@ -33,7 +33,7 @@ from sanet.data.transforms import (
     eval_transforms,
     train_transforms,
 )
-from sanet.errors import UsageError, suggest
+from sanet.errors import UsageError, arg, suggest
 
 _BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "voc": build_voc,
@@ -99,16 +99,19 @@ def build_dataset(
     return _BUILDERS[kind](root, split, transforms=transforms, **kwargs)
 
 
-def parse_data_spec(spec: str) -> tuple[str, str | None]:
-    """``"KIND:PATH"`` -> (kind, path); ``"synthetic"`` needs no path."""
+def parse_data_spec(spec: str, name: str = "data") -> tuple[str, str | None]:
+    """``"KIND:PATH"`` -> (kind, path); ``"synthetic"`` needs no path. ``name`` is the argument
+    that holds ``spec`` (for the message)."""
     kind, _, path = spec.partition(":")
     if kind not in DATASET_KINDS:
         raise UsageError(
-            f"--data {spec!r}: unknown kind {kind!r}; expected KIND:PATH with KIND one of "
-            f"{', '.join(DATASET_KINDS)}." + suggest(kind, DATASET_KINDS)
+            f"{arg(name, spec)} has an unknown kind {kind!r}; expected KIND:PATH with KIND one "
+            f"of {', '.join(DATASET_KINDS)}." + suggest(kind, DATASET_KINDS)
         )
     if kind != "synthetic" and not path:
-        raise UsageError(f"--data {spec!r}: expected KIND:PATH, e.g. {kind}:data/{kind}")
+        raise UsageError(
+            f"{arg(name, spec)} has no path; expected KIND:PATH, e.g. {kind}:data/{kind}."
+        )
     return kind, (path or None)
 
 

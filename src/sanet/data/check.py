@@ -29,7 +29,7 @@ import numpy as np
 from sanet.conventions import IGNORE_INDEX
 from sanet.data.datasets import SegmentationDataset
 from sanet.data.io import DataError
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg, speaks_cli
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,15 @@ def _check_pair(ds: SegmentationDataset, i: int) -> _PairResult:
     return res
 
 
-_LABEL_MAP_FIX = (
-    "the dataset option label_map (in a recipe data.options: {label_map: {255: 1}}; for "
-    "check-data and eval --data-options '{label_map: {255: 1}}'; docs/datasets.md)"
-)
+def _label_map_fix(value: int = 1) -> str:
+    """How to read raw 255 as class ``value``, in a recipe and in the caller's words."""
+    option = f"{{label_map: {{255: {value}}}}}"
+    if speaks_cli():
+        where = f"for check-data and eval {arg('data_options')} '{option}'"
+    else:
+        where = f"for check_data and evaluate {arg('data_options', {'label_map': {255: value}})}"
+    recipe = f"in a recipe data.options: {option}"
+    return f"the dataset option label_map ({recipe}; {where}; docs/datasets.md)"
 
 
 def _names(ds: SegmentationDataset, ids: list[int]) -> str:
@@ -182,71 +187,82 @@ def label_issues(stats: LabelStats, ds: SegmentationDataset, scope: str) -> list
     """
     k = ds.num_classes
     if k < 2:
-        return [
-            (
-                "too_few_classes",
-                f"{ds.name}: {k} class{'' if k == 1 else 'es'} "
-                f"({', '.join(map(repr, ds.class_names))}); segmentation needs at least 2. Fix: "
-                "add the background as class 0 (for a folder dataset, classes.txt lines "
-                "'background' then 'object': mask value k = line k).",
-            )
-        ]
+        return [_too_few_classes(ds)]
     present = stats.present()
     absent = [c for c in range(k) if c not in present]
     share = stats.ignore_share
-    found: list[tuple[str, str]] = []
     raw = set(np.flatnonzero(stats.raw_values).tolist())
     if ds.label_map[IGNORE_INDEX] == IGNORE_INDEX and IGNORE_INDEX in raw and raw <= {0, 255}:
-        found.append(
-            (
-                "mask_0_255",
-                f"{scope}: every mask holds only the values 0 and 255, and 255 means ignore, so "
-                f"{_names(ds, absent)} never appear{'s' if len(absent) == 1 else ''} "
-                f"({_percent(share)} of the pixels are ignored): binary masks saved as 0/255. "
-                f"Fix: if 255 marks the object, read it as class 1 with {_LABEL_MAP_FIX}, or "
-                "save the masks with the values 0 and 1.",
-            )
-        )
-    elif len(present) <= 1:
-        what = f"one class only ({_names(ds, present)})" if present else "no class at all"
-        if share >= SIGNATURE_IGNORE_SHARE:
-            cause = (
-                f"{_percent(share)} of the pixels are ignore (255): if 255 marks a class in "
-                f"these masks, map it to that class with {_LABEL_MAP_FIX}."
-            )
-        else:
-            cause = (
-                "the masks do not use the values of the class list (mask value k = class k: "
-                f"{_names(ds, list(range(min(k, 4))))}{', ...' if k > 4 else ''}); check the "
-                "class list and the values the masks hold (`sanet check-data` counts them)."
-            )
-        found.append(
-            (
-                "one_class",
-                f"{scope}: the labelled pixels hold {what}; a model would learn nothing and "
-                f"validation would score it perfect. Likely cause: {cause}",
-            )
-        )
-    elif absent and share >= SIGNATURE_IGNORE_SHARE:
-        found.append(
+        return [_mask_0_255(ds, scope, absent, share)]
+    if len(present) <= 1:
+        return [_one_class(ds, scope, present, share)]
+    if absent and share >= SIGNATURE_IGNORE_SHARE:
+        return [
             (
                 "absent_class",
-                f"{scope}: {_names(ds, absent)} never appear{'s' if len(absent) == 1 else ''} "
-                f"while {_percent(share)} of the pixels are ignore (255). If 255 marks "
+                f"{scope}: {_names(ds, absent)} never appear{'s' * (len(absent) == 1)} while "
+                f"{_percent(share)} of the pixels are ignore (255). If 255 marks "
                 f"{'that class' if len(absent) == 1 else 'one of them'} in these masks, map it "
-                f"with {_LABEL_MAP_FIX.replace('{255: 1}', f'{{255: {absent[0]}}}')}.",
+                f"with {_label_map_fix(absent[0])}.",
             )
-        )
-    elif share >= HIGH_IGNORE_SHARE:
-        found.append(
+        ]
+    if share >= HIGH_IGNORE_SHARE:
+        return [
             (
                 "high_ignore",
                 f"{scope}: {_percent(share)} of the pixels are ignore (255); the loss and the "
                 "metrics see only the rest. Check that 255 means 'unlabelled' in these masks; "
-                f"if it is a class, map it with {_LABEL_MAP_FIX}.",
+                f"if it is a class, map it with {_label_map_fix()}.",
             )
+        ]
+    return []
+
+
+def _too_few_classes(ds: SegmentationDataset) -> tuple[str, str]:
+    k = ds.num_classes
+    return (
+        "too_few_classes",
+        f"{ds.name}: {k} class{'' if k == 1 else 'es'} "
+        f"({', '.join(map(repr, ds.class_names))}); segmentation needs at least 2. Fix: "
+        "add the background as class 0 (for a folder dataset, classes.txt lines "
+        "'background' then 'object': mask value k = line k).",
+    )
+
+
+def _mask_0_255(
+    ds: SegmentationDataset, scope: str, absent: list[int], share: float
+) -> tuple[str, str]:
+    return (
+        "mask_0_255",
+        f"{scope}: every mask holds only the values 0 and 255, and 255 means ignore, so "
+        f"{_names(ds, absent)} never appear{'s' * (len(absent) == 1)} "
+        f"({_percent(share)} of the pixels are ignored): binary masks saved as 0/255. "
+        f"Fix: if 255 marks the object, read it as class 1 with {_label_map_fix()}, or "
+        "save the masks with the values 0 and 1.",
+    )
+
+
+def _one_class(
+    ds: SegmentationDataset, scope: str, present: list[int], share: float
+) -> tuple[str, str]:
+    k = ds.num_classes
+    what = f"one class only ({_names(ds, present)})" if present else "no class at all"
+    if share >= SIGNATURE_IGNORE_SHARE:
+        cause = (
+            f"{_percent(share)} of the pixels are ignore (255): if 255 marks a class in "
+            f"these masks, map it to that class with {_label_map_fix()}."
         )
-    return found
+    else:
+        cause = (
+            "the masks do not use the values of the class list (mask value k = class k: "
+            f"{_names(ds, list(range(min(k, 4))))}{', ...' if k > 4 else ''}); check the "
+            "class list and the values the masks hold (`sanet check-data` counts them)."
+        )
+    return (
+        "one_class",
+        f"{scope}: the labelled pixels hold {what}; a model would learn nothing and "
+        f"validation would score it perfect. Likely cause: {cause}",
+    )
 
 
 def check_training_labels(ds: SegmentationDataset, sample: int = TRAINING_SAMPLE) -> list[str]:
@@ -303,6 +319,49 @@ def median_frequency_weights(class_pixels: np.ndarray, present_pixels: np.ndarra
     return weights
 
 
+@dataclass
+class _Tally:
+    """What the scan of a split has counted so far (:func:`check_dataset`)."""
+
+    num_classes: int
+    issues: list[Issue] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)  # image digest -> first index
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    stats: LabelStats = field(init=False)
+    class_pixels: np.ndarray = field(init=False)
+    present_pixels: np.ndarray = field(init=False)  # pixels of the images where class k appears
+    class_images: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = LabelStats(self.num_classes)
+        self.class_pixels = np.zeros(self.num_classes, np.int64)
+        self.present_pixels = np.zeros(self.num_classes, np.int64)
+        self.class_images = np.zeros(self.num_classes, np.int64)
+
+    def add(self, ds: SegmentationDataset, i: int, res: _PairResult) -> None:
+        self.issues.extend(res.issues)
+        if res.size:
+            self.sizes.append(res.size)
+        if res.class_pixels is not None:
+            present = res.class_pixels > 0
+            self.class_pixels += res.class_pixels
+            self.class_images += present
+            self.present_pixels[present] += res.image_pixels
+            self.stats.masks += 1
+            self.stats.class_pixels += res.class_pixels
+            self.stats.ignore_pixels += res.ignore_pixels
+            self.stats.raw_values |= res.raw_values
+        if res.digest is None:
+            return
+        if res.digest in self.seen:
+            first = ds.files(self.seen[res.digest])[0]
+            image, mask = ds.files(i)
+            msg = f"{image}: same pixels as {first}"
+            self.issues.append(Issue("duplicate", "warning", i, image, mask, msg))
+        else:
+            self.seen[res.digest] = i
+
+
 def check_dataset(
     ds: SegmentationDataset,
     *,
@@ -310,47 +369,28 @@ def check_dataset(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Scan every pair of ``ds``; returns the JSON-serialisable report (see module doc)."""
-    k = ds.num_classes
-    class_pixels = np.zeros(k, np.int64)
-    present_pixels = np.zeros(k, np.int64)  # pixels of the images where class k appears
-    class_images = np.zeros(k, np.int64)
-    issues: list[Issue] = []
-    stats = LabelStats(k)
-    seen: dict[str, int] = {}
-    sizes: list[tuple[int, int]] = []
+    tally = _Tally(ds.num_classes)
     with ThreadPoolExecutor(max(1, workers)) as pool:  # decoding releases the GIL
         for i, res in enumerate(pool.map(lambda j: _check_pair(ds, j), range(len(ds)))):
-            issues.extend(res.issues)
-            if res.size:
-                sizes.append(res.size)
-            if res.class_pixels is not None:
-                present = res.class_pixels > 0
-                class_pixels += res.class_pixels
-                class_images += present
-                present_pixels[present] += res.image_pixels
-                stats.masks += 1
-                stats.class_pixels += res.class_pixels
-                stats.ignore_pixels += res.ignore_pixels
-                stats.raw_values |= res.raw_values
-            if res.digest is not None:
-                if res.digest in seen:
-                    first = ds.files(seen[res.digest])[0]
-                    image, mask = ds.files(i)
-                    msg = f"{image}: same pixels as {first}"
-                    issues.append(Issue("duplicate", "warning", i, image, mask, msg))
-                else:
-                    seen[res.digest] = i
+            tally.add(ds, i, res)
             if progress:
                 progress(1)
-    if stats.masks or k < 2:  # split-wide problems (no pair: index -1)
-        for kind, message in label_issues(stats, ds, ds.name):
+    if tally.stats.masks or ds.num_classes < 2:  # split-wide problems (no pair: index -1)
+        for kind, message in label_issues(tally.stats, ds, ds.name):
             severity = "error" if kind in ERROR_KINDS else "warning"
-            issues.append(Issue(kind, severity, -1, "", "", message))
+            tally.issues.append(Issue(kind, severity, -1, "", "", message))
+    return _report(ds, tally)
+
+
+def _report(ds: SegmentationDataset, tally: _Tally) -> dict[str, Any]:
+    """The report of :func:`check_dataset` from what the scan counted."""
+    k, issues, class_pixels = ds.num_classes, tally.issues, tally.class_pixels
     total = int(class_pixels.sum())
     counts = {kind: 0 for kind in (*ERROR_KINDS, *WARNING_KINDS)}
     for it in issues:
         counts[it.kind] += 1
-    hw = np.array(sizes) if sizes else np.zeros((0, 2), int)
+    hw = np.array(tally.sizes) if tally.sizes else np.zeros((0, 2), int)
+    weights = median_frequency_weights(class_pixels, tally.present_pixels)
     return {
         "dataset": ds.name,
         "num_pairs": len(ds),
@@ -363,13 +403,13 @@ def check_dataset(
             "min_hw": hw.min(0).tolist() if len(hw) else None,
             "max_hw": hw.max(0).tolist() if len(hw) else None,
         },
-        "ignore_pixels": stats.ignore_pixels,
-        "ignore_share": stats.ignore_share,
+        "ignore_pixels": tally.stats.ignore_pixels,
+        "ignore_share": tally.stats.ignore_share,
         "class_names": ds.class_names,
         "class_pixels": class_pixels.tolist(),
-        "class_images": class_images.tolist(),
+        "class_images": tally.class_images.tolist(),
         "class_frequency": (class_pixels / total).tolist() if total else [0.0] * k,
-        "suggested_class_weights": median_frequency_weights(class_pixels, present_pixels).tolist(),
+        "suggested_class_weights": weights.tolist(),
         "class_weighting": "median frequency balancing: w_k = median(f)/f_k, f_k = pixels of k "
         "/ pixels of the images containing k; 0 for classes never seen",
     }

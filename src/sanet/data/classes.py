@@ -1,4 +1,4 @@
-"""Class names, palettes and label mappings of the supported datasets (SPEC §3).
+"""Class names, palettes and label mappings of the supported datasets (docs/datasets.md).
 
 Each table is data, not logic: a newcomer checks it against the dataset's official release
 (the tests hold independent copies typed from those sources).

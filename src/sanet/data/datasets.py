@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sanet.data import classes as C
-from sanet.data.io import DEFAULT_MAX_PIXELS, DataError, load_image, load_mask
+from sanet.data.io import DEFAULT_MAX_PIXELS, DataError, load_image, load_mask, verb_call
 from sanet.errors import NotFoundError, UsageError
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _check_files_exist(pairs: list[tuple[str, str]], name: str) -> None:
         raise NotFoundError(
             f"{name}: {len(missing)} of {2 * len(pairs)} files are missing (e.g. "
             f"{', '.join(missing[:3])}). Fix: complete the download or re-run `sanet prepare`; "
-            f"`sanet check-data --data {kind}:ROOT` lists every missing file."
+            f"{verb_call('check_data', data=f'{kind}:ROOT')} lists every missing file."
         )
 
 

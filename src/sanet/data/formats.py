@@ -1,4 +1,4 @@
-"""Readers and writers of the file formats the official datasets ship (SPEC §3).
+"""Readers and writers of the file formats the official datasets ship (docs/datasets.md).
 
 - SBD ``cls/<id>.mat``: ``GTcls.Segmentation`` class maps (VOC ids 0..20);
 - PASCAL-Context ``trainval/<id>.mat``: ``LabelMap`` over 459 classes, reduced to the 59-class

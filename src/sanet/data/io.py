@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sanet.data.formats import read_sbd_mat
-from sanet.errors import DataError, NotFoundError
+from sanet.errors import DataError, NotFoundError, arg, speaks_cli
 
 # Pillow's own limit (it warns above this and refuses above twice this).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -40,6 +40,16 @@ ImageSource = str | os.PathLike | BinaryIO
 class TooManyPixels(DataError):
     """The image's header declares more than ``max_pixels`` pixels (a possible decompression
     bomb); raised before any pixel is decoded. The server answers it with 413, not 415."""
+
+
+def verb_call(verb: str, *positional: str, **params: object) -> str:
+    """A sanet verb as the caller runs it, for the fix of a message: ``sanet prepare voc-aug
+    --sbd SBD`` under the command line, ``sanet.prepare('voc-aug', sbd='SBD')`` from Python."""
+    if speaks_cli():
+        words = [verb.replace("_", "-"), *positional, *(arg(k, v) for k, v in params.items())]
+        return f"`sanet {' '.join(map(str, words))}`"
+    inside = [*map(repr, positional), *(arg(k, v) for k, v in params.items())]
+    return f"`sanet.{verb}({', '.join(inside)})`"
 
 
 def _name(source: ImageSource) -> str | os.PathLike:

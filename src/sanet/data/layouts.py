@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sanet.data import classes as C
 from sanet.data.datasets import SegmentationDataset
+from sanet.data.io import verb_call
 from sanet.data.splits import read_split_list, train_aug_ids
 from sanet.errors import NotFoundError, UsageError
 
@@ -64,6 +65,11 @@ _VOC_DIRS = ["", "VOC2012", "VOCdevkit/VOC2012"]
 _SBD_DIRS = ["benchmark_RELEASE/dataset", "SBD/dataset", "SBD", "dataset", ""]
 
 
+def _prepare_voc_aug_call() -> str:
+    """The voc-aug converter as the caller runs it (``sanet prepare voc-aug ...``)."""
+    return verb_call("prepare", "voc-aug", sbd="SBD", voc="VOC2012")
+
+
 def build_voc_aug(root: str | os.PathLike, split: str = "train", **kw) -> SegmentationDataset:
     """VOC 2012 + SBD; ``train`` (= ``train_aug``) is the standard 10,582-image list, ``val``
     VOC's 1,449.
@@ -81,7 +87,7 @@ def build_voc_aug(root: str | os.PathLike, split: str = "train", **kw) -> Segmen
         stems = read_split_list(
             base / "ImageSets/Segmentation" / f"{list_name}.txt",
             "voc-aug",
-            "run `sanet prepare voc-aug --sbd SBD --voc VOC2012` to write it",
+            f"write it with {_prepare_voc_aug_call()}",
         )
         pairs = _split_pairs(base, stems, "JPEGImages", "SegmentationClassAug", ".jpg", "voc-aug")
     return SegmentationDataset(
@@ -96,7 +102,7 @@ def build_voc_aug(root: str | os.PathLike, split: str = "train", **kw) -> Segmen
 def _voc_aug_from_sbd(root: Path, split: str) -> list[tuple[str, str]]:
     """(image, mask) pairs of the train_aug / val lists straight from VOC2012 + SBD folders."""
     fix = (
-        "run `sanet prepare voc-aug --sbd SBD --voc VOC2012`, or put VOCdevkit/VOC2012 and "
+        f"write it with {_prepare_voc_aug_call()}, or put VOCdevkit/VOC2012 and "
         "benchmark_RELEASE/dataset under one root"
     )
     voc = next((root / d for d in _VOC_DIRS if (root / d / "SegmentationClass").is_dir()), None)

@@ -40,7 +40,7 @@ from sanet.data.formats import (
 from sanet.data.io import load_mask
 from sanet.data.splits import read_split_list, train_aug_ids
 from sanet.data.synthetic import get_generator, scene_rng
-from sanet.errors import NotFoundError, OutputExistsError, UsageError
+from sanet.errors import NotFoundError, OutputExistsError, UsageError, arg
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,8 +86,8 @@ def verify_archive(path: Path, skip_checksum: bool = False) -> None:
         return
     msg = (
         f"{path}: MD5 is {found}, expected {expected} for the official {path.name}. "
-        "Fix: re-download it (the file is incomplete or different), or pass --skip-checksum "
-        "if you trust this copy."
+        "Fix: re-download it (the file is incomplete or different), or pass "
+        f"{arg('skip_checksum', True)} if you trust this copy."
     )
     if strict:
         raise UsageError(msg)
@@ -166,7 +166,6 @@ def prepare_voc_aug(
     Masks of images that VOC annotates itself are VOC's (they keep the 255 borders); the others
     come from SBD (which has no ignore band). Returns a summary (counts, paths).
     """
-    track = track or _no_track
     work = _workdir(out, voc)
     sbd_dir = find_dir(
         open_source(sbd, work, skip_checksum),
@@ -181,34 +180,9 @@ def prepare_voc_aug(
         "VOC2012",
     )
     out_dir = Path(out).expanduser() if out else voc_dir
-    lists = voc_dir / "ImageSets/Segmentation"
-    voc_train, voc_val = (
-        read_split_list(lists / "train.txt", "voc-aug", _FULL),
-        read_split_list(lists / "val.txt", "voc-aug", _FULL),
-    )
-    sbd_train, sbd_val = (
-        read_split_list(sbd_dir / "train.txt", "voc-aug", _FULL),
-        read_split_list(sbd_dir / "val.txt", "voc-aug", _FULL),
-    )
-    train = train_aug_ids(sbd_train, sbd_val, voc_train, voc_val)
-    missing = [s for s in train + voc_val if not (voc_dir / "JPEGImages" / f"{s}.jpg").exists()]
-    if missing:
-        raise NotFoundError(
-            f"{len(missing)} images of the list are not in {voc_dir / 'JPEGImages'} (e.g. "
-            f"{missing[0]}.jpg). Fix: use the full VOC2012 trainval release."
-        )
-    mask_dir = out_dir / "SegmentationClassAug"
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    palette = voc_palette(256)
-    counts = {"voc": 0, "sbd": 0}
+    voc_train, voc_val, train = _voc_aug_lists(sbd_dir, voc_dir)
     stems = sorted(set(train) | set(voc_val))
-    for stem in track(stems, len(stems), "voc-aug masks"):
-        voc_png = voc_dir / "SegmentationClass" / f"{stem}.png"
-        if voc_png.exists():
-            arr, counts["voc"] = load_mask(voc_png), counts["voc"] + 1
-        else:
-            arr, counts["sbd"] = read_sbd_mat(sbd_dir / "cls" / f"{stem}.mat"), counts["sbd"] + 1
-        save_index_png(arr, mask_dir / f"{stem}.png", palette)
+    counts = _write_voc_aug_masks(stems, sbd_dir, voc_dir, out_dir, track or _no_track)
     out_lists = out_dir / "ImageSets/Segmentation"
     n_train = _write_list(out_lists / "train_aug.txt", train)
     _write_list(out_lists / "val.txt", voc_val)
@@ -226,6 +200,45 @@ def prepare_voc_aug(
     }
 
 
+def _voc_aug_lists(sbd_dir: Path, voc_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    """VOC's train and val lists and the train_aug list; refuses images missing from VOC."""
+    lists = voc_dir / "ImageSets/Segmentation"
+    voc_train, voc_val = (
+        read_split_list(lists / "train.txt", "voc-aug", _FULL),
+        read_split_list(lists / "val.txt", "voc-aug", _FULL),
+    )
+    sbd_train, sbd_val = (
+        read_split_list(sbd_dir / "train.txt", "voc-aug", _FULL),
+        read_split_list(sbd_dir / "val.txt", "voc-aug", _FULL),
+    )
+    train = train_aug_ids(sbd_train, sbd_val, voc_train, voc_val)
+    missing = [s for s in train + voc_val if not (voc_dir / "JPEGImages" / f"{s}.jpg").exists()]
+    if missing:
+        raise NotFoundError(
+            f"{len(missing)} images of the list are not in {voc_dir / 'JPEGImages'} (e.g. "
+            f"{missing[0]}.jpg). Fix: use the full VOC2012 trainval release."
+        )
+    return voc_train, voc_val, train
+
+
+def _write_voc_aug_masks(
+    stems: list[str], sbd_dir: Path, voc_dir: Path, out_dir: Path, track: Track
+) -> dict[str, int]:
+    """``out_dir/SegmentationClassAug/<stem>.png``: VOC's mask where VOC has one, else SBD's."""
+    mask_dir = out_dir / "SegmentationClassAug"
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    palette = voc_palette(256)
+    counts = {"voc": 0, "sbd": 0}
+    for stem in track(stems, len(stems), "voc-aug masks"):
+        voc_png = voc_dir / "SegmentationClass" / f"{stem}.png"
+        if voc_png.exists():
+            arr, counts["voc"] = load_mask(voc_png), counts["voc"] + 1
+        else:
+            arr, counts["sbd"] = read_sbd_mat(sbd_dir / "cls" / f"{stem}.mat"), counts["sbd"] + 1
+        save_index_png(arr, mask_dir / f"{stem}.png", palette)
+    return counts
+
+
 # --------------------------------------------------------------------------- PASCAL-Context
 
 
@@ -241,16 +254,7 @@ def prepare_pascal_context(
     """Write ``SegmentationClassContext`` 60-label PNGs and the train/val lists (module doc)."""
     track = track or _no_track
     work = _workdir(out, voc2010)
-    ctx_dir = find_dir(open_source(context, work, skip_checksum), ["trainval", ""], "", "context")
-    mats = sorted(ctx_dir.glob("*.mat"))
-    if not mats and (ctx_dir / "trainval").is_dir():
-        ctx_dir = ctx_dir / "trainval"
-        mats = sorted(ctx_dir.glob("*.mat"))
-    if not mats:
-        raise NotFoundError(
-            f"no .mat label maps in {ctx_dir}. Fix: give the folder 'trainval' of the official "
-            "trainval.tar.gz (or the archive itself)."
-        )
+    mats = _context_mats(open_source(context, work, skip_checksum))
     voc_dir = find_dir(
         open_source(voc2010, work, skip_checksum),
         ["", "VOC2010", "VOCdevkit/VOC2010"],
@@ -269,7 +273,29 @@ def prepare_pascal_context(
     palette = voc_palette(256)
     for mat in track(mats, len(mats), "context masks"):
         save_index_png(convert_context_mat(mat, lut), mask_dir / f"{mat.stem}.png", palette)
-    have = {m.stem for m in mats}
+    counts = _write_context_lists(voc_dir, out_dir, {m.stem for m in mats})
+    _link_images(voc_dir / "JPEGImages", out_dir)
+    return {"root": str(out_dir), **counts, "masks": len(mats), "classes": 59}
+
+
+def _context_mats(source: Path) -> list[Path]:
+    """The ``.mat`` label maps of the PASCAL-Context download (its ``trainval`` folder)."""
+    ctx_dir = find_dir(source, ["trainval", ""], "", "context")
+    mats = sorted(ctx_dir.glob("*.mat"))
+    if not mats and (ctx_dir / "trainval").is_dir():
+        ctx_dir = ctx_dir / "trainval"
+        mats = sorted(ctx_dir.glob("*.mat"))
+    if not mats:
+        raise NotFoundError(
+            f"no .mat label maps in {ctx_dir}. Fix: give the folder 'trainval' of the official "
+            "trainval.tar.gz (or the archive itself)."
+        )
+    return mats
+
+
+def _write_context_lists(voc_dir: Path, out_dir: Path, have: set[str]) -> dict[str, int]:
+    """``ImageSets/SegmentationContext/{train,val}.txt``: VOC2010's Main split of the images
+    that have a label map; returns the count of each."""
     counts = {}
     for split in ("train", "val"):
         stems = [
@@ -282,14 +308,13 @@ def prepare_pascal_context(
         counts[split] = _write_list(
             out_dir / "ImageSets/SegmentationContext" / f"{split}.txt", stems
         )
-    _link_images(voc_dir / "JPEGImages", out_dir)
     if (counts["train"], counts["val"]) != (4998, 5105):
         log.warning(
             "PASCAL-Context split has %d train / %d val images; the standard one has 4,998 / 5,105",
             counts["train"],
             counts["val"],
         )
-    return {"root": str(out_dir), **counts, "masks": len(mats), "classes": 59}
+    return counts
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -316,7 +341,7 @@ def prepare_synthetic(
     ``family.json`` and returned under ``"parameters"``.
     """
     if family is not None and generator == "scenes":
-        generator = "family"  # --family N alone means "member N of the family"
+        generator = "family"  # family=N alone means "member N of the family"
     gen = get_generator(generator, family)
     if image_format not in ("png", "jpg"):
         raise UsageError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
@@ -326,8 +351,8 @@ def prepare_synthetic(
     stale = [d for d in (out / "images", out / "masks") if d.is_dir() and any(d.rglob("*.*"))]
     if stale:  # old scenes left beside new ones would silently join the dataset
         raise OutputExistsError(
-            f"{str(out)!r} already holds images or masks ({stale[0]}). Choose an empty --out, "
-            "or delete that folder first; nothing was written."
+            f"{str(out)!r} already holds images or masks ({stale[0]}). Choose an empty "
+            f"{arg('out')}, or delete that folder first; nothing was written."
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "classes.txt", "\n".join(lines) + "\n")

@@ -6,7 +6,7 @@ nearest-neighbour (``NEAREST_EXACT``: the same half-pixel grid as bilinear, so e
 Randomness comes from torch's global RNG only, so ``torch.manual_seed`` (and a DataLoader's
 per-worker seeding) makes every crop reproducible — training resume depends on it.
 
-The paper's recipe (SPEC §2.4): random h-flip; long side resized to U(0.5, 2.0) × 520; pad to
+The paper's recipe (Sec. 4; docs/paper-fidelity.md): random h-flip; long side resized to U(0.5, 2.0) × 520; pad to
 480 (image 0, mask 255) on the right/bottom; random 480×480 crop; ImageNet mean/std.
 """
 
@@ -204,7 +204,7 @@ def train_transforms(
     flip: bool = True,
     interpolation: InterpolationMode = InterpolationMode.BILINEAR,
 ) -> Compose:
-    """The paper's train pipeline (SPEC §2.4) for uint8 image + integer mask.
+    """The paper's train pipeline (Sec. 4) for uint8 image + integer mask.
 
     ``base_size=0`` resizes relative to each image's own long side (see
     :class:`RandomLongSideResize`).

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sanet.errors import NotFoundError, UsageError
+from sanet.errors import NotFoundError, UsageError, arg
 from sanet.experiments.measure import count_flops, interleaved, profile_calls, warm_up
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask
@@ -52,12 +52,6 @@ logger = logging.getLogger(__name__)
 
 MODES = ("infer", "train", "eval")
 TORCHVISION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
-#: The GPU figures of docs/benchmarks.md (add ``--compile`` and ``--compile
-#: max-autotune-no-cudagraphs`` for the compiled rows).
-GPU_COMMAND = (
-    "sanet bench --device cuda --models tv:fcn_resnet101 fcn:resnet101s sanet:resnet101s "
-    "--size 512 --batch 16 --classes 59 --amp bf16 --channels-last --mode both --json bench.json"
-)
 
 
 @dataclass(frozen=True)
@@ -97,7 +91,7 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         # validate-first: a bad value fails here, in a second, not after minutes of building
-        # and warming up (--steps 0 had no median, --batch 0 divided by zero)
+        # and warming up (steps 0 had no median, batch 0 divided by zero)
         least = {  # field: (least value, what it counts)
             "steps": (1, "timed calls per model and mode"),
             "batch": (1, "images per step"),
@@ -109,11 +103,10 @@ class BenchSettings:
         for name, (low, what) in least.items():
             value = getattr(self, name)
             if value < low:
-                flag = "--" + name.replace("_", "-")
-                raise UsageError(f"{flag} must be ≥ {low} ({what}), got {value}.")
+                raise UsageError(f"{arg(name)} must be ≥ {low} ({what}), got {value}.")
         if min(self.image) < 1:
             h, w = self.image
-            raise UsageError(f"--image must be WxH with sides ≥ 1, got {w}x{h}.")
+            raise UsageError(f"{arg('image')} must be WxH with sides ≥ 1, got {w}x{h}.")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "image": list(self.image)}
@@ -149,7 +142,7 @@ def apply_threads(settings: BenchSettings) -> None:
     """Give torch ``settings.threads`` (onnxruntime peers get them when built)."""
     if settings.threads is not None:
         if settings.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {settings.threads}.")
+            raise UsageError(f"{arg('threads')} must be at least 1, got {settings.threads}.")
         torch.set_num_threads(settings.threads)
 
 
@@ -316,8 +309,9 @@ def run_bench(
     onnx = [s for s in specs if s.startswith("onnx:")]
     if onnx and "train" in modes:
         raise UsageError(
-            f"{onnx[0]} is an exported file: it can be timed in --mode infer or eval, not train "
-            "(--mode both includes train). Add --mode infer."
+            f"{onnx[0]} is an exported file: it can be timed in {arg('mode', 'infer')} or "
+            f"{arg('mode', 'eval')}, not train ({arg('mode', 'both')} includes train). Add "
+            f"{arg('mode', 'infer')}."
         )
     apply_threads(settings)
     peers = [Peer.build(spec, settings) for spec in specs]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Sequence
@@ -36,17 +35,19 @@ from sanet._files import (
     refuse_foreign_files,
 )
 from sanet.config import Config, load_config
-from sanet.errors import ComparisonInterrupted, UsageError, suggest
+from sanet.errors import ComparisonInterrupted, UsageError, arg, speaks_cli, suggest
 from sanet.models.card import write_model_card
 from sanet.models.registry import list_models
 from sanet.models.segmentation import CONFIG_NAME, read_pretrained_config
 from sanet.rundir import RunDir
+from sanet.stats import mean_std, paired_difference
 from sanet.training.runlog import TrainerCallbacks
 from sanet.training.runtime import StopFlag
 from sanet.training.trainer import Trainer, TrainingInterrupted
 from sanet.viz.figures import plot_compare
 
 logger = logging.getLogger(__name__)
+_COMMAND = {True: "sanet compare", False: "sanet.compare"}  # in the caller's words
 
 
 @dataclass
@@ -147,7 +148,7 @@ def _check_same_config(cfg: Config, run: RunDir) -> None:
     if changed:
         raise UsageError(
             f"{run.root} was trained with a different config ({', '.join(changed)}). Compare "
-            "into a new --out directory, or delete that run directory to retrain it."
+            f"into a new {arg('out')} folder, or delete that run directory to retrain it."
         )
 
 
@@ -196,36 +197,8 @@ def _interrupted(
         if finished
         else f"none of the {total} runs had finished"
     )
-    return ComparisonInterrupted(
-        f"stopped by {signal} {where}; {kept}. Re-run the same command to resume.", signal
-    )
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof=1``; 0.0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """``b − a`` per seed: mean, sd, 95 % t-interval and paired t-test p-value.
-
-    With fewer than two pairs the interval and p-value are ``None``.
-    """
-    from scipy import stats
-
-    diffs = [y - x for x, y in zip(a, b, strict=True)]
-    n = len(diffs)
-    mean, sd = mean_std(diffs)
-    out: dict[str, Any] = {"n": n, "mean": mean, "std": sd, "ci95": None, "p_value": None}
-    if n >= 2:
-        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-        out["ci95"] = [mean - half, mean + half]
-        out["p_value"] = float(stats.ttest_rel(b, a).pvalue) if sd > 0 else None
-    return out
+    again = "Re-run the same command" if speaks_cli() else "Call sanet.compare again as before"
+    return ComparisonInterrupted(f"stopped by {signal} {where}; {kept}. {again} to resume.", signal)
 
 
 def summarize(
@@ -282,18 +255,20 @@ def compare(
         ``runs`` (one :class:`RunResult` each) and the :func:`summarize` numbers.
     """
     if not models or len(set(models)) != len(models):
-        raise UsageError(f"--models must name one or more distinct models, got {list(models)}.")
+        raise UsageError(
+            f"{arg('models')} must name one or more distinct models, got {list(models)}."
+        )
     for model in models:
         if model not in list_models():
             raise UsageError(
                 f"Unknown model {model!r}; choose from {list_models()}.{suggest(model, list_models())}"
             )
     if not seeds:
-        raise UsageError("compare needs at least one seed.")
+        raise UsageError(f"{arg('seeds')}: a comparison needs at least one seed.")
     out = Path(out)
-    ensure_writable_dir(out, "--out")
-    writes = "runs/, compare.json and compare.png"
-    refuse_foreign_files(out, foreign_files(out), "--out", "sanet compare", writes)
+    ensure_writable_dir(out, arg("out"))
+    writes, command = "runs/, compare.json and compare.png", _COMMAND[speaks_cli()]
+    refuse_foreign_files(out, foreign_files(out), arg("out"), command, writes)
     results = run_all(recipe, models, seeds, out, overrides, callbacks)
     names = _class_names(RunDir(results[0].run_dir))
     payload = {

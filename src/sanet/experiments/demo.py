@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 from sanet._files import atomic_write_text
 from sanet.config import load_config, recipe_path
+from sanet.errors import OutputExistsError, arg
 from sanet.models.registry import load_model
 from sanet.rundir import RunDir
 from sanet.training.runlog import TrainerCallbacks
@@ -26,15 +28,26 @@ from sanet.viz.figures import prediction_panel
 
 def run_demo(
     out: str | Path,
-    overrides: list[str] | None = None,
+    overrides: Sequence[str] | None = None,
     callbacks: TrainerCallbacks | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (validating as it goes), report the best validation and draw; returns the summary
-    also written to ``out/metrics.json``. ``callbacks`` show the run (the CLI's progress bar)."""
+    also written to ``out/metrics.json``. ``callbacks`` show the run (``progress=True``).
+
+    The demo always starts fresh: a run already in ``out`` (an earlier demo's) is refused unless
+    ``overwrite``, and then its checkpoints and ``metrics.jsonl`` are removed first.
+    """
     start = time.perf_counter()
     run = RunDir(out)
-    cfg = load_config(recipe_path("demo"), overrides)
-    if run.checkpoints.exists():  # the demo always starts fresh; keep nothing half-old
+    cfg = load_config(recipe_path("demo"), list(overrides or ()))
+    if run.has_checkpoint() and not overwrite:
+        raise OutputExistsError(
+            f"{run.root} already holds a run (checkpoints/last.pt); nothing was overwritten. The "
+            f"demo starts fresh: pass {arg('overwrite', True)} to replace that run, or choose "
+            f"another {arg('out')}."
+        )
+    if run.checkpoints.exists():  # keep nothing half-old of the run it replaces
         shutil.rmtree(run.checkpoints)
         run.metrics_log.unlink(missing_ok=True)
     trainer = Trainer(cfg, run.root, callbacks=callbacks)

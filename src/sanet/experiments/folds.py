@@ -1,4 +1,5 @@
-"""``sanet audit-labels RECIPE --folds K``: audit the data a model is trained on, honestly.
+"""``sanet.audit_labels(data, recipe=..., folds=K)`` (``sanet audit-labels RECIPE --folds K``):
+audit the data a model is trained on, honestly.
 
 A model scores its own training images too kindly (it has learnt their labels, wrong ones
 included). Here the split is dealt into ``K`` folds (:func:`~sanet.data.splits.kfold_indices`);
@@ -20,7 +21,7 @@ from sanet.config import Config, load_config
 from sanet.data import build_dataset, parse_data_spec
 from sanet.data.splits import kfold_indices
 from sanet.devices import resolve_device
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 from sanet.experiments.compare import ensure_run
 from sanet.models.registry import load_model
 from sanet.rundir import RunDir
@@ -80,7 +81,7 @@ def kfold_audit(
         and the audited dataset (``entries[i]["index"]`` indexes it).
     """
     if folds < 2:
-        raise UsageError(f"--folds must be at least 2, got {folds}.")
+        raise UsageError(f"{arg('folds')} must be at least 2, got {folds}.")
     out = Path(out)
     configs = [fold_config(recipe, folds, f, data, split, overrides) for f in range(folds)]
     d = configs[0].data

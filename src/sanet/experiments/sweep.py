@@ -1,4 +1,5 @@
-"""Fig. 4's grid: one training run per (α, β) pair of loss weights, resumable cell by cell."""
+"""Fig. 4's grid: one training run per (α, β) pair of loss weights, resumable cell by cell
+(:func:`train_grid` trains the runs, :func:`sweep_loss_weights` collects and draws the grid)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sanet._files import atomic_write_text, is_temp_file
+from sanet._files import atomic_write_text, ensure_writable_dir, is_temp_file, refuse_foreign_files
+from sanet.config import load_config
+from sanet.errors import UsageError, arg, speaks_cli
+from sanet.rundir import RunDir
+from sanet.training.runlog import TrainerCallbacks
+from sanet.training.trainer import Trainer
 from sanet.viz.figures import plot_sweep_heatmap
 
 logger = logging.getLogger(__name__)
@@ -74,3 +80,39 @@ def sweep_foreign_files(out_dir: str | Path) -> list[Path]:
         and not is_temp_file(p)
         and not (p.is_dir() and re.fullmatch(r"alpha[^_]+_beta.+", p.name))
     )
+
+
+def train_grid(
+    recipe: str | Path,
+    alphas: Sequence[float],
+    betas: Sequence[float],
+    out_dir: str | Path,
+    overrides: Sequence[str] = (),
+    callbacks: TrainerCallbacks | None = None,
+) -> np.ndarray:
+    """Fig. 4 from a recipe: one run of ``recipe`` (with ``overrides``) per (α, β) cell in
+    ``out_dir/alpha{α}_beta{β}`` (``loss.alpha``, ``loss.beta`` set last), its best val mIoU
+    collected by :func:`sweep_loss_weights`. Everything is checked before the first run: the
+    recipe, the weights and ``out_dir`` (writable, holding nothing a sweep did not write).
+    Finished cells are kept and an interrupted one resumes from its ``last.pt``.
+
+    Returns:
+        ``(len(alphas), len(betas))`` mIoU grid.
+    """
+    if not alphas or not betas:
+        raise UsageError(
+            f"{arg('alphas')} and {arg('betas')} need at least one value each, e.g. 0.2, 0.4."
+        )
+    load_config(recipe, list(overrides))  # a bad recipe fails before the first run
+    out_dir = Path(out_dir)
+    ensure_writable_dir(out_dir, arg("out"))
+    command = "sanet sweep" if speaks_cli() else "sanet.sweep"
+    found, writes = sweep_foreign_files(out_dir), "alpha*_beta*/, sweep.json, fig4.png"
+    refuse_foreign_files(out_dir, found, arg("out"), command, writes)
+
+    def train_one(alpha: float, beta: float, run_dir: Path) -> float:
+        cfg = load_config(recipe, [*overrides, f"loss.alpha={alpha}", f"loss.beta={beta}"])
+        resume = RunDir(run_dir).has_checkpoint()  # an interrupted cell resumes
+        return float(Trainer(cfg, run_dir, resume=resume, callbacks=callbacks).fit()["best_mIoU"])
+
+    return sweep_loss_weights(alphas, betas, train_one, out_dir)

@@ -30,7 +30,7 @@ from torch import nn
 
 from sanet._files import atomic_save_bytes
 from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
-from sanet.errors import ExportCheckError, UsageError
+from sanet.errors import ExportCheckError, UsageError, arg
 from sanet.exporting.outputs import add_outputs, check_outputs
 from sanet.inference.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from sanet.inference.protocol import EvalProtocol
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 20
 #: PyTorch's exporter writes opset 18 (its torchlib) and newer; a lower opset needs a version
-#: conversion that may fail and leave the file at 18 (measured: ``--opset 7`` gave an opset-18
+#: conversion that may fail and leave the file at 18 (measured: opset 7 asked for gave an opset-18
 #: file). Above the installed onnx package's newest opset it fails the same way (29 gave 18).
 MIN_OPSET = 18
 
@@ -78,29 +78,39 @@ def check_export_options(
     """
     out = Path(out)
     if out.suffix.lower() != ".onnx":
-        raise UsageError(f"--out must name an .onnx file, got {str(out)!r}; e.g. --out model.onnx")
+        raise UsageError(
+            f"{arg('out')} must name an .onnx file, got {str(out)!r}; e.g. "
+            f"{arg('out', 'model.onnx')}"
+        )
     if size < MIN_SIZE:
         raise UsageError(
-            f"--size {size} is below {MIN_SIZE}, the smallest image side sanet's models take "
-            f"(the graph declares H, W ≥ {MIN_SIZE} and is traced at --size). Fix: "
-            f"--size {MIN_SIZE} or more (default: the run's data.crop_size)."
+            f"{arg('size', size)} is below {MIN_SIZE}, the smallest image side sanet's models "
+            f"take (the graph declares H, W ≥ {MIN_SIZE} and is traced at {arg('size')}). Fix: "
+            f"{arg('size', MIN_SIZE)} or more (default: the run's data.crop_size)."
         )
     top = max_opset()
     if not MIN_OPSET <= opset <= top:
         raise UsageError(
-            f"--opset {opset} is outside {MIN_OPSET}..{top}: PyTorch's exporter writes opset "
-            f"{MIN_OPSET} and newer, up to the newest the installed onnx knows; another would "
-            f"be left at {MIN_OPSET} in the file. Fix: --opset {MIN_OPSET}..{top} (default "
-            f"{DEFAULT_OPSET})."
+            f"{arg('opset', opset)} is outside {MIN_OPSET}..{top}: PyTorch's exporter writes "
+            f"opset {MIN_OPSET} and newer, up to the newest the installed onnx knows; another "
+            f"would be left at {MIN_OPSET} in the file. Fix: {arg('opset')} {MIN_OPSET}..{top} "
+            f"(default {DEFAULT_OPSET})."
         )
-    for name, value in (("--atol", tolerance.atol), ("--rtol", tolerance.rtol)):
+    for name, value in (("atol", tolerance.atol), ("rtol", tolerance.rtol)):
         if not value >= 0:  # `not ≥` also refuses NaN
             raise UsageError(
-                f"{name} must be ≥ 0 (a tolerance on |Δ logits|), got {value}. Fix: e.g. "
-                f"{name} 1e-4 (the default), or --no-check to skip the check."
+                f"{arg(name)} must be ≥ 0 (a tolerance on |Δ logits|), got {value}. Fix: e.g. "
+                f"{arg(name, 1e-4)} (the default), or {skip_check()} to skip the check."
             )
     if not 0 <= tolerance.argmax <= 1:
         raise UsageError(f"the argmax agreement must lie in 0..1, got {tolerance.argmax}.")
+
+
+def skip_check() -> str:
+    """How the caller turns the parity check off: ``check=False`` from Python, the flag that
+    does it on the command line."""
+    flag = arg("check")
+    return flag if flag.startswith("-") else "check=False"
 
 
 def file_opset(proto: Any) -> int:
@@ -249,7 +259,8 @@ def check_parity(
     if failures:
         raise ExportCheckError(
             "onnxruntime disagrees with PyTorch: " + "; ".join(failures) + ". Expected equal "
-            "outputs; try another --opset, or export with --no-check to inspect the file."
+            f"outputs; try another {arg('opset')}, or export with {skip_check()} to inspect the "
+            "file."
         )
     return report
 
@@ -286,7 +297,7 @@ def export_onnx(
     if written != opset:  # the exporter's version conversion failed and kept its own opset
         raise UsageError(
             f"The exporter wrote opset {written}, not the {opset} asked for; nothing was "
-            f"written. Fix: --opset {written}."
+            f"written. Fix: {arg('opset', written)}."
         )
     meta = {**metadata, "opset": written, "outputs": list(outputs), "parity": None}
     if check:
@@ -319,7 +330,7 @@ def _torch_logits(model: nn.Module) -> Any:
     return logits
 
 
-#: what the file's doc_string says about each output it has (--outputs chooses them)
+#: what the file's doc_string says about each output it has (``outputs`` chooses them)
 OUTPUT_DOCS = {
     "logits": "'logits' float32 (N, K, H, W), softmax over K gives class probabilities",
     "mask": "'mask' uint8 (N, H, W), the arg-max class ids",

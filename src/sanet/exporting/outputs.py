@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sanet.errors import OutputCheckError, UsageError
+from sanet.errors import OutputCheckError, UsageError, arg
 from sanet.inference.onnx_backend import OUTPUT_NAME
 
 MASK_NAME, CONFIDENCE_NAME = "mask", "confidence"
@@ -29,15 +29,16 @@ OUTPUTS = (OUTPUT_NAME, MASK_NAME, CONFIDENCE_NAME)
 MAX_MASK_CLASSES = 256  # class ids 0..255 fit a uint8
 
 
-def parse_outputs(text: str) -> tuple[str, ...]:
-    """``"logits,mask"`` → ``("logits", "mask")`` in the file's order (logits, mask,
-    confidence); a clear error for an unknown, repeated or empty list."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
+def parse_outputs(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"logits,mask"`` (or ``["logits", "mask"]``) → ``("logits", "mask")`` in the file's
+    order (logits, mask, confidence); a clear error for an unknown, repeated or empty list."""
+    given = text.split(",") if isinstance(text, str) else list(text)
+    names = [str(n).strip() for n in given if str(n).strip()]
     unknown = [n for n in names if n not in OUTPUTS]
     if not names or unknown or len(set(names)) != len(names):
         raise UsageError(
-            f"--outputs {text!r}: expected a comma-separated subset of {', '.join(OUTPUTS)} "
-            "without repeats, e.g. --outputs logits,mask."
+            f"{arg('outputs')} {text!r}: expected a comma-separated subset of "
+            f"{', '.join(OUTPUTS)} without repeats, e.g. {arg('outputs', 'logits,mask')}."
         )
     return tuple(n for n in OUTPUTS if n in names)
 
@@ -46,14 +47,16 @@ def check_request(outputs: Sequence[str], num_classes: int, temperature: float |
     """Refuse outputs the model cannot give, before any export work."""
     if MASK_NAME in outputs and num_classes > MAX_MASK_CLASSES:
         raise UsageError(
-            f"--outputs mask stores class ids as uint8, but the model has {num_classes} classes "
-            f"(at most {MAX_MASK_CLASSES}). Export the logits and take the arg-max yourself."
+            f"The mask output ({arg('outputs')}) stores class ids as uint8, but the model has "
+            f"{num_classes} classes (at most {MAX_MASK_CLASSES}). Export the logits and take the "
+            "arg-max yourself."
         )
     if CONFIDENCE_NAME in outputs and temperature is None:
         raise UsageError(
-            "--outputs confidence needs a calibrated model (a temperature in its config.json "
-            "metadata['calibration']): an uncalibrated softmax is not a probability. Run `sanet "
-            "calibrate` on the model first, or drop confidence from --outputs."
+            f"The confidence output ({arg('outputs')}) needs a calibrated model (a temperature "
+            "in its config.json metadata['calibration']): an uncalibrated softmax is not a "
+            "probability. Run `sanet calibrate` on the model first, or drop confidence from "
+            f"{arg('outputs')}."
         )
     if temperature is not None and not temperature > 0:
         raise UsageError(f"The model's calibration temperature must be > 0, got {temperature}.")

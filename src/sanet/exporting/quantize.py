@@ -1,4 +1,4 @@
-"""``sanet export --int8``: onnxruntime's static quantization, checked on the user's own data.
+"""INT8 export (``sanet.export(..., int8=True)``): onnxruntime's static quantization, checked on the user's own data.
 
 INT8 conversions lose accuracy silently (the peers' trackers: "much worse masks"), and the same
 QDQ file can lose points on one CPU and not on another. So the int8 file is written only after
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from sanet.devices import cpu_features
-from sanet.errors import Int8Refused, UsageError
+from sanet.errors import Int8Refused, UsageError, arg
 from sanet.exporting.export import (
     ExportCheckError,
     ParityTolerance,
@@ -177,8 +177,9 @@ def gate(fp32: float, int8: float, max_drop: float, where: str) -> float:
     if not drop <= max_drop:  # `not ≤` also refuses NaN
         raise Int8Refused(
             f"int8 mIoU {int8:.4f} vs fp32 {fp32:.4f} on {where}: a drop of {drop:.4f} exceeds "
-            f"--max-miou-drop {max_drop:g}; nothing written. Calibrate on more or more typical "
-            "images (--calib-images, --calib-data), or ship the fp32 export."
+            f"{arg('max_miou_drop', max_drop)}; nothing written. Calibrate on more or more "
+            f"typical images ({arg('calib_images')}, {arg('calib_data')}), or ship the fp32 "
+            "export."
         )
     return drop
 
@@ -225,7 +226,7 @@ class Int8Data:
         evaluation: ``(image, mask)`` pairs the gate evaluates both graphs on.
         calibration_source, evaluation_source: e.g. ``{"data": "synthetic:", "split":
             "train"}``.
-        max_drop: the largest mIoU drop accepted (``--max-miou-drop``).
+        max_drop: the largest mIoU drop accepted (``max_miou_drop``).
     """
 
     calibration: Sequence[Any]
@@ -317,7 +318,10 @@ def export_int8(
 
     out = Path(out)
     if out.suffix.lower() != ".onnx":
-        raise UsageError(f"--out must name an .onnx file, got {str(out)!r}; e.g. --out model.onnx")
+        raise UsageError(
+            f"{arg('out')} must name an .onnx file, got {str(out)!r}; e.g. "
+            f"{arg('out', 'model.onnx')}"
+        )
     model = model.eval()
     proto = to_onnx_proto(model, example_size, opset)
     # the metadata rides along so that the gate's OnnxModel reads a sanet file (no warning)

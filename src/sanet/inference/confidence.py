@@ -1,9 +1,10 @@
 """Calibrated confidence at inference time: the calibration a model carries, and the protocol's
 probabilities at several temperatures from one set of forward passes (docs/trust.md).
 
-``sanet calibrate`` fits one temperature ``T`` (and, with ``--risk``, a confidence threshold)
-and stores them in the model's ``config.json`` under ``metadata["calibration"]``; ``sanet
-export`` copies the record into the ONNX metadata under the same key. A calibrated probability
+``sanet.calibrate`` (``sanet calibrate``) fits one temperature ``T`` (and, given a risk level, a
+confidence threshold) and stores them in the model's ``config.json`` under
+``metadata["calibration"]`` (:mod:`sanet.trust.store`); ``sanet export`` copies the record into
+the ONNX metadata under the same key. A calibrated probability
 map is what the protocol gives when every forward's softmax is ``softmax(logits / T)``
 (:func:`~sanet.inference.protocol.predict_proba`'s ``temperature``).
 
@@ -15,22 +16,16 @@ few pixels, so both views are computed from the same forwards (:class:`ReplayMod
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sanet._files import atomic_write_text
-from sanet.errors import NotFoundError, UsageError
+from sanet.errors import UsageError, arg, speaks_cli
 from sanet.inference.protocol import EvalProtocol, combine_bands, scale_probs
-from sanet.models.card import write_model_card
-from sanet.models.segmentation import CONFIG_NAME, read_pretrained_config
-from sanet.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +46,7 @@ class Calibration:
     Attributes:
         temperature: ``T > 0``; calibrated probabilities use ``softmax(logits / T)``.
         threshold: pixels whose calibrated confidence is below it are *unsure* (``None``
-            without ``--risk``).
+            when no risk level was given).
         alpha: the risk level the threshold was chosen for (expected share of sure-and-wrong
             labelled pixels per image).
         protocol: the protocol settings it was fitted under (:data:`PROTOCOL_FIELDS`).
@@ -89,6 +84,16 @@ def protocol_settings(protocol: EvalProtocol) -> dict[str, Any]:
     return {k: d[k] for k in PROTOCOL_FIELDS}
 
 
+def calibrate_hint(risk: float | None = None) -> str:
+    """How the caller calibrates a model, in their words: the ``sanet calibrate`` command under
+    the command line, ``sanet.calibrate(...)`` from Python (with ``risk``: a risk level too)."""
+    if speaks_cli():
+        words = ["sanet calibrate", arg("checkpoint", "RUN"), arg("data", "KIND:ROOT")]
+        return "`" + " ".join(words + ([arg("risk", risk)] if risk is not None else [])) + "`"
+    given = f", {arg('risk', risk)}" if risk is not None else ""
+    return f"sanet.calibrate(run, data{given})"
+
+
 def read_calibration(metadata: dict[str, Any] | None) -> Calibration | None:
     """The calibration in a model's metadata, or ``None`` for an uncalibrated model."""
     record = (metadata or {}).get(CALIBRATION_KEY)
@@ -98,7 +103,7 @@ def read_calibration(metadata: dict[str, Any] | None) -> Calibration | None:
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise UsageError(
             f"The model's calibration holds temperature {temperature!r}; expected a number > 0. "
-            "Run `sanet calibrate` again to rewrite it."
+            f"Calibrate the model again to rewrite it ({calibrate_hint()})."
         )
     risk = record.get("risk") or {}
     return Calibration(
@@ -108,47 +113,6 @@ def read_calibration(metadata: dict[str, Any] | None) -> Calibration | None:
         protocol=dict(record.get("protocol") or {}),
         record=dict(record),
     )
-
-
-def pretrained_folder(checkpoint: str | Path) -> Path:
-    """The ``save_pretrained`` folder a calibration of ``checkpoint`` is stored in: the folder
-    itself, or a run directory's ``model/``.
-
-    Raises:
-        ValueError: ``checkpoint`` is a ``.pt`` or ``.onnx`` file, or a run without ``model/``.
-    """
-    path = Path(checkpoint)
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
-        return path
-    if path.is_dir() and (RunDir(path).model / CONFIG_NAME).is_file():
-        return RunDir(path).model
-    if path.suffix.lower() in (".pt", ".onnx") and path.is_file():
-        raise UsageError(
-            f"{str(path)!r} is a {path.suffix} file: a calibration is stored with a "
-            "save_pretrained folder. Pass the run directory or its model/ folder (export the "
-            "calibrated model with `sanet export` afterwards)."
-        )
-    if not path.exists():
-        raise NotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    raise UsageError(
-        f"{str(path)!r} holds no save_pretrained model (config.json + model.safetensors): pass "
-        "a run directory with a model/ folder or a save_pretrained folder."
-    )
-
-
-def store_calibration(folder: str | Path, record: dict[str, Any]) -> Path:
-    """Write ``record`` into ``folder/config.json``'s metadata (atomically) and render the
-    model card again; returns the ``config.json`` path.
-
-    Training that saves new weights into the folder rewrites ``config.json`` without it: a
-    calibration belongs to the weights it was fitted on.
-    """
-    config = read_pretrained_config(folder)
-    config.setdefault("metadata", {})[CALIBRATION_KEY] = record
-    path = Path(folder) / CONFIG_NAME
-    atomic_write_text(path, json.dumps(config, indent=2) + "\n")
-    write_model_card(folder, config)  # the folder's README.md shows the calibration too
-    return path
 
 
 class ReplayModel(nn.Module):

@@ -105,12 +105,12 @@ def create_layers(
 
 def block_layers(
     block: Block,
-    unsure: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+    unsure: Callable[[np.ndarray], np.ndarray] | None,
     confidence: bool = True,
 ) -> dict[str, np.ndarray]:
     """A block's layers as uint8: class ids (arg-max at temperature 1), the confidence
     ``round(255 × largest calibrated probability)`` and, with ``unsure`` (the predictor's
-    ``apply_unsure``), 1 where the pixel is unsure; nodata pixels get each layer's nodata."""
+    ``unsure_pixels``), 1 where the pixel is unsure; nodata pixels get each layer's nodata."""
     valid = block.valid
     mask = block.probs[0].argmax(0).cpu().numpy().astype(np.uint8)
     out = {"mask": np.where(valid, mask, NODATA["mask"]).astype(np.uint8)}
@@ -119,7 +119,7 @@ def block_layers(
     conf = block.probs[-1].amax(0).float().cpu().numpy()
     out["confidence"] = np.where(valid, np.rint(np.clip(conf, 0, 1) * 255), 0).astype(np.uint8)
     if unsure is not None:
-        flagged = (unsure(mask, conf) == IGNORE_INDEX).astype(np.uint8)
+        flagged = unsure(conf).astype(np.uint8)
         out["unsure"] = np.where(valid, flagged, NODATA["unsure"]).astype(np.uint8)
     return out
 

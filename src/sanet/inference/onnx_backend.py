@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sanet.errors import NotFoundError, UsageError
+from sanet.errors import NotFoundError, UsageError, arg
 from sanet.models.segmentation import MIN_SIZE, check_image_batch
 
 logger = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ METADATA_KEYS = (
     "std",
     "min_size",  # 32: H and W below it must be padded (the graph does not check)
     "model",  # {"name": "sanet", "backbone": ..., "num_classes": ..., ...} constructor args
-    "protocol",  # the EvalProtocol the export was made for (sanet.inference.EvalProtocol)
-    "run_config",  # the run's eval section and data.base_size (what `sanet eval` would use)
+    "protocol",  # the run's whole EvalProtocol (inference.runs.run_protocol), as a dict
+    "run_config",  # the run's eval section and data.base_size: run_protocol reads it back
     "validation",  # the run's best validation (mIoU, pixAcc, protocol), when known
     "parity",  # onnxruntime vs PyTorch at the checked sizes (max |Δ| of logits, argmax agreement)
     "calibration",  # `sanet calibrate`'s record (temperature, risk threshold), when calibrated
@@ -49,7 +49,7 @@ METADATA_KEYS = (
     "torch_version",
     "opset",
     "outputs",  # the graph's outputs: ["logits"] (default), plus "mask" and "confidence" (uint8)
-    "quantization",  # `sanet export --int8`: method, calibration, mIoU fp32/int8, speed-up, CPU
+    "quantization",  # INT8 files: method, calibration, mIoU fp32/int8, speed-up, CPU
 )
 
 
@@ -165,11 +165,11 @@ def _logits_output(session: Any, path: Path) -> str:
     names = [o.name for o in session.get_outputs()]
     if OUTPUT_NAME in names:
         return OUTPUT_NAME
-    if {"mask", "confidence"} & set(names):  # exported with --outputs but without logits
+    if {"mask", "confidence"} & set(names):  # exported with extra outputs but without logits
         raise UsageError(
             f"{str(path)!r} has the outputs {names} but no {OUTPUT_NAME!r}: sanet's Predictor, "
             "predict, eval and serve average probabilities over windows, scales and flips and "
-            "need the logits. Re-export with --outputs logits,mask (the mask-only file is for "
-            "servers that run the graph as it is)."
+            f"need the logits. Re-export with {arg('outputs', 'logits,mask')} (the mask-only "
+            "file is for servers that run the graph as it is)."
         )
     return names[0]

@@ -18,10 +18,11 @@ from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import load_image
 from sanet.data.transforms import normalize_image
 from sanet.devices import resolve_device
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 from sanet.inference.confidence import (
     Calibration,
     arg_max,
+    calibrate_hint,
     largest,
     protocol_views,
     read_calibration,
@@ -295,13 +296,17 @@ class Predictor:
             on_block=on_block,
         )
 
+    def unsure_pixels(self, confidence: np.ndarray) -> np.ndarray:
+        """Which pixels are unsure: those whose calibrated confidence is *below* the risk
+        threshold λ̂ (bool, the shape of ``confidence``). A pixel with confidence exactly λ̂ is
+        sure: the conformal risk control counts a pixel as sure when its confidence is ≥ λ
+        (docs/trust.md), and its guarantee is for that set. The one place the threshold is
+        applied (:meth:`apply_unsure`, ``sanet predict``, the server all call it)."""
+        return confidence < self.unsure_threshold()
+
     def apply_unsure(self, mask: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-        """``mask`` with 255 on the unsure pixels: those whose calibrated confidence is *below*
-        the risk threshold λ̂. A pixel with confidence exactly λ̂ is sure: the conformal risk
-        control counts a pixel as sure when its confidence is ≥ λ (docs/trust.md), and its
-        guarantee is for that set. The one place the threshold is applied (``sanet predict``,
-        the server and :meth:`predict` all call it)."""
-        return np.where(confidence < self.unsure_threshold(), IGNORE_INDEX, mask)
+        """``mask`` with 255 on the :meth:`unsure_pixels`."""
+        return np.where(self.unsure_pixels(confidence), IGNORE_INDEX, mask)
 
     def unsure_threshold(self) -> float:
         """The calibrated confidence below which a pixel is unsure (``sanet calibrate --risk``).
@@ -316,9 +321,9 @@ class Predictor:
                 else "the model carries no risk threshold"
             )
             raise UsageError(
-                f"Unsure pixels need a calibrated risk threshold, but {state}. Run `sanet "
-                "calibrate --checkpoint RUN --data KIND:ROOT --risk 0.05` first (and keep "
-                "calibrated=True)."
+                f"Unsure pixels need a calibrated risk threshold, but {state}. Calibrate the "
+                f"model with a risk level first ({calibrate_hint(0.05)}) and keep "
+                f"{arg('calibrated', True)}."
             )
         return self.calibration.threshold
 

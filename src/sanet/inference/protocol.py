@@ -1,4 +1,4 @@
-"""The paper's evaluation protocol on tensors (SPEC §2.5): single scale, multi-scale + flip,
+"""The paper's evaluation protocol on tensors (docs/design.md, "Protocol"): single scale, multi-scale + flip,
 sliding window. Images in, masks out (``Predictor``, ``evaluate``) is ``predictor.py``.
 
 How one image is predicted (:func:`predict_proba`):

@@ -199,7 +199,7 @@ def write_tiled(
     meta: dict[str, Any],
     tiling: Tiling | None = None,
     temperature: float = 1.0,
-    unsure: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    unsure: Callable[[np.ndarray], np.ndarray] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     device: torch.device | str = "cpu",
@@ -212,7 +212,7 @@ def write_tiled(
         meta: ``num_classes``, ``palette``, the ``settings`` a resume must match, and ``tags``
             per layer.
         temperature: the calibration's (the confidence layer); class ids use temperature 1.
-        unsure: the predictor's ``apply_unsure`` (the one place its threshold is applied).
+        unsure: the predictor's ``unsure_pixels`` (the one place its threshold is applied).
         should_stop: asked after each block; a truthy answer (a signal's name, or True) stops
             with :class:`~sanet.errors.Interrupted` after saving the state.
         on_block: called with ``(blocks done, blocks in all)`` when the work starts and after
@@ -291,7 +291,7 @@ def predict_raster(
     on_block: Callable[[int, int], None] | None,
 ) -> TiledOutput:
     """The work of :meth:`~sanet.inference.Predictor.predict_tiled` (``predictor``: its model,
-    protocol, calibration, device and ``apply_unsure``)."""
+    protocol, calibration, device and ``unsure_pixels``)."""
     if unsure:
         predictor.unsure_threshold()  # refused before any work
     out = ensure_writable_file(out, arg("out"), "IMAGE.tif")
@@ -322,7 +322,7 @@ def predict_raster(
             meta=meta,
             tiling=tiling,
             temperature=predictor.temperature if calibrated else 1.0,
-            unsure=predictor.apply_unsure if unsure else None,
+            unsure=predictor.unsure_pixels if unsure else None,
             resume=resume,
             overwrite=overwrite,
             device=predictor.device,

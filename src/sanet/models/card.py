@@ -213,7 +213,7 @@ def _records(meta: Mapping[str, Any]) -> list[str]:
     recipe = meta.get("recipe")
     if recipe:
         text = yaml.safe_dump(dict(recipe), sort_keys=False, allow_unicode=True)
-        out += ["## Recipe", f"The run's config (`sanet train --config`):\n\n```yaml\n{text}```"]
+        out += ["## Recipe", f"The recipe the run was trained with:\n\n```yaml\n{text}```"]
     for key, title in (("calibration", "Calibration"), ("parity", "Parity")):
         if meta.get(key):
             text = yaml.safe_dump(meta[key], sort_keys=False, allow_unicode=True)

@@ -1,4 +1,4 @@
-"""Building a model by name and loading a trained one from wherever it was saved (SPEC §4).
+"""Building a model by name and loading a trained one from wherever it was saved.
 
 ``build_model`` builds any row of ``MODEL_KINDS`` (``segmentation.py``), with typed shortcuts
 ``sanet``, ``sanet_se`` and ``fcn``; ``load_model`` accepts the three
@@ -86,7 +86,7 @@ def fcn(num_classes: int, backbone: str = "resnet50s", **kwargs: Any) -> FCN:
 def load_model(
     path: str | Path, map_location: str = "cpu"
 ) -> tuple[SegmentationModel, dict[str, Any]]:
-    """Load a model for inference from any of the three places SPEC §4 names.
+    """Load a model for inference from any of the three places a trained model lives.
 
     ``path`` is a ``save_pretrained`` folder (``config.json`` + ``model.safetensors``), a training
     run directory (uses ``RUN/model``, else ``RUN/checkpoints/best.pt``/``last.pt``) or a ``.pt``

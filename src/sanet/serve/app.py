@@ -143,11 +143,11 @@ def create_app(
     """The app. ``predictor`` may be a loader (``lambda: Predictor(path)``): it then loads in a
     thread at start-up and ``/healthz`` answers 503 until it is ready (500 if it fails).
     ``allowed_hosts``: host names answered besides IP addresses and ``localhost`` (``"*"``:
-    any; see :class:`~sanet.serve.middleware.HostAllowList`)."""
+    any; see :class:`~sanet.serve.middleware.HostAllowList`). ``sanet.api.serving.
+    serving_app`` builds it for a checkpoint with the run's protocol and working size."""
     limits = limits or ServeLimits()
     gate = InferenceGate(limits)
     slot = ModelSlot(predictor, gate)
-    codec = asyncio.Semaphore(max(2, limits.max_concurrent))  # decodes/encodes at once
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -164,6 +164,14 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.slot, app.state.gate, app.state.limits = slot, gate, limits
     _error_handlers(app)
+    _page_routes(app)
+    _status_routes(app, slot, gate, limits)
+    _segment_route(app, slot, gate, limits)
+    return app
+
+
+def _page_routes(app: FastAPI) -> None:
+    """``GET /`` (the page) and ``GET /favicon.ico``."""
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -173,33 +181,48 @@ def create_app(
     async def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
+
+def _status_routes(app: FastAPI, slot: ModelSlot, gate: InferenceGate, limits: ServeLimits) -> None:
+    """``GET /healthz`` and ``GET /v1/model``."""
+
     @app.get("/healthz", response_model=schema.Health, responses=schema.HEALTH_RESPONSES)
     async def healthz() -> JSONResponse:
-        if slot.predictor is None:
-            if slot.error:
-                return JSONResponse({"status": "error", "detail": slot.error}, status_code=500)
-            retry = {"Retry-After": str(limits.retry_after_s)}
-            body = {"status": "loading", "detail": "The model is still loading."}
-            return JSONResponse(body, status_code=503, headers=retry)
-        per = gate.seconds_per_window
-        return JSONResponse(
-            {
-                "status": "ok",
-                "backend": slot.predictor.backend,
-                "queue": {
-                    "running": gate.running,
-                    "waiting": gate.in_flight - gate.running,
-                    "capacity": gate.capacity,
-                },
-                "estimated_wait_s": round(gate.estimated_wait(), 2),
-                "seconds_per_window": None if per is None else round(per, 4),
-                "last_inference": gate.last_inference(),
-            }
-        )
+        return _health(slot, gate, limits)
 
     @app.get("/v1/model", responses=schema.MODEL_RESPONSES)
     async def model() -> dict[str, Any]:
         return model_info(slot.require(limits.retry_after_s), limits)
+
+
+def _health(slot: ModelSlot, gate: InferenceGate, limits: ServeLimits) -> JSONResponse:
+    """200 with the queue and the last inference once loaded; 503 loading; 500 failed."""
+    if slot.predictor is None:
+        if slot.error:
+            return JSONResponse({"status": "error", "detail": slot.error}, status_code=500)
+        retry = {"Retry-After": str(limits.retry_after_s)}
+        body = {"status": "loading", "detail": "The model is still loading."}
+        return JSONResponse(body, status_code=503, headers=retry)
+    per = gate.seconds_per_window
+    return JSONResponse(
+        {
+            "status": "ok",
+            "backend": slot.predictor.backend,
+            "queue": {
+                "running": gate.running,
+                "waiting": gate.in_flight - gate.running,
+                "capacity": gate.capacity,
+            },
+            "estimated_wait_s": round(gate.estimated_wait(), 2),
+            "seconds_per_window": None if per is None else round(per, 4),
+            "last_inference": gate.last_inference(),
+        }
+    )
+
+
+def _segment_route(app: FastAPI, slot: ModelSlot, gate: InferenceGate, limits: ServeLimits) -> None:
+    """``POST /v1/segment``: read and decode the upload, predict it through the gate at its
+    working size, answer JSON or PNG."""
+    codec = asyncio.Semaphore(max(2, limits.max_concurrent))  # decodes/encodes at once
 
     @app.post(
         "/v1/segment",
@@ -224,51 +247,75 @@ def create_app(
         side = working_side(limits, ready)
         h, w = rgb.shape[:2]
         small = working_size(h, w, side)
-        scale = max(small) / max(h, w)
         admitted = time.perf_counter()
         try:
-            prediction, started, seconds = await gate.submit(
-                window_count(*small, ready.protocol),
-                _timed(predict),
-                ready,
-                rgb,
-                side,
-                unsure,
-                disconnected=request.is_disconnected,
+            prediction, started, seconds = await _through_gate(
+                gate, request, ready, rgb, small, side, unsure
             )
-        except Busy as err:
-            raise HTTPException(
-                503,
-                f"The server is busy: {err.reason}. Retry in {err.retry_after} s.",
-                headers={"Retry-After": str(err.retry_after)},
-            ) from None
-        except TooSlow as err:
-            raise HTTPException(
-                413,
-                f"This {w}×{h} image would take about {err.seconds:.0f} s on this server, more "
-                f"than its {limits.timeout_s:g} s timeout allows. Send a smaller image, or start "
-                "the server with a smaller --max-side or a longer --timeout.",
-            ) from None
-        except TimedOut:
-            raise HTTPException(
-                504,
-                f"The image was not done within the {limits.timeout_s:g} s timeout (the server "
-                "was slower than it estimated); its work was stopped. Retry in a moment.",
-            ) from None
         except ClientGone:
             return _gone()
         async with codec:
             content = await asyncio.to_thread(encode, ready, rgb, prediction, fmt, overlay)
-        timings = {"scale": round(scale, 6), "seconds": round(seconds, 4)}
-        if isinstance(content, bytes):
-            headers = {"X-Sanet-Scale": str(timings["scale"]), "X-Sanet-Seconds": str(seconds)}
-            if prediction.unsure is not None:
-                headers["X-Sanet-Unsure-Share"] = str(share(prediction.unsure))
-            return Response(content, media_type="image/png", headers=headers)
-        timings["queue_seconds"] = round(started - admitted, 4)
-        return JSONResponse({**content, **timings})
+        scale = max(small) / max(h, w)
+        return _answer(content, prediction, scale, seconds, started - admitted)
 
-    return app
+
+async def _through_gate(
+    gate: InferenceGate,
+    request: Request,
+    ready: Predictor,
+    rgb: Any,
+    small: tuple[int, int],
+    side: int | None,
+    unsure: bool,
+) -> tuple[Any, float, float]:
+    """Predict ``rgb`` in the gate: ``(prediction, start, seconds)``; the gate's refusals as
+    HTTP errors (503 busy, 413 too slow alone, 504 timed out); :class:`ClientGone` passes."""
+    limits = gate.limits
+    try:
+        return await gate.submit(
+            window_count(*small, ready.protocol),
+            _timed(predict),
+            ready,
+            rgb,
+            side,
+            unsure,
+            disconnected=request.is_disconnected,
+        )
+    except Busy as err:
+        raise HTTPException(
+            503,
+            f"The server is busy: {err.reason}. Retry in {err.retry_after} s.",
+            headers={"Retry-After": str(err.retry_after)},
+        ) from None
+    except TooSlow as err:
+        h, w = rgb.shape[:2]
+        raise HTTPException(
+            413,
+            f"This {w}×{h} image would take about {err.seconds:.0f} s on this server, more "
+            f"than its {limits.timeout_s:g} s timeout allows. Send a smaller image, or start "
+            "the server with a smaller --max-side or a longer --timeout.",
+        ) from None
+    except TimedOut:
+        raise HTTPException(
+            504,
+            f"The image was not done within the {limits.timeout_s:g} s timeout (the server "
+            "was slower than it estimated); its work was stopped. Retry in a moment.",
+        ) from None
+
+
+def _answer(
+    content: Any, prediction: Any, scale: float, seconds: float, queue_seconds: float
+) -> Response:
+    """The PNG (timings in headers) or the JSON answer (timings in the body)."""
+    timings = {"scale": round(scale, 6), "seconds": round(seconds, 4)}
+    if isinstance(content, bytes):
+        headers = {"X-Sanet-Scale": str(timings["scale"]), "X-Sanet-Seconds": str(seconds)}
+        if prediction.unsure is not None:
+            headers["X-Sanet-Unsure-Share"] = str(share(prediction.unsure))
+        return Response(content, media_type="image/png", headers=headers)
+    timings["queue_seconds"] = round(queue_seconds, 4)
+    return JSONResponse({**content, **timings})
 
 
 def _timed(fn: Callable[..., Any]) -> Callable[..., tuple[Any, float, float]]:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 from sanet.inference.protocol import Cancelled
 
 T = TypeVar("T")
@@ -76,16 +76,16 @@ class ServeLimits:
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_concurrent", "retry_after_s"):
             if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
+                raise UsageError(f"{arg(name)} must be ≥ 1, got {getattr(self, name)}.")
         if self.max_queue < 0 or self.timeout_s <= 0 or self.upload_timeout_s <= 0:
             raise UsageError(
-                "max_queue must be ≥ 0, timeout_s and upload_timeout_s > 0; got "
+                f"{arg('max_queue')} must be ≥ 0, timeout_s and upload_timeout_s > 0; got "
                 f"{self.max_queue}, {self.timeout_s}, {self.upload_timeout_s}."
             )
         if self.max_side is not None and self.max_side != 0 and self.max_side < 32:
             raise UsageError(
-                f"max_side must be 0 (native size) or ≥ 32 (the models' minimum input), got "
-                f"{self.max_side}."
+                f"{arg('max_side')} must be 0 (native size) or ≥ 32 (the models' minimum input), "
+                f"got {self.max_side}."
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """What ``sanet serve`` checks before it says "Serving on": each problem that would make every
-request fail is refused at start-up as a ``ValueError`` (one line and exit 2 in the CLI).
+request fail is refused at start-up as a ``UsageError`` (one line and exit 2 in the CLI).
 
 - :func:`check_dependencies` — the ``[serve]`` extra is installed.
 - :func:`bind_socket` — the port is valid and free and the host is this machine's, checked by
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 from sanet.inference.onnx_backend import OnnxModel
 from sanet.inference.predictor import Predictor
 
@@ -35,7 +35,7 @@ CHECK_SIZE = (65, 97)  # odd: where a model that only works at its export size f
 
 
 def check_dependencies() -> None:
-    """Raise ``ValueError`` naming the missing packages of the ``[serve]`` extra."""
+    """Raise ``UsageError`` naming the missing packages of the ``[serve]`` extra."""
     missing = []
     for module, package in SERVE_DEPENDENCIES.items():
         try:
@@ -52,16 +52,18 @@ def check_dependencies() -> None:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: any free port), or ``ValueError`` saying
+    """A listening TCP socket on ``host:port`` (port 0: any free port), or ``UsageError`` saying
     why not: a port out of range, a port in use, a privileged port, an unknown host."""
     if not 0 <= port <= 65535:
-        raise UsageError(f"--port must be between 1 and 65535, got {port}. Try --port 8000.")
+        raise UsageError(
+            f"{arg('port')} must be between 1 and 65535, got {port}. Try {arg('port', 8000)}."
+        )
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         raise UsageError(
-            f"--host {host!r} is not an address or name this machine can listen on ({err}). "
-            "Use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
+            f"{arg('host')} {host!r} is not an address or name this machine can listen on "
+            f"({err}). Use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
         ) from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
@@ -98,16 +100,17 @@ def _bind_error(host: str, port: int, err: OSError) -> str:
     if err.errno == errno.EADDRINUSE:
         return (
             f"Port {port} on {host} is already in use (another server, or an earlier sanet "
-            "serve still running). Stop it, or choose another --port."
+            f"serve still running). Stop it, or choose another {arg('port')}."
         )
     if err.errno == errno.EACCES:
         return (
-            f"Port {port} needs administrator rights on this system; choose --port 1024 or above."
+            f"Port {port} needs administrator rights on this system; choose {arg('port', 1024)} "
+            "or above."
         )
     if err.errno == errno.EADDRNOTAVAIL:
         return (
-            f"--host {host} is not an address of this machine. Use 127.0.0.1 (this machine only) "
-            "or 0.0.0.0 (every interface)."
+            f"{arg('host', host)} is not an address of this machine. Use 127.0.0.1 (this machine "
+            "only) or 0.0.0.0 (every interface)."
         )
     return f"Cannot listen on {host}:{port}: {err.strerror or err}."
 
@@ -142,7 +145,7 @@ def check_model(predictor: Predictor, side: int | None = None) -> float:
         seconds of one forward window at ``side`` (the gate's first estimate).
 
     Raises:
-        ValueError: what the model is instead, and what ``sanet serve`` expects.
+        UsageError: what the model is instead, and what ``sanet serve`` expects.
     """
     model = predictor.model
     expected = (

@@ -80,7 +80,7 @@ def predict(
     mask, confidence = predictor.predict_with_confidence(
         rgb, max_side=side, should_stop=should_stop
     )
-    unsure = None if calibration.threshold is None else confidence < calibration.threshold
+    unsure = None if calibration.threshold is None else predictor.unsure_pixels(confidence)
     if mark_unsure and unsure is not None:
         mask = np.where(unsure, IGNORE_INDEX, mask)
     return Prediction(_compact(mask), confidence, unsure)

@@ -185,8 +185,8 @@ def train_step(
     amp: str = "none",
 ) -> StepResult:
     """One optimiser step over ``micro_batches`` (gradient accumulation), skipped when the loss
-    or a gradient is NaN/inf (SPEC §5: never train on NaN); no host sync with a fused optimiser
-    (:func:`make_sgd`): the caller reads ``finite`` at its next sync.
+    or a gradient is NaN/inf (never train on NaN: docs/reliability.md, r11); no host sync with a
+    fused optimiser (:func:`make_sgd`): the caller reads ``finite`` at its next sync.
 
     A skipped step leaves the model exactly as it was: the BatchNorm statistics that its forward
     passes updated are put back too (a NaN image would otherwise poison them for evaluation).

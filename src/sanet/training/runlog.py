@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 class TrainerCallbacks:
     """What a run tells whoever shows it. The trainer calls these on rank 0 only; each does
-    nothing here: library code only logs, and the CLI passes a view that draws a progress bar
-    and the validation tables (``sanet.cli.views.TrainingView``)."""
+    nothing here: library code only logs, and ``progress=True`` passes a view that draws a
+    progress bar and the validation tables (``sanet.training.progress.TrainingView``)."""
 
     def fit_start(self, total_steps: int, done_steps: int) -> None:
         """Training (re)starts with ``done_steps`` of ``total_steps`` already taken."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from sanet.config import override_hint
 from sanet.devices import resolve_device
 from sanet.errors import UsageError
 
@@ -134,7 +135,7 @@ def set_threads(threads: int) -> int:
     if threads < 0:
         raise UsageError(
             f"train.threads must be ≥ 0 (0: torch's default), got {threads}. "
-            "Set it to the number of cores to use, e.g. --set train.threads=2."
+            f"Set it to the number of cores to use, e.g. {override_hint('train.threads=2')}."
         )
     if threads:
         torch.set_num_threads(threads)

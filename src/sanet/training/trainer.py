@@ -29,7 +29,12 @@ from sanet.models.registry import build_model, load_model
 from sanet.rundir import RunDir
 from sanet.training import engine
 from sanet.training.loaders import build_data, make_loaders
-from sanet.training.resume import read_resume_checkpoint, remove_interrupted_writes
+from sanet.training.resume import (
+    how_to_resume,
+    read_resume_checkpoint,
+    refuse_started_run,
+    remove_interrupted_writes,
+)
 from sanet.training.runlog import RunLog, TrainerCallbacks
 from sanet.training.runtime import (
     StopFlag,
@@ -55,7 +60,11 @@ class RunState:
 
 
 class Trainer:
-    """Builds everything a run needs from ``cfg`` and trains it (``fit``)."""
+    """Builds everything a run needs from ``cfg`` and trains it (``fit``).
+
+    A ``run_dir`` that holds a run (``checkpoints/last.pt``) is continued with ``resume=True``
+    and otherwise refused (:class:`~sanet.errors.OutputExistsError`): nothing of it is touched.
+    """
 
     def __init__(
         self,
@@ -65,6 +74,8 @@ class Trainer:
         callbacks: TrainerCallbacks | None = None,
     ) -> None:
         self.cfg, self.run = cfg, RunDir(run_dir)
+        if not resume:  # a fresh start here would cut that run's metrics.jsonl
+            refuse_started_run(self.run, "choose another run directory")
         self.callbacks = callbacks or TrainerCallbacks()
         self.run_dir = self.run.root
         t = cfg.train
@@ -231,7 +242,7 @@ class Trainer:
         step = self.state.global_step
         return TrainingInterrupted(
             f"Stopped by {signal} after step {step}; saved {saved}. "
-            f"Resume with: {self.run.resume_command()}",
+            f"Resume with: {how_to_resume(self.run)}",
             signal,
             step,
         )

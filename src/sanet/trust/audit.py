@@ -1,5 +1,5 @@
-"""Where labels are probably wrong (``sanet audit-labels``) and which unlabelled images are worth
-annotating next (``sanet rank``), from a model's (calibrated) probabilities (docs/trust.md).
+"""Where labels are probably wrong (``sanet.audit_labels``) and which unlabelled images are worth
+annotating next (``sanet.rank``), from a model's (calibrated) probabilities (docs/trust.md).
 
 **Audit.** A pixel is *evidence against its label* when it is labelled (not 255), the model's
 arg-max differs from the label and the model is confident the label is wrong: it gives the label
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 from sanet.inference.confidence import label_stats, protocol_views
 from sanet.inference.predictor import image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol, predict_proba
@@ -57,9 +57,11 @@ class AuditSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.confidence < 1:
-            raise UsageError(f"--confidence must lie between 0 and 1, got {self.confidence}.")
+            raise UsageError(
+                f"{arg('confidence')} must lie between 0 and 1, got {self.confidence}."
+            )
         if not 0 <= self.min_region < 1:
-            raise UsageError(f"--min-region must lie in [0, 1), got {self.min_region}.")
+            raise UsageError(f"{arg('min_region')} must lie in [0, 1), got {self.min_region}.")
 
 
 def background_class(class_names: Sequence[str]) -> int | None:

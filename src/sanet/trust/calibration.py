@@ -1,4 +1,4 @@
-"""Fitting a calibration (``sanet calibrate``): temperature scaling by NLL, the top-label ECE
+"""Fitting a calibration (``sanet.calibrate``, ``sanet calibrate``): temperature scaling by NLL, the top-label ECE
 with its reliability bins, and the confidence threshold of conformal risk control.
 
 Definitions (docs/trust.md):
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 from sanet.inference.confidence import (
     ASSUMPTION,
     label_stats,
@@ -176,12 +176,14 @@ def check_risk_alpha(alpha: float, images: int) -> None:
     """Refuse an α outside (0, 1) or one that ``images`` calibration images cannot reach
     (the adjusted risk is at least ``1/(n+1)``)."""
     if not 0 < alpha < 1:
-        raise UsageError(f"--risk must lie between 0 and 1 (e.g. 0.05), got {alpha}.")
+        raise UsageError(
+            f"{arg('risk')} must lie between 0 and 1 (e.g. {arg('risk', 0.05)}), got {alpha}."
+        )
     if 1 / (images + 1) > alpha:
         need = math.ceil(1 / alpha) - 1
         raise UsageError(
-            f"--risk {alpha} needs at least {need} calibration images (the guarantee costs "
-            f"1/(n+1)); the split has {images}. Use a larger --risk or more images."
+            f"{arg('risk', alpha)} needs at least {need} calibration images (the guarantee "
+            f"costs 1/(n+1)); the split has {images}. Use a larger {arg('risk')} or more images."
         )
 
 
@@ -189,7 +191,7 @@ def fit_subset(indices: Sequence[int], fit_images: int) -> list[int]:
     """At most ``fit_images`` of ``indices``, evenly spaced: the images the temperature is
     fitted on."""
     if fit_images < 1:
-        raise UsageError(f"--fit-images must be at least 1, got {fit_images}.")
+        raise UsageError(f"{arg('fit_images')} must be at least 1, got {fit_images}.")
     return list(indices)[:: max(1, math.ceil(len(indices) / fit_images))]
 
 
@@ -225,6 +227,36 @@ def fit_calibration(
         check_risk_alpha(alpha, len(indices))
     model = model.to(device).eval()
     fit = fit_subset(indices, fit_images)
+    mean_nll = _fit_pass(model, dataset, fit, protocol, device, on_image)
+    temperature = fit_temperature(TEMPERATURE_GRID, mean_nll)
+    names = list(class_names)
+    result = _measure(model, dataset, indices, len(names), protocol, temperature, device, on_image)
+    record = _record(temperature, result, names, len(indices), protocol)
+    record["fit"] = {
+        "images": len(fit),
+        "temperatures": list(TEMPERATURE_GRID),
+        "nll": mean_nll.tolist(),
+    }
+    record["reliability"] = {
+        "bin_edges": np.linspace(0, 1, N_BINS + 1).tolist(),
+        "before": result["before"].table(),
+        "after": result["after"].table(),
+    }
+    if alpha is not None:
+        record["risk"] = _risk(np.stack(result["losses"]), alpha, result["sure"])
+    return record
+
+
+def _fit_pass(
+    model: nn.Module,
+    dataset: Any,
+    fit: list[int],
+    protocol: EvalProtocol,
+    device: str | torch.device,
+    on_image: Callable[[str], None] | None,
+) -> np.ndarray:
+    """First pass: the mean NLL over the labelled pixels of the ``fit`` images at every
+    temperature of :data:`TEMPERATURE_GRID` (one set of forwards per image)."""
     nll_grid, fit_pixels = np.zeros(len(TEMPERATURE_GRID)), 0
     for i in fit:
         x, y = _sample(dataset, i, device)
@@ -235,35 +267,31 @@ def fit_calibration(
             on_image("fit")
     if fit_pixels == 0:
         raise UsageError("The calibration images hold no labelled pixel (every mask is 255).")
-    temperature = fit_temperature(TEMPERATURE_GRID, nll_grid / fit_pixels)
-    names = list(class_names)
-    result = _measure(model, dataset, indices, len(names), protocol, temperature, device, on_image)
-    record: dict[str, Any] = {
+    return nll_grid / fit_pixels
+
+
+def _record(
+    temperature: float,
+    result: dict[str, Any],
+    names: list[str],
+    images: int,
+    protocol: EvalProtocol,
+) -> dict[str, Any]:
+    """The measured part of the record: temperature, ECE and NLL before and after."""
+    pixels = max(result["pixels"], 1)
+    return {
         "temperature": temperature,
         "bins": N_BINS,
         "ece_before": result["before"].ece(),
         "ece_after": result["after"].ece(),
-        "nll_before": result["nll"][0] / max(result["pixels"], 1),
-        "nll_after": result["nll"][1] / max(result["pixels"], 1),
+        "nll_before": result["nll"][0] / pixels,
+        "nll_after": result["nll"][1] / pixels,
         "per_class_ece": dict(zip(names, result["after"].per_class(), strict=True)),
         "per_class_ece_before": dict(zip(names, result["before"].per_class(), strict=True)),
-        "images": len(indices),
+        "images": images,
         "labelled_pixels": result["pixels"],
         "protocol": protocol_settings(protocol),
-        "fit": {
-            "images": len(fit),
-            "temperatures": list(TEMPERATURE_GRID),
-            "nll": (nll_grid / fit_pixels).tolist(),
-        },
-        "reliability": {
-            "bin_edges": np.linspace(0, 1, N_BINS + 1).tolist(),
-            "before": result["before"].table(),
-            "after": result["after"].table(),
-        },
     }
-    if alpha is not None:
-        record["risk"] = _risk(np.stack(result["losses"]), alpha, result["sure"])
-    return record
 
 
 def _sample(
@@ -333,9 +361,9 @@ def _risk(losses: np.ndarray, alpha: float, sure: np.ndarray) -> dict[str, Any]:
     threshold, adjusted = conformal_threshold(losses, alpha)
     if threshold is None:
         raise UsageError(
-            f"No confidence threshold keeps the sure-and-wrong share at --risk {alpha} on these "
-            f"{len(losses)} images: the smallest reachable is {adjusted.min():.4g}. Use a larger "
-            "--risk, more images, or a better model."
+            f"No confidence threshold keeps the sure-and-wrong share at {arg('risk', alpha)} on "
+            f"these {len(losses)} images: the smallest reachable is {adjusted.min():.4g}. Use a "
+            f"larger {arg('risk')}, more images, or a better model."
         )
     j = int(np.searchsorted(THRESHOLDS, threshold))
     return {

@@ -1,9 +1,9 @@
-"""The paper's figures (SPEC §2.6): Fig. 5 panels, Fig. 6 SA attention maps, Fig. 4 α/β heatmap,
+"""The paper's figures: Fig. 5 panels, Fig. 6 SA attention maps, Fig. 4 α/β heatmap,
 the Table 3 comparison plot, and the input / ground truth / prediction panel of a run.
 
 Functions here compute what a figure shows and draw it with matplotlib (Agg) into a PNG;
-the ``sanet figure5`` / ``sanet explain`` / ``sanet sweep`` commands are thin wrappers (the
-training side of the Fig. 4 sweep is ``sanet.experiments.sweep``).
+``sanet.api.figures`` (``sanet figure5`` / ``sanet explain``) and ``sanet sweep`` are thin
+wrappers (the training side of the Fig. 4 sweep is ``sanet.experiments.sweep``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 from sanet.viz.visualize import colorize, pyplot, save_figure, to_rgb_array
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,10 @@ def attention_maps(
     H, W = image.shape[-2:]
     px, py = point_xy
     if not (0 <= px < W and 0 <= py < H):
-        raise UsageError(f"--point {px},{py} lies outside the {W}×{H} image (X < {W}, Y < {H}).")
+        raise UsageError(
+            f"The {arg('point')} X={px}, Y={py} lies outside the {W}×{H} image (X < {W}, "
+            f"Y < {H}); give a pixel column,row inside it."
+        )
     parts = model.attention_parts(image[None])  # per stage: (attn, main), each (1, C_i/4, h, w)
     maps: dict[tuple[int, str], np.ndarray] = {}
     for head in heads:

@@ -1,4 +1,4 @@
-"""Pictures people look at (SPEC §5): palettes, index PNGs, overlays, metric plots.
+"""Pictures people look at: palettes, index PNGs, overlays, metric plots.
 
 All plotting uses matplotlib's Agg backend (no display needed) and writes PNGs atomically.
 Masks are ``(H, W)`` integer arrays of class ids with 255 for "ignore"/"unlabelled".

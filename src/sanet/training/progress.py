@@ -1,5 +1,6 @@
-"""What the commands show while a run trains: a progress bar with the loss, LR and speed, and
-the per-class table of each validation (the trainer itself only logs: TrainerCallbacks)."""
+"""What ``progress=True`` shows while a run trains: a progress bar with the loss, LR and speed,
+and the per-class table of each validation (the trainer itself only logs and reports to
+:class:`~sanet.training.runlog.TrainerCallbacks`; this is the view that draws them)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sanet.training.runlog import TrainerCallbacks
 
 class TrainingView(TrainerCallbacks):
     """A ``rich`` progress bar over the run's steps (stdout) and a table per validation (stderr,
-    beside the logs)."""
+    beside the logs). One view can show several runs in turn (``sanet.compare``, the sweep)."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -48,3 +49,8 @@ class TrainingView(TrainerCallbacks):
 
     def fit_end(self) -> None:
         self.bar.stop()
+
+
+def training_view(progress: bool) -> TrainerCallbacks:
+    """The view of ``progress=``: a :class:`TrainingView`, or callbacks that show nothing."""
+    return TrainingView() if progress else TrainerCallbacks()

@@ -1,0 +1,364 @@
+"""``sanet.audit_labels``: where a dataset's labels are probably wrong, scored by a trained model
+or out of fold by models trained on the other folds (``sanet audit-labels``); and
+``sanet.rank``: which unlabelled images are worth annotating next (``sanet rank``).
+Definitions: docs/trust.md."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sanet._files import atomic_write_text, ensure_new_file, ensure_writable_dir, refuse_existing
+from sanet.api.common import (
+    ProtocolArg,
+    check_classes,
+    data_name,
+    device_of,
+    expand_inputs,
+    open_dataset,
+    protocol_of,
+)
+from sanet.config import resolve_recipe
+from sanet.data import SegmentationDataset
+from sanet.errors import DataError, UsageError, arg
+from sanet.experiments.folds import kfold_audit
+from sanet.inference import predictor as inference_predictor
+from sanet.inference.confidence import read_calibration
+from sanet.progress import progress_bar
+from sanet.training.progress import training_view
+from sanet.trust.audit import AuditSettings, audit_split, rank_scores, sort_report
+from sanet.trust.plots import SuspectRow, plot_suspects
+
+logger = logging.getLogger(__name__)
+
+AUDIT_OUTPUTS = ("label_audit.json", "suspects.png")  # in ``out``
+RANK_FIELDS = ("rank", "image", "score", "mean_entropy", "flip_disagreement")  # the CSV's columns
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit_labels` found and wrote.
+
+    Attributes:
+        audit: the ``label_audit.json`` content: ``images`` (most suspicious first, each with
+            its ``score`` and ``regions``), the data, split, settings, protocol and temperature
+            (with a recipe: the folds and their runs).
+        report: ``label_audit.json``.
+        suspects: ``suspects.png`` (the ``top`` images).
+    """
+
+    audit: dict[str, Any] = field(repr=False)
+    report: Path
+    suspects: Path
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        """One entry per image, most suspicious first."""
+        return self.audit["images"]
+
+
+def audit_labels(
+    data: str | SegmentationDataset,
+    *,
+    checkpoint: str | Path | None = None,
+    recipe: str | Path | None = None,
+    folds: int | None = None,
+    split: str | None = None,
+    out: str | Path,
+    top: int = 8,
+    confidence: float = 0.9,
+    min_region: float = 0.002,
+    overrides: Sequence[str] = (),
+    protocol: ProtocolArg = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> AuditResult:
+    """Score every image of a split against its label (docs/trust.md, "Label audit"): with
+    ``checkpoint`` one trained model scores ``split`` (default ``"val"``: one it was not trained
+    on); with ``recipe`` and ``folds`` ``K`` models, each trained on ``K − 1`` folds of
+    ``split`` (default ``"train"``), score the fold they did not see (runs in
+    ``out/runs/fold<f>/``: finished ones reused, interrupted ones resumed).
+
+    Args:
+        data: ``"KIND:ROOT"`` (e.g. ``"folder:data/mine"``), or with ``checkpoint`` a dataset.
+        checkpoint: a run directory, ``.pt``, ``save_pretrained`` folder or ``.onnx`` file.
+        recipe: a YAML recipe or an embedded one by name (e.g. ``"demo"``).
+        folds: ``K`` (at least 2), with ``recipe``.
+        out: where ``label_audit.json`` and ``suspects.png`` go.
+        top: images shown in ``suspects.png``.
+        confidence: evidence where the model gives the label at most ``1 − confidence``.
+        min_region: least region, as a share of the image (and at least 16 px).
+        overrides: with ``recipe``: ``section.key=value`` overrides for every fold's run.
+        protocol: with ``checkpoint``: ``None`` (the run's own), ``"paper"``, ``"single"`` or
+            an ``EvalProtocol`` (fold models: the recipe's validation protocol).
+        overwrite: replace ``label_audit.json`` and ``suspects.png`` (default: refuse).
+
+    Returns:
+        an :class:`AuditResult`.
+    """
+    _check_arguments(checkpoint, recipe, folds, overrides, protocol, device, top)
+    settings = AuditSettings(confidence, min_region)
+    out = ensure_writable_dir(out, arg("out"))
+    refuse_existing([out / name for name in AUDIT_OUTPUTS], arg("out"), overwrite)
+    if checkpoint is not None:
+        args = (data, checkpoint, split or "val", protocol, device, settings, top, progress)
+        entries, suspects, dataset, info = _audit_checkpoint(*args)
+    else:
+        args = (data, recipe, folds, split or "train", out, overrides, settings, top)
+        entries, suspects, dataset, info = _audit_folds(*args, progress)
+    ranked = sort_report(entries)
+    audit = {"images": ranked, "data": data_name(data), "split": info.pop("split"), **info}
+    audit["settings"] = {"confidence": settings.confidence, "min_region": settings.min_region}
+    report, picture = (out / name for name in AUDIT_OUTPUTS)
+    atomic_write_text(report, json.dumps(audit, indent=1) + "\n")
+    _plot_suspects(dataset, suspects, ranked, picture)
+    return AuditResult(audit, report, picture)
+
+
+def _check_arguments(
+    checkpoint: Any,
+    recipe: Any,
+    folds: Any,
+    overrides: Sequence[str],
+    protocol: Any,
+    device: Any,
+    top: int,
+) -> None:
+    """One of the two modes, with only its own arguments; ``top`` not negative."""
+    if (checkpoint is None) == (recipe is None):
+        raise UsageError(
+            f"The label audit needs either {arg('checkpoint')} (score with a trained model) or "
+            f"a {arg('recipe')} with {arg('folds')} (train K models, score out of fold), not "
+            "both or neither."
+        )
+    if recipe is not None and folds is None:
+        raise UsageError(
+            f"A recipe ({recipe}) needs {arg('folds')}, the number of folds (e.g. "
+            f"{arg('folds', 5)})."
+        )
+    if checkpoint is not None and (folds is not None or overrides):
+        raise UsageError(
+            f"{arg('folds')} and {arg('overrides')} go with a {arg('recipe')}; with "
+            f"{arg('checkpoint')} drop them."
+        )
+    if recipe is not None and (protocol is not None or device is not None):
+        given = arg("protocol") if protocol is not None else arg("device")
+        raise UsageError(
+            f"{given} goes with {arg('checkpoint')}; the fold models are scored with the "
+            f"recipe's validation protocol on its train.device (set them with {arg('overrides')})."
+        )
+    if top < 0:
+        raise UsageError(f"{arg('top')} must be 0 or more, got {top}.")
+
+
+def _audit_checkpoint(
+    data: str | SegmentationDataset,
+    checkpoint: str | Path,
+    split: str,
+    protocol: ProtocolArg,
+    device: str | None,
+    settings: AuditSettings,
+    top: int,
+    progress: bool,
+) -> tuple:
+    """Score ``split`` with the model of ``checkpoint`` (calibrated, when it is)."""
+    device = device_of(device)
+    chosen = protocol_of(checkpoint, protocol, device)
+    dataset = open_dataset(data, split)
+    if len(dataset) == 0:
+        raise UsageError(f"{data_name(data)} split {split!r} has no images to audit.")
+    model, meta = inference_predictor.open_model(checkpoint, device)
+    check_classes(model, dataset, checkpoint)
+    calibration = read_calibration(meta)
+    temperature = calibration.temperature if calibration else 1.0
+    with progress_bar(unit="img", enabled=progress) as bar:
+        task = bar.add_task(f"audit {split}", total=len(dataset))
+        entries, suspects = audit_split(
+            model,
+            dataset,
+            dataset.class_names,
+            chosen,
+            temperature=temperature,
+            settings=settings,
+            device=device,
+            keep=top,
+            on_image=lambda: bar.advance(task),
+        )
+    info = {"split": split, "checkpoint": str(checkpoint), "temperature": temperature}
+    return entries, suspects, dataset, info | {"protocol": chosen.to_dict()}
+
+
+def _audit_folds(
+    data: str | SegmentationDataset,
+    recipe: str | Path,
+    folds: int,
+    split: str,
+    out: Path,
+    overrides: Sequence[str],
+    settings: AuditSettings,
+    top: int,
+    progress: bool,
+) -> tuple:
+    """Train (or reuse) the fold models and score every image out of fold."""
+    if not isinstance(data, str):
+        raise UsageError(
+            f"With a {arg('recipe')}, {arg('data')} is a 'KIND:ROOT' string (each fold's run "
+            "builds its own dataset from it), not a dataset object."
+        )
+    path = resolve_recipe(recipe)  # a file, or an embedded recipe by name (e.g. "demo")
+    bars = _FoldBars(progress)
+    try:
+        entries, suspects, info, dataset = kfold_audit(
+            path,
+            folds,
+            data,
+            out,
+            split=split,
+            overrides=list(overrides),
+            settings=settings,
+            keep=top,
+            callbacks=training_view(progress),
+            on_fold=bars.fold,
+            on_image=bars.image,
+        )
+    finally:
+        bars.stop()
+    return entries, suspects, dataset, info | {"split": split, "recipe": str(path)}
+
+
+class _FoldBars:
+    """One progress bar per fold's scoring, stopped before the next fold trains (the training
+    shows its own progress through the callbacks)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar, self.task, self.left = enabled, None, None, 0
+
+    def fold(self, fold: int, images: int) -> None:
+        self.bar = progress_bar(unit="img", enabled=self.enabled)
+        self.bar.start()
+        self.task, self.left = self.bar.add_task(f"audit fold {fold}", total=images), images
+
+    def image(self) -> None:
+        self.bar.advance(self.task)
+        self.left -= 1
+        if self.left == 0:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _plot_suspects(dataset: Any, suspects: list, ranked: list[dict], path: Path) -> None:
+    """``suspects.png``: each kept image, its label, the prediction and the regions."""
+    by_index = {e["index"]: e for e in ranked}
+    rows = []
+    for s in suspects:
+        image, mask = dataset[s.index]
+        regions = by_index[s.index]["regions"]
+        what = "; ".join(f"{r['kind']} ({r['label']}→{r['predicted']})" for r in regions[:2])
+        title = f"{Path(by_index[s.index]['image']).name}  score {s.score:.3f}  {what}"
+        rows.append(SuspectRow(image, _numpy(mask), s.prediction, s.disagreement, title))
+    plot_suspects(rows, getattr(dataset, "palette", None), path)
+
+
+def _numpy(mask: Any) -> np.ndarray:
+    return mask.numpy() if hasattr(mask, "numpy") else np.asarray(mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# rank
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RankResult:
+    """What :func:`rank` scored and wrote.
+
+    Attributes:
+        rows: one per image scored, most worth labelling first: ``rank`` (1, 2, ...),
+            ``image``, ``score``, ``mean_entropy``, ``flip_disagreement`` (docs/trust.md).
+        out: the CSV file (the same rows, numbers with 6 decimals).
+        failed: the inputs that could not be read, with the reason (the others are ranked).
+    """
+
+    rows: list[dict[str, Any]]
+    out: Path
+    failed: list[str] = field(default_factory=list)
+
+
+def rank(
+    checkpoint: str | Path,
+    inputs: str | Path | list[str | Path],
+    *,
+    out: str | Path,
+    protocol: ProtocolArg = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> RankResult:
+    """Order unlabelled images by what labelling them would teach the model: the mean entropy
+    of its (calibrated) probabilities and how much it disagrees with itself on the mirror image
+    (docs/trust.md, "rank"). The CSV ``out`` is written atomically.
+
+    Args:
+        checkpoint: a run directory, ``.pt``, ``save_pretrained`` folder or ``.onnx`` file.
+        inputs: image files, folders (their images) or glob patterns.
+        out: the CSV file to write (refused when it exists, unless ``overwrite``).
+        protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``
+            (its flips are replaced by the mirror image scored separately).
+        progress: show a progress bar.
+
+    Returns:
+        a :class:`RankResult`; unreadable inputs are left out and listed in ``failed``.
+    """
+    device = device_of(device)
+    chosen = protocol_of(checkpoint, protocol, device)
+    images = expand_inputs(inputs)
+    out = ensure_new_file(out, arg("out"), overwrite, example="rank.csv")
+    predictor = inference_predictor.Predictor(checkpoint, device=device, protocol=chosen)
+    rows, failed = [], []
+    with progress_bar(unit="img", enabled=progress) as bar:
+        task = bar.add_task("rank", total=len(images))
+        for path in images:
+            scores = _scores(predictor, path, chosen, failed)
+            if scores is not None:
+                rows.append({"image": str(path), **scores})
+            bar.advance(task)
+    rows.sort(key=lambda r: -r["score"])
+    rows = [{"rank": k, **row} for k, row in enumerate(rows, 1)]
+    atomic_write_text(out, _csv(rows))
+    return RankResult(rows, out, failed)
+
+
+def _scores(
+    predictor: Any, path: Path, protocol: Any, failed: list[str]
+) -> dict[str, float] | None:
+    """``rank_scores`` of one image file, or ``None`` (and the reason in ``failed``)."""
+    try:
+        rgb = inference_predictor.load_rgb(path)
+    except (DataError, FileNotFoundError) as err:
+        failed.append(f"{path}: {getattr(err, 'problem', None) or err}")
+        return None
+    model, temperature = predictor.model, predictor.temperature
+    return rank_scores(model, rgb, protocol, temperature=temperature, device=predictor.device)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(RANK_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {f: f"{row[f]:.6f}" if isinstance(row[f], float) else row[f] for f in RANK_FIELDS}
+        )
+    return text.getvalue()

@@ -1,0 +1,87 @@
+"""Where a calibration is kept: the ``save_pretrained`` folder it belongs to, and the compact
+record written into that folder's ``config.json`` (docs/trust.md, "Store").
+
+``sanet.calibrate`` writes the whole record to ``calibration.json``; the model keeps only
+:data:`STORED_KEYS` under ``metadata["calibration"]`` (the bulky tables stay in the report).
+What a :class:`~sanet.inference.Predictor` reads back is
+:func:`sanet.inference.confidence.read_calibration`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sanet._files import atomic_write_text
+from sanet.errors import NotFoundError, UsageError, arg, speaks_cli
+from sanet.inference.confidence import CALIBRATION_KEY
+from sanet.models.card import write_model_card
+from sanet.models.segmentation import CONFIG_NAME, read_pretrained_config
+from sanet.rundir import RunDir
+
+#: What a stored calibration keeps, the one list of it (the bulky tables stay in
+#: calibration.json); ``risk`` only when a risk level was given.
+STORED_KEYS = (
+    "temperature",
+    "bins",
+    "ece_before",
+    "ece_after",
+    "nll_before",
+    "nll_after",
+    "images",
+    "protocol",
+    "data",
+    "split",
+    "risk",
+)
+
+
+def pretrained_folder(checkpoint: str | Path) -> Path:
+    """The ``save_pretrained`` folder a calibration of ``checkpoint`` is stored in: the folder
+    itself, or a run directory's ``model/``.
+
+    Raises:
+        UsageError: ``checkpoint`` is a ``.pt`` or ``.onnx`` file, or holds no saved model.
+        NotFoundError: ``checkpoint`` does not exist.
+    """
+    path = Path(checkpoint)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        return path
+    if path.is_dir() and (RunDir(path).model / CONFIG_NAME).is_file():
+        return RunDir(path).model
+    export = "`sanet export`" if speaks_cli() else "sanet.export"
+    if path.suffix.lower() in (".pt", ".onnx") and path.is_file():
+        raise UsageError(
+            f"{arg('checkpoint')} {str(path)!r} is a {path.suffix} file: a calibration is stored "
+            "with a save_pretrained folder. Pass the run directory or its model/ folder (export "
+            f"the calibrated model with {export} afterwards)."
+        )
+    if not path.exists():
+        raise NotFoundError(f"Checkpoint {str(path)!r} does not exist.")
+    raise UsageError(
+        f"{str(path)!r} holds no save_pretrained model (config.json + model.safetensors): pass "
+        f"as {arg('checkpoint')} a run directory with a model/ folder or a save_pretrained folder."
+    )
+
+
+def stored_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a calibration record the model keeps (:data:`STORED_KEYS`)."""
+    return {key: record[key] for key in STORED_KEYS if key in record}
+
+
+def store_calibration(folder: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write the :data:`STORED_KEYS` of ``record`` into ``folder/config.json``'s metadata
+    (atomically) and render the model card again; returns the ``config.json`` path. The weights
+    are not touched.
+
+    Training that saves new weights into the folder rewrites ``config.json`` without it: a
+    calibration belongs to the weights it was fitted on.
+    """
+    config = read_pretrained_config(folder)
+    config.setdefault("metadata", {})[CALIBRATION_KEY] = stored_record(record)
+    path = Path(folder) / CONFIG_NAME
+    atomic_write_text(path, json.dumps(config, indent=2) + "\n")
+    write_model_card(folder, config)  # the folder's README.md shows the calibration too
+    return path
