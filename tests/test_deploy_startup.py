@@ -147,7 +147,12 @@ def test_bad_ports_and_hosts_are_one_line(tiny_checkpoint, capsys, monkeypatch, 
 @pytest.mark.reliability("r48")
 @pytest.mark.parametrize(
     "module,package",
-    [("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")],
+    [
+        ("fastapi", "fastapi"),
+        ("uvicorn", "uvicorn"),
+        ("multipart", "python-multipart"),
+        ("prometheus_client", "prometheus-client"),
+    ],
 )
 def test_a_missing_dependency_is_one_line(tiny_checkpoint, capsys, monkeypatch, module, package):
     real = importlib.util.find_spec

@@ -246,7 +246,7 @@ class DriftMonitor:
                 images = f"{reference.images} image" + ("s" if reference.images != 1 else "")
                 self.reason = (
                     f"a reference of {images} is too small to tell a window of {self.window} "
-                    f"requests apart at a {self.false_alarm:.0%} false-alarm rate"
+                    f"requests apart at a {100 * self.false_alarm:g} % false-alarm rate"
                 )
         self._state = self._compute()
 
@@ -264,7 +264,7 @@ class DriftMonitor:
         assert self.reference is not None
         return (
             f"drift: the last {self.window} requests against {self.reference.images} "
-            f"calibration images (KS threshold {self.threshold:.3f}, {self.false_alarm:.0%} "
+            f"calibration images (KS threshold {self.threshold:.3f}, {100 * self.false_alarm:g} % "
             "false alarms)"
         )
 
@@ -328,7 +328,7 @@ class DriftMonitor:
             f"{statistic:.3f} ({feature_words(worst)}: mean {row['window_mean']:.4g} over the "
             f"last {m} requests, {row['reference_mean']:.4g} over the {n} calibration images), "
             f"is {'at or above' if drifting else 'below'} the threshold {threshold:.3f} "
-            f"(a {self.false_alarm:.0%} false-alarm rate per window)."
+            f"(a {100 * self.false_alarm:g} % false-alarm rate per window)."
         )
         return {
             "status": "drifting" if drifting else "in distribution",

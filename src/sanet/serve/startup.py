@@ -31,7 +31,12 @@ from sanet.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 #: ``import name`` → ``pip`` name of what ``sanet serve`` needs besides sanet itself.
-SERVE_DEPENDENCIES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
+SERVE_DEPENDENCIES = {
+    "fastapi": "fastapi",
+    "uvicorn": "uvicorn",
+    "multipart": "python-multipart",
+    "prometheus_client": "prometheus-client",  # /metrics
+}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CHECK_SIZE = (65, 97)  # odd: where a model that only works at its export size fails
 
