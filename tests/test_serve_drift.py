@@ -302,3 +302,25 @@ def test_a_model_without_reference_statistics_says_no_reference(record, why) -> 
     assert status == {"no reference": 1, "collecting": 0, "in distribution": 0, "drifting": 0}
     assert "sanet_drift_statistic" not in families
     json.dumps(health)  # plain JSON values
+
+
+def test_a_reference_unsure_share_is_not_compared_without_a_threshold() -> None:
+    """A model served without a risk threshold answers no unsure share: the reference's is
+    left out (not compared with zeros), and ``calibrated=False`` says why there is no drift."""
+    base = calibrated(risk=False)
+    rows = [predict(lambda: False, base, np.zeros((*s, 3), np.uint8), None).stats for s in SIZES]
+    ref = reference_record(
+        [RequestStats(r.mean_confidence, 0.3, r.class_shares, r.pixels) for r in rows * 10]
+    )
+    meta = {"class_names": NAMES, "calibration": {**base.calibration.record, "reference": ref}}
+    with TestClient(
+        create_app(Predictor.from_model(RampModel(), metadata=meta), drift_window=4), base_url=BASE
+    ) as client:
+        for size in SIZES + SIZES[:1]:
+            assert client.post("/v1/segment", files=upload(png_bytes(*size))).status_code == 200
+        drift = client.get("/healthz").json()["drift"]
+    assert drift["status"] == "in distribution" and "unsure_share" not in drift["features"]
+    plain = Predictor.from_model(RampModel(), metadata=meta, calibrated=False)
+    with TestClient(create_app(plain), base_url=BASE) as client:
+        drift = client.get("/healthz").json()["drift"]
+    assert drift["status"] == "no reference" and "calibrated=False" in drift["detail"]

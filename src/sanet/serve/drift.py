@@ -103,9 +103,11 @@ class Reference:
 
 
 def read_reference(
-    record: dict[str, Any] | None, class_names: Sequence[str]
+    record: dict[str, Any] | None, class_names: Sequence[str], *, unsure: bool = True
 ) -> tuple[Reference | None, str]:
-    """The reference in a calibration record, or ``None`` and why there is none."""
+    """The reference in a calibration record, or ``None`` and why there is none. ``unsure``:
+    whether the served model has a risk threshold (without one, requests have no unsure share
+    and the reference's is not compared)."""
     if record is None:
         return None, (
             "the model is not calibrated; `sanet calibrate` stores the reference statistics "
@@ -118,7 +120,10 @@ def read_reference(
             "calibrate it again to store them"
         )
     try:
-        return _parse_reference(ref, class_names), ""
+        reference = _parse_reference(ref, class_names)
+        if not unsure:
+            reference.features.pop("unsure_share", None)
+        return reference, ""
     except (TypeError, ValueError, KeyError, AttributeError) as err:
         return None, f"the stored reference statistics cannot be used ({err})"
 

@@ -46,7 +46,11 @@ class ModelSlot:
         """The drift monitor of ``predictor`` (its calibration's reference), then the model."""
         calibration = predictor.calibration
         names = class_table(predictor)[0]
-        reference, reason = read_reference(calibration and calibration.record, names)
+        record = calibration.record if calibration is not None else None
+        threshold = calibration is not None and calibration.threshold is not None
+        reference, reason = read_reference(record, names, unsure=threshold)
+        if calibration is None and predictor.metadata.get("calibration"):
+            reason = "the model is served without its calibration (calibrated=False)"
         self.drift = DriftMonitor(reference, names, reason=reason, **self._drift_settings)
         self.predictor = predictor
 
