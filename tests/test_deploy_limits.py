@@ -83,7 +83,7 @@ SERVE_FLAGS = [
 INTERNAL = ("timeout_s", "max_pixels", "max_upload_bytes", "max_queue", "drift_", "NaN to")
 
 
-@pytest.mark.reliability("r59")
+@pytest.mark.reliability("r86")
 @pytest.mark.parametrize("flags,words", SERVE_FLAGS)
 def test_serve_flags_out_of_range_are_one_line_naming_the_flag(capsys, monkeypatch, flags, words):
     """Issue 28.9: ``--timeout 0`` was reported with internal field names and

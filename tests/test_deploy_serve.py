@@ -188,7 +188,7 @@ def curl_text_field(value: str) -> dict:
     }
 
 
-@pytest.mark.reliability("r59")
+@pytest.mark.reliability("r86")
 @pytest.mark.parametrize(
     "request_kwargs,words",
     [

@@ -80,7 +80,7 @@ def test_foreign_onnx_is_refused_in_one_line(tmp_path, capsys, kind, words) -> N
     assert words in lines[0] and "sanet export" in lines[0]
 
 
-@pytest.mark.reliability("r58")
+@pytest.mark.reliability("r85")
 @pytest.mark.parametrize("kind,words", FOREIGN)
 def test_predict_refuses_a_foreign_onnx_in_one_line_as_serve_does(tmp_path, capsys, kind, words):
     """Issue 28.5: ``sanet predict`` ended in a 26- or 45-line traceback on files that
@@ -229,7 +229,7 @@ STARTUP = [
 ]
 
 
-@pytest.mark.reliability("r38")
+@pytest.mark.reliability("r87")
 @pytest.mark.parametrize("record,words", STARTUP)
 def test_the_model_description_says_whether_it_is_calibrated(record, words) -> None:
     """Issues 28.8 and 30.7: the start-up line's description of the model: whether it is
@@ -248,7 +248,7 @@ def test_the_model_description_says_whether_it_is_calibrated(record, words) -> N
         assert w in line, line
 
 
-@pytest.mark.reliability("r38")
+@pytest.mark.reliability("r87")
 def test_the_startup_line_of_sanet_serve(tiny_checkpoint, tmp_path, capsys, monkeypatch) -> None:
     """The whole line, from the command: model, backend, calibration, drift, working size."""
     import sanet.serve.app

@@ -280,7 +280,7 @@ NO_REFERENCE = [
 ]
 
 
-@pytest.mark.reliability("r39")
+@pytest.mark.reliability("r88")
 @pytest.mark.parametrize("record,why", NO_REFERENCE)
 def test_a_model_without_reference_statistics_says_no_reference(record, why) -> None:
     """Issue 30's bad input: drift shows "no reference" and why, never a crash; every route
