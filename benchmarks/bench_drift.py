@@ -22,6 +22,12 @@ stream pass before it is flagged. One JSON line per measurement on stdout (and i
    then shifted scenes: how many shifted requests pass until the window is "drifting".
 5. The served app (``create_app`` under FastAPI's test client) is fed pool images and its
    ``/healthz`` compared with the offline monitor: the same statistics reach the same state.
+6. When the run's calibration carries the reference ``sanet calibrate`` stores (its calibration
+   images, the ``val`` split), the false alarms of streams of held-out ``test`` scenes against
+   that one stored reference (as served), and how far the stored per-image statistics are from
+   the server's own of the same images.
+
+``--measures`` picks some of them (``false_alarms,detection,served,stored``).
 """
 
 from __future__ import annotations
@@ -202,6 +208,50 @@ def detection(pool: list[dict], shifted: list[dict], names, args, window: int, n
     }
 
 
+def stored_reference(predictor: Predictor, pool: list[dict], names, args) -> dict | None:
+    """Streams of held-out scenes against the one reference the model stores, if it has one."""
+    record = predictor.calibration.record
+    ref, why = read_reference(record, names)
+    if ref is None:
+        print(f"# no stored reference: {why}", flush=True)
+        return None
+    images = SyntheticDataset("val", num_images=ref.images, size=args.size, seed=0)
+    served = [  # the server's statistics of the first calibration images
+        as_row(predict(lambda: False, predictor, images.read_image(i), args.size).stats)
+        for i in range(min(ref.images, 50))
+    ]
+    stored = record["reference"]["per_image"]
+    gap = max(
+        float(np.max(np.abs(np.subtract(row[k], stored[k][i]))))
+        for i, row in enumerate(served)
+        for k in ("mean_confidence", "unsure_share", "class_shares", "pixels")
+        if stored.get(k) is not None and row[k] is not None
+    )
+    rng = np.random.default_rng(4)
+    flagged = windows = 0
+    per_stream = []
+    for _ in range(args.repeats):
+        mon, mine = DriftMonitor(ref, names, window=args.window), 0
+        for i in rng.permutation(len(pool))[: args.stream]:
+            mon.add(as_stats(pool[i]))
+            state = mon.state()["status"]
+            windows += state in ("in distribution", "drifting")
+            mine += state == "drifting"
+        flagged += mine
+        per_stream.append(mine)
+    return {
+        "measure": "false_alarms_stored_reference",
+        "window": args.window,
+        "reference": ref.images,
+        "streams": args.repeats,
+        "windows": windows,
+        "flagged_share": round(flagged / windows, 4),
+        "streams_with_any_alarm": round(float(np.mean(np.array(per_stream) > 0)), 3),
+        "threshold": mon.threshold,
+        "stored_vs_served_max_gap": gap,
+    }
+
+
 def served_check(predictor: Predictor, side: int, args, ref: list[dict], names) -> dict:
     """The app itself (limits as ``sanet serve`` sets them) against the offline monitor."""
     from fastapi.testclient import TestClient
@@ -251,6 +301,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=50)
     p.add_argument("--windows", default="20,50,100", help="windows measured besides --window")
     p.add_argument("--max-delay", type=int, default=300, help="shifted requests at most")
+    p.add_argument("--measures", default="false_alarms,detection,served,stored")
     args = p.parse_args()
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -290,14 +341,17 @@ def main() -> None:
             "alpha": predictor.calibration.alpha,
         }
     )
-    pool = stats["pool"]
+    pool, measures = stats["pool"], args.measures.split(",")
     windows = sorted({args.window, *(int(w) for w in args.windows.split(",") if w)})
-    for window in windows:
+    for window in windows if "false_alarms" in measures else []:
         emit(false_alarms(pool, names, args, window))
-    for window in windows:
+    for window in windows if "detection" in measures else []:
         for name in SHIFTS:
             emit(detection(pool, stats[name], names, args, window, name))
-    emit(served_check(predictor, side, args, pool[: args.reference], names))
+    if "served" in measures:
+        emit(served_check(predictor, side, args, pool[: args.reference], names))
+    if "stored" in measures and (found := stored_reference(predictor, pool, names, args)):
+        emit(found)
 
 
 if __name__ == "__main__":

@@ -217,7 +217,9 @@ STARTUP = [
     ({"temperature": 1.5}, ["calibrated: T = 1.5, no risk threshold", "drift: no reference"]),
     (
         {"temperature": 1.5, "risk": MEAN_RISK},
-        ["T = 1.5, risk threshold 0.6 (mean guarantee: sure-and-wrong share per image ≤ α = 0.1)"],
+        [
+            "T = 1.5, risk threshold 0.6 (mean guarantee: expected sure-and-wrong share of an image ≤ α = 0.1)"
+        ],
     ),
     (
         {"temperature": 2, "risk": {**PER_IMAGE, "threshold": 0.75}},
@@ -263,7 +265,7 @@ def test_the_startup_line_of_sanet_serve(tiny_checkpoint, tmp_path, capsys, monk
     assert line.startswith(f"Serving {folder} on http://127.0.0.1:"), line
     assert line.endswith(
         "(Ctrl-C stops): sanet/resnet18d (3 classes); torch backend; calibrated: T = 1.5, risk "
-        "threshold 0.6 (mean guarantee: sure-and-wrong share per image ≤ α = 0.1); drift: no "
+        "threshold 0.6 (mean guarantee: expected sure-and-wrong share of an image ≤ α = 0.1); drift: no "
         "reference (the model's calibration has no reference statistics: it predates them; "
         "calibrate it again to store them); images longer than 64 px predicted at that size"
     ), line

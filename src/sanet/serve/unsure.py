@@ -136,7 +136,10 @@ def calibration_words(predictor: Predictor) -> str:
             f" (per-image guarantee: at most {risk['delta']} of the images have a "
             f"sure-and-wrong share above α = {calibration.alpha}{within})"
         )
-    return words + f" (mean guarantee: sure-and-wrong share per image ≤ α = {calibration.alpha})"
+    return (
+        words
+        + f" (mean guarantee: expected sure-and-wrong share of an image ≤ α = {calibration.alpha})"
+    )
 
 
 def model_calibration(predictor: Predictor) -> dict[str, Any] | None:
