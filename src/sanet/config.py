@@ -75,7 +75,10 @@ class TrainConfig:
     warmup_steps: int = 0  # linear LR warm-up over the first steps, then poly (0: none)
     bn_momentum: float = 0.1  # BatchNorm running-stat momentum of every BN layer (PyTorch's 0.1)
     accumulate: int = 1  # micro-batches per optimiser step
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # auto: bf16 autocast + channels-last where the CPU has bf16 units (AMX, AVX512_BF16) or the
+    # GPU supports bf16, float32 elsewhere (sanet.devices.choose_precision); the run's
+    # config.yaml records what it chose. The shipped recipes pin their choice.
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     compile: bool = False
     seed: int = 0

@@ -39,7 +39,15 @@ import torch
 from torch import nn
 
 from sanet.errors import NotFoundError, UsageError, arg
-from sanet.experiments.measure import count_flops, interleaved, profile_calls, warm_up
+from sanet.experiments.measure import (
+    ROOF_SIZE,
+    count_flops,
+    gemm_roof,
+    interleaved,
+    profile_calls,
+    roof_fraction,
+    warm_up,
+)
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask
 from sanet.losses import SANetLoss
@@ -51,6 +59,8 @@ from sanet.training.engine import autocast, train_step
 logger = logging.getLogger(__name__)
 
 MODES = ("infer", "train", "eval")
+#: The dtype of the matrix products under each ``amp``: the roof a row is measured against.
+AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TORCHVISION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
 
 
@@ -289,6 +299,19 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def add_roof(rows: list[dict], settings: BenchSettings) -> dict[str, Any]:
+    """Give each row ``roof_tflops`` (the GEMM roof of its dtype on this device,
+    :func:`~sanet.experiments.measure.gemm_roof`) and ``roof_fraction`` (its achieved TFLOP/s
+    over that; ``None`` where no FLOPs were counted); returns the roof's record."""
+    dtype = AMP_DTYPES[settings.amp]
+    roof = gemm_roof(settings.device, dtype)
+    for row in rows:
+        row["roof_tflops"] = roof
+        row["roof_fraction"] = roof_fraction(row.get("tflops"), roof)
+    gemm = f"torch.matmul {ROOF_SIZE}³, fastest of 3"
+    return {"dtype": str(dtype).removeprefix("torch."), "tflops": roof, "gemm": gemm}
+
+
 def run_bench(
     specs: list[str],
     settings: BenchSettings,
@@ -332,7 +355,7 @@ def resize_timings(settings: BenchSettings) -> list[dict]:
     choice of :func:`~sanet.models.resize.resize_bilinear`.
     """
     device = torch.device(settings.device)
-    dtype = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.amp]
+    dtype = AMP_DTYPES[settings.amp]
     small, size = -(-settings.size // 8), (settings.size, settings.size)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(settings.batch, settings.classes, small, small, generator=gen)

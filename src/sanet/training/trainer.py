@@ -38,7 +38,9 @@ from sanet.training.resume import (
 from sanet.training.runlog import RunLog, TrainerCallbacks
 from sanet.training.runtime import (
     StopFlag,
+    resolve_precision,
     rng_state,
+    run_precision,
     seed_everything,
     set_rng_state,
     set_threads,
@@ -80,6 +82,8 @@ class Trainer:
         self.run_dir = self.run.root
         t = cfg.train
         self.dist, self.device = setup_distributed(t.device)
+        self.cfg, self.precision = resolve_precision(cfg, self.device)  # train.amp=auto
+        cfg, t = self.cfg, self.cfg.train
         self.threads = set_threads(t.threads)
         seed_everything(t.seed, t.deterministic)
         self.micro_batch = _micro_batch(t.batch_size, self.dist.world_size, t.accumulate)
@@ -392,7 +396,9 @@ def validation_protocol(cfg: Config) -> EvalProtocol:
     window (``eval.crop_size``/``stride``), as ``sanet eval --checkpoint RUN --single-scale``.
     The full ``eval`` section is ``sanet eval``'s: the paper's 6 scales × flip took ≈22× the
     single-scale time (docs/benchmarks.md), too much to repeat every few epochs."""
-    return EvalProtocol(crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, amp=cfg.train.amp)
+    p = run_precision(cfg)  # a recipe's train.amp=auto: what it means for the run here
+    kw = {"amp": p.amp, "channels_last": p.channels_last}
+    return EvalProtocol(crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, **kw)
 
 
 def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
