@@ -67,7 +67,9 @@ def test_auto_picks_bf16_and_channels_last_only_where_the_cpu_has_bf16_units(
     assert (chosen.amp, chosen.channels_last, chosen.asked) == (amp, channels_last, "auto")
     assert cpu_bf16_units(cpuinfo) == units
     assert ("auto: " in chosen.describe()) and chosen.reason in chosen.describe()
-    assert kernel_family(cpuinfo).endswith(f"(bf16 units: {units})" if units else "(no bf16 units)")
+    level = torch.backends.cpu.get_cpu_capability()
+    assert kernel_family("bf16", cpuinfo) == (f"{units} bf16 + {level}" if units else level)
+    assert kernel_family("none", cpuinfo).startswith(level)
 
 
 def test_explicit_amp_is_taken_as_given_and_a_wrong_one_refused() -> None:

@@ -151,12 +151,17 @@ def cpu_bf16_units(cpuinfo: str | None = None) -> str | None:
     return None
 
 
-def kernel_family(cpuinfo: str | None = None) -> str:
-    """The CPU's kernel family in words: torch's vector level (``AVX512``, ``AVX2`` ...) and
-    its bf16 units, e.g. ``"AVX512 (bf16 units: AVX512_BF16)"``."""
+def kernel_family(amp: str = "none", cpuinfo: str | None = None) -> str:
+    """The CPU kernels a run of precision ``amp`` uses, in words: torch's vector level
+    (``AVX512``, ``AVX2`` ...: ``torch.backends.cpu.get_cpu_capability()``), led by the bf16
+    units (``AMX``, ``AVX512_BF16``) when ``amp`` is bf16 and the CPU has them, e.g.
+    ``"AMX bf16 + AVX512"`` or ``"AVX512 (bf16 units AVX512_BF16 unused: float32)"``."""
     units = cpu_bf16_units(cpuinfo)
     level = torch.backends.cpu.get_cpu_capability()
-    return f"{level} (bf16 units: {units})" if units else f"{level} (no bf16 units)"
+    if units and amp == "bf16":
+        return f"{units} bf16 + {level}"
+    precision = "float32" if amp == "none" else amp
+    return f"{level} (bf16 units {units} unused: {precision})" if units else level
 
 
 def choose_precision(
