@@ -222,3 +222,16 @@ def test_bench_gives_every_counted_row_its_share_of_the_roof_of_its_dtype(one_th
             roof=False,
         ).environment
     )
+
+
+def test_an_auto_run_resumes_here_and_a_changed_precision_is_refused(
+    tmp_path: Path, one_thread: None
+) -> None:
+    cfg = load_config(None, tiny_recipe(train__amp="auto", train__max_steps=1))
+    Trainer(cfg, tmp_path / "run").fit()
+    resumed = Trainer(cfg, tmp_path / "run", resume=True)  # auto chooses the same here
+    assert resumed.state.global_step == 1
+    other = "none" if resumed.precision.amp == "bf16" else "bf16"  # what another CPU would pick
+    changed = load_config(None, tiny_recipe(train__amp=other, train__max_steps=1))
+    with pytest.raises(UsageError, match=r"train\.amp: "):
+        Trainer(changed, tmp_path / "run", resume=True)
