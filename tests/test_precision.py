@@ -132,7 +132,7 @@ def test_bf16_channels_last_masks_agree_with_float32(one_thread: None) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _this_cpu_has_bf16_units(), reason="no bf16 units (AMX, AVX512_BF16)")
-def test_bf16_channels_last_inference_is_faster_on_a_cpu_with_bf16_units() -> None:
+def test_bf16_channels_last_inference_is_faster_on_a_cpu_with_bf16_units(one_thread: None) -> None:
     torch.manual_seed(0)
     model = sanet.build_model("sanet", backbone="resnet18d", num_classes=7).eval()
     model_cl = sanet.build_model("sanet", backbone="resnet18d", num_classes=7).eval()
