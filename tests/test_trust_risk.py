@@ -154,3 +154,21 @@ def test_existing_records_read_as_before_and_class_thresholds_read_back():
     assert np.array_equal(
         predictor.predict(image, unsure=True), np.where(conf < table[mask], 255, mask)
     )
+
+
+def test_the_stored_guarantee_is_what_predict_says_and_old_records_keep_the_mean_sentence():
+    old = read_calibration({"calibration": {"temperature": 2.0, "risk": {"alpha": 0.1,
+                                                                         "threshold": 0.8}}})  # fmt: skip
+    assert old.guarantee().startswith(
+        "expected share of sure-and-wrong labelled pixels per image ≤ 0.1; the guarantee holds "
+        "in expectation"
+    )
+    spec = RiskSpec(0.1, per_image=0.2, confidence_level=0.95, per_class=True)
+    risk = {"alpha": 0.1, "threshold": 0.5, "class_thresholds": [0.5, 0.7],
+            "guarantee": spec.guarantee(), "assumption": "holds with the stated probability"}  # fmt: skip
+    text = read_calibration({"calibration": {"temperature": 2.0, "risk": risk}}).guarantee()
+    assert text == (
+        f"each class has its own threshold, at least 0.5: {spec.guarantee()}; the guarantee "
+        "holds with the stated probability"
+    )
+    assert read_calibration({"calibration": {"temperature": 2.0}}).guarantee() is None

@@ -34,12 +34,15 @@ class PredictResult:
         failed: the inputs that could not be read, with the reason (the others are written).
         threshold: with ``unsure``, the calibrated confidence below which a pixel is 255.
         alpha: the risk level that threshold was chosen for.
+        guarantee: what that threshold promises and assumes (``Calibration.guarantee``); with
+            a threshold per class (``sanet calibrate --per-class``) ``threshold`` is the least.
     """
 
     masks: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     threshold: float | None = None
     alpha: float | None = None
+    guarantee: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ def predict_files(
     result = PredictResult(threshold=threshold)
     if threshold is not None:
         result.alpha = predictor.calibration.alpha  # type: ignore[union-attr]
+        result.guarantee = predictor.calibration.guarantee()  # type: ignore[union-attr]
     with progress_bar(unit="img", enabled=progress) as bar:
         task = bar.add_task("predict", total=len(plan))
         windows = WindowProgress(bar, predictor.model, chosen)

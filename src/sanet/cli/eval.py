@@ -91,7 +91,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sanet.api import predict_files
-    from sanet.inference.confidence import ASSUMPTION
 
     result = predict_files(
         args.checkpoint,
@@ -113,9 +112,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     if result.threshold is not None:
         console.print(
-            f"255 = unsure: calibrated confidence below {result.threshold:.6g}, chosen so that the "
-            f"expected share of sure-and-wrong pixels per image is ≤ {result.alpha}; the "
-            f"guarantee {ASSUMPTION}."
+            f"255 = unsure: calibrated confidence below {result.threshold:.6g}; {result.guarantee}."
         )
     total = done + len(result.failed)
     return report_failed("predict", result.failed, total, "fix or convert these files and rerun")

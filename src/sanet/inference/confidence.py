@@ -71,6 +71,20 @@ class Calibration:
     record: dict[str, Any] = field(default_factory=dict)
     class_thresholds: tuple[float, ...] | None = None
 
+    def guarantee(self) -> str | None:
+        """What the risk threshold promises and what it assumes, in one sentence, as ``sanet
+        calibrate`` stored them (a record without them: the mean-risk sentence); ``None``
+        without a threshold."""
+        if self.threshold is None:
+            return None
+        risk = self.record.get("risk") or {}
+        text = risk.get("guarantee") or (
+            f"expected share of sure-and-wrong labelled pixels per image ≤ {self.alpha}"
+        )
+        if self.class_thresholds is not None:
+            text = f"each class has its own threshold, at least {self.threshold:.6g}: {text}"
+        return f"{text}; the guarantee {risk.get('assumption') or ASSUMPTION}"
+
     def eval_protocol(self, **overrides: Any) -> EvalProtocol:
         """The :class:`EvalProtocol` this calibration was fitted under."""
         settings = {k: self.protocol[k] for k in PROTOCOL_FIELDS if k in self.protocol}
