@@ -122,7 +122,7 @@ def class_test_risk(stats: ImageStats, thresholds: list) -> list[float | None]:
 def run_splits(args, stats: ImageStats, names: list[str]) -> dict:
     rng = np.random.default_rng(args.split_seed)
     n, k = len(stats.names), len(names)
-    got = {"mean": [], "per_image": [], "per_class": [], "unsure": {}}
+    got = {"mean": [], "mean_above": [], "per_image": [], "per_class": [], "unsure": {}}
     for key in ("mean", "per_image", "per_class"):
         got["unsure"][key] = []
     for _ in range(args.splits):
@@ -131,6 +131,7 @@ def run_splits(args, stats: ImageStats, names: list[str]) -> dict:
         lam = conformal_threshold(cal.matrix(), args.alpha)[0]
         risk, unsure = test.at(lam)
         got["mean"].append(risk.mean())
+        got["mean_above"].append((risk > args.alpha_image).mean())
         got["unsure"]["mean"].append(unsure.mean())
         lam_i = ltt_threshold(cal.matrix(), args.alpha_image, args.delta, 1 - args.level)[0]
         risk, unsure = test.at(lam_i)
@@ -202,6 +203,11 @@ def summaries(args, got: dict, names: list[str]) -> list[dict]:
             "se": float(mean.std(ddof=1) / np.sqrt(len(mean))),
             "share_of_splits_above_alpha": float((mean > args.alpha).mean()),
             "unsure": float(np.mean(got["unsure"]["mean"])),
+            # the per-image statement's share, left to chance by the mean rule
+            "mean_share_above_alpha_image": float(np.mean(got["mean_above"])),
+            "splits_share_above_alpha_image_over_delta": float(
+                (np.array(got["mean_above"]) > args.delta).mean()
+            ),
         },
         {
             "kind": "per_image",

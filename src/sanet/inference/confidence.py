@@ -39,9 +39,9 @@ ASSUMPTION = (
 #: The same for the per-image guarantee (``sanet calibrate --per-image``), a bound that holds
 #: with a stated probability over the calibration draw.
 ASSUMPTION_WITH_CONFIDENCE = (
-    "holds with the stated probability over the draw of the calibration images, for new images "
-    "exchangeable with them (drawn from the same distribution, e.g. the same camera, classes "
-    "and annotators)"
+    "holds with the stated probability over the draw of the calibration images, when they and "
+    "the new images are independent draws from the same distribution (e.g. the same camera, "
+    "classes and annotators)"
 )
 #: The protocol settings a calibration depends on (window batching and bands change nothing).
 PROTOCOL_FIELDS = ("scales", "flip", "base_size", "crop_size", "stride")
