@@ -336,6 +336,38 @@ def test_per_class_thresholds_are_each_at_least_the_global_one_and_applied_by_cl
     assert "per class" in risk["guarantee"]
 
 
+def test_per_image_threshold_through_the_cli_is_learn_then_test_by_hand(
+    model_dir, data, tmp_path, capsys
+):
+    """4 images reach δ = 0.5 at level 0.9 ((1 − 0.5)^4 ≤ 0.1); the threshold is the fixed
+    sequence from the top, each p-value a binomial tail summed with ``math.comb``."""
+    import math
+
+    from sanet.trust.risk import THRESHOLDS
+
+    folder = _copy(model_dir, tmp_path)
+    argv = ["calibrate", "--checkpoint", str(folder), "--data", f"folder:{data}", "--risk", "0.05"]
+    assert main([*argv, "--per-image", "0.5", "--confidence-level", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    risk = json.loads((tmp_path / "calibration/calibration.json").read_text())["risk"]
+    predictor, curves = Predictor(folder), []
+    for image in sorted((data / "images/val").glob("*.png")):
+        mask, conf = predictor.predict_with_confidence(image)
+        label = _labelled(data, image)
+        wrong, valid = (mask != label) & (label != 255), label != 255
+        curves.append([(wrong & (conf >= lam)).sum() / valid.sum() for lam in THRESHOLDS])
+    exceeding = (np.array(curves) > 0.05).sum(axis=0)
+    tail = [sum(math.comb(4, i) * 0.5**4 for i in range(k + 1)) for k in exceeding]
+    j = len(THRESHOLDS)
+    while j > 0 and tail[j - 1] <= 0.1:
+        j -= 1
+    assert 0 < j < len(THRESHOLDS), j  # a threshold, and not a vacuous one
+    assert risk["mode"] == "per_image" and risk["threshold"] == pytest.approx(THRESHOLDS[j])
+    assert risk["exceeding_images"] == exceeding[j] and risk["min_images"] == 4
+    assert "with probability ≥ 0.9 over the calibration images, at most a share 0.5" in printed
+    assert predictor.unsure_threshold() == risk["threshold"]
+
+
 # ----------------------------------------------- calibrating again (issue 28: 1 and 9)
 
 
