@@ -31,6 +31,26 @@ from sanet.inference.protocol import EvalProtocol, combine_bands, scale_probs
 logger = logging.getLogger(__name__)
 
 CALIBRATION_KEY = "calibration"  # in config.json's metadata and in the ONNX metadata
+#: What a stored calibration keeps under :data:`CALIBRATION_KEY`, the one list of it: written by
+#: ``sanet.calibrate`` (:func:`sanet.trust.store.stored_record`), read back by
+#: :func:`read_calibration` (``Predictor``, the server), copied whole by ``sanet export``; the
+#: bulky tables stay in calibration.json. ``risk`` only when a risk level was given (without the
+#: per-image values of its ``per_image`` view); ``reference``: the calibration images'
+#: statistics the server compares requests with (docs/trust.md).
+STORED_KEYS = (
+    "temperature",
+    "bins",
+    "ece_before",
+    "ece_after",
+    "nll_before",
+    "nll_after",
+    "images",
+    "protocol",
+    "data",
+    "split",
+    "risk",
+    "reference",
+)
 #: What the guarantee of a risk threshold assumes, printed wherever the guarantee is.
 ASSUMPTION = (
     "holds in expectation over new images exchangeable with the calibration images (drawn "

@@ -20,6 +20,7 @@ from sanet.data.transforms import normalize_image
 from sanet.devices import resolve_device
 from sanet.errors import UsageError, arg
 from sanet.inference.confidence import (
+    CALIBRATION_KEY,
     Calibration,
     arg_max,
     calibrate_hint,
@@ -300,13 +301,14 @@ class Predictor:
         """Which pixels are unsure: those whose calibrated confidence is *below* the risk
         threshold λ̂ (bool, the shape of ``confidence``). A pixel with confidence exactly λ̂ is
         sure: the conformal risk control counts a pixel as sure when its confidence is ≥ λ
-        (docs/trust.md), and its guarantee is for that set. The one place the threshold is
-        applied (:meth:`apply_unsure`, ``sanet predict``, the server all call it).
+        (docs/trust.md), and its guarantee is for that set. Compared in float64, as the loss
+        curves were (a float32 comparison would round λ̂ to float32 first). The one place the
+        threshold is applied (:meth:`apply_unsure`, ``sanet predict``, the server all call it).
 
         A model calibrated with ``per_class`` has a threshold per predicted class: give the
         arg-max ``mask`` to apply them (each at least λ̂); without it, λ̂ alone is applied,
         which keeps the image-level guarantee but not the per-class ones."""
-        threshold = self.unsure_threshold()
+        threshold = np.float64(self.unsure_threshold())
         per_class = self.calibration.class_thresholds if self.calibration else None
         if per_class is None or mask is None:
             return confidence < threshold
@@ -326,7 +328,7 @@ class Predictor:
         if self.calibration is None or self.calibration.threshold is None:
             state = (
                 "calibrated=False was asked"
-                if self.calibration is None and self.metadata.get("calibration")
+                if self.calibration is None and self.metadata.get(CALIBRATION_KEY)
                 else "the model carries no risk threshold"
             )
             raise UsageError(

@@ -2,7 +2,8 @@
 record written into that folder's ``config.json`` (docs/trust.md, "Store").
 
 ``sanet.calibrate`` writes the whole record to ``calibration.json``; the model keeps only
-:data:`STORED_KEYS` under ``metadata["calibration"]`` (the bulky tables stay in the report).
+:data:`~sanet.inference.confidence.STORED_KEYS` under ``metadata["calibration"]`` (the bulky
+tables stay in the report).
 What a :class:`~sanet.inference.Predictor` reads back is
 :func:`sanet.inference.confidence.read_calibration`.
 """
@@ -18,29 +19,10 @@ from typing import Any
 
 from sanet._files import atomic_write_text, temp_name
 from sanet.errors import NotFoundError, UsageError, arg, speaks_cli
-from sanet.inference.confidence import CALIBRATION_KEY
+from sanet.inference.confidence import CALIBRATION_KEY, STORED_KEYS
 from sanet.models.card import write_model_card
 from sanet.models.segmentation import CONFIG_NAME, read_pretrained_config
 from sanet.rundir import RunDir
-
-#: What a stored calibration keeps, the one list of it (the bulky tables stay in
-#: calibration.json); ``risk`` only when a risk level was given (without the per-image values
-#: of its ``per_image`` view); ``reference``: the calibration images' statistics the server
-#: compares requests with (docs/trust.md).
-STORED_KEYS = (
-    "temperature",
-    "bins",
-    "ece_before",
-    "ece_after",
-    "nll_before",
-    "nll_after",
-    "images",
-    "protocol",
-    "data",
-    "split",
-    "risk",
-    "reference",
-)
 
 
 def pretrained_folder(checkpoint: str | Path) -> Path:
