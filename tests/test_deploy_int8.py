@@ -362,6 +362,38 @@ def test_bench_peers_that_cannot_run_are_one_line(flags, match, tmp_path: Path, 
     assert err.startswith("sanet bench: error:") and "\n" not in err and match in err
 
 
+R94_CASES = [
+    ("mask", "infer", 0, ""),  # the mask-only file for servers (docs/deploy.md)
+    ("logits,mask", "infer", 0, ""),  # the one docs/deploy.md's example writes
+    ("logits,mask,confidence", "infer", 0, ""),
+    ("mask", "eval", 2, "no 'logits': --mode eval runs sanet's protocol"),
+]
+
+
+@pytest.mark.reliability("r94")
+@pytest.mark.parametrize(("outputs", "mode", "status", "match"), R94_CASES)
+def test_r94_bench_times_every_file_export_writes_as_a_server_runs_it(
+    outputs: str, mode: str, status: int, match: str, tmp_path: Path, capsys
+) -> None:
+    """Issue 28.7: ``sanet bench onnx:FILE`` refused files exported with ``--outputs``. In
+    ``infer`` mode the graph runs as a server runs it, every output fetched; ``eval`` (sanet's
+    protocol) needs the logits and says so in one line."""
+    path, report = tmp_path / "served.onnx", tmp_path / "bench.json"
+    onnx.save(add_outputs(conv_proto(BENIGN), parse_outputs(outputs), 1.5), str(path))
+    argv = ["bench", "--device", "cpu", "--models", f"onnx:{path}", "--mode", mode]
+    argv += ["--threads", "1", "--size", "45", "--image", "45x33", "--protocol", "single"]
+    with torch_threads_kept():
+        assert main([*argv, "--batch", "2", "--steps", "2", "--json", str(report)]) == status
+    err = capsys.readouterr().err.strip()
+    if status:
+        assert err.startswith("sanet bench: error:") and "\n" not in err and match in err
+        assert "--mode infer" in err and not report.exists()
+        return
+    (row,) = json.loads(report.read_text())["rows"]
+    assert row["outputs"] == [o.name for o in onnx.load(str(path)).graph.output]
+    assert row["outputs"] == list(parse_outputs(outputs)) and len(row["call_ms"]) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole CLI on a real (tiny) SANet: slow, torch's exporter takes a minute on 2 cores
 # ---------------------------------------------------------------------------------------------
