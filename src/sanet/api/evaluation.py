@@ -92,9 +92,8 @@ def evaluate(
         protocol: ``None``: the run's own (its ``eval`` section); ``"paper"``, ``"single"``, or
             an :class:`~sanet.inference.EvalProtocol`.
         out: write ``metrics.json``, ``iou_per_class.png`` and ``confusion_matrix.png`` here
-            (refused when they exist, unless ``overwrite``). An evaluation stopped before it
-            wrote them (a signal, an error, a requeued job) keeps its state there: the same
-            call continues it (``sanet.api.eval_state``).
+            (refused when they exist, unless ``overwrite``); a stopped evaluation keeps its
+            state there, and the same call continues it (``sanet.api.eval_state``).
         limit: evaluate only the first ``limit`` images.
         save_predictions: also write ``out/predictions/<image>.png`` (index PNGs).
         overwrite: replace eval's outputs in ``out``, or start an unfinished evaluation over.
@@ -106,8 +105,7 @@ def evaluate(
         an :class:`EvalResult`; unreadable images are left out and listed in ``failed``.
 
     Raises:
-        sanet.errors.Interrupted: SIGINT or SIGTERM, after the image in progress; the state is
-            kept in ``out`` for the same call to continue.
+        sanet.errors.Interrupted: SIGINT or SIGTERM, after the image in progress.
     """
     device = device_of(device)
     chosen = protocol_of(checkpoint, protocol, device)
@@ -127,14 +125,29 @@ def evaluate(
     before, start = len(keeper.state.done), time.perf_counter()
     saved = out / "predictions" if save_predictions else None
     cm = _confusion(model, dataset, n, chosen, device, split, progress, saved, tile_above, keeper)
-    done, failed = keeper.state.done, keeper.state.failed
+    names = {"checkpoint": str(checkpoint), "data": data_name(data), "split": split}
+    return _finish(cm, dataset, chosen, meta, keeper, before, start, names)
+
+
+def _finish(
+    cm: ConfusionMatrix,
+    dataset: Any,
+    protocol: Any,
+    meta: dict[str, Any],
+    keeper: StateKeeper,
+    before: int,
+    start: float,
+    names: dict[str, str],
+) -> EvalResult:
+    """The report of the images ``keeper`` counted (``before`` of them by an earlier call),
+    written to its ``out`` (and the state removed: the evaluation is finished)."""
+    done, failed, out = keeper.state.done, keeper.state.failed, keeper.out
     if not done:
         keeper.finish()  # nothing readable: nothing to continue
         return EvalResult({}, None, failed)
     seconds = time.perf_counter() - start
-    report = _report(cm, dataset, chosen, len(done), len(done) - before, seconds, meta)
-    report |= {"checkpoint": str(checkpoint), "data": data_name(data), "split": split}
-    report["failed"] = failed
+    report = _report(cm, dataset, protocol, len(done), len(done) - before, seconds, meta)
+    report |= names | {"failed": failed}
     if out is not None:
         _write_outputs(out, report, cm)
         keeper.finish()
