@@ -185,3 +185,17 @@ def test_r92_sigterm_then_the_same_command_as_a_requeued_job_runs_it(
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["num_images"], metrics["continued_from"]) == (24, done)
     assert len(list((out / "predictions").iterdir())) == 24
+
+
+def test_settings_are_compared_as_the_state_file_holds_them(tmp_path: Path) -> None:
+    """A label map's integer keys and a protocol's tuples come back from JSON as strings and
+    lists: the same evaluation must still be recognised."""
+    from sanet.api.eval_state import EvalState, resume_state
+    from sanet.errors import UsageError
+
+    settings = {"data_options": {"label_map": {255: 1}}, "protocol": {"scales": (0.5, 1.0)}}
+    saved = json.loads(json.dumps(EvalState(settings, done=[0, 1], matrix=[[3]]).to_dict()))
+    state = resume_state(saved, settings, tmp_path)
+    assert (state.done, state.matrix) == ([0, 1], [[3]])
+    with pytest.raises(UsageError, match="with another data_options"):
+        resume_state(saved, settings | {"data_options": {"label_map": {255: 2}}}, tmp_path)

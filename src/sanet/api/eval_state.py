@@ -96,6 +96,7 @@ class EvalState:
 def resume_state(found: dict[str, Any] | None, settings: dict[str, Any], out: Path) -> EvalState:
     """The state to start from: empty, or ``found`` when it is an evaluation with the same
     ``settings`` (refused otherwise: its outputs would mix with this one's)."""
+    settings = json.loads(json.dumps(settings, default=str))  # as the state file holds them
     if found is None:
         return EvalState(settings)
     previous = found.get("settings", {})
