@@ -138,7 +138,7 @@ class StateKeeper:
         else:
             self.state.failed_at.append(index)
             self.state.failed.append(failed)
-        if matrix is not None:
+        if matrix is not None and self.out is not None:  # no out: nothing to save
             self.state.matrix = matrix.detach().cpu().tolist()
         if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
             self.save()

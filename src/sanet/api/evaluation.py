@@ -199,7 +199,8 @@ def _confusion(
     cm = ConfusionMatrix(dataset.num_classes, ignore_index=IGNORE_INDEX, device=device)
     if keeper.state.matrix is not None:
         cm.matrix += torch.tensor(keeper.state.matrix, dtype=torch.int64, device=device)
-    todo = [i for i in range(n) if i not in keeper.state.tried]
+    tried = keeper.state.tried
+    todo = [i for i in range(n) if i not in tried]
     doing = "finishing this image, then saving the evaluation's state"
     with progress_bar(unit="img", enabled=progress) as bar, StopFlag(doing) as stop:
         task = bar.add_task(f"eval {split}", total=n, completed=n - len(todo))
