@@ -79,7 +79,10 @@ def test_r90_a_stopped_eval_continues_with_the_same_command(
     assert main(_argv(model, out)) == 130
     err = capsys.readouterr().err
     assert not (out / "metrics.json").exists()
+    cut = out / "predictions" / ".00003.png.x1y2.sanet-tmp"  # what a SIGKILL mid-write leaves
+    cut.write_bytes(b"half a png")
     assert main(_argv(model, out)) == 0, capsys.readouterr().err  # was: 2, "already holds"
+    assert not cut.exists()
     assert "stopped by SIGINT after 3 of 4 images" in err and "run the same command" in err
     assert saved == [0, 1, 2, 3]  # the fourth image only: none evaluated twice
     metrics = json.loads((out / "metrics.json").read_text())

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sanet._files import atomic_write_text, ensure_writable_dir, refuse_existing
+from sanet._files import (
+    atomic_write_text,
+    ensure_writable_dir,
+    refuse_existing,
+    remove_stale_temp_files,
+)
 from sanet.errors import OutputExistsError, UsageError, arg
 
 logger = logging.getLogger(__name__)
@@ -63,6 +68,9 @@ def check_out(out: Path, save_predictions: bool, overwrite: bool) -> dict[str, A
             f"({STATE_NAME}) that cannot be read; nothing was written. Pass "
             f"{arg('overwrite', True)} to start the evaluation over."
         )
+    else:  # its own folder: a write a SIGKILL cut short left a temporary file (_files.py)
+        for folder in (out, out / "predictions"):
+            remove_stale_temp_files(folder)
     return found
 
 
