@@ -252,3 +252,45 @@ def test_bench_writes_its_report_and_refuses_in_library_words(tmp_path: Path) ->
         with pytest.raises(SanetError, match=words) as info:
             bench(**{"models": ["sanet:resnet18d"], "device": "cpu", **kwargs})
         assert "--" not in str(info.value)
+
+
+def test_serving_app_reads_the_reference_stored_with_the_model(tmp_path: Path) -> None:
+    """The calibration record in ``model/config.json`` (as ``sanet calibrate`` stores it, here
+    written by hand) carries the reference the served app's drift is measured against."""
+    folder = tmp_path / "run"
+    sanet.build_model("sanet", backbone="resnet18d", num_classes=3).save_pretrained(
+        folder / "model", metadata={"class_names": NAMES}
+    )
+    (folder / "config.yaml").write_text(json.dumps({"data": {"base_size": 64}}))
+    rng = np.random.default_rng(0)
+    shares = rng.dirichlet([1, 1, 1], size=12)
+    per_image = {
+        "mean_confidence": rng.uniform(0.4, 0.9, 12).round(6).tolist(),
+        "unsure_share": None,  # calibrated without --risk
+        "class_shares": shares.round(6).tolist(),
+        "pixels": [64 * 64] * 12,
+    }
+    config = json.loads((folder / "model/config.json").read_text())
+    record = {"temperature": 1.3, "reference": {"images": 12, "per_image": per_image}}
+    config["metadata"]["calibration"] = record
+    (folder / "model/config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match=r"^drift_window must be .* Try drift_window=50"):
+        serving_app(folder, drift_window=1)
+    served = serving_app(folder, drift_window=3)
+    assert "drift: the last 3 requests against 12 calibration images" in served.description
+    with TestClient(served.app, base_url=BASE) as client:
+        drift = client.get("/healthz").json()["drift"]
+        assert (drift["status"], drift["reference_images"], drift["window"]) == (
+            "collecting",
+            12,
+            3,
+        )
+        for _ in range(3):
+            client.post("/v1/segment", files={"image": ("a.png", png(odd_image()))})
+        drift = client.get("/v1/model").json()["drift"]
+    assert drift["status"] in ("in distribution", "drifting") and drift["requests"] == 3
+    features = {"mean_confidence", "pixels", *(f"class_share:{n}" for n in NAMES)}
+    assert set(drift["features"]) == features  # no unsure share: the record has none
+    pixels = drift["features"]["pixels"]
+    assert (pixels["window_mean"], pixels["reference_mean"]) == (45 * 61, 64 * 64)
+    assert pixels["distance"] == 1.0  # every request is 45×61, every calibration image 64×64

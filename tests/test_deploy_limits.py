@@ -64,3 +64,36 @@ def test_pixel_limit_counts_millions_of_pixels(width: int, status: int) -> None:
     with TestClient(create_app(hand_predictor(), limits), base_url=BASE) as client:
         r = client.post("/v1/segment", files={"image": ("a.png", _png(width, 1), "image/png")})
     assert r.status_code == status, r.text
+
+
+SERVE_FLAGS = [
+    (
+        ["--timeout", "0"],
+        "--timeout must be a number of seconds above 0, got 0.0. Try --timeout 60",
+    ),
+    (["--upload-timeout", "nan"], "--upload-timeout must be a number of seconds above 0, got nan"),
+    (["--max-megapixels", "nan"], "--max-megapixels must be a positive number of megapixels"),
+    (["--max-upload-mb", "inf"], "--max-upload-mb must be a positive number of MiB"),
+    (["--max-upload-mb", "1e-9"], "--max-upload-mb must be a positive number of MiB"),
+    (["--max-queue", "-1"], "--max-queue must be a whole number ≥ 0, got -1. Try --max-queue 8."),
+    (["--max-concurrent", "0"], "--max-concurrent must be a whole number ≥ 1, got 0."),
+    (["--drift-window", "1"], "--drift-window must be a whole number of requests ≥ 2, got 1."),
+    (["--drift-false-alarm", "1"], "--drift-false-alarm must be a share between 0 and 1"),
+]
+INTERNAL = ("timeout_s", "max_pixels", "max_upload_bytes", "max_queue", "drift_", "NaN to")
+
+
+@pytest.mark.reliability("r86")
+@pytest.mark.parametrize("flags,words", SERVE_FLAGS)
+def test_serve_flags_out_of_range_are_one_line_naming_the_flag(capsys, monkeypatch, flags, words):
+    """Issue 28.9: ``--timeout 0`` was reported with internal field names and
+    ``--max-megapixels nan`` as "cannot convert float NaN to integer"."""
+    import sanet.inference
+    from sanet.cli import main
+
+    monkeypatch.setattr(sanet.inference, "Predictor", None)  # refused before any model loads
+    status = main(["serve", "--checkpoint", "model.onnx", "--port", "0", *flags])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("sanet serve: error: ") and words in err, err
+    assert not any(name in err for name in INTERNAL), err

@@ -179,6 +179,36 @@ def test_missing_field_is_422_and_a_bad_body_400(client: TestClient) -> None:
     assert r.status_code == 400 and "curl -F image=@photo.jpg" in r.json()["detail"]
 
 
+def curl_text_field(value: str) -> dict:
+    """What ``curl -F image=VALUE`` (no ``@``) sends: a multipart *text* field ``image``."""
+    body = f'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\n{value}\r\n--b--\r\n'
+    return {
+        "content": body.encode(),
+        "headers": {"content-type": "multipart/form-data; boundary=b"},
+    }
+
+
+@pytest.mark.reliability("r86")
+@pytest.mark.parametrize(
+    "request_kwargs,words",
+    [
+        (curl_text_field(""), "The form field 'image' is empty, not a file."),
+        (
+            curl_text_field("photo.jpg"),
+            "The form field 'image' holds the text 'photo.jpg', not a file.",
+        ),
+        ({"files": upload(b"", "empty.png")}, "empty.png is empty (0 bytes). Choose an image file"),
+    ],
+)
+def test_an_empty_or_text_image_field_says_what_was_sent(client, request_kwargs, words) -> None:
+    """Issue 28.9: ``curl -F image=`` got "no file field 'image' (fields: ['image'])"."""
+    r = client.post("/v1/segment", **request_kwargs)
+    assert r.status_code == 422 and words in r.json()["detail"], r.text
+    assert "fields: ['image']" not in r.json()["detail"]
+    if "form field" in words:
+        assert "curl -F image=@photo.jpg (the @ attaches the file)" in r.json()["detail"]
+
+
 @pytest.mark.reliability("r51")
 @pytest.mark.parametrize(
     "method,path,status,words",

@@ -58,7 +58,7 @@ def graph_file(path: Path, kind: str) -> Path:
 FOREIGN = [
     ("classifier", "has shape ['N', 784]"),
     ("pooled", "has shape ['N', 3] (rank 2)"),
-    ("fixed-size", "cannot run on a 65×97 image"),
+    ("fixed-size", "is fixed to one size [1, 3, 224, 224]"),
     ("strided", "returned logits of shape (1, 3, 33, 49)"),
 ]
 
@@ -78,6 +78,27 @@ def test_foreign_onnx_is_refused_in_one_line(tmp_path, capsys, kind, words) -> N
     lines = err.strip().splitlines()  # no "carries no sanet metadata" warning before it
     assert len(lines) == 1 and lines[0].startswith("sanet serve: error:"), err
     assert words in lines[0] and "sanet export" in lines[0]
+
+
+@pytest.mark.reliability("r85")
+@pytest.mark.parametrize("kind,words", FOREIGN)
+def test_predict_refuses_a_foreign_onnx_in_one_line_as_serve_does(tmp_path, capsys, kind, words):
+    """Issue 28.5: ``sanet predict`` ended in a 26- or 45-line traceback on files that
+    ``sanet serve`` refused in one line; both now go through the ONNX backend's one check."""
+    import numpy as np
+    from PIL import Image
+
+    path = graph_file(tmp_path / f"{kind}.onnx", kind)
+    Image.fromarray(np.zeros((65, 97, 3), np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "masks"
+    status = main(
+        ["predict", "--checkpoint", str(path), str(tmp_path / "a.png"), "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("sanet predict: error:")]
+    assert len(errors) == 1 and words.split(" (1, 3")[0] in errors[0], err
+    assert "sanet export" in errors[0] and not list(out.glob("*.png"))
 
 
 def test_check_model_accepts_a_sanet_model_and_times_a_window(tiny_checkpoint: Path) -> None:
@@ -126,7 +147,12 @@ def test_bad_ports_and_hosts_are_one_line(tiny_checkpoint, capsys, monkeypatch, 
 @pytest.mark.reliability("r48")
 @pytest.mark.parametrize(
     "module,package",
-    [("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")],
+    [
+        ("fastapi", "fastapi"),
+        ("uvicorn", "uvicorn"),
+        ("multipart", "python-multipart"),
+        ("prometheus_client", "prometheus-client"),
+    ],
 )
 def test_a_missing_dependency_is_one_line(tiny_checkpoint, capsys, monkeypatch, module, package):
     real = importlib.util.find_spec
@@ -168,3 +194,78 @@ def test_a_public_interface_warns(caplog: pytest.LogCaptureFixture) -> None:
         assert not caplog.records
         bind_socket("0.0.0.0", 0).close()
     assert "no authentication" in caplog.text.lower() and "reverse proxy" in caplog.text
+
+
+def calibrated_copy(folder: Path, dest: Path, record: dict | None) -> Path:
+    """A copy of the ``save_pretrained`` folder whose ``config.json`` carries ``record`` as its
+    calibration (what ``sanet calibrate`` stores), or none."""
+    import json
+    import shutil
+
+    shutil.copytree(folder, dest)
+    config = json.loads((dest / "config.json").read_text())
+    if record is not None:
+        config.setdefault("metadata", {})["calibration"] = record
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+MEAN_RISK = {"mode": "mean", "alpha": 0.1, "threshold": 0.6}
+PER_IMAGE = {"mode": "per_image", "alpha": 0.1, "delta": 0.2, "confidence_level": 0.9}
+STARTUP = [
+    (None, ["not calibrated", "drift: no reference (the model is not calibrated"]),
+    ({"temperature": 1.5}, ["calibrated: T = 1.5, no risk threshold", "drift: no reference"]),
+    (
+        {"temperature": 1.5, "risk": MEAN_RISK},
+        [
+            "T = 1.5, risk threshold 0.6 (mean guarantee: expected sure-and-wrong share of an image ≤ α = 0.1)"
+        ],
+    ),
+    (
+        {"temperature": 2, "risk": {**PER_IMAGE, "threshold": 0.75}},
+        [
+            "T = 2, risk threshold 0.75 (per-image guarantee: at most 0.2 of the images have a "
+            "sure-and-wrong share above α = 0.1, with probability 0.9)"
+        ],
+    ),
+]
+
+
+@pytest.mark.reliability("r87")
+@pytest.mark.parametrize("record,words", STARTUP)
+def test_the_model_description_says_whether_it_is_calibrated(record, words) -> None:
+    """Issues 28.8 and 30.7: the start-up line's description of the model: whether it is
+    calibrated (T, the risk threshold, the guarantee's mode and level) and the drift state."""
+    from sanet.serve.drift import DriftMonitor, read_reference
+    from sanet.serve.slot import describe_model
+    from test_deploy_serve import NAMES, HandModel
+
+    meta = {"class_names": NAMES, **({"calibration": record} if record else {})}
+    predictor = Predictor.from_model(HandModel(), metadata=meta)
+    reference, why = read_reference(record, NAMES)
+    monitor = DriftMonitor(reference, NAMES, reason=why)
+    line = describe_model(predictor, monitor)
+    assert line.startswith("HandModel (3 classes); torch backend; "), line
+    for w in words:
+        assert w in line, line
+
+
+@pytest.mark.reliability("r87")
+def test_the_startup_line_of_sanet_serve(tiny_checkpoint, tmp_path, capsys, monkeypatch) -> None:
+    """The whole line, from the command: model, backend, calibration, drift, working size."""
+    import sanet.serve.app
+
+    record = {"temperature": 1.5, "risk": MEAN_RISK}
+    folder = calibrated_copy(tiny_checkpoint, tmp_path / "model", record)
+    monkeypatch.setattr(sanet.serve.app, "serve", lambda app, sock=None: None)  # no uvicorn
+    flags = ["--port", "0", "--max-side", "64"]  # a 64-px timing window: a fast start-up
+    status, out, err = serve_cli(capsys, "--checkpoint", str(folder), *flags)
+    assert status == 0, err
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"Serving {folder} on http://127.0.0.1:"), line
+    assert line.endswith(
+        "(Ctrl-C stops): sanet/resnet18d (3 classes); torch backend; calibrated: T = 1.5, risk "
+        "threshold 0.6 (mean guarantee: expected sure-and-wrong share of an image ≤ α = 0.1); drift: no "
+        "reference (the model's calibration has no reference statistics: it predates them; "
+        "calibrate it again to store them); images longer than 64 px predicted at that size"
+    ), line

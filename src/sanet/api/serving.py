@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sanet.api.common import ProtocolArg, device_of, protocol_of
 from sanet.errors import NotFoundError, UsageError, arg, suggest
 from sanet.inference.runs import run_config
+from sanet.serve.drift import FALSE_ALARM, WINDOW, check_settings
 from sanet.serve.limits import ServeLimits
 
 if TYPE_CHECKING:
@@ -46,9 +47,17 @@ class ServingApp:
     window_seconds: float
 
     @property
+    def description(self) -> str:
+        """The model in one line: what it is, its backend, whether it is calibrated (T, the
+        risk threshold and its guarantee) and its drift reference (the start-up line)."""
+        from sanet.serve.slot import describe_model
+
+        return describe_model(self.predictor, self.app.state.slot.drift)
+
+    @property
     def working_side(self) -> int | None:
         """The longest side images are predicted at (``None``: every image at its own size)."""
-        from sanet.serve.app import working_side
+        from sanet.serve.slot import working_side
 
         return working_side(self.limits, self.predictor)
 
@@ -61,6 +70,8 @@ def serving_app(
     window_batch: int | None = None,
     limits: ServeLimits | None = None,
     allowed_hosts: Iterable[str] = (),
+    drift_window: int = WINDOW,
+    drift_false_alarm: float = FALSE_ALARM,
     **limit_fields: Any,
 ) -> ServingApp:
     """The app serving ``checkpoint``, once the model passed the start-up checks.
@@ -78,20 +89,26 @@ def serving_app(
             most at the run's ``data.base_size`` (or what the protocol works at).
         allowed_hosts: host names answered besides IP addresses and ``localhost`` (``"*"``:
             any).
+        drift_window: the last this many answered requests of a calibrated model are compared
+            with the calibration images' statistics stored with it (docs/deploy.md, "Drift").
+        drift_false_alarm: at most this share of windows of requests like the calibration
+            images is flagged as drifting.
 
     Returns:
         a :class:`ServingApp`.
 
     Raises:
         sanet.errors.UsageError: a model that cannot serve segmentation, a missing ``[serve]``
-            dependency, unknown limit fields.
+            dependency, unknown limit fields, drift settings out of range.
     """
     from sanet.serve.startup import check_dependencies
 
     check_dependencies()
     limits = _limits(limits, limit_fields)
+    drift = _drift(drift_window, drift_false_alarm)
     _check_checkpoint(checkpoint)
-    return _build(checkpoint, protocol, device_of(device), window_batch, limits, allowed_hosts)
+    device = device_of(device)
+    return _build(checkpoint, protocol, device, window_batch, limits, allowed_hosts, drift)
 
 
 def serve(
@@ -104,6 +121,8 @@ def serve(
     window_batch: int | None = None,
     limits: ServeLimits | None = None,
     allowed_hosts: Iterable[str] = (),
+    drift_window: int = WINDOW,
+    drift_false_alarm: float = FALSE_ALARM,
     on_ready: Callable[[ServingApp, str], None] | None = None,
     **limit_fields: Any,
 ) -> None:
@@ -116,19 +135,21 @@ def serve(
             authentication). Its own host names are allowed besides ``allowed_hosts``.
         port: the TCP port (0: any free port).
         on_ready: called with the app and its URL once the model is loaded and checked, just
-            before the server starts answering (the ``sanet`` command prints "Serving ...").
+            before the server starts answering (the ``sanet`` command prints "Serving ...":
+            :func:`~sanet.serve.slot.describe_model` of ``ServingApp.description``).
     """
     from sanet.serve.app import serve as run_app
     from sanet.serve.startup import bind_socket, check_dependencies, default_allowed_hosts
 
     check_dependencies()
     limits = _limits(limits, limit_fields)
+    drift = _drift(drift_window, drift_false_alarm)
     _check_checkpoint(checkpoint)
     device = device_of(device)
     sock = bind_socket(host, port)  # before the model loads: a busy port fails fast
     try:
         names = [*default_allowed_hosts(host), *allowed_hosts]
-        served = _build(checkpoint, protocol, device, window_batch, limits, names)
+        served = _build(checkpoint, protocol, device, window_batch, limits, names, drift)
         _access_log_as_json_lines()
         shown = f"[{host}]" if ":" in host else host
         if on_ready is not None:
@@ -154,6 +175,12 @@ def _limits(limits: ServeLimits | None, fields: dict[str, Any]) -> ServeLimits:
     return limits if limits is not None else ServeLimits(**fields)
 
 
+def _drift(window: int, false_alarm: float) -> dict[str, Any]:
+    """The drift settings, checked before the model loads."""
+    check_settings(window, false_alarm)
+    return {"drift_window": window, "drift_false_alarm": false_alarm}
+
+
 def _check_checkpoint(checkpoint: str | Path) -> None:
     if not Path(checkpoint).exists():
         raise NotFoundError(f"{arg('checkpoint')} {str(checkpoint)!r} does not exist.")
@@ -166,6 +193,7 @@ def _build(
     window_batch: int | None,
     limits: ServeLimits,
     allowed_hosts: Iterable[str],
+    drift: dict[str, Any],
 ) -> ServingApp:
     """The predictor under the run's protocol, checked (:func:`~sanet.serve.startup.
     check_model`), and the app around it."""
@@ -182,7 +210,7 @@ def _build(
         base_size = (run_config(checkpoint).get("data") or {}).get("base_size")
         limits = dataclasses.replace(limits, max_side=base_size or None)
     predictor, seconds = _load_checked(checkpoint, device, chosen, limits)
-    app = create_app(predictor, limits, allowed_hosts=list(allowed_hosts))
+    app = create_app(predictor, limits, allowed_hosts=list(allowed_hosts), **drift)
     app.state.gate.record(1, seconds)  # the first estimate for admission
     return ServingApp(app, predictor, limits, seconds)
 
@@ -193,7 +221,7 @@ def _load_checked(
     """The predictor, once it passed ``check_model`` (its load-time warnings are shown only
     then: a refused model is one line); and the seconds of one forward window."""
     from sanet import inference
-    from sanet.serve.app import working_side
+    from sanet.serve.slot import working_side
     from sanet.serve.startup import check_model
 
     held = _Held()

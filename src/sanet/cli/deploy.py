@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 from sanet.cli.common import add_protocol_args, call, protocol_from_args, show
 from sanet.cli.int8 import add_export_args
+from sanet.errors import UsageError, arg
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -71,9 +73,33 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-megapixels", type=float, default=40.0, help="413 above (40)")
     s.add_argument("--max-concurrent", type=int, default=1, help="inferences at once (1)")
     s.add_argument("--max-queue", type=int, default=8, help="requests waiting; 503 beyond (8)")
-    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request; 504 (60)")
+    # dest: the ServeLimits field, so that its messages name the flag
     s.add_argument(
-        "--upload-timeout", type=float, default=30.0, help="seconds to receive an upload; 408 (30)"
+        "--timeout",
+        dest="timeout_s",
+        type=float,
+        default=60.0,
+        help="seconds per request; 504 (60)",
+    )
+    s.add_argument(
+        "--upload-timeout",
+        dest="upload_timeout_s",
+        type=float,
+        default=30.0,
+        help="seconds to receive an upload; 408 (30)",
+    )
+    s.add_argument(
+        "--drift-window",
+        type=int,
+        default=50,
+        help="a calibrated model's last N answered requests are compared with its calibration "
+        "images (50)",
+    )
+    s.add_argument(
+        "--drift-false-alarm",
+        type=float,
+        default=0.05,
+        help="at most this share of windows like the calibration images is flagged (0.05)",
     )
     s.set_defaults(func=cmd_serve)
 
@@ -93,14 +119,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def ready(served: Any, url: str) -> None:
         side = served.working_side
+        size = f"images longer than {side} px predicted at that size" if side else "any size"
         print(
-            f"Serving {args.checkpoint} ({served.predictor.backend}; images longer than "
-            f"{side or 'any size'} px are predicted at that size) on {url} (Ctrl-C stops)",
+            f"Serving {args.checkpoint} on {url} (Ctrl-C stops): {served.description}; {size}",
             flush=True,
         )
 
+    from sanet.serve.drift import check_settings
+
     hosts = [n for n in args.allowed_hosts.split(",") if n.strip()]
     limits = serve_limits(args)
+    check_settings(args.drift_window, args.drift_false_alarm)  # before the model is read
     protocol = protocol_from_args(args)
     call(serve, args, protocol=protocol, limits=limits, allowed_hosts=hosts, on_ready=ready)
     return 0
@@ -110,12 +139,24 @@ def serve_limits(args: argparse.Namespace) -> Any:
     """The :class:`~sanet.serve.limits.ServeLimits` of the flags (MiB and megapixels)."""
     from sanet.serve.limits import ServeLimits
 
+    _check_amount(args, "max_upload_mb", "MiB", 1024 * 1024, 10)
+    _check_amount(args, "max_megapixels", "megapixels", 1_000_000, 40)
     return ServeLimits(
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=int(args.max_megapixels * 1_000_000),
         max_side=args.max_side,
         max_concurrent=args.max_concurrent,
         max_queue=args.max_queue,
-        timeout_s=args.timeout,
-        upload_timeout_s=args.upload_timeout,
+        timeout_s=args.timeout_s,
+        upload_timeout_s=args.upload_timeout_s,
     )
+
+
+def _check_amount(args: argparse.Namespace, name: str, unit: str, scale: int, example: int) -> None:
+    """Refuse an amount that is not a finite number worth at least one byte or pixel."""
+    value = getattr(args, name)
+    if not (math.isfinite(value) and value * scale >= 1):
+        raise UsageError(
+            f"{arg(name)} must be a positive number of {unit} (at least {1 / scale:.2g}), got "
+            f"{value:g}. Try {arg(name, example)}."
+        )

@@ -125,6 +125,8 @@ class OnnxModel(nn.Module):
         super().__init__()
         self.path = Path(path)
         self.session = _session(self.path, providers, threads=threads)
+        self.output_name = _logits_output(self.session, self.path)
+        check_segmentation_graph(self.session, self.output_name, self.path)  # before any warning
         self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         if "sanet_format" not in self.metadata:
             logger.warning(
@@ -133,7 +135,6 @@ class OnnxModel(nn.Module):
                 self.path,
             )
         self.input_name = self.session.get_inputs()[0].name
-        self.output_name = _logits_output(self.session, self.path)
         self.min_size = int(self.metadata.get("min_size", MIN_SIZE))
 
     @property
@@ -153,6 +154,12 @@ class OnnxModel(nn.Module):
         check_image_batch(tuple(x.shape), self.min_size)
         batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
         logits = self.session.run([self.output_name], {self.input_name: batch})[0]
+        if logits.ndim != 4 or logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
+            raise UsageError(
+                f"{self.path.name} returned logits of shape {tuple(logits.shape)} for a "
+                f"{tuple(x.shape)} input; expected ({x.shape[0]}, K, {x.shape[2]}, "
+                f"{x.shape[3]}): logits at the input's size. {SEGMENTATION_GRAPH}."
+            )
         return {"out": torch.from_numpy(logits).to(x.device)}
 
     def extra_repr(self) -> str:
@@ -173,3 +180,46 @@ def _logits_output(session: Any, path: Path) -> str:
             "file is for servers that run the graph as it is)."
         )
     return names[0]
+
+
+#: What every command that runs an ``.onnx`` file expects of it (the end of its refusals).
+SEGMENTATION_GRAPH = (
+    "sanet runs segmentation models that take (N, 3, H, W) images of any size and return "
+    "(N, K, H, W) logits: a run directory, a model/ folder, or an .onnx file from `sanet export`"
+)
+
+
+def check_segmentation_graph(session: Any, output_name: str, path: Path) -> None:
+    """Refuse a graph whose declared shapes cannot be a segmentation model: not one input of
+    shape ``(N, 3, H, W)``, an input fixed to one size, or logits of another rank than
+    ``(N, K, H, W)`` (a classifier, a pooled output); :meth:`OnnxModel.forward` refuses logits
+    at another size than the input's. The one check of ``predict``, ``eval``, ``serve`` and ``bench``: it runs
+    when :class:`OnnxModel` loads, so each refuses such a file in one line. A shape the graph
+    does not declare (``[]``) is not judged here (``sanet serve`` still runs the model once).
+
+    Raises:
+        UsageError: what the graph declares, and what sanet expects.
+    """
+    inputs = session.get_inputs()
+    outputs = {o.name: o for o in session.get_outputs()}
+    why = None
+    if len(inputs) != 1:
+        why = f"takes {len(inputs)} inputs {[i.name for i in inputs]}; expected one image batch"
+    else:
+        shape_in, shape_out = list(inputs[0].shape), list(outputs[output_name].shape)
+        channels = shape_in[1] if len(shape_in) == 4 else None
+        if shape_in and (len(shape_in) != 4 or (isinstance(channels, int) and channels != 3)):
+            why = f"'s input {inputs[0].name!r} has shape {shape_in}; expected (N, 3, H, W)"
+        elif any(isinstance(d, int) for d in shape_in[2:]):
+            why = (
+                f"'s input {inputs[0].name!r} is fixed to one size {shape_in}; expected any H "
+                "and W (dynamic axes)"
+            )
+        elif shape_out and len(shape_out) != 4:
+            why = (
+                f"'s output {output_name!r} has shape {shape_out} (rank {len(shape_out)}); "
+                "expected per-pixel logits (N, K, H, W)"
+            )
+    if why is not None:
+        sep = "" if why.startswith("'") else " "
+        raise UsageError(f"{path.name}{sep}{why}. {SEGMENTATION_GRAPH}.")

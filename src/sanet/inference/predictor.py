@@ -296,17 +296,26 @@ class Predictor:
             on_block=on_block,
         )
 
-    def unsure_pixels(self, confidence: np.ndarray) -> np.ndarray:
+    def unsure_pixels(self, confidence: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Which pixels are unsure: those whose calibrated confidence is *below* the risk
         threshold λ̂ (bool, the shape of ``confidence``). A pixel with confidence exactly λ̂ is
         sure: the conformal risk control counts a pixel as sure when its confidence is ≥ λ
         (docs/trust.md), and its guarantee is for that set. The one place the threshold is
-        applied (:meth:`apply_unsure`, ``sanet predict``, the server all call it)."""
-        return confidence < self.unsure_threshold()
+        applied (:meth:`apply_unsure`, ``sanet predict``, the server all call it).
+
+        A model calibrated with ``per_class`` has a threshold per predicted class: give the
+        arg-max ``mask`` to apply them (each at least λ̂); without it, λ̂ alone is applied,
+        which keeps the image-level guarantee but not the per-class ones."""
+        threshold = self.unsure_threshold()
+        per_class = self.calibration.class_thresholds if self.calibration else None
+        if per_class is None or mask is None:
+            return confidence < threshold
+        table = np.asarray(per_class, np.float64)
+        return confidence < table[np.minimum(mask, len(table) - 1)]
 
     def apply_unsure(self, mask: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-        """``mask`` with 255 on the :meth:`unsure_pixels`."""
-        return np.where(self.unsure_pixels(confidence), IGNORE_INDEX, mask)
+        """``mask`` with 255 on the :meth:`unsure_pixels` (the class thresholds applied)."""
+        return np.where(self.unsure_pixels(confidence, mask), IGNORE_INDEX, mask)
 
     def unsure_threshold(self) -> float:
         """The calibrated confidence below which a pixel is unsure (``sanet calibrate --risk``).

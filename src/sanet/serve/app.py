@@ -10,8 +10,13 @@ Routes (docs/deploy.md has curl examples; ``/openapi.json`` the schema):
   risk threshold, its unsure pixels and their share; ``?unsure=true`` puts 255 on the unsure
   pixels of the mask (``unsure.py``, docs/trust.md).
 - ``GET /v1/model`` — what the model is (metadata, backend, protocol, limits, calibration).
-- ``GET /healthz`` — 200 with the queue and the last inference once the model is loaded; 503
-  while it loads; 500 when loading failed (a restart is needed).
+- ``GET /healthz`` — 200 with the queue, the last inference and the drift state once the model
+  is loaded; 503 while it loads; 500 when loading failed (a restart is needed).
+- ``GET /metrics`` — the Prometheus text format (``metrics.py``).
+
+A calibrated model's answered requests feed the drift monitor (``drift.py``): ``/healthz``,
+``/v1/model``, ``/metrics`` and the page say whether the last requests are still like the
+calibration images.
 
 A request is read whole (``upload_timeout_s``, ``max_upload_bytes``) and decoded
 (``max_pixels``) before it asks the :class:`~sanet.serve.limits.InferenceGate` for a place, so
@@ -26,9 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -43,90 +46,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sanet.inference.predictor import Predictor, working_size
 from sanet.inference.protocol import window_count
 from sanet.serve import schema
+from sanet.serve.drift import FALSE_ALARM, WINDOW, check_settings
 from sanet.serve.limits import Busy, ClientGone, InferenceGate, ServeLimits, TimedOut, TooSlow
-from sanet.serve.middleware import AccessLog, BodyLimit, HostAllowList, SecurityHeaders
-from sanet.serve.payload import class_table, decode, encode, read_upload, redact_paths
-from sanet.serve.startup import bind_socket, check_model
-from sanet.serve.unsure import check_unsure, model_calibration, predict, share
+from sanet.serve.metrics import CONTENT_TYPE, ServerMetrics
+from sanet.serve.middleware import AccessLog, BodyLimit, HostAllowList, Refused, SecurityHeaders
+from sanet.serve.payload import decode, encode, read_upload
+from sanet.serve.slot import ModelSlot, model_info, server_state, working_side
+from sanet.serve.startup import bind_socket
+from sanet.serve.unsure import check_unsure, predict, share
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
-API_HINT = "POST /v1/segment (multipart field 'image'), GET /v1/model, GET /healthz; the page is /"
-
-
-class ModelSlot:
-    """The predictor, or the promise of one: a loader runs in a thread at start-up (then
-    :func:`~sanet.serve.startup.check_model`), so ``/healthz`` answers 503 while a large model
-    loads, and 500 for good if it cannot be loaded."""
-
-    def __init__(self, source: Predictor | Callable[[], Predictor], gate: InferenceGate) -> None:
-        self.predictor = source if isinstance(source, Predictor) else None
-        self.error: str | None = None
-        self._loader = None if isinstance(source, Predictor) else source
-        self._gate = gate
-
-    def start(self) -> None:
-        if self._loader is not None and self.predictor is None:
-            threading.Thread(target=self._load, name="load-model", daemon=True).start()
-
-    def _load(self) -> None:
-        try:
-            predictor = self._loader()  # type: ignore[misc]
-            side = working_side(self._gate.limits, predictor)
-            self._gate.record(1, check_model(predictor, side))
-            self.predictor = predictor
-            logger.info("Model loaded (%s backend)", predictor.backend)
-        except Exception as err:  # reported by /healthz; the server stays up to say so
-            logger.exception("Loading the model failed")
-            self.error = (
-                f"The model failed to load ({type(err).__name__}: {redact_paths(str(err))}). "
-                "This does not pass by retrying: fix the model file and restart sanet serve "
-                "(the server log has the details)."
-            )
-
-    def require(self, retry_after: int) -> Predictor:
-        if self.predictor is not None:
-            return self.predictor
-        if self.error:
-            raise HTTPException(500, self.error)
-        raise HTTPException(
-            503,
-            f"The model is still loading. Retry in {retry_after} s.",
-            headers={"Retry-After": str(retry_after)},
-        )
-
-
-def working_side(limits: ServeLimits, predictor: Predictor) -> int | None:
-    """The longest side images are predicted at (None: their own size), see ``ServeLimits``:
-    ``max_side``, else what the protocol works at — ``base_size`` × its largest scale, or one
-    sliding window (``crop_size``) when it has no base size."""
-    if limits.max_side == 0:
-        return None
-    if limits.max_side:
-        return limits.max_side
-    protocol = predictor.protocol
-    if protocol.base_size:
-        return math.ceil(protocol.base_size * max(protocol.scales))
-    return protocol.crop_size
-
-
-def model_info(predictor: Predictor, limits: ServeLimits) -> dict[str, Any]:
-    """``GET /v1/model``: the checkpoint's metadata plus what the server adds."""
-    names, palette = class_table(predictor)
-    info = dict(predictor.metadata)
-    model = predictor.model
-    if "model" not in info and hasattr(model, "config"):
-        info["model"] = {"name": model.name, **model.config}
-    info.update(
-        backend=predictor.backend,
-        num_classes=len(names),
-        class_names=names,
-        palette=palette,
-        protocol=predictor.protocol.to_dict(),
-        limits={**limits.to_dict(), "max_side": working_side(limits, predictor)},
-        calibration=model_calibration(predictor),
-    )
-    return info
+API_HINT = (
+    "POST /v1/segment (multipart field 'image'), GET /v1/model, GET /healthz, GET /metrics; "
+    "the page is /"
+)
 
 
 def _gone() -> Response:
@@ -139,15 +73,22 @@ def create_app(
     limits: ServeLimits | None = None,
     *,
     allowed_hosts: Iterable[str] = (),
+    drift_window: int = WINDOW,
+    drift_false_alarm: float = FALSE_ALARM,
 ) -> FastAPI:
     """The app. ``predictor`` may be a loader (``lambda: Predictor(path)``): it then loads in a
     thread at start-up and ``/healthz`` answers 503 until it is ready (500 if it fails).
     ``allowed_hosts``: host names answered besides IP addresses and ``localhost`` (``"*"``:
-    any; see :class:`~sanet.serve.middleware.HostAllowList`). ``sanet.api.serving.
+    any; see :class:`~sanet.serve.middleware.HostAllowList`). ``drift_window`` requests are
+    compared with the model's reference statistics, flagged as drifting at a false-alarm rate
+    of at most ``drift_false_alarm`` per window (``drift.py``). ``sanet.api.serving.
     serving_app`` builds it for a checkpoint with the run's protocol and working size."""
     limits = limits or ServeLimits()
+    check_settings(drift_window, drift_false_alarm)
     gate = InferenceGate(limits)
-    slot = ModelSlot(predictor, gate)
+    settings = {"window": drift_window, "false_alarm": drift_false_alarm}
+    slot = ModelSlot(predictor, gate, settings)
+    metrics = ServerMetrics(lambda: server_state(slot, gate))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -157,16 +98,18 @@ def create_app(
 
     # no /docs page: FastAPI's Swagger UI loads its assets from a CDN; /openapi.json stays
     app = FastAPI(title="sanet", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_upload_bytes, on_refuse=metrics.reject)
     app.add_middleware(HostAllowList, names=allowed_hosts)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(AccessLog)  # added last = outermost: it sees every answer
+    # added last = outermost: it sees every answer
+    app.add_middleware(AccessLog, on_answer=metrics.observe_request)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.slot, app.state.gate, app.state.limits = slot, gate, limits
-    _error_handlers(app)
+    app.state.metrics = metrics
+    _error_handlers(app, metrics)
     _page_routes(app)
-    _status_routes(app, slot, gate, limits)
-    _segment_route(app, slot, gate, limits)
+    _status_routes(app, slot, gate, limits, metrics)
+    _segment_route(app, slot, gate, limits, metrics)
     return app
 
 
@@ -182,8 +125,10 @@ def _page_routes(app: FastAPI) -> None:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
 
-def _status_routes(app: FastAPI, slot: ModelSlot, gate: InferenceGate, limits: ServeLimits) -> None:
-    """``GET /healthz`` and ``GET /v1/model``."""
+def _status_routes(
+    app: FastAPI, slot: ModelSlot, gate: InferenceGate, limits: ServeLimits, metrics: ServerMetrics
+) -> None:
+    """``GET /healthz``, ``GET /v1/model`` and ``GET /metrics``."""
 
     @app.get("/healthz", response_model=schema.Health, responses=schema.HEALTH_RESPONSES)
     async def healthz() -> JSONResponse:
@@ -191,7 +136,11 @@ def _status_routes(app: FastAPI, slot: ModelSlot, gate: InferenceGate, limits: S
 
     @app.get("/v1/model", responses=schema.MODEL_RESPONSES)
     async def model() -> dict[str, Any]:
-        return model_info(slot.require(limits.retry_after_s), limits)
+        return model_info(slot.require(limits.retry_after_s), limits, slot.drift)
+
+    @app.get("/metrics", response_class=Response, responses=schema.METRICS_RESPONSES)
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 def _health(slot: ModelSlot, gate: InferenceGate, limits: ServeLimits) -> JSONResponse:
@@ -215,13 +164,16 @@ def _health(slot: ModelSlot, gate: InferenceGate, limits: ServeLimits) -> JSONRe
             "estimated_wait_s": round(gate.estimated_wait(), 2),
             "seconds_per_window": None if per is None else round(per, 4),
             "last_inference": gate.last_inference(),
+            "drift": slot.drift.state() if slot.drift is not None else None,
         }
     )
 
 
-def _segment_route(app: FastAPI, slot: ModelSlot, gate: InferenceGate, limits: ServeLimits) -> None:
+def _segment_route(
+    app: FastAPI, slot: ModelSlot, gate: InferenceGate, limits: ServeLimits, metrics: ServerMetrics
+) -> None:
     """``POST /v1/segment``: read and decode the upload, predict it through the gate at its
-    working size, answer JSON or PNG."""
+    working size, answer JSON or PNG; a calibrated model's answer feeds the drift monitor."""
     codec = asyncio.Semaphore(max(2, limits.max_concurrent))  # decodes/encodes at once
 
     @app.post(
@@ -256,6 +208,9 @@ def _segment_route(app: FastAPI, slot: ModelSlot, gate: InferenceGate, limits: S
             return _gone()
         async with codec:
             content = await asyncio.to_thread(encode, ready, rgb, prediction, fmt, overlay)
+        if prediction.stats is not None and slot.drift is not None:
+            slot.drift.add(prediction.stats)
+        metrics.observe_answer(prediction.stats)
         scale = max(small) / max(h, w)
         return _answer(content, prediction, scale, seconds, started - admitted)
 
@@ -283,18 +238,20 @@ async def _through_gate(
             disconnected=request.is_disconnected,
         )
     except Busy as err:
-        raise HTTPException(
+        raise Refused(
             503,
             f"The server is busy: {err.reason}. Retry in {err.retry_after} s.",
+            "busy",
             headers={"Retry-After": str(err.retry_after)},
         ) from None
     except TooSlow as err:
         h, w = rgb.shape[:2]
-        raise HTTPException(
+        raise Refused(
             413,
             f"This {w}×{h} image would take about {err.seconds:.0f} s on this server, more "
             f"than its {limits.timeout_s:g} s timeout allows. Send a smaller image, or start "
             "the server with a smaller --max-side or a longer --timeout.",
+            "too_slow",
         ) from None
     except TimedOut:
         raise HTTPException(
@@ -328,12 +285,15 @@ def _timed(fn: Callable[..., Any]) -> Callable[..., tuple[Any, float, float]]:
     return timed
 
 
-def _error_handlers(app: FastAPI) -> None:
+def _error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     """Every error answer is ``{"detail": "<reason and fix>"}`` — also 404, 405, query errors
-    and bugs (whose detail names no file: the traceback goes to the server log)."""
+    and bugs (whose detail names no file: the traceback goes to the server log). A refused
+    upload is counted by its reason."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if isinstance(err, Refused):
+            metrics.reject(err.reason)
         detail = str(err.detail)
         if err.status_code == 404:
             detail = f"Nothing at {request.url.path}. This server has {API_HINT}."

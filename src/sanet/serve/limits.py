@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import numbers
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -74,22 +75,48 @@ class ServeLimits:
     exif_transpose: bool = True
 
     def __post_init__(self) -> None:
+        """Each value out of range is refused by its own name, as the caller spells it
+        (``--timeout`` under ``sanet serve``, ``timeout_s`` from Python)."""
         for name in ("max_upload_bytes", "max_pixels", "max_concurrent", "retry_after_s"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{arg(name)} must be ≥ 1, got {getattr(self, name)}.")
-        if self.max_queue < 0 or self.timeout_s <= 0 or self.upload_timeout_s <= 0:
-            raise UsageError(
-                f"{arg('max_queue')} must be ≥ 0, timeout_s and upload_timeout_s > 0; got "
-                f"{self.max_queue}, {self.timeout_s}, {self.upload_timeout_s}."
-            )
-        if self.max_side is not None and self.max_side != 0 and self.max_side < 32:
+            _check_count(name, getattr(self, name), 1)
+        _check_count("max_queue", self.max_queue, 0)
+        for name in ("timeout_s", "upload_timeout_s"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+                raise UsageError(
+                    f"{arg(name)} must be a number of seconds above 0, got {value!r}. "
+                    f"Try {arg(name, _field_default(name))}."
+                )
+        side = self.max_side
+        if side is not None and (not _is_count(side) or side < 0 or 0 < side < 32):
             raise UsageError(
                 f"{arg('max_side')} must be 0 (native size) or ≥ 32 (the models' minimum input), "
-                f"got {self.max_side}."
+                f"a whole number; got {side!r}."
             )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _field_default(name: str) -> Any:
+    return next(f.default for f in fields(ServeLimits) if f.name == name)
+
+
+def _check_count(name: str, value: Any, least: int) -> None:
+    """Refuse ``value`` unless it is a whole number ``≥ least``."""
+    if not _is_count(value) or value < least:
+        raise UsageError(
+            f"{arg(name)} must be a whole number ≥ {least}, got {value!r}. "
+            f"Try {arg(name, _field_default(name))}."
+        )
 
 
 class Busy(Exception):

@@ -9,7 +9,9 @@
 - :class:`BodyLimit` — 413 for a body over ``max_upload_bytes``, from the ``Content-Length``
   header when there is one, and by counting when there is none (chunked).
 - :class:`AccessLog` — one JSON line per request (method, path, status, bytes in and out,
-  milliseconds) on the ``sanet.access`` logger; a client that left is status 499.
+  milliseconds) on the ``sanet.access`` logger; a client that left is status 499. It also
+  tells ``/metrics`` (``metrics.py``) of every answer.
+- :class:`Refused` — an upload refused before inference, with the reason ``/metrics`` counts.
 """
 
 from __future__ import annotations
@@ -52,6 +54,17 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class Refused(HTTPException):
+    """An upload refused before inference; ``reason`` is its label in ``/metrics``
+    (``sanet_rejected_uploads``, :data:`~sanet.serve.metrics.REJECT_REASONS`)."""
+
+    def __init__(
+        self, status_code: int, detail: str, reason: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status_code, detail, headers)
+        self.reason = reason
 
 
 class HostAllowList:
@@ -106,16 +119,21 @@ class SecurityHeaders:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413."""
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413 (``on_refuse`` is
+    told the refusal's reason when this middleware answers itself)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(
+        self, app: ASGIApp, limit: int, on_refuse: Callable[[str], None] | None = None
+    ) -> None:
+        self.app, self.limit, self.on_refuse = app, limit, on_refuse
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            if self.on_refuse is not None:
+                self.on_refuse("too_large")
             return await send_json(send, 413, self._message(int(declared)))
         received = 0
 
@@ -126,8 +144,11 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     # raised inside the route's body reading → answered 413 by the app
-                    raise HTTPException(
-                        413, self._message(received, so_far=True), {"Connection": "close"}
+                    raise Refused(
+                        413,
+                        self._message(received, so_far=True),
+                        "too_large",
+                        {"Connection": "close"},
                     )
             return message
 
@@ -143,10 +164,13 @@ class BodyLimit:
 
 
 class AccessLog:
-    """ASGI middleware: one JSON line per HTTP request on the ``sanet.access`` logger."""
+    """ASGI middleware: one JSON line per HTTP request on the ``sanet.access`` logger, and
+    ``on_answer(path, status, seconds)`` (the ``/metrics`` counts)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(
+        self, app: ASGIApp, on_answer: Callable[[str, int, float], None] | None = None
+    ) -> None:
+        self.app, self.on_answer = app, on_answer
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -176,7 +200,10 @@ class AccessLog:
         try:
             await self.app(scope, counting_receive, recording_send)
         finally:
-            record["ms"] = round((time.perf_counter() - start) * 1000, 1)
+            seconds = time.perf_counter() - start
+            record["ms"] = round(seconds * 1000, 1)
+            if self.on_answer is not None:
+                self.on_answer(scope["path"], record["status"], seconds)
             client = scope.get("client")
             record["client"] = client[0] if client else None
             access_logger.info(json.dumps(record))

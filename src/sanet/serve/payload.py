@@ -1,7 +1,8 @@
 """What goes in and out of ``POST /v1/segment``: the upload read whole within its deadline,
 decoded under the pixel limit, and the answer encoded (mask PNG, overlay, class table; a
-calibrated model's confidence and unsure pixels). Every refusal is an ``HTTPException`` whose
-detail says what was wrong and what to do.
+calibrated model's confidence and unsure pixels). Every refusal is a
+:class:`~sanet.serve.middleware.Refused` (an ``HTTPException`` with the reason ``/metrics``
+counts) whose detail says what was wrong and what to do.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from typing import Any
 
 import numpy as np
-from fastapi import HTTPException, Request
+from fastapi import Request
 from PIL import UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +24,7 @@ from sanet.conventions import IGNORE_INDEX
 from sanet.data.io import DataError, TooManyPixels, load_image
 from sanet.inference.predictor import Predictor
 from sanet.serve.limits import ClientGone, ServeLimits
+from sanet.serve.middleware import Refused
 from sanet.serve.unsure import Prediction, guarantee, share, unsure_image
 from sanet.viz.visualize import (
     confidence_image,
@@ -68,18 +70,20 @@ async def read_upload(request: Request, limits: ServeLimits) -> Upload:
     """
     kind = request.headers.get("content-type", "")
     if not kind.startswith("multipart/form-data"):
-        raise HTTPException(
+        raise Refused(
             415,
             f"Expected multipart/form-data with a file field 'image', got {kind or 'none'!r}. "
             "Send e.g.: curl -F image=@photo.jpg http://HOST:PORT/v1/segment",
+            "not_multipart",
         )
     try:
         await asyncio.wait_for(request.body(), limits.upload_timeout_s)
     except asyncio.TimeoutError:
-        raise HTTPException(
+        raise Refused(
             408,
             f"The upload did not finish within {limits.upload_timeout_s:g} s. Send it again "
             "over a faster connection, or send a smaller file.",
+            "upload_timeout",
             headers={"Connection": "close"},
         ) from None
     except ClientDisconnect:
@@ -87,22 +91,37 @@ async def read_upload(request: Request, limits: ServeLimits) -> Upload:
     try:
         form = await request.form(max_files=1, max_fields=4)
     except StarletteHTTPException as err:  # python-multipart's parse errors
-        raise HTTPException(
+        raise Refused(
             400,
             f"The multipart body is malformed ({err.detail}). Send the image as a form "
             "field: curl -F image=@photo.jpg http://HOST:PORT/v1/segment",
+            "malformed",
         ) from None
     try:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
-            raise HTTPException(
+            raise Refused(422, _no_file(form.keys(), upload), "no_image_field")
+        data = await upload.read()
+        if not data:
+            name = Upload(b"", upload.filename or "upload").name
+            raise Refused(
                 422,
-                f"The form has no file field 'image' (fields: {sorted(form.keys())}). "
-                "Send the image as: -F image=@photo.jpg",
+                f"{name} is empty (0 bytes). Choose an image file and send it again.",
+                "empty_file",
             )
-        return Upload(await upload.read(), upload.filename or "upload")
+        return Upload(data, upload.filename or "upload")
     finally:
         await form.close()
+
+
+def _no_file(fields: Any, value: str | None) -> str:
+    """Why the form has no file in 'image': no such field, or a text field of that name (curl's
+    ``-F image=`` or ``-F image=photo.jpg``, without the ``@`` that attaches the file)."""
+    send = "Send the image as a file: curl -F image=@photo.jpg (the @ attaches the file)"
+    if value is None:
+        return f"The form has no field 'image' (its fields: {sorted(fields)}). {send}."
+    what = "is empty" if not value else f"holds the text {value[:40]!r}"
+    return f"The form field 'image' {what}, not a file. {send}."
 
 
 def decode(upload: Upload, limits: ServeLimits) -> np.ndarray:
@@ -112,15 +131,18 @@ def decode(upload: Upload, limits: ServeLimits) -> np.ndarray:
             upload, exif_transpose=limits.exif_transpose, max_pixels=limits.max_pixels
         )
     except TooManyPixels as err:
-        raise HTTPException(413, f"{upload.name}: {err.problem}. Send a smaller image.") from None
+        raise Refused(
+            413, f"{upload.name}: {err.problem}. Send a smaller image.", "too_many_pixels"
+        ) from None
     except DataError as err:
         if isinstance(err.__cause__, UnidentifiedImageError):
             why = "is not an image this server can read (JPEG, PNG, WebP, BMP, GIF or TIFF)"
-            fix = "Choose an image file"
+            fix, reason = "Choose an image file", "not_an_image"
         else:
             why = "looks like an image but is damaged or cut short"
             fix = "Send the file again, or open and re-save it in an image editor"
-        raise HTTPException(415, f"{upload.name} {why}. {fix}.") from None
+            reason = "damaged_image"
+        raise Refused(415, f"{upload.name} {why}. {fix}.", reason) from None
 
 
 def _png(image: Any) -> bytes:

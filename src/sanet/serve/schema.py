@@ -74,6 +74,37 @@ class CalibrationInfo(BaseModel):
     record: dict[str, Any] = Field(description="everything sanet calibrate stored (ECE, NLL, ...)")
 
 
+class DriftFeature(BaseModel):
+    distance: float = Field(description="KS distance between the window and the reference")
+    window_mean: float = Field(description="mean over the window's requests")
+    reference_mean: float = Field(description="mean over the calibration images")
+
+
+class DriftState(BaseModel):
+    """Whether the last requests are like the calibration images (docs/deploy.md, "Drift")."""
+
+    status: str = Field(
+        description='"in distribution", "drifting", "collecting" (window not full yet) or '
+        '"no reference" (an uncalibrated model, or one calibrated without reference statistics)'
+    )
+    detail: str = Field(description="the state in a sentence: the statistic and its threshold")
+    statistic: float | None = Field(
+        description="the largest KS distance over the features (null until the window is full)"
+    )
+    threshold: float | None = Field(
+        description="the critical KS distance: drifting at or above it (Bonferroni over the "
+        "features, at most false_alarm of in-distribution windows flagged)"
+    )
+    feature: str | None = Field(description="the feature of the largest distance")
+    window: int = Field(description="requests compared (--drift-window)")
+    requests: int = Field(description="requests in the window so far")
+    reference_images: int | None = Field(description="calibration images of the reference")
+    false_alarm: float = Field(description="the false-alarm rate per window (--drift-false-alarm)")
+    features: dict[str, DriftFeature] = Field(
+        description="per feature (mean_confidence, unsure_share, class_share:NAME, pixels)"
+    )
+
+
 class ModelAnswer(BaseModel, extra="allow"):
     """``GET /v1/model``: the checkpoint's metadata (class names, palette, ...) and these."""
 
@@ -84,6 +115,7 @@ class ModelAnswer(BaseModel, extra="allow"):
     protocol: dict[str, Any]
     limits: dict[str, Any] = Field(description="ServeLimits, with the max_side in use")
     calibration: CalibrationInfo | None
+    drift: DriftState = Field(description="the drift state, as /healthz reports it")
 
 
 class QueueState(BaseModel):
@@ -105,6 +137,7 @@ class Health(BaseModel):
     last_inference: dict[str, Any] | None = Field(
         description="{finished (UTC), seconds, windows} of the last inference, or null"
     )
+    drift: DriftState
 
 
 class HealthProblem(BaseModel):
@@ -179,4 +212,11 @@ MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": ModelAnswer, "description": "the model"},
     500: _error("the model failed to load: restart needed"),
     503: _error("the model is loading: retry after Retry-After seconds"),
+}
+
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the server's counters and gauges in the Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
 }

@@ -6,8 +6,10 @@ request fail is refused at start-up as a ``UsageError`` (one line and exit 2 in 
   binding it (before the model loads; the server then runs on this very socket, so nothing can
   take the port in between).
 - :func:`check_model` — the model is a segmentation model (``(N, 3, H, W)`` in, ``(N, K, H, W)``
-  logits out, any H and W), checked on the graph of an ONNX file and by running it; returns the
-  measured seconds of one forward window, the first estimate for admission.
+  logits out, any H and W), checked by running it (an ONNX file's declared shapes were checked
+  when it loaded: :func:`~sanet.inference.onnx_backend.check_segmentation_graph`, the check
+  ``sanet predict`` and ``eval`` share); returns the measured seconds of one forward window,
+  the first estimate for admission.
 
 Nothing here imports FastAPI, so the CLI can call it to say what is missing.
 """
@@ -24,12 +26,17 @@ from typing import Any
 import torch
 
 from sanet.errors import UsageError, arg
-from sanet.inference.onnx_backend import OnnxModel
+from sanet.inference.onnx_backend import SEGMENTATION_GRAPH
 from sanet.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 #: ``import name`` → ``pip`` name of what ``sanet serve`` needs besides sanet itself.
-SERVE_DEPENDENCIES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
+SERVE_DEPENDENCIES = {
+    "fastapi": "fastapi",
+    "uvicorn": "uvicorn",
+    "multipart": "python-multipart",
+    "prometheus_client": "prometheus-client",  # /metrics
+}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CHECK_SIZE = (65, 97)  # odd: where a model that only works at its export size fails
 
@@ -115,25 +122,6 @@ def _bind_error(host: str, port: int, err: OSError) -> str:
     return f"Cannot listen on {host}:{port}: {err.strerror or err}."
 
 
-def _onnx_signature(model: OnnxModel) -> str | None:
-    """Why an ONNX graph cannot be a segmentation model, from its declared shapes (or None)."""
-    inputs, outputs = model.session.get_inputs(), model.session.get_outputs()
-    source = f"{model.path.name}"
-    if len(inputs) != 1:
-        names = [i.name for i in inputs]
-        return f"{source} takes {len(inputs)} inputs {names}; expected one image batch"
-    shape_in, shape_out = list(inputs[0].shape), list(outputs[0].shape)
-    channels = shape_in[1] if len(shape_in) == 4 else None
-    if len(shape_in) != 4 or (isinstance(channels, int) and channels != 3):
-        return f"{source}'s input {inputs[0].name!r} has shape {shape_in}; expected (N, 3, H, W)"
-    if len(shape_out) != 4:
-        return (
-            f"{source}'s output {outputs[0].name!r} has shape {shape_out} (rank "
-            f"{len(shape_out)}); expected per-pixel logits (N, K, H, W)"
-        )
-    return None
-
-
 def check_model(predictor: Predictor, side: int | None = None) -> float:
     """Refuse a model that cannot serve segmentation, then time one forward window.
 
@@ -147,14 +135,8 @@ def check_model(predictor: Predictor, side: int | None = None) -> float:
     Raises:
         UsageError: what the model is instead, and what ``sanet serve`` expects.
     """
-    model = predictor.model
-    expected = (
-        "sanet serves segmentation models that take (N, 3, H, W) images of any size and return "
-        "(N, K, H, W) logits: a run directory, a model/ folder, or an .onnx file from `sanet "
-        "export`"
-    )
-    if isinstance(model, OnnxModel) and (why := _onnx_signature(model)):
-        raise UsageError(f"{why}. {expected}.")
+    model = predictor.model  # an ONNX graph's declared shapes were checked when it loaded
+    expected = SEGMENTATION_GRAPH
     k = int(getattr(model, "num_classes", 0) or 0)
     out = _forward(model, CHECK_SIZE, predictor.device, expected)
     classes = k or (out.shape[1] if out.ndim == 4 else 0)
@@ -179,6 +161,8 @@ def _forward(model: Any, size: tuple[int, int], device: Any, expected: str) -> t
         with torch.no_grad():
             out = model(x)
         return out["out"] if isinstance(out, dict) else out
+    except UsageError:  # the ONNX backend's own refusal says it all
+        raise
     except Exception as err:  # a foreign graph fails inside onnxruntime in many ways
         raise UsageError(
             f"The model cannot run on a {size[0]}×{size[1]} image "

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import HTTPException
 from PIL import Image
 
 from sanet.conventions import IGNORE_INDEX
 from sanet.inference.confidence import ASSUMPTION
 from sanet.inference.predictor import Predictor
+from sanet.serve.drift import RequestStats, request_stats
+from sanet.serve.middleware import Refused
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,13 @@ class Prediction:
         confidence: calibrated confidence ``(H, W)`` float32 in [0, 1]; ``None`` for an
             uncalibrated model.
         unsure: ``(H, W)`` bool, confidence below the risk threshold; ``None`` without one.
+        stats: a calibrated model's per-request statistics (``drift.py``), of the plain mask.
     """
 
     mask: np.ndarray
     confidence: np.ndarray | None = None
     unsure: np.ndarray | None = None
+    stats: RequestStats | None = None
 
 
 def has_threshold(predictor: Predictor) -> bool:
@@ -48,7 +51,7 @@ def check_unsure(predictor: Predictor, unsure: bool) -> None:
     """Refuse ``?unsure=true`` for a model without a risk threshold, before the upload is read.
 
     Raises:
-        HTTPException: 422, saying how to get a threshold.
+        Refused: 422, saying how to get a threshold.
     """
     if unsure and not has_threshold(predictor):
         state = (
@@ -56,11 +59,12 @@ def check_unsure(predictor: Predictor, unsure: bool) -> None:
             if predictor.calibration is not None
             else "carries no calibration"
         )
-        raise HTTPException(
+        raise Refused(
             422,
             f"unsure=true needs a model calibrated with a risk threshold, but this model {state}. "
             "Drop unsure=true, or run `sanet calibrate --checkpoint RUN --data KIND:ROOT --risk "
             "0.05` on the model and restart the server with it.",
+            "no_risk_threshold",
         )
 
 
@@ -80,10 +84,11 @@ def predict(
     mask, confidence = predictor.predict_with_confidence(
         rgb, max_side=side, should_stop=should_stop
     )
-    unsure = None if calibration.threshold is None else predictor.unsure_pixels(confidence)
+    unsure = None if calibration.threshold is None else predictor.unsure_pixels(confidence, mask)
+    stats = request_stats(mask, confidence, unsure, int(predictor.model.num_classes))
     if mark_unsure and unsure is not None:
         mask = np.where(unsure, IGNORE_INDEX, mask)
-    return Prediction(_compact(mask), confidence, unsure)
+    return Prediction(_compact(mask), confidence, unsure, stats)
 
 
 def _compact(mask: np.ndarray) -> np.ndarray:
@@ -111,6 +116,30 @@ def guarantee(predictor: Predictor) -> dict[str, Any]:
         "alpha": calibration.alpha,
         "assumption": risk.get("assumption") or ASSUMPTION,
     }
+
+
+def calibration_words(predictor: Predictor) -> str:
+    """Whether the model is calibrated, in a few words for the start-up line: its temperature
+    and, with a risk threshold, the threshold and the guarantee (mode and level)."""
+    calibration = predictor.calibration
+    if calibration is None:
+        return "not calibrated (no confidence, unsure pixels or drift: see `sanet calibrate`)"
+    words = f"calibrated: T = {calibration.temperature:.4g}"
+    if calibration.threshold is None:
+        return words + ", no risk threshold"
+    risk = calibration.record.get("risk") or {}
+    words += f", risk threshold {calibration.threshold:.4g}"
+    if risk.get("mode", "mean") == "per_image" and risk.get("delta") is not None:
+        level = risk.get("confidence_level")
+        within = f", with probability {level}" if level is not None else ""
+        return words + (
+            f" (per-image guarantee: at most {risk['delta']} of the images have a "
+            f"sure-and-wrong share above α = {calibration.alpha}{within})"
+        )
+    return (
+        words
+        + f" (mean guarantee: expected sure-and-wrong share of an image ≤ α = {calibration.alpha})"
+    )
 
 
 def model_calibration(predictor: Predictor) -> dict[str, Any] | None:

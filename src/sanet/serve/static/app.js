@@ -147,6 +147,7 @@ async function loadModel() {
   }));
   buildLayerToggles();
   $("dl-confidence").hidden = !model.calibration;
+  showDrift(model.drift);
 }
 
 function toggleClass(id, button) {
@@ -343,6 +344,7 @@ async function segment(file) {
   render();
   showClasses(body.classes);
   showTrust(body);
+  refreshDrift();
   for (const id of DOWNLOADS) $(id).disabled = false;
   const scale = body.scale < 1 ? `, predicted at ${Math.round(100 * body.scale)} % size` : "";
   setStatus("done", `${file.name}: ${body.width}×${body.height} px, ${body.seconds.toFixed(2)} s` +

@@ -1,6 +1,7 @@
-// sanet serve page: a calibrated model's confidence map and unsure pixels (docs/trust.md).
-// Loaded before app.js, which adds TRUST_LAYERS to its LAYERS. Nothing here shows for an
-// uncalibrated model: GET v1/model then has "calibration": null and /v1/segment sends no maps.
+// sanet serve page: a calibrated model's confidence map and unsure pixels (docs/trust.md), and
+// the drift line (docs/deploy.md, "Drift"). Loaded before app.js, which adds TRUST_LAYERS to its
+// LAYERS. No layer shows for an uncalibrated model: GET v1/model then has "calibration": null
+// and /v1/segment sends no maps; its drift line says "no reference".
 "use strict";
 
 // Unsure pixels are hatched (diagonal stripes of dark and light grey) rather than flat grey:
@@ -72,4 +73,27 @@ function showTrust(body) {
   $("unsure-why").textContent = ` (calibrated confidence below ${Number(body.threshold.toPrecision(6))}).` +
     ` Expected share of sure-and-wrong pixels per image: at most ${percent(body.alpha)};` +
     ` this guarantee ${body.assumption}.`;
+}
+
+// The drift line: whether the last requests are still like the calibration images ("in
+// distribution", "drifting"), with the statistic and its threshold; "collecting" until the
+// window is full, "no reference" and why for a model without reference statistics.
+function showDrift(drift) {
+  const line = $("drift");
+  line.hidden = !drift;
+  if (!drift) return;
+  line.dataset.status = drift.status;
+  $("drift-status").textContent = `Drift: ${drift.status}.`;
+  const sentence = drift.detail.replace(/^[^:]*:\s*/, "");
+  $("drift-detail").textContent = sentence.charAt(0).toUpperCase() + sentence.slice(1);
+}
+
+// After each answer: the server's drift state now (GET healthz).
+async function refreshDrift() {
+  try {
+    const response = await fetch("healthz");
+    if (response.ok) showDrift((await response.json()).drift);
+  } catch {
+    // the server did not answer: the next answer tries again
+  }
 }
