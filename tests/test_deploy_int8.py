@@ -424,6 +424,7 @@ R94_CASES = [
     ("logits,mask", "infer", 0, ""),  # the one docs/deploy.md's example writes
     ("logits,mask,confidence", "infer", 0, ""),
     ("mask", "eval", 2, "no 'logits': --mode eval runs sanet's protocol"),
+    ("pooled", "infer", 2, "has shape ['N', 3] (rank 2)"),  # not a segmentation model: refused
 ]
 
 
@@ -435,8 +436,13 @@ def test_r94_bench_times_every_file_export_writes_as_a_server_runs_it(
     """Issue 28.7: ``sanet bench onnx:FILE`` refused files exported with ``--outputs``. In
     ``infer`` mode the graph runs as a server runs it, every output fetched; ``eval`` (sanet's
     protocol) needs the logits and says so in one line."""
+    from test_deploy_startup import graph_file
+
     path, report = tmp_path / "served.onnx", tmp_path / "bench.json"
-    onnx.save(add_outputs(conv_proto(BENIGN), parse_outputs(outputs), 1.5), str(path))
+    if outputs == "pooled":  # a classifier's head on an image: (N, 3, H, W) → (N, 3)
+        graph_file(path, outputs)
+    else:
+        onnx.save(add_outputs(conv_proto(BENIGN), parse_outputs(outputs), 1.5), str(path))
     argv = ["bench", "--device", "cpu", "--models", f"onnx:{path}", "--mode", mode]
     argv += ["--threads", "1", "--size", "45", "--image", "45x33", "--protocol", "single"]
     with torch_threads_kept():
@@ -444,7 +450,7 @@ def test_r94_bench_times_every_file_export_writes_as_a_server_runs_it(
     err = capsys.readouterr().err.strip()
     if status:
         assert err.startswith("sanet bench: error:") and "\n" not in err and match in err
-        assert "--mode infer" in err and not report.exists()
+        assert ("--mode infer" in err) == (mode == "eval") and not report.exists()
         return
     (row,) = json.loads(report.read_text())["rows"]
     assert row["outputs"] == [o.name for o in onnx.load(str(path)).graph.output]

@@ -36,6 +36,7 @@ import logging
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ from torch import nn
 
 from sanet.errors import NotFoundError, UsageError, arg
 from sanet.experiments.measure import count_flops, interleaved, profile_calls, warm_up
-from sanet.inference.onnx_backend import OnnxModel, providers_for
+from sanet.inference.onnx_backend import OnnxModel, check_segmentation_graph, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask
 from sanet.losses import SANetLoss
 from sanet.models.registry import build_model, list_models
@@ -132,7 +133,6 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 def check_onnx_path(spec: str, path: str) -> str:
     """``onnx:PATH`` names an existing ``.onnx`` file."""
-    from pathlib import Path
 
     if not path.lower().endswith(".onnx"):
         raise UsageError(f"{spec!r}: expected onnx:PATH to an .onnx file, e.g. onnx:model.onnx.")
@@ -170,6 +170,11 @@ class OnnxGraph(nn.Module):
             ) from err
         self.path, self.input_name = path, self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
+        if "logits" in self.outputs or not {"mask", "confidence"} & set(self.outputs):
+            # the check of every command (OnnxModel's), on the logits or a foreign file's
+            # first output; a file sanet exported with only a mask or confidence has no logits
+            logits = "logits" if "logits" in self.outputs else self.outputs[0]
+            check_segmentation_graph(self.session, logits, Path(path))
 
     def forward(self, x: torch.Tensor) -> list[Any]:
         batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
