@@ -101,9 +101,10 @@ def int8_line(q: dict[str, Any]) -> str:
     """One line of what the INT8 gate measured (the file's ``quantization`` record)."""
     m, s, cpu = q["miou"], q["speedup"], q["cpu"]
     flags = [f for f in ("avx512_vnni", "avx_vnni", "amx") if cpu.get(f)] or ["no VNNI"]
+    se = f" ± {m['drop_se']:.4f} (SE)" if m.get("drop_se") is not None else ""
     return (
         f"int8 (quantized from the fp32 graph checked below): mIoU {m['fp32']:.4f} (fp32) → "
-        f"{m['int8']:.4f} (int8), drop {m['drop']:.4f} ≤ "
+        f"{m['int8']:.4f} (int8), drop {m['drop']:.4f}{se} ≤ "
         f"{m['max_drop']:g} on {m['data'].rstrip(':')} {m['split']} ({m['images']} images); "
         f"{s['ratio']:.2f}× the fp32 speed at {s['size'][0]}×{s['size'][1]}, {s['threads']} "
         f"threads ({cpu['name']}: {', '.join(flags)}; {q['activations']} activations, "

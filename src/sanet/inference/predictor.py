@@ -368,6 +368,7 @@ def evaluate_pairs(
     protocol: EvalProtocol | None = None,
     device: str | torch.device = "cpu",
     on_image: Callable[[int, np.ndarray], None] | None = None,
+    cm: ConfusionMatrix | None = None,
 ) -> ConfusionMatrix:
     """Accumulate a :class:`~sanet.metrics.ConfusionMatrix` over ``(image, mask)`` pairs: the
     one evaluation loop (``sanet eval``, validation during training, DDP shards).
@@ -376,14 +377,16 @@ def evaluate_pairs(
     image, an array) with an ``(H, W)`` mask, or a uint8 batch ``(N, 3, H, W)`` (a DataLoader's)
     with ``(N, H, W)`` masks. Images are normalised here and predicted at their full original
     size under ``protocol``; ``on_image(i, pred)`` is called after each image (progress bars,
-    saving predictions; it costs a host copy of the prediction).
+    saving predictions; it costs a host copy of the prediction). ``cm``: add to this matrix
+    (e.g. a continued evaluation's) instead of a new one.
 
     Returns:
         the ``ConfusionMatrix`` (call ``compute()``; under DDP ``all_reduce()`` first).
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
+    if cm is None:
+        cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
     done = 0
     for image, mask in pairs:
         batched = isinstance(image, torch.Tensor) and image.ndim == 4
