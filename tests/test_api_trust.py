@@ -109,10 +109,20 @@ def test_the_model_keeps_exactly_the_stored_keys(both, model_dir, data, tmp_path
     stored = json.loads(both["result"].stored.read_text())["metadata"]["calibration"]
     assert list(stored) == list(STORED_KEYS)  # with a risk level: every key, in this order
     assert stored["data"] == f"folder:{data}" and stored["split"] == "val"
-    assert stored == {k: both["result"].record[k] for k in STORED_KEYS}
+    record = both["result"].record
+    # the per-image values stay in calibration.json; everything else is kept as it is
+    assert stored["risk"]["per_image"] == {
+        k: v for k, v in record["risk"]["per_image"].items() if k != "values"
+    }
+    assert len(record["risk"]["per_image"]["values"]) == 4
+    stored["risk"]["per_image"] = record["risk"]["per_image"]
+    assert stored == {k: record[k] for k in STORED_KEYS}
     plain = calibrate(_copy(model_dir, tmp_path), f"folder:{data}", limit=2, fit_images=1)
     kept = json.loads(plain.stored.read_text())["metadata"]["calibration"]
     assert list(kept) == [k for k in STORED_KEYS if k != "risk"]
+    assert (
+        kept["reference"]["images"] == 2 and kept["reference"]["per_image"]["unsure_share"] is None
+    )
     assert kept["images"] == 2 and plain.record["fit"]["images"] == 1
     assert plain.threshold is None and plain.alpha is None
 
@@ -165,7 +175,19 @@ CALIBRATE_REFUSALS = {
     "risk-above-1": ({"risk": 1.5}, "risk must lie between 0 and 1 (e.g. risk=0.05)"),
     "risk-needs-more-images": ({"risk": 0.1}, "risk=0.1 needs at least 9 calibration images"),
     "fit-images-0": ({"fit_images": 0}, "fit_images must be at least 1"),
-    "no-images": ({"limit": 0}, "has no images to calibrate on"),
+    "limit-0": ({"limit": 0}, "split 'val' has 4). Give limit of at least 1"),
+    "per-image-needs-more-images": (
+        {"risk": 0.4, "per_image": 0.1},
+        "per_image=0.1 at confidence_level=0.9 needs at least 22 calibration images",
+    ),
+    "per-image-above-1": ({"risk": 0.4, "per_image": 1.5}, "per_image must lie between 0 and 1"),
+    "per-image-0": ({"risk": 0.4, "per_image": 0.0}, "per_image must lie between 0 and 1"),
+    "confidence-level-1": (
+        {"risk": 0.4, "per_image": 0.5, "confidence_level": 1.0},
+        "confidence_level must lie between 0 and 1",
+    ),
+    "per-image-without-risk": ({"per_image": 0.1}, "give both, e.g. risk=0.1 per_image=0.1"),
+    "per-class-without-risk": ({"per_class": True}, "give risk too"),
 }
 
 
@@ -252,3 +274,167 @@ def test_unsure_pixels_without_a_threshold_name_the_python_call(model_dir):
     with flag_names(flags), pytest.raises(UsageError) as caught:  # what the command line says
         predictor.predict(image, unsure=True)
     assert "`sanet calibrate --checkpoint RUN --data KIND:ROOT --risk 0.05`" in str(caught.value)
+
+
+# ------------------------------------------------- the per-image view and the stored reference
+
+
+def _labelled(data: Path, image: Path) -> np.ndarray:
+    return np.asarray(Image.open(data / "masks/val" / image.name), np.int64)
+
+
+def test_the_reference_and_the_per_image_view_are_what_the_predictor_sees(both):
+    result, py, data = both["result"], both["py"], both["data"]
+    predictor, risk = Predictor(py), result.record["risk"]
+    expected = {"mean_confidence": [], "unsure_share": [], "class_shares": [], "pixels": []}
+    losses, names = [], []
+    for image in sorted((data / "images/val").glob("*.png")):
+        mask, conf = predictor.predict_with_confidence(image)  # what the server computes
+        expected["mean_confidence"].append(conf.astype(np.float64).mean())
+        expected["unsure_share"].append((conf < risk["threshold"]).mean())
+        expected["class_shares"].append(np.bincount(mask.ravel(), minlength=3) / mask.size)
+        expected["pixels"].append(mask.size)
+        label = _labelled(data, image)
+        valid = label != 255
+        losses.append(((conf >= risk["threshold"]) & (mask != label) & valid).sum() / valid.sum())
+        names.append(str(image))
+    reference = result.record["reference"]
+    assert reference["images"] == 4 and list(reference["per_image"]) == list(expected)
+    for key, values in expected.items():
+        assert np.allclose(reference["per_image"][key], values, atol=2e-6), key
+    view = risk["per_image"]
+    assert np.allclose(view["values"], losses, atol=1e-6)
+    assert view["quantiles"]["0.9"] == pytest.approx(np.quantile(losses, 0.9), abs=1e-9)
+    assert view["share_above_alpha"] == np.mean(np.array(losses) > 0.4)
+    worst = [names[i] for i in np.argsort(losses)[::-1]]
+    assert [w["image"] for w in view["worst"]] == worst  # by name, worst first
+    stored = json.loads(result.stored.read_text())["metadata"]["calibration"]
+    assert stored["reference"] == reference  # what the server's drift detection reads
+
+
+def test_per_class_thresholds_are_each_at_least_the_global_one_and_applied_by_class(
+    model_dir, data, tmp_path
+):
+    folder = _copy(model_dir, tmp_path)
+    result = calibrate(folder, f"folder:{data}", risk=0.4, per_class=True)
+    risk = result.record["risk"]
+    applied = risk["class_thresholds"]
+    assert len(applied) == 3 and [c["class"] for c in risk["per_class"]] == list(
+        ["background", "disc", "square"]
+    )
+    for c, threshold in zip(risk["per_class"], applied, strict=True):
+        assert threshold is None or threshold >= risk["threshold"]
+        assert threshold == c["threshold"]
+        assert (threshold is None) == (c["own_threshold"] is None)
+    predictor = Predictor(folder)
+    image = sorted((data / "images/val").glob("*.png"))[0]
+    mask, conf = predictor.predict_with_confidence(image)
+    table = np.array([np.inf if t is None else t for t in applied])
+    expected = np.where(conf < table[mask], 255, mask)  # by hand: each pixel its class's threshold
+    assert np.array_equal(predictor.predict(image, unsure=True), expected)
+    assert np.array_equal(predictor.unsure_pixels(conf), conf < risk["threshold"])  # no mask
+    assert "per class" in risk["guarantee"]
+
+
+def test_per_image_threshold_through_the_cli_is_learn_then_test_by_hand(
+    model_dir, data, tmp_path, capsys
+):
+    """4 images reach δ = 0.5 at level 0.9 ((1 − 0.5)^4 ≤ 0.1); the threshold is the fixed
+    sequence from the top, each p-value a binomial tail summed with ``math.comb``."""
+    import math
+
+    from sanet.trust.risk import THRESHOLDS
+
+    folder = _copy(model_dir, tmp_path)
+    argv = ["calibrate", "--checkpoint", str(folder), "--data", f"folder:{data}", "--risk", "0.05"]
+    assert main([*argv, "--per-image", "0.5", "--confidence-level", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    risk = json.loads((tmp_path / "calibration/calibration.json").read_text())["risk"]
+    predictor, curves = Predictor(folder), []
+    for image in sorted((data / "images/val").glob("*.png")):
+        mask, conf = predictor.predict_with_confidence(image)
+        label = _labelled(data, image)
+        wrong, valid = (mask != label) & (label != 255), label != 255
+        curves.append([(wrong & (conf >= lam)).sum() / valid.sum() for lam in THRESHOLDS])
+    exceeding = (np.array(curves) > 0.05).sum(axis=0)
+    tail = [sum(math.comb(4, i) * 0.5**4 for i in range(k + 1)) for k in exceeding]
+    j = len(THRESHOLDS)
+    while j > 0 and tail[j - 1] <= 0.1:
+        j -= 1
+    assert 0 < j < len(THRESHOLDS), j  # a threshold, and not a vacuous one
+    assert risk["mode"] == "per_image" and risk["threshold"] == pytest.approx(THRESHOLDS[j])
+    assert risk["exceeding_images"] == exceeding[j] and risk["min_images"] == 4
+    assert "with probability ≥ 0.9 over the calibration images, at most a share 0.5" in printed
+    assert predictor.unsure_threshold() == risk["threshold"]
+
+
+# ----------------------------------------------- calibrating again (issue 28: 1 and 9)
+
+
+def test_calibrating_again_is_refused_naming_the_stored_calibration(model_dir, data, tmp_path):
+    folder = _copy(model_dir, tmp_path)
+    spec = f"folder:{data}"
+    first = calibrate(folder, spec, risk=0.4)
+    config = (folder / "config.json").read_bytes()
+    quick = tmp_path / "quick"
+    message = _refuses(OutputExistsError, "already carries a calibration", calibrate, folder, spec,
+                       out=quick)  # fmt: skip
+    assert f"T = {first.temperature:.4g}" in message and "risk α = 0.4" in message
+    assert "drop its risk threshold" in message and "replace=True" in message
+    assert "give out_model a new folder" in message
+    assert (folder / "config.json").read_bytes() == config and not quick.exists()
+    assert Predictor(folder).unsure_threshold() == first.threshold  # still there
+
+
+def test_replacing_keeps_the_run_files_and_the_model_in_agreement(model_dir, data, tmp_path):
+    from sanet.trust.store import stored_record
+
+    folder = _copy(model_dir, tmp_path)
+    spec, home = f"folder:{data}", tmp_path / "calibration"
+    calibrate(folder, spec, risk=0.4)
+    result = calibrate(folder, spec, out=tmp_path / "quick", replace=True, fit_images=1)
+    assert result.mirror == home and result.threshold is None
+    stored = json.loads((folder / "config.json").read_text())["metadata"]["calibration"]
+    for report in (home / "calibration.json", tmp_path / "quick" / "calibration.json"):
+        assert stored_record(json.loads(report.read_text())) == stored
+    assert "risk" not in stored and stored["reference"]["per_image"]["unsure_share"] is None
+
+
+def test_out_model_writes_a_calibrated_copy_and_leaves_the_model_alone(model_dir, data, tmp_path):
+    folder = _copy(model_dir, tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    copy = tmp_path / "elsewhere" / "calibrated"
+    result = calibrate(folder, f"folder:{data}", risk=0.4, out_model=copy)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # untouched
+    assert (copy / "model.safetensors").read_bytes() == before["model.safetensors"]
+    assert result.stored == copy / "config.json"
+    assert result.report == tmp_path / "elsewhere" / "calibration" / "calibration.json"
+    assert Predictor(copy).unsure_threshold() == result.threshold
+    assert not list(tmp_path.glob("elsewhere/.*"))  # no staging folder left
+    _refuses(OutputExistsError, "already exists", calibrate, folder, f"folder:{data}",
+             out_model=copy)  # fmt: skip
+
+
+def test_a_read_only_model_folder_is_refused_offering_a_calibrated_copy(
+    model_dir, data, tmp_path, monkeypatch
+):
+    import errno
+    import tempfile
+
+    folder = _copy(model_dir, tmp_path)
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # the probe of sanet._files in the model folder
+        if dir is not None and Path(dir) == folder:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    from sanet.errors import NotWritableError
+
+    message = _refuses(NotWritableError, "is read-only", calibrate, folder, f"folder:{data}",
+                       out=tmp_path / "out")  # fmt: skip
+    assert "Give out_model a new folder" in message and "calibrated copy" in message
+    assert not (tmp_path / "out").exists()
+    copy = calibrate(folder, f"folder:{data}", out_model=tmp_path / "copy", limit=1)
+    assert copy.stored == tmp_path / "copy" / "config.json"

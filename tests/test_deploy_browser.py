@@ -32,6 +32,8 @@ from sanet.inference import Predictor
 from sanet.serve.app import create_app
 from sanet.serve.limits import ServeLimits
 
+# a real browser: 61 s for the 9 tests on 2 busy cores, 1–9 s each (make test-slow runs them)
+pytestmark = pytest.mark.slow
 CHROMIUM = os.environ.get("SANET_CHROMIUM", "/usr/bin/chromium")
 # The test boxes have no internet: without these chromium stalls on background connections.
 CHROMIUM_ARGS = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import shutil
 from collections.abc import Iterator
@@ -261,6 +262,62 @@ def test_int8_graph_is_qdq_and_within_the_bound() -> None:
     assert record["speedup"]["ratio"] > 0 and record["speedup"]["size"] == [64, 64]
 
 
+def _miou_by_hand(cm: np.ndarray) -> float:
+    inter, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    return float(np.mean(inter[union > 0] / union[union > 0]))
+
+
+def test_the_drop_and_its_standard_error_equal_a_jackknife_by_hand() -> None:
+    from sanet.exporting.int8_gate import measured_drop
+
+    rng = np.random.default_rng(0)
+    fp32 = [rng.integers(0, 50, (3, 3)) for _ in range(6)]
+    int8 = [m + rng.integers(0, 8, (3, 3)) * (1 - np.eye(3, dtype=int)) for m in fp32]
+    int8[0][2] = 0  # class 2 absent from one image's labels
+    got = measured_drop(fp32, int8)
+    whole = _miou_by_hand(sum(fp32)) - _miou_by_hand(sum(int8))
+    loo = [
+        _miou_by_hand(sum(fp32) - a) - _miou_by_hand(sum(int8) - b)
+        for a, b in zip(fp32, int8, strict=True)
+    ]
+    assert got["drop"] == pytest.approx(whole) and got["drop"] > 0
+    assert got["drop_se"] == pytest.approx(np.std(loo) * np.sqrt(len(loo) - 1))  # (n-1)/n · n
+    assert measured_drop(fp32[:1], int8[:1])["drop_se"] is None
+
+
+R95_CASES = [(2, 1, "it needs at least 20"), (24, 4, None)]
+
+
+@pytest.mark.reliability("r95")
+@pytest.mark.parametrize(("images", "calibration", "warning"), R95_CASES)
+def test_r95_a_gate_on_too_few_images_warns_and_records_its_uncertainty(
+    images: int, calibration: int, warning: str | None, caplog
+) -> None:
+    """Issue 28.6: an INT8 file was written after a gate on 2 images and 1 calibration window
+    without a word. Below 20 images the gate warns (and the file records it); above, the drop's
+    standard error is recorded and the gate is silent when drop + 2 SE is within the bound."""
+    protocol = EvalProtocol(crop_size=64, stride=48)
+    evals = [rgb_image(33, 40, 100 + s) for s in range(images)]
+    data = Int8Data(
+        calibration=[rgb_image(64, 64, 0)] * calibration,  # one window each
+        evaluation=[(e, hand_mask(e, BENIGN)) for e in evals],
+        calibration_source={"data": "hand", "split": "train"},
+        evaluation_source={"data": "hand", "split": "val"},
+        max_drop=0.05,
+    )
+    fp32 = conv_proto(BENIGN).SerializeToString()
+    with caplog.at_level(logging.WARNING, logger="sanet"):
+        _, record = quantize_checked(fp32, data, protocol, num_classes=3)
+    m, said = record["miou"], [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert record["calibration_windows"] == calibration and m["images"] == images
+    if warning is None:
+        assert said == [] and m["warning"] is None
+        assert m["drop_se"] >= 0 and m["drop"] + 2 * m["drop_se"] <= 0.05
+    else:
+        assert len(said) == 1 and warning in said[0] and warning in m["warning"]
+        assert "eval_images" in said[0]  # the parameter that fixes it
+
+
 @pytest.mark.reliability("r83")
 def test_int8_that_loses_accuracy_is_refused_in_one_line() -> None:
     protocol = EvalProtocol(crop_size=64, stride=48)
@@ -360,6 +417,44 @@ def test_bench_peers_that_cannot_run_are_one_line(flags, match, tmp_path: Path, 
     assert main(["bench", "--device", "cpu", "--steps", "1", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sanet bench: error:") and "\n" not in err and match in err
+
+
+R94_CASES = [
+    ("mask", "infer", 0, ""),  # the mask-only file for servers (docs/deploy.md)
+    ("logits,mask", "infer", 0, ""),  # the one docs/deploy.md's example writes
+    ("logits,mask,confidence", "infer", 0, ""),
+    ("mask", "eval", 2, "no 'logits': --mode eval runs sanet's protocol"),
+    ("pooled", "infer", 2, "has shape ['N', 3] (rank 2)"),  # not a segmentation model: refused
+]
+
+
+@pytest.mark.reliability("r94")
+@pytest.mark.parametrize(("outputs", "mode", "status", "match"), R94_CASES)
+def test_r94_bench_times_every_file_export_writes_as_a_server_runs_it(
+    outputs: str, mode: str, status: int, match: str, tmp_path: Path, capsys
+) -> None:
+    """Issue 28.7: ``sanet bench onnx:FILE`` refused files exported with ``--outputs``. In
+    ``infer`` mode the graph runs as a server runs it, every output fetched; ``eval`` (sanet's
+    protocol) needs the logits and says so in one line."""
+    from test_deploy_startup import graph_file
+
+    path, report = tmp_path / "served.onnx", tmp_path / "bench.json"
+    if outputs == "pooled":  # a classifier's head on an image: (N, 3, H, W) → (N, 3)
+        graph_file(path, outputs)
+    else:
+        onnx.save(add_outputs(conv_proto(BENIGN), parse_outputs(outputs), 1.5), str(path))
+    argv = ["bench", "--device", "cpu", "--models", f"onnx:{path}", "--mode", mode]
+    argv += ["--threads", "1", "--size", "45", "--image", "45x33", "--protocol", "single"]
+    with torch_threads_kept():
+        assert main([*argv, "--batch", "2", "--steps", "2", "--json", str(report)]) == status
+    err = capsys.readouterr().err.strip()
+    if status:
+        assert err.startswith("sanet bench: error:") and "\n" not in err and match in err
+        assert ("--mode infer" in err) == (mode == "eval") and not report.exists()
+        return
+    (row,) = json.loads(report.read_text())["rows"]
+    assert row["outputs"] == [o.name for o in onnx.load(str(path)).graph.output]
+    assert row["outputs"] == list(parse_outputs(outputs)) and len(row["call_ms"]) == 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """`make mutants` stays runnable: every planted bug of tests/mutations/catalogue.yaml still
 applies to today's src/ (each snippet occurs exactly once), and every test it names exists.
 
-The full run (79 mutations, about an hour on 2 cores) is `make mutants`; CI runs a sample
-(`make mutants-sample`) end to end. A refactor that moves a snippet fails here first, naming the
+The full run (every mutation of the catalogue; its duration: docs/testing.md) is `make
+mutants`; CI runs a sample (`make mutants-sample`) end to end. A refactor that moves a snippet fails here first, naming the
 mutation and the snippet, instead of leaving a mutation that silently tests nothing.
 """
 

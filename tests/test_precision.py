@@ -22,8 +22,7 @@ from sanet.config import TrainConfig, load_config
 from sanet.data.transforms import normalize_image
 from sanet.devices import choose_precision, cpu_bf16_units, kernel_family
 from sanet.errors import UsageError
-from sanet.experiments import bench as experiments
-from sanet.experiments.bench import BenchSettings
+from sanet.experiments import measure
 from sanet.experiments.measure import gemm_roof
 from sanet.inference.protocol import EvalProtocol
 from sanet.inference.runs import inference_precision
@@ -184,9 +183,9 @@ def test_each_rows_share_of_the_roof_is_its_tflops_over_the_roofs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     asked = []
-    monkeypatch.setattr(experiments, "gemm_roof", lambda device, dtype: asked.append(dtype) or 0.4)
+    monkeypatch.setattr(measure, "gemm_roof", lambda device, dtype: asked.append(dtype) or 0.4)
     rows = [{"tflops": 0.1}, {"tflops": 0.35}, {"tflops": None}]
-    record = experiments.add_roof(rows, BenchSettings(amp="bf16"))
+    record = measure.add_roof(rows, "cpu", torch.bfloat16)
     assert asked == [torch.bfloat16] and record["dtype"] == "bfloat16" and record["tflops"] == 0.4
     assert [r["roof_fraction"] for r in rows] == [pytest.approx(0.25), pytest.approx(0.875), None]
     assert all(r["roof_tflops"] == 0.4 for r in rows)

@@ -245,3 +245,40 @@ def test_predict_sbatch_array_predicts_each_raster_and_resumes_after_requeue(
     with rasterio.open(out / "big.tif") as got, rasterio.open(reference.mask) as want:
         assert got.crs == want.crs and got.transform == want.transform
         assert (got.read(1) == want.read(1)).mean() >= 0.999
+
+
+@pytest.mark.reliability("r93")
+@pytest.mark.slow
+def test_r93_eval_sbatch_continues_after_requeue(slurm: OneNodeCluster, tmp_path: Path) -> None:
+    """``eval.sbatch`` with ``--save-predictions``, requeued from outside (as a preemption) once
+    it has written masks: the requeued job continues the evaluation the SIGTERM stopped (issue
+    28.4: it used to exit 2 on its own partial output) and counts every image once."""
+    run, log, n = tmp_path / "run", tmp_path / "eval.out", 40
+    model = sanet.build_model("sanet", backbone="resnet10t", num_classes=7)
+    model.save_pretrained(run / "model")
+    (run / "config.yaml").write_text('{"eval": {"crop_size": 48, "stride": 32}}')  # JSON is YAML
+    src = str(Path(sanet.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    env = slurm.env(PYTHONPATH=path, SANET_PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    submit = ["sbatch", "--parsable", "--export=ALL", f"--chdir={tmp_path}", f"--output={log}"]
+    submit += ["--ntasks=1", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10"]
+    submit += [str(SCRIPTS / "eval.sbatch"), str(run), "synthetic", "--limit", str(n)]
+    submit += ["--data-options", "{size: 48}", "--device", "cpu", "--save-predictions"]
+    done = subprocess.run(submit, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    job, masks = done.stdout.strip().split(";")[0], run / "eval" / "predictions"
+    _wait("three masks", lambda: masks.is_dir() and len(list(masks.iterdir())) >= 3, log)
+    slurm.run("scontrol", "requeue", job)
+    _wait("the job back in the queue", lambda: slurm.job(job)["Restarts"] == "1", log)
+    _wait("the stop", lambda: "stopped by SIGTERM after" in log.read_text(), log)
+    stopped = len(json.loads((run / "eval" / ".eval.resume.json").read_text())["done"])
+    _wait("the node to be idle again", lambda: slurm.node_state().startswith("idle"), log)
+    time.sleep(2)  # a restart in the second its last run ended is refused (see above)
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    _wait("the job to complete", lambda: slurm.job(job)["JobState"] == "COMPLETED", log)
+    info, text = slurm.job(job), log.read_text()
+    assert info["ExitCode"] == "0:0" and info["Restarts"] == "1", info
+    assert "continuing the evaluation kept in" in text and "(restart 1)" in text
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert (metrics["num_images"], metrics["continued_from"]) == (n, stopped) and stopped >= 3
+    assert len(list(masks.iterdir())) == n and not (run / "eval" / ".eval.resume.json").exists()

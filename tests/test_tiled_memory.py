@@ -48,7 +48,10 @@ def _peak_rss(raster: Path, out: Path) -> float:
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(raster), str(out)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", CHILD, str(raster), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_gib"]

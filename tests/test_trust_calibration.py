@@ -18,13 +18,8 @@ from torch import nn
 
 from _trust_scenes import NAMES, ColourModel, scenes
 from sanet.inference import EvalProtocol, Predictor, normalize, predict_proba
-from sanet.trust.calibration import (
-    THRESHOLDS,
-    ReliabilityBins,
-    conformal_threshold,
-    fit_calibration,
-    loss_curve,
-)
+from sanet.trust.calibration import ReliabilityBins, fit_calibration
+from sanet.trust.risk import THRESHOLDS, conformal_threshold, loss_curve
 
 # tiny tensors: on a shared 2-core machine thread wake-ups cost ten times the work
 pytestmark = pytest.mark.usefixtures("one_thread")

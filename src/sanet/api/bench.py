@@ -131,7 +131,7 @@ def bench(
 def _bench(call: dict[str, Any]) -> BenchResult:
     """:func:`bench` of the arguments ``call`` (by name)."""
     from sanet.experiments import bench as experiments
-    from sanet.experiments.measure import environment
+    from sanet.experiments.measure import add_roof, environment
     from sanet.models.resize import set_bilinear_method
 
     _check_choices(call["mode"], call["amp"], call["upsample"], call["protocol"])
@@ -153,7 +153,7 @@ def _bench(call: dict[str, Any]) -> BenchResult:
         if profile_path is not None:
             _write_profile(profile_path, rows, settings)
         if call["roof"]:
-            env["roof"] = experiments.add_roof(rows, settings)
+            env["roof"] = add_roof(rows, settings.device, experiments.AMP_DTYPES[settings.amp])
     env["load_average_1min_end"] = environment(settings.device)["load_average_1min"]
     report = {
         "command": _command(call),

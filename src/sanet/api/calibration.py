@@ -20,13 +20,20 @@ from sanet.api.common import (
     protocol_of,
 )
 from sanet.data import SegmentationDataset
-from sanet.errors import UsageError, arg
+from sanet.errors import NotWritableError, OutputExistsError, UsageError, arg
 from sanet.inference.runs import protocol_mode
 from sanet.models import registry
 from sanet.progress import progress_bar
 from sanet.trust import calibration as fitting
 from sanet.trust.plots import plot_reliability
-from sanet.trust.store import pretrained_folder, store_calibration
+from sanet.trust.risk import RiskSpec
+from sanet.trust.store import (
+    copy_model,
+    describe,
+    pretrained_folder,
+    store_calibration,
+    stored_calibration,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +50,17 @@ class CalibrationResult:
         ece_after: the same of the calibrated probabilities.
         nll_before: mean ``−log p[label]`` over the labelled pixels, raw.
         nll_after: the same, calibrated.
-        threshold: with ``risk``, the calibrated confidence below which a pixel is unsure.
+        threshold: with ``risk``, the calibrated confidence below which a pixel is unsure (with
+            ``per_class`` the global one: each class applies at least it, ``record["risk"]``).
         alpha: the risk level that threshold was chosen for (``None`` without ``risk``).
         record: the ``calibration.json`` content (per-class ECE, reliability bins, the fit,
-            the protocol, the risk record ...).
+            the protocol, the risk record with its per-image view, the reference ...).
         report: ``calibration.json``.
         plot: ``reliability.png``.
         stored: the model's ``config.json`` that now carries the calibration.
+        mirror: the model's own calibration folder, when ``out`` is another one and that folder
+            held the files of the calibration replaced: it was rewritten with the new files, so
+            that it never disagrees with the model (else ``None``).
     """
 
     temperature: float
@@ -63,6 +74,7 @@ class CalibrationResult:
     report: Path
     plot: Path
     stored: Path
+    mirror: Path | None = None
 
 
 def calibrate(
@@ -72,57 +84,112 @@ def calibrate(
     split: str = "val",
     data_options: Mapping[str, Any] | None = None,
     risk: float | None = None,
+    per_image: float | None = None,
+    confidence_level: float = 0.9,
+    per_class: bool = False,
     out: str | Path | None = None,
+    out_model: str | Path | None = None,
     limit: int | None = None,
     fit_images: int = 200,
     protocol: ProtocolArg = None,
     device: str | None = None,
+    replace: bool = False,
     overwrite: bool = False,
     progress: bool = False,
 ) -> CalibrationResult:
-    """Fit the temperature of ``checkpoint`` on ``split`` of ``data`` (NLL, at most
-    ``fit_images`` images), measure ECE and NLL before and after on every image and, with
-    ``risk``, choose the unsure threshold (conformal risk control; docs/trust.md). The record
-    is stored in the model's ``config.json`` (the weights are not touched), where ``Predictor``
-    and ``sanet.export`` find it.
+    """Fit the temperature of ``checkpoint`` on ``split`` of ``data``, measure ECE and NLL before
+    and after and, with ``risk``, choose the unsure threshold (docs/trust.md); store the record
+    and the images' reference statistics in the model's ``config.json`` (weights untouched).
+    Returns a :class:`CalibrationResult`.
 
     Args:
-        checkpoint: a run directory (its ``model/``) or a ``save_pretrained`` folder; a ``.pt``
-            or ``.onnx`` file is refused (calibrate the run, then export).
+        checkpoint: a run directory (its ``model/``) or a ``save_pretrained`` folder.
         data: ``"KIND:ROOT"`` (e.g. ``"folder:data/mine"``) or a dataset.
         split: the labelled split to calibrate on; not one the model was trained on.
         data_options: dataset options, as a recipe's ``data.options``.
-        risk: ``α``: also choose the confidence threshold that keeps the expected share of
-            sure-and-wrong labelled pixels per image at most ``α`` (e.g. 0.05); it needs at
-            least ``1/α − 1`` images.
-        out: where ``calibration.json`` and ``reliability.png`` go (default: ``calibration/``
-            beside the model folder, i.e. ``RUN/calibration``).
-        limit: use only the first ``limit`` images.
-        fit_images: at most this many images (evenly spaced) fit the temperature.
-        protocol: ``None``: the run's own (its ``eval`` section); ``"paper"``, ``"single"`` or
-            an :class:`~sanet.inference.EvalProtocol`. The calibration holds for this protocol.
-        overwrite: replace ``calibration.json`` and ``reliability.png`` (default: refuse).
+        risk: ``α``: the threshold keeps the expected share of sure-and-wrong labelled pixels
+            per image ≤ ``α`` (conformal risk control; needs ``1/α − 1`` images).
+        per_image: ``δ``: instead, with probability ``confidence_level`` over the calibration
+            images, at most a share ``δ`` of images have more than ``α`` sure and wrong.
+        confidence_level: ``1 − ε`` of ``per_image`` (0.9).
+        per_class: also a threshold per predicted class (each ≥ the global one).
+        out: ``calibration.json`` and ``reliability.png`` (default ``RUN/calibration``).
+        out_model: store the calibration in a copy of the model written to this new folder.
+        limit, fit_images: use the first ``limit`` images; fit ``T`` on ``fit_images`` of them.
+        protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``.
+        replace: replace the calibration the model carries (default: refuse, naming it).
+        overwrite: replace the files in ``out`` (default: refuse).
         progress: show progress bars.
-
-    Returns:
-        a :class:`CalibrationResult`.
     """
-    folder = pretrained_folder(checkpoint)  # a .pt or .onnx file is refused first
+    source = pretrained_folder(checkpoint)  # a .pt or .onnx file is refused first
+    spec = RiskSpec(risk, per_image, confidence_level, per_class)
+    spec.check(None)
     device = device_of(device)
     chosen = protocol_of(checkpoint, protocol, device)
     fitting.fit_subset([], fit_images)  # a bad fit_images fails now
-    dataset, n = _images(data, split, data_options, limit, risk)
-    report, plot = _outputs(folder, out, overwrite)
-    model, _ = registry.load_model(folder)
+    target = _target(source, out_model, replace, risk)
+    dataset, n = _images(data, split, data_options, limit, spec)
+    report, plot, mirror = _outputs(target, out, overwrite, replace)
+    model, _ = registry.load_model(source)
     check_classes(model, dataset, checkpoint)
-    record = _fit(model, dataset, chosen, n, device, risk, fit_images, progress)
+    record = _fit(model, dataset, chosen, n, device, spec, fit_images, progress)
     record.update(data=data_name(data), split=split, checkpoint=str(checkpoint))
     record["protocol_mode"] = protocol_mode(chosen)
-    atomic_write_text(report, json.dumps(record, indent=1) + "\n")
-    plot_reliability(record, plot)
-    stored = store_calibration(folder, record)
+    stored = _write(record, source, target, [report.parent, mirror])
+    return _result(record, report, plot, stored, mirror)
+
+
+def _write(record: dict[str, Any], source: Path, target: Path, folders: list) -> Path:
+    """The report and figure in each of ``folders`` (``None``s skipped), then the record in the
+    model folder ``target`` (a copy of ``source`` made first when they differ)."""
+    if target != source:
+        copy_model(source, target)
+    for folder in folders:
+        if folder is not None:
+            report, plot = (folder / name for name in CALIBRATION_OUTPUTS)
+            atomic_write_text(report, json.dumps(record, indent=1) + "\n")
+            plot_reliability(record, plot)
+    stored = store_calibration(target, record)
     logger.info("calibration T = %.4g stored in %s", record["temperature"], stored)
-    return _result(record, report, plot, stored)
+    return stored
+
+
+def _target(source: Path, out_model: str | Path | None, replace: bool, risk: float | None) -> Path:
+    """The model folder the calibration goes into: ``source``, or its copy ``out_model``.
+    Refuses, before any work, to replace a stored calibration without ``replace`` and a model
+    folder that cannot be written (offering ``out_model``)."""
+    if out_model is not None:
+        target = Path(out_model)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise OutputExistsError(
+                f"{arg('out_model')} {str(target)!r} already exists; nothing was written. Give a "
+                "new folder: the calibrated copy of the model is written there."
+            )
+        ensure_writable_dir(target, arg("out_model"))
+        return target
+    stored = stored_calibration(source)
+    if stored and not replace:
+        dropped = (
+            " and drop its risk threshold"
+            if risk is None and (stored.get("risk") or {}).get("threshold") is not None
+            else ""
+        )
+        raise OutputExistsError(
+            f"The model in {str(source)!r} already carries a calibration ({describe(stored)}); "
+            f"calibrating again would replace it{dropped}. Nothing was written. Pass "
+            f"{arg('replace', True)} to replace it, or give {arg('out_model')} a new folder to "
+            "store the new calibration in a copy of the model."
+        )
+    try:
+        ensure_writable_dir(source, "the model folder")
+    except NotWritableError as err:
+        raise NotWritableError(
+            f"The model folder {str(source)!r} is read-only, and calibrate stores the "
+            f"calibration in its config.json. Give {arg('out_model')} a new folder you can "
+            "write to: a calibrated copy of the model (its weights and the calibration) is "
+            "written there."
+        ) from err
+    return source
 
 
 def _images(
@@ -130,28 +197,44 @@ def _images(
     split: str,
     options: Mapping[str, Any] | None,
     limit: int | None,
-    risk: float | None,
+    spec: RiskSpec,
 ) -> tuple[Any, int]:
-    """The dataset and how many of its images to use; refuses none, and a risk level these
-    images cannot reach."""
+    """The dataset and how many of its images to use; refuses none, and a risk request these
+    images cannot meet."""
     dataset = open_dataset(data, split, options)
-    n = len(dataset) if limit is None else min(max(limit, 0), len(dataset))
-    if n == 0:
+    if len(dataset) == 0:
         raise UsageError(f"{data_name(data)} split {split!r} has no images to calibrate on.")
-    if risk is not None:
-        fitting.check_risk_alpha(risk, n)
+    if limit is not None and limit < 1:
+        raise UsageError(
+            f"{arg('limit', limit)} leaves no image to calibrate on ({data_name(data)} split "
+            f"{split!r} has {len(dataset)}). Give {arg('limit')} of at least 1, or leave it out "
+            "to use every image."
+        )
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    spec.check(n)
     return dataset, n
 
 
-def _outputs(folder: Path, out: str | Path | None, overwrite: bool) -> tuple[Path, Path]:
-    """``calibration.json`` and ``reliability.png`` in ``out`` (default ``calibration/`` beside
-    the model folder), checked before any work, as is the model folder the record goes into."""
-    out = Path(out) if out is not None else folder.parent / "calibration"
+def _outputs(
+    folder: Path, out: str | Path | None, overwrite: bool, replace: bool
+) -> tuple[Path, Path, Path | None]:
+    """``calibration.json`` and ``reliability.png`` in ``out`` (default: the model's own
+    calibration folder, ``calibration/`` beside the model folder), and that own folder when
+    ``out`` is another one and it holds calibration files (they would disagree with the model:
+    they are rewritten too). Checked before any work."""
+    home = folder.parent / "calibration"
+    out = Path(out) if out is not None else home
     ensure_writable_dir(out, arg("out"))
     report, plot = (out / name for name in CALIBRATION_OUTPUTS)
-    refuse_existing([report, plot], arg("out"), overwrite)
-    ensure_writable_dir(folder, "the model folder")  # the calibration is stored there
-    return report, plot
+    own = out.resolve() == home.resolve()
+    refuse_existing([report, plot], arg("out"), overwrite or (replace and own))
+    mirror = None
+    if not own and (home / CALIBRATION_OUTPUTS[0]).exists():
+        mirror = home
+        ensure_writable_dir(home, "the model's calibration folder")
+        files = [home / name for name in CALIBRATION_OUTPUTS]
+        refuse_existing(files, "the model's calibration folder", overwrite or replace)
+    return report, plot, mirror
 
 
 def _fit(
@@ -160,7 +243,7 @@ def _fit(
     protocol: Any,
     n: int,
     device: str,
-    risk: float | None,
+    spec: RiskSpec,
     fit_images: int,
     progress: bool,
 ) -> dict[str, Any]:
@@ -180,13 +263,18 @@ def _fit(
             protocol,
             indices=range(n),
             device=device,
-            alpha=risk,
+            alpha=spec.alpha,
+            per_image=spec.per_image,
+            confidence_level=spec.confidence_level,
+            per_class=spec.per_class,
             fit_images=fit_images,
             on_image=lambda stage: bar.advance(tasks[stage]),
         )
 
 
-def _result(record: dict[str, Any], report: Path, plot: Path, stored: Path) -> CalibrationResult:
+def _result(
+    record: dict[str, Any], report: Path, plot: Path, stored: Path, mirror: Path | None
+) -> CalibrationResult:
     risk = record.get("risk") or {}
     return CalibrationResult(
         temperature=record["temperature"],
@@ -200,4 +288,5 @@ def _result(record: dict[str, Any], report: Path, plot: Path, stored: Path) -> C
         report=report,
         plot=plot,
         stored=stored,
+        mirror=mirror,
     )

@@ -18,6 +18,7 @@ from typing import Any
 from sanet._files import ensure_new_file
 from sanet.api.common import check_classes, open_dataset
 from sanet.errors import UsageError, arg
+from sanet.inference.confidence import CALIBRATION_KEY
 from sanet.inference.protocol import EvalProtocol
 from sanet.inference.runs import embedded_run_config, run_config, run_protocol
 from sanet.rundir import RunDir
@@ -173,7 +174,7 @@ def _export(plan: _Plan) -> ExportResult:
     from sanet.models import registry
 
     model, meta = registry.load_model(plan.checkpoint, map_location="cpu")
-    temperature = (meta.get("calibration") or {}).get("temperature")  # `sanet calibrate`'s
+    temperature = (meta.get(CALIBRATION_KEY) or {}).get("temperature")  # `sanet calibrate`'s
     check_request(plan.outputs, model.num_classes, temperature)
     # one meaning of a run: the file carries the run's whole protocol and the config it is read
     # from, so Predictor(file) decides the same protocol as Predictor(run) (inference/runs.py)

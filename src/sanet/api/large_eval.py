@@ -73,26 +73,3 @@ def stream_pair(
             )
         finally:
             labels.close()
-
-
-def stream_large(
-    model: Any,
-    dataset: Any,
-    indices: list[int],
-    cm: ConfusionMatrix,
-    protocol: Any,
-    device: Any,
-    done: list[int],
-    failed: list[str],
-    bar: Any,
-    task: Any,
-) -> None:
-    """Add the samples ``indices`` to ``cm`` one by one (:func:`stream_pair`); each goes to
-    ``done`` or, unreadable, to ``failed``, and advances the progress task."""
-    for i in indices:
-        try:
-            stream_pair(model, dataset, i, cm, protocol, device)
-            done.append(i)
-        except (DataError, FileNotFoundError) as err:
-            failed.append(str(err))
-        bar.advance(task)

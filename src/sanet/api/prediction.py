@@ -44,6 +44,8 @@ class PredictResult:
         alpha: the risk level that threshold was chosen for.
         tiled: what each image predicted tile by tile wrote (sizes, blocks, resumed or not).
         notes: one line per rule applied (automatic tiling, bands, scales ...).
+        guarantee: what that threshold promises and assumes (``Calibration.guarantee``); with
+            a threshold per class (``sanet calibrate --per-class``) ``threshold`` is the least.
     """
 
     masks: list[Path] = field(default_factory=list)
@@ -52,6 +54,7 @@ class PredictResult:
     alpha: float | None = None
     tiled: list[TiledOutput] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    guarantee: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,10 +111,8 @@ def predict_files(
     tiles, notes = _tiled_plan(images, out, tiled, tile_above, confidence, unsure)
     _check_outputs(plan, tiles, out, overlay, notes, options)
     predictor = Predictor(checkpoint, device=device, protocol=chosen)
-    threshold = predictor.unsure_threshold() if unsure else None  # refused before any work
-    result = PredictResult(threshold=threshold, notes=notes)
-    if threshold is not None:
-        result.alpha = predictor.calibration.alpha  # type: ignore[union-attr]
+    result = _empty_result(predictor, unsure, notes)  # no threshold: refused before any work
+    threshold = result.threshold
     with progress_bar(unit="img", enabled=progress) as bar:
         task = bar.add_task("predict", total=len(plan))
         windows = WindowProgress(bar, predictor.model, chosen)
@@ -121,6 +122,15 @@ def predict_files(
             else:
                 _whole_one(predictor, row, windows, threshold, unsure or confidence, result)
             bar.advance(task)
+    return result
+
+
+def _empty_result(predictor: Predictor, unsure: bool, notes: list[str]) -> PredictResult:
+    """The result before any image: the risk threshold, its α and guarantee with ``unsure``."""
+    result = PredictResult(threshold=predictor.unsure_threshold() if unsure else None, notes=notes)
+    if result.threshold is not None:
+        result.alpha = predictor.calibration.alpha  # type: ignore[union-attr]
+        result.guarantee = predictor.calibration.guarantee()  # type: ignore[union-attr]
     return result
 
 

@@ -4,6 +4,7 @@ prints). Each function takes a verb's result (or its report dict)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -21,7 +22,8 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def calibration_lines(result: Any) -> list[str]:
-    """What :func:`sanet.calibrate` fitted, the threshold and its guarantee, the files."""
+    """What :func:`sanet.calibrate` fitted, the threshold and its guarantee, the per-image view,
+    the files."""
     record = result.record
     lines = [
         f"T = {result.temperature:.4g}: ECE {result.ece_before:.4f} → {result.ece_after:.4f}, "
@@ -30,13 +32,41 @@ def calibration_lines(result: Any) -> list[str]:
     ]
     risk = record.get("risk")
     if risk:
-        lines.append(
-            f"unsure below confidence {risk['threshold']:.6g}: the expected share of sure-and-"
-            f"wrong labelled pixels per image is ≤ {risk['alpha']} (conformal risk control over "
-            f"{risk['images']} images; {risk['unsure_share']:.1%} of this split's labelled pixels "
-            f"are unsure). The guarantee {risk['assumption']}."
-        )
+        lines += _risk_lines(risk)
     lines.append(f"Wrote {result.report}, {result.plot}; stored in {result.stored}")
+    if result.mirror is not None:
+        lines.append(
+            f"Also rewrote {result.mirror}: the model's own calibration folder describes the "
+            "calibration it carries."
+        )
+    return lines
+
+
+def _risk_lines(risk: dict[str, Any]) -> list[str]:
+    """The threshold, its guarantee and assumption, the class thresholds, the worst images."""
+    how = (
+        f"learn then test: {risk['exceeding_images']} of the {risk['images']} images exceed "
+        f"{risk['alpha']} at it, p = {risk['p_value']:.3g}"
+        if risk.get("mode") == "per_image"
+        else f"conformal risk control over {risk['images']} images"
+    )
+    lines = [
+        f"unsure below confidence {risk['threshold']:.6g}: {risk['guarantee']} ({how}; "
+        f"{risk['unsure_share']:.1%} of this split's labelled pixels are unsure). The guarantee "
+        f"{risk['assumption']}."
+    ]
+    for c in risk.get("per_class") or []:
+        at = "every pixel unsure" if c["threshold"] is None else f"{c['threshold']:.6g}"
+        lines.append(f"  {c['class']}: unsure below {at} ({c['images']} images predict it)")
+    view = risk.get("per_image")
+    if view:
+        q = view["quantiles"]
+        worst = ", ".join(f"{Path(w['image']).name} {w['risk']:.3f}" for w in view["worst"][:3])
+        lines.append(
+            f"per image at the threshold: median {q['0.5']:.4f}, 90 % {q['0.9']:.4f}, max "
+            f"{view['max']:.4f}; {view['share_above_alpha']:.1%} of the images above "
+            f"{risk['alpha']}; worst: {worst}"
+        )
     return lines
 
 
@@ -71,9 +101,10 @@ def int8_line(q: dict[str, Any]) -> str:
     """One line of what the INT8 gate measured (the file's ``quantization`` record)."""
     m, s, cpu = q["miou"], q["speedup"], q["cpu"]
     flags = [f for f in ("avx512_vnni", "avx_vnni", "amx") if cpu.get(f)] or ["no VNNI"]
+    se = f" ± {m['drop_se']:.4f} (SE)" if m.get("drop_se") is not None else ""
     return (
         f"int8 (quantized from the fp32 graph checked below): mIoU {m['fp32']:.4f} (fp32) → "
-        f"{m['int8']:.4f} (int8), drop {m['drop']:.4f} ≤ "
+        f"{m['int8']:.4f} (int8), drop {m['drop']:.4f}{se} ≤ "
         f"{m['max_drop']:g} on {m['data'].rstrip(':')} {m['split']} ({m['images']} images); "
         f"{s['ratio']:.2f}× the fp32 speed at {s['size'][0]}×{s['size'][1]}, {s['threads']} "
         f"threads ({cpu['name']}: {', '.join(flags)}; {q['activations']} activations, "

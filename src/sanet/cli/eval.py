@@ -160,8 +160,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _print_predicted(console: Any, args: argparse.Namespace, result: Any) -> None:
-    from sanet.inference.confidence import ASSUMPTION
-
     done = len(result.masks)
     console.print(
         f"Wrote {done} mask{'s' if done != 1 else ''} to {args.out}"
@@ -176,7 +174,6 @@ def _print_predicted(console: Any, args: argparse.Namespace, result: Any) -> Non
     if result.threshold is not None:
         where = "1 in <stem>_unsure.tif" if result.tiled else "255"
         console.print(
-            f"{where} = unsure: calibrated confidence below {result.threshold:.6g}, chosen so "
-            f"that the expected share of sure-and-wrong pixels per image is ≤ {result.alpha}; the "
-            f"guarantee {ASSUMPTION}."
+            f"{where} = unsure: calibrated confidence below {result.threshold:.6g}; "
+            f"{result.guarantee}."
         )

@@ -25,28 +25,7 @@ PROTOCOL_FLAGS = ("ms_flip", "single_scale", "scales", "flip", "base_size", "cro
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``calibrate``, ``audit-labels`` and ``rank``."""
-    p = sub.add_parser(
-        "calibrate",
-        help="fit a temperature (and with --risk an unsure threshold); store it with the model",
-    )
-    add_protocol_args(p)
-    p.add_argument("--data", required=True, metavar="KIND:PATH", help="e.g. voc:data/VOC2012")
-    add_data_options(p)
-    p.add_argument("--split", default="val", help="the labelled split to calibrate on (val)")
-    p.add_argument(
-        "--risk",
-        type=float,
-        metavar="ALPHA",
-        help="also choose the confidence threshold that keeps the expected share of sure-and-wrong "
-        "pixels per image ≤ ALPHA (conformal risk control), e.g. 0.05",
-    )
-    p.add_argument("--out", type=Path, help="calibration.json, reliability.png (RUN/calibration)")
-    p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument(
-        "--fit-images", type=int, default=200, help="images the temperature is fitted on (200)"
-    )
-    add_overwrite(p, "calibration.json and reliability.png in --out")
-    p.set_defaults(func=cmd_calibrate)
+    add_calibrate_parser(sub)
 
     p = sub.add_parser("audit-labels", help="find masks that are probably wrong")
     p.add_argument("recipe", nargs="?", help="with --folds: the YAML recipe (or e.g. demo)")
@@ -75,6 +54,63 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the CSV file to write")
     add_overwrite(p, "the CSV file --out")
     p.set_defaults(func=cmd_rank)
+
+
+def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
+    """``sanet calibrate``'s flags, named after :func:`sanet.calibrate`'s parameters."""
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a temperature (and with --risk an unsure threshold); store it with the model",
+    )
+    add_protocol_args(p)
+    p.add_argument("--data", required=True, metavar="KIND:PATH", help="e.g. voc:data/VOC2012")
+    add_data_options(p)
+    p.add_argument("--split", default="val", help="the labelled split to calibrate on (val)")
+    p.add_argument(
+        "--risk",
+        type=float,
+        metavar="ALPHA",
+        help="also choose the confidence threshold that keeps the expected share of sure-and-wrong "
+        "pixels per image ≤ ALPHA (conformal risk control), e.g. 0.05",
+    )
+    p.add_argument(
+        "--per-image",
+        type=float,
+        metavar="DELTA",
+        help="with --risk ALPHA: choose the threshold so that at most a share DELTA of images have "
+        "more than ALPHA of their pixels sure and wrong, with probability --confidence-level "
+        "over the calibration images (learn then test), e.g. 0.1",
+    )
+    p.add_argument(
+        "--confidence-level",
+        type=float,
+        default=0.9,
+        metavar="P",
+        help="the probability of the --per-image bound over the calibration draw (0.9)",
+    )
+    p.add_argument(
+        "--per-class",
+        action="store_true",
+        help="with --risk: also a threshold per predicted class, each with its own guarantee",
+    )
+    p.add_argument("--out", type=Path, help="calibration.json, reliability.png (RUN/calibration)")
+    p.add_argument(
+        "--out-model",
+        type=Path,
+        metavar="DIR",
+        help="store the calibration in a copy of the model written to this new folder",
+    )
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument(
+        "--fit-images", type=int, default=200, help="images the temperature is fitted on (200)"
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the calibration the model already carries (default: refuse)",
+    )
+    add_overwrite(p, "calibration.json and reliability.png in --out")
+    p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

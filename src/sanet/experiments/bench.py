@@ -11,9 +11,12 @@ measured in the same process, so the ratios to the first peer hold even on a bus
 - ``eval``: one image through the paper's multi-scale + flip protocol (six scales of base 520,
   mirrors, 480 sliding windows) or at single scale (:func:`~sanet.inference.predict_mask`).
 
-Exported files are peers too (``onnx:PATH``, run by onnxruntime through
-:class:`~sanet.inference.OnnxModel`, ``infer`` and ``eval`` only): an fp32 and an int8 export
-side by side, on the same inputs, interleaved, with the same ``threads``.
+Exported files are peers too (``onnx:PATH``, run by onnxruntime, ``infer`` and ``eval`` only):
+an fp32 and an int8 export side by side, on the same inputs, interleaved, with the same
+``threads``. ``infer`` times the graph as a server runs it (:class:`OnnxGraph`: every output
+fetched, so a ``--outputs logits,mask`` file computes its mask too, and a mask-only file is
+timed like any other); ``eval`` runs sanet's protocol through
+:class:`~sanet.inference.OnnxModel`, which averages logits and so needs a ``logits`` output.
 
 The first call of each is timed apart (``first_step_s``: compilation, allocator and kernel
 warm-up), then ``warmup`` more untimed calls; then ``steps`` timed rounds call every peer once
@@ -33,22 +36,15 @@ import logging
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from sanet.errors import NotFoundError, UsageError, arg
-from sanet.experiments.measure import (
-    ROOF_SIZE,
-    count_flops,
-    gemm_roof,
-    interleaved,
-    profile_calls,
-    roof_fraction,
-    warm_up,
-)
-from sanet.inference.onnx_backend import OnnxModel, providers_for
+from sanet.experiments.measure import count_flops, interleaved, profile_calls, warm_up
+from sanet.inference.onnx_backend import OnnxModel, check_segmentation_graph, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask
 from sanet.losses import SANetLoss
 from sanet.models.registry import build_model, list_models
@@ -139,7 +135,6 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 def check_onnx_path(spec: str, path: str) -> str:
     """``onnx:PATH`` names an existing ``.onnx`` file."""
-    from pathlib import Path
 
     if not path.lower().endswith(".onnx"):
         raise UsageError(f"{spec!r}: expected onnx:PATH to an .onnx file, e.g. onnx:model.onnx.")
@@ -156,16 +151,68 @@ def apply_threads(settings: BenchSettings) -> None:
         torch.set_num_threads(settings.threads)
 
 
+class OnnxGraph(nn.Module):
+    """An exported file as a server runs it: the whole graph on onnxruntime, every output
+    fetched (``outputs``: their names), whatever they are (``logits``, ``mask``,
+    ``confidence``); ``threads`` intra-op threads."""
+
+    def __init__(self, path: str, device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=providers_for(device))
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise UsageError(
+                f"onnxruntime cannot load {path!r} ({type(err).__name__}: {err}); expected a "
+                "file written by `sanet export`."
+            ) from err
+        self.path, self.input_name = path, self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        if "logits" in self.outputs or not {"mask", "confidence"} & set(self.outputs):
+            # the check of every command (OnnxModel's), on the logits or a foreign file's
+            # first output; a file sanet exported with only a mask or confidence has no logits
+            logits = "logits" if "logits" in self.outputs else self.outputs[0]
+            check_segmentation_graph(self.session, logits, Path(path))
+
+    def forward(self, x: torch.Tensor) -> list[Any]:
+        batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return self.session.run(None, {self.input_name: batch})
+
+
+def onnx_peer(path: str, device: str, threads: int | None, as_is: bool) -> nn.Module:
+    """The file at ``path`` as it is (:class:`OnnxGraph`), or for sanet's protocol
+    (``as_is=False``: :class:`~sanet.inference.OnnxModel`, which needs the ``logits``)."""
+    graph = OnnxGraph(path, device, threads)
+    if as_is:
+        return graph
+    if "logits" not in graph.outputs:
+        raise UsageError(
+            f"onnx:{path} has the outputs {graph.outputs} but no 'logits': {arg('mode', 'eval')} "
+            "runs sanet's protocol, which averages the logits over windows, scales and flips. "
+            f"Time the graph as a server runs it with {arg('mode', 'infer')}."
+        )
+    return OnnxModel(path, providers=providers_for(device), threads=threads)
+
+
 def build_peer(
-    spec: str, num_classes: int, threads: int | None = None, device: str = "cpu"
+    spec: str,
+    num_classes: int,
+    threads: int | None = None,
+    device: str = "cpu",
+    as_is: bool = True,
 ) -> nn.Module:
     """``KIND:BACKBONE`` (one of our models on a timm backbone, e.g. ``sanet:resnet50s``) or
     ``tv:NAME`` (a torchvision segmentation model: output stride 8, no aux head), random weights;
-    or ``onnx:PATH``, an exported file on onnxruntime (``threads`` intra-op threads).
+    or ``onnx:PATH``, an exported file on onnxruntime (``threads`` intra-op threads; see
+    :func:`onnx_peer` for ``as_is``).
     """
     kind, name = parse_spec(spec)
     if kind == "onnx":
-        return OnnxModel(name, providers=providers_for(device), threads=threads)
+        return onnx_peer(name, device, threads, as_is)
     if kind != "tv":
         return build_model(kind, backbone=name, num_classes=num_classes)
     import torchvision
@@ -219,10 +266,13 @@ class Peer:
     net: nn.Module
 
     @classmethod
-    def build(cls, spec: str, settings: BenchSettings) -> Peer:
+    def build(cls, spec: str, settings: BenchSettings, as_is: bool = True) -> Peer:
+        """``as_is``: an exported file is timed as it is (``infer``), not through sanet's
+        protocol (``eval``)."""
         torch.manual_seed(0)
-        model = build_peer(spec, settings.classes, _threads(settings), settings.device)
-        if isinstance(model, OnnxModel):  # onnxruntime on the device's provider; nothing to move
+        threads = _threads(settings)
+        model = build_peer(spec, settings.classes, threads, settings.device, as_is)
+        if isinstance(model, (OnnxModel, OnnxGraph)):  # onnxruntime on the device's provider
             return cls(spec, model, model)
         model = model.to(settings.device)
         if settings.channels_last:
@@ -232,7 +282,7 @@ class Peer:
 
     @property
     def is_onnx(self) -> bool:
-        return isinstance(self.model, OnnxModel)
+        return isinstance(self.model, (OnnxModel, OnnxGraph))
 
     def nbytes(self) -> int:
         tensors = [*self.model.parameters(), *self.model.buffers()]
@@ -283,6 +333,7 @@ def _row(peer: Peer, mode: str, batch: int, flops: int | None, info: dict, times
         "first_step_s": info["first_step_s"],
         "tflops": None if flops is None else flops * images_per_s / 1e12,
         "peak_memory_gb": info["peak_memory_gb"],
+        **({"outputs": peer.model.outputs} if isinstance(peer.model, OnnxGraph) else {}),
     }
 
 
@@ -297,19 +348,6 @@ def add_ratios(rows: list[dict]) -> list[dict]:
             row["tflops"] / ref["tflops"] if row["tflops"] and ref["tflops"] else None
         )
     return rows
-
-
-def add_roof(rows: list[dict], settings: BenchSettings) -> dict[str, Any]:
-    """Give each row ``roof_tflops`` (the GEMM roof of its dtype on this device,
-    :func:`~sanet.experiments.measure.gemm_roof`) and ``roof_fraction`` (its achieved TFLOP/s
-    over that; ``None`` where no FLOPs were counted); returns the roof's record."""
-    dtype = AMP_DTYPES[settings.amp]
-    roof = gemm_roof(settings.device, dtype)
-    for row in rows:
-        row["roof_tflops"] = roof
-        row["roof_fraction"] = roof_fraction(row.get("tflops"), roof)
-    gemm = f"torch.matmul {ROOF_SIZE}³, fastest of 3"
-    return {"dtype": str(dtype).removeprefix("torch."), "tflops": roof, "gemm": gemm}
 
 
 def run_bench(
@@ -337,7 +375,7 @@ def run_bench(
             f"{arg('mode', 'infer')}."
         )
     apply_threads(settings)
-    peers = [Peer.build(spec, settings) for spec in specs]
+    peers = [Peer.build(spec, settings, as_is="eval" not in modes) for spec in specs]
     rows = []
     for mode in modes:
         rows += measure_mode(peers, mode, settings, profile)

@@ -168,6 +168,13 @@ def gemm_roof(
     return _ROOFS[key]
 
 
-def roof_fraction(tflops: float | None, roof_tflops: float) -> float | None:
-    """Achieved TFLOP/s over the roof's (``None`` where nothing was counted)."""
-    return None if tflops is None else tflops / roof_tflops
+def add_roof(rows: list[dict[str, Any]], device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Give each row ``roof_tflops`` (:func:`gemm_roof` of ``dtype`` on ``device``) and
+    ``roof_fraction`` (its ``tflops`` over that; ``None`` where no FLOPs were counted); returns
+    the roof's record."""
+    roof = gemm_roof(device, dtype)
+    for row in rows:
+        tflops = row.get("tflops")
+        row["roof_tflops"], row["roof_fraction"] = roof, None if tflops is None else tflops / roof
+    gemm = f"torch.matmul {ROOF_SIZE}³, fastest of 3"
+    return {"dtype": str(dtype).removeprefix("torch."), "tflops": roof, "gemm": gemm}

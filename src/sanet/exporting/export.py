@@ -32,6 +32,7 @@ from sanet._files import atomic_save_bytes
 from sanet.conventions import IMAGENET_MEAN, IMAGENET_STD
 from sanet.errors import ExportCheckError, UsageError, arg
 from sanet.exporting.outputs import add_outputs, check_outputs
+from sanet.inference.confidence import CALIBRATION_KEY
 from sanet.inference.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from sanet.inference.protocol import EvalProtocol
 from sanet.models.segmentation import MIN_SIZE, SegmentationModel
@@ -165,7 +166,7 @@ def build_metadata(
         "model": {"name": model.name, **model.config},
         "protocol": protocol.to_dict(),
         # `sanet calibrate`'s temperature and risk threshold travel with the weights
-        **({"calibration": metadata["calibration"]} if metadata.get("calibration") else {}),
+        **({CALIBRATION_KEY: metadata[CALIBRATION_KEY]} if metadata.get(CALIBRATION_KEY) else {}),
         "sanet_version": __version__,
         "torch_version": torch.__version__,
         "opset": opset,

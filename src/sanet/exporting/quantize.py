@@ -44,9 +44,10 @@ from sanet.exporting.export import (
     to_onnx_proto,
     write_onnx,
 )
+from sanet.exporting.int8_gate import gate_warning, image_matrices, measured_drop
 from sanet.exporting.outputs import OUTPUTS, add_outputs, check_outputs
-from sanet.inference.onnx_backend import INPUT_NAME, OnnxModel
-from sanet.inference.predictor import evaluate_pairs, image_to_tensor, normalize
+from sanet.inference.onnx_backend import INPUT_NAME
+from sanet.inference.predictor import image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol, predict_mask
 
 logger = logging.getLogger(__name__)
@@ -166,11 +167,6 @@ def _no_preprocess_hint() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def miou_of(path: Path, pairs: Sequence[tuple[Any, Any]], num_classes: int, protocol: Any) -> float:
-    """mIoU of the ONNX file at ``path`` over ``pairs`` under ``protocol`` (sanet's loop)."""
-    return float(evaluate_pairs(OnnxModel(path), pairs, num_classes, protocol).compute()["mIoU"])
-
-
 def gate(fp32: float, int8: float, max_drop: float, where: str) -> float:
     """The mIoU drop ``fp32 − int8``; :class:`Int8Refused` in one line when above ``max_drop``."""
     drop = fp32 - int8
@@ -262,8 +258,12 @@ def quantize_checked(
         for path, graph in zip(paths, (fp32, int8), strict=True):
             path.write_bytes(graph)
         logger.info("int8: evaluating fp32 and int8 on %d images", len(pairs))
-        miou = [miou_of(p, pairs, num_classes, protocol) for p in paths]
-    drop = gate(miou[0], miou[1], data.max_drop, _describe(data.evaluation_source, len(pairs)))
+        measured = measured_drop(*(image_matrices(p, pairs, num_classes, protocol) for p in paths))
+    where = _describe(data.evaluation_source, len(pairs))
+    drop = gate(measured["fp32"], measured["int8"], data.max_drop, where)
+    warning = gate_warning(measured, len(pairs), data.max_drop)
+    if warning is not None:
+        logger.warning("int8: %s", warning)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     record = {
         "method": "onnxruntime.quantization.quantize_static",
@@ -273,10 +273,12 @@ def quantize_checked(
         "calibration": {**data.calibration_source, "images": len(data.calibration)},
         "calibration_windows": len(inputs),
         "miou": {
-            "fp32": miou[0],
-            "int8": miou[1],
+            "fp32": measured["fp32"],
+            "int8": measured["int8"],
             "drop": drop,
+            "drop_se": measured["drop_se"],
             "max_drop": data.max_drop,
+            "warning": warning,
             **data.evaluation_source,
             "images": len(pairs),
             "protocol": protocol.to_dict(),

@@ -17,6 +17,7 @@ few pixels, so both views are computed from the same forwards (:class:`ReplayMod
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +31,37 @@ from sanet.inference.protocol import EvalProtocol, combine_bands, scale_probs
 logger = logging.getLogger(__name__)
 
 CALIBRATION_KEY = "calibration"  # in config.json's metadata and in the ONNX metadata
+#: What a stored calibration keeps under :data:`CALIBRATION_KEY`, the one list of it: written by
+#: ``sanet.calibrate`` (:func:`sanet.trust.store.stored_record`), read back by
+#: :func:`read_calibration` (``Predictor``, the server), copied whole by ``sanet export``; the
+#: bulky tables stay in calibration.json. ``risk`` only when a risk level was given (without the
+#: per-image values of its ``per_image`` view); ``reference``: the calibration images'
+#: statistics the server compares requests with (docs/trust.md).
+STORED_KEYS = (
+    "temperature",
+    "bins",
+    "ece_before",
+    "ece_after",
+    "nll_before",
+    "nll_after",
+    "images",
+    "protocol",
+    "data",
+    "split",
+    "risk",
+    "reference",
+)
 #: What the guarantee of a risk threshold assumes, printed wherever the guarantee is.
 ASSUMPTION = (
     "holds in expectation over new images exchangeable with the calibration images (drawn "
     "from the same distribution, e.g. the same camera, classes and annotators)"
+)
+#: The same for the per-image guarantee (``sanet calibrate --per-image``), a bound that holds
+#: with a stated probability over the calibration draw.
+ASSUMPTION_WITH_CONFIDENCE = (
+    "holds with the stated probability over the draw of the calibration images, when they and "
+    "the new images are independent draws from the same distribution (e.g. the same camera, "
+    "classes and annotators)"
 )
 #: The protocol settings a calibration depends on (window batching and bands change nothing).
 PROTOCOL_FIELDS = ("scales", "flip", "base_size", "crop_size", "stride")
@@ -51,6 +79,9 @@ class Calibration:
             labelled pixels per image).
         protocol: the protocol settings it was fitted under (:data:`PROTOCOL_FIELDS`).
         record: the whole stored record (data, split, ECE, ...).
+        class_thresholds: with ``sanet calibrate --per-class``, the threshold applied to the
+            pixels predicted as each class (by class id; ``inf``: every such pixel unsure);
+            ``None``: ``threshold`` for every pixel.
     """
 
     temperature: float
@@ -58,6 +89,21 @@ class Calibration:
     alpha: float | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
+    class_thresholds: tuple[float, ...] | None = None
+
+    def guarantee(self) -> str | None:
+        """What the risk threshold promises and what it assumes, in one sentence, as ``sanet
+        calibrate`` stored them (a record without them: the mean-risk sentence); ``None``
+        without a threshold."""
+        if self.threshold is None:
+            return None
+        risk = self.record.get("risk") or {}
+        text = risk.get("guarantee") or (
+            f"expected share of sure-and-wrong labelled pixels per image ≤ {self.alpha}"
+        )
+        if self.class_thresholds is not None:
+            text = f"each class has its own threshold, at least {self.threshold:.6g}: {text}"
+        return f"{text}; the guarantee {risk.get('assumption') or ASSUMPTION}"
 
     def eval_protocol(self, **overrides: Any) -> EvalProtocol:
         """The :class:`EvalProtocol` this calibration was fitted under."""
@@ -106,12 +152,18 @@ def read_calibration(metadata: dict[str, Any] | None) -> Calibration | None:
             f"Calibrate the model again to rewrite it ({calibrate_hint()})."
         )
     risk = record.get("risk") or {}
+    per_class = risk.get("class_thresholds")
     return Calibration(
         temperature=float(temperature),
         threshold=float(risk["threshold"]) if risk.get("threshold") is not None else None,
         alpha=float(risk["alpha"]) if risk.get("alpha") is not None else None,
         protocol=dict(record.get("protocol") or {}),
         record=dict(record),
+        class_thresholds=(
+            None
+            if per_class is None
+            else tuple(math.inf if t is None else float(t) for t in per_class)
+        ),
     )
 
 

@@ -105,7 +105,7 @@ def create_layers(
 
 def block_layers(
     block: Block,
-    unsure: Callable[[np.ndarray], np.ndarray] | None,
+    unsure: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
     confidence: bool = True,
 ) -> dict[str, np.ndarray]:
     """A block's layers as uint8: class ids (arg-max at temperature 1), the confidence
@@ -119,7 +119,7 @@ def block_layers(
     conf = block.probs[-1].amax(0).float().cpu().numpy()
     out["confidence"] = np.where(valid, np.rint(np.clip(conf, 0, 1) * 255), 0).astype(np.uint8)
     if unsure is not None:
-        flagged = unsure(conf).astype(np.uint8)
+        flagged = unsure(conf, mask).astype(np.uint8)
         out["unsure"] = np.where(valid, flagged, NODATA["unsure"]).astype(np.uint8)
     return out
 

@@ -20,6 +20,7 @@ from sanet.data.transforms import normalize_image
 from sanet.devices import resolve_device
 from sanet.errors import UsageError, arg
 from sanet.inference.confidence import (
+    CALIBRATION_KEY,
     Calibration,
     arg_max,
     calibrate_hint,
@@ -303,17 +304,27 @@ class Predictor:
             on_block=on_block,
         )
 
-    def unsure_pixels(self, confidence: np.ndarray) -> np.ndarray:
+    def unsure_pixels(self, confidence: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Which pixels are unsure: those whose calibrated confidence is *below* the risk
         threshold λ̂ (bool, the shape of ``confidence``). A pixel with confidence exactly λ̂ is
         sure: the conformal risk control counts a pixel as sure when its confidence is ≥ λ
-        (docs/trust.md), and its guarantee is for that set. The one place the threshold is
-        applied (:meth:`apply_unsure`, ``sanet predict``, the server all call it)."""
-        return confidence < self.unsure_threshold()
+        (docs/trust.md), and its guarantee is for that set. Compared in float64, as the loss
+        curves were (a float32 comparison would round λ̂ to float32 first). The one place the
+        threshold is applied (:meth:`apply_unsure`, ``sanet predict``, the server all call it).
+
+        A model calibrated with ``per_class`` has a threshold per predicted class: give the
+        arg-max ``mask`` to apply them (each at least λ̂); without it, λ̂ alone is applied,
+        which keeps the image-level guarantee but not the per-class ones."""
+        threshold = np.float64(self.unsure_threshold())
+        per_class = self.calibration.class_thresholds if self.calibration else None
+        if per_class is None or mask is None:
+            return confidence < threshold
+        table = np.asarray(per_class, np.float64)
+        return confidence < table[np.minimum(mask, len(table) - 1)]
 
     def apply_unsure(self, mask: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-        """``mask`` with 255 on the :meth:`unsure_pixels`."""
-        return np.where(self.unsure_pixels(confidence), IGNORE_INDEX, mask)
+        """``mask`` with 255 on the :meth:`unsure_pixels` (the class thresholds applied)."""
+        return np.where(self.unsure_pixels(confidence, mask), IGNORE_INDEX, mask)
 
     def unsure_threshold(self) -> float:
         """The calibrated confidence below which a pixel is unsure (``sanet calibrate --risk``).
@@ -324,7 +335,7 @@ class Predictor:
         if self.calibration is None or self.calibration.threshold is None:
             state = (
                 "calibrated=False was asked"
-                if self.calibration is None and self.metadata.get("calibration")
+                if self.calibration is None and self.metadata.get(CALIBRATION_KEY)
                 else "the model carries no risk threshold"
             )
             raise UsageError(
@@ -372,6 +383,7 @@ def evaluate_pairs(
     protocol: EvalProtocol | None = None,
     device: str | torch.device = "cpu",
     on_image: Callable[[int, np.ndarray], None] | None = None,
+    cm: ConfusionMatrix | None = None,
 ) -> ConfusionMatrix:
     """Accumulate a :class:`~sanet.metrics.ConfusionMatrix` over ``(image, mask)`` pairs: the
     one evaluation loop (``sanet eval``, validation during training, DDP shards).
@@ -380,14 +392,16 @@ def evaluate_pairs(
     image, an array) with an ``(H, W)`` mask, or a uint8 batch ``(N, 3, H, W)`` (a DataLoader's)
     with ``(N, H, W)`` masks. Images are normalised here and predicted at their full original
     size under ``protocol``; ``on_image(i, pred)`` is called after each image (progress bars,
-    saving predictions; it costs a host copy of the prediction).
+    saving predictions; it costs a host copy of the prediction). ``cm``: add to this matrix
+    (e.g. a continued evaluation's) instead of a new one.
 
     Returns:
         the ``ConfusionMatrix`` (call ``compute()``; under DDP ``all_reduce()`` first).
     """
     device = torch.device(device)
     model = _prepare(model, device, protocol)
-    cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
+    if cm is None:
+        cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
     done = 0
     for image, mask in pairs:
         batched = isinstance(image, torch.Tensor) and image.ndim == 4

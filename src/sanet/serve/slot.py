@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
+from sanet.inference.confidence import CALIBRATION_KEY
 from sanet.inference.predictor import Predictor
 from sanet.serve.drift import DriftMonitor, read_reference
 from sanet.serve.limits import InferenceGate, ServeLimits
@@ -49,7 +50,7 @@ class ModelSlot:
         record = calibration.record if calibration is not None else None
         threshold = calibration is not None and calibration.threshold is not None
         reference, reason = read_reference(record, names, unsure=threshold)
-        if calibration is None and predictor.metadata.get("calibration"):
+        if calibration is None and predictor.metadata.get(CALIBRATION_KEY):
             reason = "the model is served without its calibration (calibrated=False)"
         self.drift = DriftMonitor(reference, names, reason=reason, **self._drift_settings)
         self.predictor = predictor

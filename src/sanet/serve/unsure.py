@@ -84,7 +84,7 @@ def predict(
     mask, confidence = predictor.predict_with_confidence(
         rgb, max_side=side, should_stop=should_stop
     )
-    unsure = None if calibration.threshold is None else predictor.unsure_pixels(confidence)
+    unsure = None if calibration.threshold is None else predictor.unsure_pixels(confidence, mask)
     stats = request_stats(mask, confidence, unsure, int(predictor.model.num_classes))
     if mark_unsure and unsure is not None:
         mask = np.where(unsure, IGNORE_INDEX, mask)

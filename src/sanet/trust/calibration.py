@@ -37,23 +37,30 @@ from sanet.conventions import IGNORE_INDEX
 from sanet.errors import UsageError, arg
 from sanet.inference.confidence import (
     ASSUMPTION,
+    ASSUMPTION_WITH_CONFIDENCE,
     label_stats,
     protocol_settings,
     protocol_views,
 )
 from sanet.inference.predictor import image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol
+from sanet.trust.audit import image_name
+from sanet.trust.images import ImageStats
+from sanet.trust.risk import (
+    THRESHOLDS,
+    RiskSpec,
+    class_thresholds,
+    conformal_threshold,
+    ltt_min_images,
+    ltt_threshold,
+    per_image_view,
+)
 
 logger = logging.getLogger(__name__)
 
 N_BINS = 15
 #: Temperatures tried (log-spaced 1/8 … 8, ratio ≈ 1.19); the best is refined by a parabola.
 TEMPERATURE_GRID: tuple[float, ...] = tuple(np.exp(np.linspace(math.log(1 / 8), math.log(8), 25)))
-#: Confidence thresholds of the risk control: every 0.001, and log-spaced towards 1 (where the
-#: confidences of a trained model crowd), up to 1.0.
-THRESHOLDS: np.ndarray = np.unique(
-    np.concatenate([np.linspace(0, 1, 1001), 1 - np.logspace(-3, -7, 41)])
-).astype(np.float64)
 _TINY = torch.finfo(torch.float32).tiny  # log(0) guard: a probability that underflowed
 
 
@@ -133,60 +140,6 @@ def fit_temperature(temperatures: Sequence[float], nll: Sequence[float]) -> floa
     return float(np.exp(np.clip(vertex, x0, x2)))
 
 
-def loss_curve(
-    conf: torch.Tensor, wrong: torch.Tensor, labelled: int, thresholds: np.ndarray = THRESHOLDS
-) -> np.ndarray:
-    """``L(λ)`` at every threshold: the share of the image's ``labelled`` pixels whose
-    confidence is ``≥ λ`` and whose prediction is wrong.
-
-    Shape: conf, wrong ``(N,)`` over the labelled pixels → ``(len(thresholds),)``.
-    """
-    if labelled == 0:
-        return np.zeros(len(thresholds))
-    edges = torch.as_tensor(thresholds, dtype=torch.float64, device=conf.device)
-    # thresholds[0..j] are ≤ conf exactly when j ≤ index: the pixel is sure for those
-    index = torch.searchsorted(edges, conf[wrong].double(), right=True) - 1
-    counts = torch.bincount(index.cpu(), minlength=len(thresholds)).double().numpy()
-    return np.cumsum(counts[::-1])[::-1] / labelled
-
-
-def conformal_threshold(
-    losses: np.ndarray, alpha: float, thresholds: np.ndarray = THRESHOLDS
-) -> tuple[float | None, np.ndarray]:
-    """Conformal risk control: the smallest threshold with ``n/(n+1)·R̂ + 1/(n+1) ≤ α``.
-
-    Args:
-        losses: ``(n, len(thresholds))`` per-image loss curves, each non-increasing, in [0, 1].
-
-    Returns:
-        ``(threshold or None when none qualifies, adjusted risk at every threshold)``.
-    """
-    losses = np.asarray(losses, float)
-    if np.any(np.diff(losses, axis=1) > 1e-12):
-        raise RuntimeError(
-            "a loss curve increases with the threshold: risk control needs it monotone"
-        )
-    n = len(losses)
-    adjusted = n / (n + 1) * losses.mean(axis=0) + 1 / (n + 1)
-    ok = np.flatnonzero(adjusted <= alpha)
-    return (float(thresholds[ok[0]]) if ok.size else None), adjusted
-
-
-def check_risk_alpha(alpha: float, images: int) -> None:
-    """Refuse an α outside (0, 1) or one that ``images`` calibration images cannot reach
-    (the adjusted risk is at least ``1/(n+1)``)."""
-    if not 0 < alpha < 1:
-        raise UsageError(
-            f"{arg('risk')} must lie between 0 and 1 (e.g. {arg('risk', 0.05)}), got {alpha}."
-        )
-    if 1 / (images + 1) > alpha:
-        need = math.ceil(1 / alpha) - 1
-        raise UsageError(
-            f"{arg('risk', alpha)} needs at least {need} calibration images (the guarantee "
-            f"costs 1/(n+1)); the split has {images}. Use a larger {arg('risk')} or more images."
-        )
-
-
 def fit_subset(indices: Sequence[int], fit_images: int) -> list[int]:
     """At most ``fit_images`` of ``indices``, evenly spaced: the images the temperature is
     fitted on."""
@@ -204,6 +157,9 @@ def fit_calibration(
     indices: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     alpha: float | None = None,
+    per_image: float | None = None,
+    confidence_level: float = 0.9,
+    per_class: bool = False,
     fit_images: int = 200,
     on_image: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -213,24 +169,28 @@ def fit_calibration(
     Args:
         dataset: ``dataset[i]`` → ``(image, mask)``: an image :func:`image_to_tensor` reads and an
             ``(H, W)`` mask of ids 0..K-1 and 255.
+        alpha, per_image, confidence_level, per_class: the risk request
+            (:class:`~sanet.trust.risk.RiskSpec`; ``alpha=None``: no threshold).
         on_image: called with ``"fit"`` or ``"measure"`` after each image (progress bars).
 
     Returns:
         the calibration record (``calibration.json``): ``temperature``, ``bins``, ``ece_before``,
-        ``ece_after``, ``nll_before``, ``nll_after``, ``per_class_ece`` (after), ``reliability``
-        and, with ``alpha``, ``risk``.
+        ``ece_after``, ``nll_before``, ``nll_after``, ``per_class_ece`` (after), ``reliability``,
+        ``reference`` and, with ``alpha``, ``risk``.
     """
     indices = list(range(len(dataset))) if indices is None else list(indices)
     if not indices:
         raise UsageError("The calibration split has no images.")
-    if alpha is not None:
-        check_risk_alpha(alpha, len(indices))
+    spec = RiskSpec(alpha, per_image, confidence_level, per_class)
+    spec.check(len(indices))
     model = model.to(device).eval()
     fit = fit_subset(indices, fit_images)
     mean_nll = _fit_pass(model, dataset, fit, protocol, device, on_image)
     temperature = fit_temperature(TEMPERATURE_GRID, mean_nll)
     names = list(class_names)
-    result = _measure(model, dataset, indices, len(names), protocol, temperature, device, on_image)
+    result = measure_images(
+        model, dataset, indices, len(names), protocol, temperature, device, per_class, on_image
+    )
     record = _record(temperature, result, names, len(indices), protocol)
     record["fit"] = {
         "images": len(fit),
@@ -242,8 +202,10 @@ def fit_calibration(
         "before": result["before"].table(),
         "after": result["after"].table(),
     }
+    unsure = None
     if alpha is not None:
-        record["risk"] = _risk(np.stack(result["losses"]), alpha, result["sure"])
+        record["risk"], unsure = risk_record(result["images"], spec, names)
+    record["reference"] = result["images"].reference(unsure)
     return record
 
 
@@ -314,21 +276,23 @@ def _label_nll(y: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]
     return reduce
 
 
-def _measure(
+def measure_images(
     model: nn.Module,
     dataset: Any,
-    indices: list[int],
+    indices: Sequence[int],
     num_classes: int,
     protocol: EvalProtocol,
     temperature: float,
-    device: str | torch.device,
-    on_image: Callable[[str], None] | None,
+    device: str | torch.device = "cpu",
+    per_class: bool = False,
+    on_image: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Second pass: reliability bins and NLL at ``T = 1`` and ``T``, and the per-image loss
-    curves of the risk control (wrong: the plain arg-max; sure: the calibrated confidence)."""
+    """Second pass: reliability bins and NLL at ``T = 1`` and ``T``, and what each image gives
+    the risk control and the reference (:class:`~sanet.trust.images.ImageStats`; wrong: the
+    plain arg-max; sure: the calibrated confidence)."""
     before, after = ReliabilityBins(num_classes), ReliabilityBins(num_classes)
-    nll, pixels, losses = [0.0, 0.0], 0, []
-    sure = np.zeros(len(THRESHOLDS))  # labelled pixels sure at each threshold, all images
+    nll, pixels = [0.0, 0.0], 0
+    images = ImageStats(num_classes, per_class)
     for i in indices:
         x, y = _sample(dataset, i, device)
         raw, cal = protocol_views(
@@ -340,40 +304,72 @@ def _measure(
             pred, conf, p = view[0][valid].long(), view[1][valid], view[2][valid]
             bins.update(conf, pred == labels, pred)
             nll[k] += float(-p.clamp_min(_TINY).log().double().sum())
-        n = int(valid.sum())
-        pixels += n
-        wrong = raw[0][valid].long() != labels
-        losses.append(loss_curve(cal[1][valid], wrong, n))
-        sure += loss_curve(cal[1][valid], torch.ones_like(wrong), 1)
+        pixels += int(valid.sum())
+        images.add(image_name(dataset, i), cal[1], raw[0].long(), y)
         if on_image:
             on_image("measure")
-    return {
-        "before": before,
-        "after": after,
-        "nll": nll,
-        "pixels": pixels,
-        "losses": losses,
-        "sure": sure / max(pixels, 1),
-    }
+    return {"before": before, "after": after, "nll": nll, "pixels": pixels, "images": images}
 
 
-def _risk(losses: np.ndarray, alpha: float, sure: np.ndarray) -> dict[str, Any]:
-    threshold, adjusted = conformal_threshold(losses, alpha)
+def risk_record(
+    images: ImageStats, spec: RiskSpec, names: Sequence[str]
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The ``risk`` record of ``spec`` on the measured images (docs/trust.md), and each image's
+    unsure share under the thresholds chosen."""
+    losses, alpha = images.matrix(), spec.alpha
+    assert alpha is not None
+    if spec.per_image is None:
+        threshold, adjusted = conformal_threshold(losses, alpha)
+        if threshold is None:
+            raise UsageError(
+                f"No confidence threshold keeps the sure-and-wrong share at {arg('risk', alpha)} "
+                f"on these {len(losses)} images: the smallest reachable is {adjusted.min():.4g}. "
+                f"Use a larger {arg('risk')}, more images, or a better model."
+            )
+        j = int(np.searchsorted(THRESHOLDS, threshold))
+        record = {"mode": "mean", "alpha": alpha, "threshold": threshold, "images": len(losses)}
+        record["empirical_risk"] = float(losses[:, j].mean())
+        record["adjusted_risk"] = float(adjusted[j])
+    else:
+        record = _per_image_threshold(losses, spec)
+    rule: Any = record["threshold"]
+    if spec.per_class:
+        classes = [images.class_losses(c) for c in range(len(names))]
+        record["per_class"] = class_thresholds(classes, alpha, rule, names)
+        rule = record["class_thresholds"] = [c["threshold"] for c in record["per_class"]]
+    risk, unsure = images.at(rule)
+    record["unsure_share"] = images.labelled_unsure(rule)
+    record["loss_monotone_in_threshold"] = True  # conformal_threshold refuses curves that are not
+    record["guarantee"] = spec.guarantee()
+    record["assumption"] = ASSUMPTION if spec.per_image is None else ASSUMPTION_WITH_CONFIDENCE
+    record["per_image"] = per_image_view(risk, alpha, images.names, images.labelled)
+    return record, unsure
+
+
+def _per_image_threshold(losses: np.ndarray, spec: RiskSpec) -> dict[str, Any]:
+    """The learn-then-test threshold of ``spec`` (:func:`~sanet.trust.risk.ltt_threshold`)."""
+    alpha, delta, epsilon = spec.alpha, spec.per_image, 1 - spec.confidence_level
+    assert alpha is not None and delta is not None
+    threshold, exceeding, pvalues = ltt_threshold(losses, alpha, delta, epsilon)
+    n = len(losses)
     if threshold is None:
         raise UsageError(
-            f"No confidence threshold keeps the sure-and-wrong share at {arg('risk', alpha)} on "
-            f"these {len(losses)} images: the smallest reachable is {adjusted.min():.4g}. Use a "
-            f"larger {arg('risk')}, more images, or a better model."
+            f"No confidence threshold keeps the share of images above {arg('risk', alpha)} at "
+            f"{arg('per_image', delta)} with {arg('confidence_level', spec.confidence_level)}: "
+            f"even at confidence 1.0, {int(exceeding[-1])} of these {n} images exceed {alpha} "
+            f"(p = {pvalues[-1]:.3g} > {epsilon:.3g}). Use a larger {arg('risk')} or "
+            f"{arg('per_image')}, more images, or a better model."
         )
     j = int(np.searchsorted(THRESHOLDS, threshold))
     return {
+        "mode": "per_image",
         "alpha": alpha,
+        "delta": delta,
+        "confidence_level": spec.confidence_level,
         "threshold": threshold,
-        "images": len(losses),
+        "images": n,
+        "min_images": ltt_min_images(delta, epsilon),
+        "exceeding_images": int(exceeding[j]),
+        "p_value": float(pvalues[j]),
         "empirical_risk": float(losses[:, j].mean()),
-        "adjusted_risk": float(adjusted[j]),
-        "unsure_share": float(1 - sure[j]),
-        "loss_monotone_in_threshold": True,  # conformal_threshold refuses curves that are not
-        "guarantee": f"expected share of sure-and-wrong labelled pixels per image ≤ {alpha}",
-        "assumption": ASSUMPTION,
     }

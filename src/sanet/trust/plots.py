@@ -24,40 +24,31 @@ def _merged(table: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarray, np.n
 
 def plot_reliability(record: dict[str, Any], path: str | Path) -> Path:
     """Reliability diagrams before and after temperature scaling (accuracy against confidence
-    per bin, the gap to the diagonal shaded) over the share of pixels in each bin.
+    per bin, the gap to the diagonal shaded) over the share of pixels in each bin; with a risk
+    threshold, a third column: the per-image sure-and-wrong share at it and the worst images.
 
-    ``record`` is ``sanet calibrate``'s (``reliability``, ``ece_before/after``, ``temperature``).
+    ``record`` is ``sanet calibrate``'s (``reliability``, ``ece_before/after``, ``temperature``,
+    ``risk``).
     """
     plt = pyplot()
     edges = np.asarray(record["reliability"]["bin_edges"])
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    view = (record.get("risk") or {}).get("per_image")
     fig, axes = plt.subplots(
-        2, 2, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]}
+        2,
+        3 if view else 2,
+        figsize=(13.5 if view else 9, 6.5),
+        gridspec_kw={"height_ratios": [3, 1.2]},
+        squeeze=False,
     )
     for col, (key, title) in enumerate(
         (("before", "raw (T = 1)"), ("after", f"calibrated (T = {record['temperature']:.3g})"))
     ):
         n, conf, acc = _merged(record["reliability"][key])
         top, bottom = axes[0, col], axes[1, col]
+        bottom.sharex(top)
         filled = n > 0
-        top.bar(
-            centers[filled],
-            acc[filled],
-            width[filled],
-            color="#4878cf",
-            edgecolor="white",
-            label="accuracy",
-        )
-        top.bar(
-            centers[filled],
-            (conf - acc)[filled],
-            width[filled],
-            bottom=acc[filled],
-            color="#e24a33",
-            alpha=0.35,
-            edgecolor="#e24a33",
-            label="gap to confidence",
-        )
+        _bars(top, centers[filled], width[filled], acc[filled], conf[filled])
         top.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         top.set(
             xlim=(0, 1),
@@ -73,12 +64,57 @@ def plot_reliability(record: dict[str, Any], path: str | Path) -> Path:
             yscale="log",
             ylim=(1e-5, 1.5),
         )
+    if view:
+        _per_image_panel(axes[0, 2], axes[1, 2], record["risk"])
     fig.suptitle(
         f"{record.get('images', '?')} images, {record.get('labelled_pixels', '?')} labelled "
         f"pixels, {record['bins']} bins"
     )
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _bars(ax: Any, x: np.ndarray, width: np.ndarray, acc: np.ndarray, conf: np.ndarray) -> None:
+    """Accuracy per bin, and the gap to its mean confidence shaded above it."""
+    ax.bar(x, acc, width, color="#4878cf", edgecolor="white", label="accuracy")
+    ax.bar(
+        x,
+        conf - acc,
+        width,
+        bottom=acc,
+        color="#e24a33",
+        alpha=0.35,
+        edgecolor="#e24a33",
+        label="gap to confidence",
+    )
+
+
+def _per_image_panel(top: Any, bottom: Any, risk: dict[str, Any]) -> None:
+    """The per-image sure-and-wrong share at the threshold (histogram, α and the quantiles
+    marked) and the worst images by name."""
+    view, alpha = risk["per_image"], risk["alpha"]
+    values = np.asarray(view.get("values") or [], float)
+    high = max(float(values.max()) if values.size else 0.0, alpha) * 1.1 or 1.0
+    top.hist(values, bins=np.linspace(0, high, 31), color="#4878cf", edgecolor="white")
+    top.axvline(alpha, color="#e24a33", lw=1.5, label=f"α = {alpha}")
+    for q, style, name in (("0.5", ":", "median"), ("0.9", "--", "90 % of images")):
+        top.axvline(view["quantiles"][q], color="k", ls=style, lw=1, label=name)
+    mode = (
+        f"per image: ≤ {risk['delta']} of images above α (level {risk['confidence_level']})"
+        if risk.get("mode") == "per_image"
+        else "mean risk ≤ α"
+    ) + (", per class" if risk.get("class_thresholds") else "")
+    top.set(
+        xlabel="sure-and-wrong share of an image's labelled pixels",
+        ylabel="images",
+        title=f"per image at threshold {risk['threshold']:.4g} ({mode})\n"
+        f"{view['share_above_alpha']:.1%} of the images above α",
+    )
+    top.title.set_fontsize(9)
+    top.legend(loc="upper right", fontsize=8)
+    bottom.axis("off")
+    rows = [f"{Path(w['image']).name}: {w['risk']:.3f}" for w in view["worst"][:5]]
+    bottom.text(0, 1, "worst images\n" + "\n".join(rows), fontsize=8, va="top", family="monospace")
 
 
 @dataclass

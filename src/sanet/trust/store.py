@@ -2,7 +2,8 @@
 record written into that folder's ``config.json`` (docs/trust.md, "Store").
 
 ``sanet.calibrate`` writes the whole record to ``calibration.json``; the model keeps only
-:data:`STORED_KEYS` under ``metadata["calibration"]`` (the bulky tables stay in the report).
+:data:`~sanet.inference.confidence.STORED_KEYS` under ``metadata["calibration"]`` (the bulky
+tables stay in the report).
 What a :class:`~sanet.inference.Predictor` reads back is
 :func:`sanet.inference.confidence.read_calibration`.
 """
@@ -10,32 +11,18 @@ What a :class:`~sanet.inference.Predictor` reads back is
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sanet._files import atomic_write_text
+from sanet._files import atomic_write_text, temp_name
 from sanet.errors import NotFoundError, UsageError, arg, speaks_cli
-from sanet.inference.confidence import CALIBRATION_KEY
+from sanet.inference.confidence import CALIBRATION_KEY, STORED_KEYS
 from sanet.models.card import write_model_card
 from sanet.models.segmentation import CONFIG_NAME, read_pretrained_config
 from sanet.rundir import RunDir
-
-#: What a stored calibration keeps, the one list of it (the bulky tables stay in
-#: calibration.json); ``risk`` only when a risk level was given.
-STORED_KEYS = (
-    "temperature",
-    "bins",
-    "ece_before",
-    "ece_after",
-    "nll_before",
-    "nll_after",
-    "images",
-    "protocol",
-    "data",
-    "split",
-    "risk",
-)
 
 
 def pretrained_folder(checkpoint: str | Path) -> Path:
@@ -68,7 +55,38 @@ def pretrained_folder(checkpoint: str | Path) -> Path:
 
 def stored_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a calibration record the model keeps (:data:`STORED_KEYS`)."""
-    return {key: record[key] for key in STORED_KEYS if key in record}
+    stored = {key: record[key] for key in STORED_KEYS if key in record}
+    view = (stored.get("risk") or {}).get("per_image")
+    if view and "values" in view:
+        short = {k: v for k, v in view.items() if k != "values"}
+        stored["risk"] = {**stored["risk"], "per_image": short}
+    return stored
+
+
+def stored_calibration(folder: str | Path) -> dict[str, Any] | None:
+    """The calibration record ``folder/config.json`` carries, or ``None``."""
+    return read_pretrained_config(folder).get("metadata", {}).get(CALIBRATION_KEY) or None
+
+
+def describe(record: Mapping[str, Any]) -> str:
+    """A stored calibration in a few words: temperature, risk threshold, data."""
+    words = [f"T = {record.get('temperature', float('nan')):.4g}"]
+    risk = record.get("risk") or {}
+    if risk.get("threshold") is not None:
+        mode = {"per_image": f", per image δ = {risk.get('delta')}"}.get(risk.get("mode"), "")
+        classes = ", per class" if risk.get("class_thresholds") else ""
+        words.append(
+            f"risk α = {risk.get('alpha')}{mode}{classes}: unsure below confidence "
+            f"{risk['threshold']:.4g}"
+        )
+    else:
+        words.append("no risk threshold")
+    if record.get("data"):
+        words.append(
+            f"fitted on {record['data']} split {record.get('split')!r}, "
+            f"{record.get('images')} images"
+        )
+    return "; ".join(words)
 
 
 def store_calibration(folder: str | Path, record: Mapping[str, Any]) -> Path:
@@ -85,3 +103,16 @@ def store_calibration(folder: str | Path, record: Mapping[str, Any]) -> Path:
     atomic_write_text(path, json.dumps(config, indent=2) + "\n")
     write_model_card(folder, config)  # the folder's README.md shows the calibration too
     return path
+
+
+def copy_model(source: str | Path, target: str | Path) -> Path:
+    """Copy the ``save_pretrained`` folder ``source`` (every file: config, weights, card) to the
+    new or empty folder ``target``: copied beside it first, then renamed into place, so that an
+    interrupted copy leaves no half model."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / temp_name(target.name).replace("*", "copy")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    os.replace(staging, target)  # an empty target folder is replaced
+    return target
