@@ -54,6 +54,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.export
+@pytest.mark.slow
 def test_onnx_export_with_dynamic_sizes_passes_the_parity_gate(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "vit.onnx"
     result = export(run, out)
