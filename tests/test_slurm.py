@@ -167,3 +167,81 @@ def test_train_sbatch_resumes_after_requeue_and_time_limit(
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["checkpoint"] == str(run) and metrics["num_images"] == 3, metrics
     assert metrics["protocol"]["mode"] == "single-scale" and 0.0 <= metrics["mIoU"] <= 1.0
+
+
+def _raster(path: Path, height: int, width: int, seed: int) -> Path:
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (3, height // 16 + 1, width // 16 + 1), dtype=np.uint8)
+    bands = np.repeat(np.repeat(coarse, 16, 1), 16, 2)[:, :height, :width]
+    profile = {"driver": "GTiff", "height": height, "width": width, "count": 3, "dtype": "uint8"}
+    profile |= {"crs": "EPSG:32633", "transform": Affine(0.5, 0, 5e5, 0, -0.5, 4e6)}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(bands)
+    return path
+
+
+@pytest.mark.slow
+def test_predict_sbatch_array_predicts_each_raster_and_resumes_after_requeue(
+    slurm: OneNodeCluster, tmp_path: Path
+) -> None:
+    """``predict.sbatch`` as an array over a list of rasters: task 0 (a large raster) is requeued
+    from outside (as a preemption) once it has written blocks, continues with ``--resume`` and
+    writes what an uninterrupted run writes; task 1 (a small raster) just runs."""
+    import rasterio
+
+    from sanet.inference import EvalProtocol, Predictor
+
+    torch_model = sanet.build_model("sanet", backbone="resnet10t", num_classes=3)
+    checkpoint, out, log = tmp_path / "model", tmp_path / "masks", tmp_path / "predict-%a.out"
+    torch_model.save_pretrained(checkpoint)
+    big, small = (
+        _raster(tmp_path / "big.tif", 768, 1024, 0),
+        _raster(tmp_path / "small.tif", 64, 96, 1),
+    )
+    (tmp_path / "rasters.txt").write_text(f"# the rasters\n{big}\n\n{small}\n")
+    options = ["--crop-size", "64", "--stride", "48", "--tile-size", "32", "--strip-width", "64"]
+    options += ["--device", "cpu", "--window-batch", "4"]
+    src = str(Path(sanet.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    env = slurm.env(PYTHONPATH=path, SANET_PYTHON=sys.executable)
+    submit = ["sbatch", "--parsable", "--export=ALL", f"--chdir={tmp_path}", f"--output={log}"]
+    submit += ["--array=0-1", "--ntasks=1", "--cpus-per-task=1", "--gpus-per-node=0", "--time=30"]
+    submit += [str(SCRIPTS / "predict.sbatch"), str(checkpoint), str(tmp_path / "rasters.txt")]
+    done = subprocess.run([*submit, str(out), *options], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    array = done.stdout.strip().split(";")[0]
+    task0, task1, log0 = f"{array}_0", f"{array}_1", tmp_path / "predict-0.out"
+    state = out / ".big.tif.resume.json"
+
+    def blocks_done() -> int:
+        try:
+            return json.loads(state.read_text())["done"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    _wait("task 0 to write two blocks", lambda: blocks_done() >= 2, log0)
+    slurm.run("scontrol", "requeue", task0)
+    _wait("task 0 back in the queue", lambda: slurm.job(task0)["JobState"] == "PENDING", log0)
+    stopped_at = blocks_done()
+    time.sleep(2)  # a restart in the second its last run ended is refused (see above)
+    slurm.run("scontrol", "update", f"JobId={task0}", "StartTime=now")
+    for task in (task0, task1):
+        _wait(f"{task} to complete", lambda t=task: slurm.job(t)["JobState"] == "COMPLETED", log0)
+    text = log0.read_text()
+    assert "SIGTERM (requeue, preemption or scancel)" in text
+    assert f"{state.name} exists: resuming {big} (restart 1)" in text
+    assert "task 0: " + str(big) + " done" in text
+    assert sorted(p.name for p in out.iterdir()) == ["big.tif", "small.tif"]  # no partial left
+    assert 2 <= stopped_at < 24 * 16
+
+    protocol = EvalProtocol(crop_size=64, stride=48, window_batch=4)
+    reference = Predictor(checkpoint, protocol=protocol).predict_tiled(
+        big, tmp_path / "ref" / "big.tif", tile_size=32, strip_width=64
+    )
+    with rasterio.open(out / "big.tif") as got, rasterio.open(reference.mask) as want:
+        assert got.crs == want.crs and got.transform == want.transform
+        assert (got.read(1) == want.read(1)).mean() >= 0.999

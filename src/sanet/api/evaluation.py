@@ -19,6 +19,8 @@ from sanet.api.common import (
     open_dataset,
     protocol_of,
 )
+from sanet.api.large_eval import is_large, stream_large
+from sanet.api.tiled import TILE_ABOVE_MP
 from sanet.data import SegmentationDataset
 from sanet.errors import DataError, UsageError, arg
 from sanet.inference.predictor import evaluate_pairs, open_model
@@ -66,6 +68,7 @@ def evaluate(
     save_predictions: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    tile_above: float | None = TILE_ABOVE_MP,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on ``split`` of ``data`` (pixAcc, mIoU, per-class IoU).
 
@@ -81,6 +84,8 @@ def evaluate(
         limit: evaluate only the first ``limit`` images.
         save_predictions: also write ``out/predictions/<image>.png`` (index PNGs).
         progress: show a progress bar.
+        tile_above: images above this many megapixels are streamed block by block in flat
+            memory (docs/large-images.md; not saved by ``save_predictions``); ``None``: never.
 
     Returns:
         an :class:`EvalResult`; unreadable images are left out and listed in ``failed``.
@@ -98,17 +103,10 @@ def evaluate(
         raise UsageError(f"{data_name(data)} split {split!r} has no images to evaluate.")
     model, meta = open_model(checkpoint, device)  # an .onnx file runs on onnxruntime
     check_classes(model, dataset, checkpoint)
-    start, failed, done = time.perf_counter(), [], []
-    with progress_bar(unit="img", enabled=progress) as bar:
-        task = bar.add_task(f"eval {split}", total=n)
-        pairs = _readable_pairs(dataset, n, failed, done, lambda: bar.advance(task))
-
-        def on_image(j: int, pred: Any) -> None:
-            if save_predictions:
-                _save_prediction(dataset, done[j], pred, out / "predictions")  # type: ignore[operator]
-            bar.advance(task)
-
-        cm = evaluate_pairs(model, pairs, dataset.num_classes, chosen, device, on_image=on_image)
+    start, saved = time.perf_counter(), out / "predictions" if save_predictions else None
+    cm, done, failed = _confusion(
+        model, dataset, n, chosen, device, split, progress, saved, tile_above
+    )
     if not done:
         return EvalResult({}, None, failed)
     report = _report(cm, dataset, chosen, len(done), time.perf_counter() - start, meta)
@@ -117,6 +115,38 @@ def evaluate(
     if out is not None:
         _write_outputs(out, report, cm)
     return EvalResult(report, out, failed)
+
+
+def _confusion(
+    model: Any,
+    dataset: Any,
+    n: int,
+    protocol: Any,
+    device: str,
+    split: str,
+    progress: bool,
+    saved: Path | None,
+    tile_above: float | None,
+) -> tuple[Any, list[int], list[str]]:
+    """The confusion matrix of the first ``n`` samples (images above ``tile_above`` megapixels
+    streamed block by block), the indices evaluated and the unreadable samples; with ``saved``
+    each prediction of a small image goes there as an index PNG."""
+    failed: list[str] = []
+    done: list[int] = []
+    large: list[int] = []
+    with progress_bar(unit="img", enabled=progress) as bar:
+        task = bar.add_task(f"eval {split}", total=n)
+        skip = lambda: bar.advance(task)  # noqa: E731
+        pairs = _readable_pairs(dataset, n, failed, done, skip, large, tile_above)
+
+        def on_image(j: int, pred: Any) -> None:
+            if saved is not None:
+                _save_prediction(dataset, done[j], pred, saved)
+            bar.advance(task)
+
+        cm = evaluate_pairs(model, pairs, dataset.num_classes, protocol, device, on_image=on_image)
+        stream_large(model, dataset, large, cm, protocol, device, done, failed, bar, task)
+    return cm, done, failed
 
 
 def _check_outputs(out: Path, save_predictions: bool, overwrite: bool) -> None:
@@ -128,11 +158,21 @@ def _check_outputs(out: Path, save_predictions: bool, overwrite: bool) -> None:
 
 
 def _readable_pairs(
-    dataset: Any, n: int, failed: list[str], done: list[int], skipped: Any
+    dataset: Any,
+    n: int,
+    failed: list[str],
+    done: list[int],
+    skipped: Any,
+    large: list[int],
+    tile_above: float | None,
 ) -> Iterator[Any]:
     """The first ``n`` pairs that can be read; the others go to ``failed`` (and ``skipped()``),
-    the dataset index of each pair yielded to ``done``."""
+    the dataset index of each pair yielded to ``done``, that of each image above
+    ``tile_above`` megapixels to ``large`` (streamed later, never read whole)."""
     for i in range(n):
+        if is_large(dataset, i, tile_above):
+            large.append(i)
+            continue
         try:
             pair = dataset[i]
         except (DataError, FileNotFoundError) as err:

@@ -1,13 +1,14 @@
 """``sanet.predict_files``: index-PNG masks (and overlays, confidence maps, unsure pixels) for
-image files, written into a folder (``sanet predict``). In memory, predict with
-:class:`~sanet.inference.Predictor`."""
+image files, written into a folder (``sanet predict``); images above ``tile_above`` megapixels
+(or all, with ``tiled=True``) go tile by tile into GeoTIFF (``api/tiled.py``). In memory, predict
+with :class:`~sanet.inference.Predictor`."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,14 @@ import numpy as np
 
 from sanet._files import ensure_writable_dir, refuse_existing
 from sanet.api.common import ProtocolArg, device_of, expand_inputs, protocol_of
+from sanet.api.tiled import TILE_ABOVE_MP, run_tiled, tiled_targets, wants_tiles
 from sanet.errors import DataError, UsageError, arg
+from sanet.inference.geotiff import TiledTargets
 from sanet.inference.predictor import Predictor, load_rgb
 from sanet.inference.protocol import window_count
+from sanet.inference.raster import open_raster
+from sanet.inference.tiled import Tiling
+from sanet.inference.tiled_job import TiledOutput, preflight
 from sanet.progress import progress_bar
 from sanet.viz.visualize import confidence_image, mask_to_pil, overlay_with_legend, save_png
 
@@ -30,16 +36,22 @@ class PredictResult:
     """What :func:`predict_files` wrote.
 
     Attributes:
-        masks: the mask PNG of each image predicted, in input order.
+        masks: the mask of each image predicted, in input order (a PNG, or the GeoTIFF of an
+            image predicted tile by tile).
         failed: the inputs that could not be read, with the reason (the others are written).
-        threshold: with ``unsure``, the calibrated confidence below which a pixel is 255.
+        threshold: with ``unsure``, the calibrated confidence below which a pixel is unsure
+            (255 in a PNG mask; 1 in the ``_unsure.tif`` layer of a tiled one).
         alpha: the risk level that threshold was chosen for.
+        tiled: what each image predicted tile by tile wrote (sizes, blocks, resumed or not).
+        notes: one line per rule applied (automatic tiling, bands, scales ...).
     """
 
     masks: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     threshold: float | None = None
     alpha: float | None = None
+    tiled: list[TiledOutput] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,49 +74,143 @@ def predict_files(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    tiled: bool | None = None,
+    tile_above: float = TILE_ABOVE_MP,
+    resume: bool = False,
+    bands: Sequence[int] | None = None,
+    value_range: tuple[float, float] | None = None,
+    tile_size: int = 512,
+    strip_width: int = 2048,
 ) -> PredictResult:
     """Predict image files into ``out``: ``out/<stem>.png`` (index PNG with the classes'
     palette), with ``overlay`` also ``out/overlays/<stem>.png``, with ``confidence``
-    ``out/<stem>_confidence.png`` (255 × the calibrated largest probability).
+    ``out/<stem>_confidence.png`` (255 × the calibrated largest probability). An image
+    predicted tile by tile gives GeoTIFF ``out/<stem>.tif`` (:func:`sanet.api.tiled.predict_tiled`).
 
     Args:
         inputs: image files, folders (their images) or glob patterns.
-        unsure: 255 where the calibrated confidence is below the stored risk threshold
-            (``sanet.calibrate(..., risk=α)``; docs/trust.md).
+        unsure: 255 where the calibrated confidence is below the stored risk threshold.
         protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``.
         overwrite: replace outputs that exist (default: refuse before any work).
-        progress: show progress bars (images, and windows inside large images).
+        progress: show progress bars (images, and windows or blocks inside large images).
+        tiled: ``True``: every image tile by tile; ``None``: those above ``tile_above``
+            megapixels (with a note). ``resume``, ``bands`` ...: as in ``predict_tiled``.
 
     Returns:
         a :class:`PredictResult`; unreadable inputs are listed in ``failed``.
     """
     device = device_of(device)
     chosen = protocol_of(checkpoint, protocol, device)
-    out = Path(out)
-    plan = _plan(expand_inputs(inputs), out, overlay, confidence)
-    ensure_writable_dir(out / "overlays" if overlay else out, arg("out"))
-    targets = [p for row in plan for p in (row.mask, row.overlay, row.confidence) if p]
-    refuse_existing(targets, arg("out"), overwrite)
+    options = {"bands": bands, "value_range": value_range, "tile_size": tile_size}
+    options |= {"strip_width": strip_width, "resume": resume, "overwrite": overwrite}
+    out, images = Path(out), expand_inputs(inputs)
+    plan = _plan(images, out, overlay, confidence)
+    tiles, notes = _tiled_plan(images, out, tiled, tile_above, confidence, unsure)
+    _check_outputs(plan, tiles, out, overlay, notes, options)
     predictor = Predictor(checkpoint, device=device, protocol=chosen)
     threshold = predictor.unsure_threshold() if unsure else None  # refused before any work
-    result = PredictResult(threshold=threshold)
+    result = PredictResult(threshold=threshold, notes=notes)
     if threshold is not None:
         result.alpha = predictor.calibration.alpha  # type: ignore[union-attr]
     with progress_bar(unit="img", enabled=progress) as bar:
         task = bar.add_task("predict", total=len(plan))
         windows = WindowProgress(bar, predictor.model, chosen)
         for row in plan:
-            try:
-                rgb = load_rgb(row.image)
-            except (DataError, FileNotFoundError) as err:
-                result.failed.append(f"{row.image}: {getattr(err, 'problem', None) or err}")
-                bar.advance(task)
-                continue
-            with windows.image(row.image, *rgb.shape[:2]):
-                _write_one(predictor, rgb, row, threshold, unsure or confidence)
-            result.masks.append(row.mask)
+            if row.image in tiles:
+                _tiled_one(predictor, row.image, tiles[row.image], bar, result, options)
+            else:
+                _whole_one(predictor, row, windows, threshold, unsure or confidence, result)
             bar.advance(task)
     return result
+
+
+def _check_outputs(
+    plan: list[_Plan],
+    tiles: dict[Path, TiledTargets],
+    out: Path,
+    overlay: bool,
+    notes: list[str],
+    options: dict[str, Any],
+) -> None:
+    """Refuse, before any work, outputs that exist, partial predictions not resumed, bad tiling
+    options and bad band choices (an unreadable image is reported in ``failed`` later)."""
+    _check_tiled_options(tiles, options, overlay, notes)
+    whole = [r for r in plan if r.image not in tiles]
+    ensure_writable_dir(out / "overlays" if overlay and whole else out, arg("out"))
+    targets = [p for r in whole for p in (r.mask, r.overlay, r.confidence) if p is not None]
+    refuse_existing(targets, arg("out"), options["overwrite"])
+    for image, t in tiles.items():
+        preflight(t, resume=options["resume"], overwrite=options["overwrite"])
+        with contextlib.suppress(DataError):
+            open_raster(image, bands=options["bands"], value_range=options["value_range"]).close()
+
+
+def _tiled_plan(
+    images: list[Path], out: Path, tiled: bool | None, tile_above: float, conf: bool, unsure: bool
+) -> tuple[dict[Path, TiledTargets], list[str]]:
+    """The images predicted tile by tile, their targets, and the notes saying why."""
+    tiles, notes = {}, []
+    for image in images:
+        why = wants_tiles(image, tiled, tile_above)
+        if why is not None:
+            tiles[image] = tiled_targets(image, out, conf, unsure)
+            if why:
+                notes.append(why)
+                logger.info(why)
+    return tiles, notes
+
+
+def _check_tiled_options(
+    tiles: dict[Path, TiledTargets], options: dict[str, Any], overlay: bool, notes: list[str]
+) -> None:
+    Tiling(options["tile_size"], options["strip_width"])  # bad sizes fail now
+    if not tiles and (options["bands"] is not None or options["value_range"] is not None):
+        raise UsageError(
+            f"{arg('bands')} and {arg('value_range')} apply to images predicted tile by tile; "
+            f"add {arg('tiled', True)} (GeoTIFF outputs)."
+        )
+    if tiles and overlay:
+        notes.append(
+            "No overlay is drawn for images predicted tile by tile (open the GeoTIFF over the "
+            "image in a GIS: docs/large-images.md)"
+        )
+        logger.info(notes[-1])
+
+
+def _tiled_one(
+    predictor: Predictor,
+    image: Path,
+    targets: TiledTargets,
+    bar: Any,
+    result: PredictResult,
+    options: dict,
+) -> None:
+    try:
+        done = run_tiled(predictor, image, targets, bar, **options)
+    except (DataError, FileNotFoundError) as err:
+        result.failed.append(f"{image}: {getattr(err, 'problem', None) or err}")
+        return
+    result.masks.append(done.mask)
+    result.tiled.append(done)
+    result.notes += [n for n in done.notes if n not in result.notes]
+
+
+def _whole_one(
+    predictor: Predictor,
+    row: _Plan,
+    windows: WindowProgress,
+    threshold: float | None,
+    conf: bool,
+    result: PredictResult,
+) -> None:
+    try:
+        rgb = load_rgb(row.image)
+    except (DataError, FileNotFoundError) as err:
+        result.failed.append(f"{row.image}: {getattr(err, 'problem', None) or err}")
+        return
+    with windows.image(row.image, *rgb.shape[:2]):
+        _write_one(predictor, rgb, row, threshold, conf)
+    result.masks.append(row.mask)
 
 
 def _write_one(

@@ -5,7 +5,7 @@ protocol)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from sanet.inference.confidence import (
 from sanet.inference.onnx_backend import OnnxModel, providers_for
 from sanet.inference.protocol import EvalProtocol, predict_mask, predict_proba
 from sanet.inference.runs import run_protocol
+from sanet.inference.tiled import Tiling
+from sanet.inference.tiled_job import TiledOutput, predict_raster
 from sanet.metrics import ConfusionMatrix
 from sanet.models.registry import load_model
 
@@ -243,6 +245,56 @@ class Predictor:
         if small != size:
             x = F.interpolate(x[None], size=small, mode="bilinear", align_corners=False)[0]
         return x, size
+
+    def predict_tiled(
+        self,
+        image: Any,
+        out: str | Path,
+        *,
+        confidence: bool = False,
+        unsure: bool = False,
+        bands: Sequence[int] | None = None,
+        value_range: tuple[float, float] | None = None,
+        tile_size: int = 512,
+        strip_width: int = 2048,
+        resume: bool = False,
+        overwrite: bool = False,
+        should_stop: Callable[[], Any] | None = None,
+        on_block: Callable[[int, int], None] | None = None,
+    ) -> TiledOutput:
+        """Predict an image of any size block by block into GeoTIFF, in memory independent of
+        its area (docs/large-images.md): class ids at ``out`` (uint8, the palette as colour
+        table, the input's CRS, transform and nodata); with ``confidence`` also
+        ``OUT_confidence.tif`` (255 × the calibrated largest probability), with ``unsure``
+        ``OUT_unsure.tif`` (1 where the confidence is below the risk threshold). The same
+        answer as the whole-image sliding window (scales relative to the image's resolution).
+
+        Args:
+            image: a raster file (GeoTIFF, any GDAL format, PNG, JPEG) or an ``(H, W, 3)``
+                uint8 array.
+            bands: the 3 bands (1-based) used as red, green, blue of a multispectral raster.
+            value_range: values mapped onto 0..255 (16-bit: default 0..65535; float: needed).
+            tile_size, strip_width: the output tiles (block rows) and the strips' width.
+            resume: continue a stopped prediction of ``out`` (whole outputs are kept);
+                overwrite: replace outputs and discard a partial prediction.
+            should_stop: asked after each block; truthy stops with
+                :class:`~sanet.errors.Interrupted` (the partial files are kept for ``resume``).
+            on_block: called with ``(blocks done, blocks in all)``.
+        """
+        return predict_raster(
+            self,
+            image,
+            out,
+            confidence=confidence,
+            unsure=unsure,
+            bands=bands,
+            value_range=value_range,
+            tiling=Tiling(tile_size, strip_width),
+            resume=resume,
+            overwrite=overwrite,
+            should_stop=should_stop,
+            on_block=on_block,
+        )
 
     def unsure_pixels(self, confidence: np.ndarray) -> np.ndarray:
         """Which pixels are unsure: those whose calibrated confidence is *below* the risk
