@@ -1,7 +1,9 @@
 """A ViT-backed SANet through the deployment path: the ONNX export with dynamic H, W passes the
 parity gate at the export size and at odd sizes (padding to the patch, resized position
 embeddings and the crop back all inside the graph), the exported file predicts what PyTorch
-predicts through the run's sliding windows, and the INT8 export's gate measures and decides.
+predicts through the run's sliding windows, the INT8 export's gate measures and decides, and
+``sanet predict --tiled`` (the streamed window grid into GeoTIFF, docs/large-images.md) gives
+the whole-image answer.
 
 The run is built by hand (config.yaml + model/ from save_pretrained, no training), as in
 tests/test_api_deploy.py, on the tiny DINOv2-shaped ViT of tests/_vit_tiny.py.
@@ -9,6 +11,7 @@ tests/test_api_deploy.py, on the tiny DINOv2-shaped ViT of tests/_vit_tiny.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 import torch
 
 import sanet
+from _tiled_rasters import read_layer, write_tif
 from _vit_tiny import TINY_VIT
 from sanet.api.export import export
 from sanet.data.synthetic import SYNTHETIC_CLASSES
@@ -94,3 +98,24 @@ def test_int8_export_of_a_vit_measures_and_gates(run: Path, tmp_path: Path) -> N
         with pytest.raises(Int8Refused, match="nothing written"):
             export(run, refused, int8=True, max_miou_drop=drop / 2, **kwargs)
         assert not refused.exists()
+
+
+@pytest.mark.slow
+def test_cli_predict_tiled_equals_the_whole_image_protocol(run: Path, tmp_path: Path) -> None:
+    """``sanet predict --tiled`` on a 62×87 GeoTIFF, blocks of 32 rows in strips of 48 columns
+    (the 56-px windows every 28 px cross both): the same mask as ``Predictor.predict`` of the
+    whole image under the run's protocol at the image's own resolution (scales 0.75, 1 + flip;
+    tiled prediction does not use the base size)."""
+    from sanet.cli import main
+
+    rgb = np.ascontiguousarray(odd_image()[:62, :87])
+    src = write_tif(tmp_path / "scene.tif", rgb.transpose(2, 0, 1))
+    argv = ["predict", "--checkpoint", str(run), str(src), "--out", str(tmp_path / "out")]
+    argv += ["--tiled", "--tile-size", "32", "--strip-width", "48", "--device", "cpu"]
+    assert main(argv) == 0
+    mask, info = read_layer(tmp_path / "out" / "scene.tif")
+    whole = sanet.Predictor(run)
+    whole.protocol = dataclasses.replace(whole.protocol, base_size=None)
+    want = whole.predict(rgb)
+    assert (info["height"], info["width"]) == (62, 87) and len(np.unique(want)) > 1
+    assert np.array_equal(mask, want)
