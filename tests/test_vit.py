@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -202,3 +203,25 @@ def test_weights_of_another_architecture_are_refused_with_the_fix(tmp_path: Path
         text = str(err.value)
         assert "\n" not in text and what in text
         assert f"Fix: pass the weights of {TINY_VIT!r}" in text
+
+
+def test_fig6_attention_maps_read_the_sa_heads_on_the_pyramid() -> None:
+    """Fig. 6 on ViT features: each SA head's parts lie on its pyramid stage's grid (⌈65/r⌉ ×
+    ⌈97/r⌉), and the cosine-similarity maps come back at the image size, in [-1, 1], as the
+    cosine similarity to the chosen pixel's cell (row 30·19//65 = 8, column 50·28//97 = 14 of
+    head 1) computed by hand."""
+    from sanet.viz.figures import attention_maps
+
+    model = sanet.build_model("sanet", backbone=TINY_VIT, num_classes=K).eval()
+    x = torch.randn(3, 65, 97)
+    with torch.no_grad():
+        parts = model.attention_parts(x[None])
+    assert [tuple(a.shape[-2:]) for a, _ in parts] == [(19, 28), (10, 14), (10, 14), (10, 14)]
+    attn = F.normalize(parts[0][0][0].flatten(1), dim=0)  # (C, h·w), unit columns
+    sim = (attn.T @ attn[:, 8 * 28 + 14]).reshape(1, 1, 19, 28)  # cosine to the chosen cell
+    want = F.interpolate(sim, size=(65, 97), mode="bilinear", align_corners=False)[0, 0]
+    maps = attention_maps(model, x, (50, 30))
+    assert set(maps) == {(1, "attention"), (1, "main"), (4, "attention"), (4, "main")}
+    np.testing.assert_allclose(maps[(1, "attention")], want.numpy(), atol=1e-5)
+    for m in maps.values():
+        assert m.shape == (65, 97) and m.min() >= -1 - 1e-5 and m.max() <= 1 + 1e-5
