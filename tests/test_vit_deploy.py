@@ -102,7 +102,7 @@ def test_int8_export_of_a_vit_measures_and_gates(run: Path, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_cli_predict_tiled_equals_the_whole_image_protocol(run: Path, tmp_path: Path) -> None:
-    """``sanet predict --tiled`` on a 62×87 GeoTIFF, blocks of 32 rows in strips of 48 columns
+    """``sanet predict --tiled`` on a 62×87 GeoTIFF, blocks of 32 rows in strips of 64 columns
     (the 56-px windows every 28 px cross both): the same mask as ``Predictor.predict`` of the
     whole image under the run's protocol at the image's own resolution (scales 0.75, 1 + flip;
     tiled prediction does not use the base size)."""
@@ -111,7 +111,7 @@ def test_cli_predict_tiled_equals_the_whole_image_protocol(run: Path, tmp_path: 
     rgb = np.ascontiguousarray(odd_image()[:62, :87])
     src = write_tif(tmp_path / "scene.tif", rgb.transpose(2, 0, 1))
     argv = ["predict", "--checkpoint", str(run), str(src), "--out", str(tmp_path / "out")]
-    argv += ["--tiled", "--tile-size", "32", "--strip-width", "48", "--device", "cpu"]
+    argv += ["--tiled", "--tile-size", "32", "--strip-width", "64", "--device", "cpu"]
     assert main(argv) == 0
     mask, info = read_layer(tmp_path / "out" / "scene.tif")
     whole = sanet.Predictor(run)
