@@ -134,7 +134,8 @@ class Trainer:
             freeze_backbone=m.freeze_backbone,
             options=m.options(),
         )
-        model.backbone.set_grad_checkpointing(t.checkpointing)
+        if t.checkpointing:
+            model.backbone.set_grad_checkpointing()
         engine.set_bn_momentum(model, t.bn_momentum)
         self.model_config = {"name": model.name, **model.config}
         if m.init_from:  # e.g. the VOC fine-tune starts from the train_aug run
