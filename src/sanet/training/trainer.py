@@ -135,8 +135,11 @@ class Trainer:
             num_classes=self.num_classes,
             output_stride=m.output_stride,
             pretrained_backbone=m.pretrained_backbone,
+            freeze_backbone=m.freeze_backbone,
             options=m.options(),
         )
+        if t.checkpointing:
+            model.backbone.set_grad_checkpointing()
         engine.set_bn_momentum(model, t.bn_momentum)
         self.model_config = {"name": model.name, **model.config}
         if m.init_from:  # e.g. the VOC fine-tune starts from the train_aug run
@@ -146,9 +149,8 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the bare model: its state_dict is what checkpoints hold
         lr = t.lr * t.batch_size / 16  # linear scaling with the global batch (Sec. 4 recipe)
-        self.optimizer = engine.make_sgd(
-            engine.param_groups(model, lr, t.head_lr_mult, t.weight_decay), lr, t.momentum
-        )
+        groups = engine.param_groups(model, lr, t.head_lr_mult, t.weight_decay, t.layer_decay)
+        self.optimizer = engine.make_sgd(groups, lr, t.momentum)
         self.scheduler = engine.poly_schedule(
             self.optimizer, self.total_steps, t.poly_power, t.warmup_steps
         )
