@@ -1,0 +1,122 @@
+"""How many planted label errors ``sanet audit-labels`` finds, on scene generators nobody tuned
+the audit on (docs/trust.md, "Measured: planted label errors").
+
+Data: for each generator of DATASETS, a ``folder`` dataset whose train split (384 scenes, 64²)
+and val split (300 scenes) carry label errors in 10 % of their masks, the five kinds of
+``sanet.data.planted`` in turn. Models: the demo recipe (src/sanet/configs/demo.yaml: SANet,
+resnet18d from scratch, 384 steps at batch 16, at 64² — a short budget) trained on each train split with
+seeds 0 and 1, 1 thread. Scores, for every model, on its val split and on DRAWS further val
+splits with other planted errors (``score``), and out of fold on the train split (``oof``):
+
+- ``naive``: an image's share of labelled pixels whose prediction differs from the label;
+- ``image evidence``: the audit before issue 30 (the evidence of an image's regions over its
+  labelled pixels);
+- ``regions``: today's audit (``sanet.trust.audit``): regions scored one by one, an image
+  ranked by its most suspicious region.
+
+Recall: the share of the N planted images among the 2N an audit ranks first, overall and per
+kind. Phases are resumable (finished runs are reused, scores are appended):
+
+    python benchmarks/audit_planted.py prepare --work /tmp/audit-bench
+    python benchmarks/audit_planted.py train --work /tmp/audit-bench [--worker 0/2]
+    python benchmarks/audit_planted.py score --work /tmp/audit-bench
+    python benchmarks/audit_planted.py report --work /tmp/audit-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from sanet.data.planted import write_planted_folder
+
+#: generator name → options of ``write_planted_folder``; the scenes' seed is 1 for each, as in
+#: the glyph check of docs/paper-fidelity.md; family members 1 and 11 (6 and 7 classes)
+DATASETS: dict[str, dict[str, Any]] = {
+    "scenes": {"generator": "scenes"},  # the demo's scenes: where the audit was designed
+    "glyphs": {"generator": "glyphs"},
+    "family1": {"generator": "family", "family": 1},
+    "family11": {"generator": "family", "family": 11},
+}
+SIZE, TRAIN_IMAGES, VAL_IMAGES, SHARE, SCENE_SEED = 64, 384, 300, 0.1, 1
+MODEL_SEEDS = (0, 1)
+DRAWS = (2, 3)  # scene seeds of further val splits (their own planted errors)
+#: the demo recipe (384 steps of batch 16) at 64², on one thread, validated once at the end
+RECIPE = "demo"
+BUDGET = [
+    "data.options={}",
+    f"data.base_size={SIZE}",
+    f"data.crop_size={SIZE}",
+    f"eval.crop_size={SIZE}",
+    f"eval.stride={SIZE}",
+    "train.threads=1",
+    "train.val_every=0",
+]
+
+
+def prepare(work: Path) -> None:
+    for name, options in DATASETS.items():
+        root = work / "data" / name
+        if (root / "planted_val.json").is_file():
+            continue
+        for split, n in (("train", TRAIN_IMAGES), ("val", VAL_IMAGES)):
+            key = write_planted_folder(
+                root, num_images=n, share=SHARE, size=SIZE, seed=SCENE_SEED, split=split, **options
+            )
+            print(f"{root} {split}: {len(key['images'])} planted of {n}", flush=True)
+        for seed in DRAWS:
+            extra = work / "data" / f"{name}-draw{seed}"
+            write_planted_folder(
+                extra,
+                num_images=VAL_IMAGES,
+                share=SHARE,
+                size=SIZE,
+                seed=seed,
+                split="val",
+                **options,
+            )
+
+
+def run_dir(work: Path, name: str, seed: int) -> Path:
+    return work / "runs" / name / f"seed{seed}"
+
+
+def train(work: Path, worker: int, workers: int, only: list[str]) -> None:
+    from sanet.config import load_config, resolve_recipe
+    from sanet.experiments.compare import ensure_run
+    from sanet.rundir import RunDir
+
+    jobs = [(name, seed) for seed in MODEL_SEEDS for name in DATASETS]
+    jobs = jobs[worker::workers]
+    if only:
+        jobs = [(name, int(seed)) for name, seed in (job.split(":") for job in only)]
+    for name, seed in jobs:
+        data = ["data.dataset=folder", f"data.root={work / 'data' / name}"]
+        cfg = load_config(resolve_recipe(RECIPE), [*data, *BUDGET, f"train.seed={seed}"])
+        start = time.perf_counter()
+        result = ensure_run(cfg, RunDir(run_dir(work, name, seed)), "sanet", seed)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: val mIoU {result.mIoU:.3f} "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("phase", choices=["prepare", "train", "score", "oof", "report"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/audit-bench"))
+    parser.add_argument("--worker", default="0/1", metavar="I/N")
+    parser.add_argument("--only", nargs="*", default=[], metavar="NAME:SEED", help="these runs")
+    args = parser.parse_args()
+    worker, workers = (int(x) for x in args.worker.split("/"))
+    if args.phase == "prepare":
+        prepare(args.work)
+    elif args.phase == "train":
+        train(args.work, worker, workers, args.only)
+
+
+if __name__ == "__main__":
+    main()
