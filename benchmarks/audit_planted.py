@@ -26,6 +26,7 @@ kind. Phases are resumable (finished runs are reused, scores are appended):
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,105 @@ def train(work: Path, worker: int, workers: int, only: list[str]) -> None:
         )
 
 
+SCORES = {"naive": "disagreement", "image evidence": "image_evidence", "regions": "score"}
+
+
+def recall(entries: list[dict[str, Any]], key: dict[str, Any], field: str) -> dict[str, Any]:
+    """Share of the N planted images among the 2N an audit's ``field`` ranks first, overall and
+    per kind (ties: dataset order); with the counts."""
+    order = sorted(entries, key=lambda e: (-e[field], e["index"]))
+    planted = {e["index"]: e["kind"] for e in key["images"]}
+    top = {e["index"] for e in order[: 2 * len(planted)]}
+    found: dict[str, Any] = {"all": [sum(i in top for i in planted), len(planted)]}
+    for kind in key["kinds"]:
+        mine = [i for i, k in planted.items() if k == kind]
+        found[kind] = [sum(i in top for i in mine), len(mine)]
+    return found
+
+
+def score(work: Path) -> None:
+    """Calibrate each finished model on its val split, then audit its val splits (own scenes
+    and DRAWS) with ``sanet.audit_labels``; one line of ``scores.jsonl`` per (model, split)."""
+    import torch
+
+    import sanet
+
+    torch.set_num_threads(1)
+    done = work / "scores.jsonl"
+    seen = {(r["model"], r["data"]) for r in map(json.loads, _lines(done))}
+    for name in DATASETS:
+        for seed in MODEL_SEEDS:
+            run = run_dir(work, name, seed)
+            if not (run / "model" / "config.json").is_file():
+                continue
+            if not (run / "calibration" / "calibration.json").is_file():
+                sanet.calibrate(run, f"folder:{work / 'data' / name}", out=run / "calibration")
+            for data in [name, *(f"{name}-draw{d}" for d in DRAWS)]:
+                if (f"{name}:{seed}", data) in seen:
+                    continue
+                root = work / "data" / data
+                start = time.perf_counter()
+                found = sanet.audit_labels(
+                    f"folder:{root}",
+                    checkpoint=run,
+                    split="val",
+                    out=work / "audits" / f"{name}-{seed}-{data}",
+                    top=0,
+                    overwrite=True,
+                )
+                key = json.loads((root / "planted_val.json").read_text())
+                row = {
+                    "model": f"{name}:{seed}",
+                    "data": data,
+                    "temperature": found.audit["temperature"],
+                }
+                row |= {"agreement": found.audit["agreement"]["mIoU"]}
+                row |= {m: recall(found.images, key, f) for m, f in SCORES.items()}
+                row["seconds"] = round(time.perf_counter() - start, 1)
+                with done.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def report(work: Path) -> None:
+    """Recall of each score, pooled over models and draws: unseen generators (all but
+    ``scenes``) and the design scenes apart; per kind."""
+    rows = [json.loads(line) for line in _lines(work / "scores.jsonl")]
+    kinds = [
+        "all",
+        *json.loads((work / "data" / "scenes" / "planted_val.json").read_text())["kinds"],
+    ]
+    for title, keep in (
+        ("unseen", lambda r: not r["model"].startswith("scenes")),
+        ("scenes (design)", lambda r: r["model"].startswith("scenes")),
+    ):
+        mine = [r for r in rows if keep(r)]
+        if not mine:
+            continue
+        models = sorted({r["model"] for r in mine})
+        print(f"## {title}: {len(mine)} audits, models {', '.join(models)}")
+        print("| score | " + " | ".join(kinds) + " |")
+        print("|---|" + "---|" * len(kinds))
+        for m in SCORES:
+            cells = []
+            for k in kinds:
+                hit, n = (sum(r[m][k][j] for r in mine) for j in (0, 1))
+                cells.append(f"{hit / max(n, 1):.2f} ({hit}/{n})")
+            print(f"| {m} | " + " | ".join(cells) + " |")
+        for r in mine:
+            print(
+                f"- {r['model']} on {r['data']}: T {r['temperature']:.2f}, "
+                f"agreement mIoU {r['agreement']:.3f}, regions {r['regions']['all']}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("phase", choices=["prepare", "train", "score", "oof", "report"])
+    parser.add_argument("phase", choices=["prepare", "train", "score", "report"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/audit-bench"))
     parser.add_argument("--worker", default="0/1", metavar="I/N")
     parser.add_argument("--only", nargs="*", default=[], metavar="NAME:SEED", help="these runs")
@@ -116,6 +213,10 @@ def main() -> None:
         prepare(args.work)
     elif args.phase == "train":
         train(args.work, worker, workers, args.only)
+    elif args.phase == "score":
+        score(args.work)
+    else:
+        report(args.work)
 
 
 if __name__ == "__main__":

@@ -92,32 +92,22 @@ def audit_labels(
     overwrite: bool = False,
     progress: bool = False,
 ) -> AuditResult:
-    """Score every image of a split against its label (docs/trust.md, "Label audit"): with
-    ``checkpoint`` one trained model scores ``split`` (default ``"val"``: one it was not trained
-    on); with ``recipe`` and ``folds`` ``K`` models, each trained on ``K − 1`` folds of
-    ``split`` (default ``"train"``), score the fold they did not see (runs in
-    ``out/runs/fold<f>/``: finished ones reused, interrupted ones resumed). A checkpoint asked
-    to audit the split its run trained on is audited out of fold the same way, with
-    ``AUTO_FOLDS`` models trained by its run's recipe (``out_of_fold=False``: by the
-    checkpoint itself).
-
-    Before the audit, the masks pass the label checks of training (0/255 masks without a
-    ``label_map`` are refused, with the fix), and the model's agreement with the labels is
-    measured on the first images: below ``min_miou`` the audit is refused (docs/trust.md).
+    """Score every image of a split against its label (docs/trust.md, "Label audit"), with
+    ``checkpoint`` (``split`` default ``"val"``; out of fold with ``AUTO_FOLDS`` models of its
+    run's recipe on the split the run trained on) or out of fold with ``recipe`` and ``folds``
+    (``split`` default ``"train"``; runs in ``out/runs/fold<f>/``, reused or resumed). 0/255
+    masks without a ``label_map`` and a model agreeing with the labels below ``min_miou`` are
+    refused, with the fix.
 
     Args:
         data: ``"KIND:ROOT"`` (e.g. ``"folder:data/mine"``), or with ``checkpoint`` a dataset.
         checkpoint: a run directory, ``.pt``, ``save_pretrained`` folder or ``.onnx`` file.
-        recipe: a YAML recipe or an embedded one by name (e.g. ``"demo"``).
-        folds: ``K`` (at least 2), with ``recipe``.
-        out: where ``label_audit.json`` and ``suspects.png`` go.
+        recipe, folds: a YAML recipe (or an embedded one by name) and ``K`` (at least 2).
+        out: where ``label_audit.json`` and ``suspects.png`` (its ``top`` images) go.
         data_options: dataset options, as a recipe's ``data.options`` (e.g. ``{"label_map":
-            {255: 1}}`` for 0/255 masks). Default: the run's (the recipe's) own options when
-            ``data`` is of its dataset kind, else none.
-        out_of_fold: with ``checkpoint``: ``None`` (default) audits the run's own training
-            split out of fold and any other split with the checkpoint; ``True`` insists on out
-            of fold, ``False`` on the checkpoint.
-        top: images shown in ``suspects.png``.
+            {255: 1}}``). Default: the run's own when ``data`` is of its dataset kind.
+        out_of_fold: with ``checkpoint``: ``None`` out of fold on the run's training split
+            only; ``True`` insists, ``False`` scores with the checkpoint.
         confidence: evidence where the model gives the label at most ``1 − confidence``.
         min_region: least region, as a share of the image (and at least 16 px).
         min_miou: the least mIoU of the model against the audited labels (0: audit anyway).
@@ -126,26 +116,15 @@ def audit_labels(
             an ``EvalProtocol`` (fold models: the recipe's validation protocol).
         overwrite: replace ``label_audit.json`` and ``suspects.png`` (default: refuse).
 
-    Returns:
-        an :class:`AuditResult`.
+    Returns: an :class:`AuditResult`.
     """
     _check_arguments(checkpoint, recipe, folds, overrides, protocol, device, top, out_of_fold)
     settings = AuditSettings(confidence, min_region, min_miou)
     out = ensure_writable_dir(out, arg("out"))
     refuse_existing([out / name for name in AUDIT_OUTPUTS], arg("out"), overwrite)
-    options = None if data_options is None else dict(data_options)
-    own = None
-    if checkpoint is not None:
-        split = split or "val"
-        own = audit_recipe(data, checkpoint, split, out_of_fold, protocol, device)
-    if checkpoint is not None and own is None:
-        args = (data, checkpoint, split, options, protocol, device, settings, top)
-        entries, suspects, dataset, info = _audit_checkpoint(*args, progress)
-    else:
-        folds, recipe = (AUTO_FOLDS, own) if own is not None else (folds, recipe)
-        args = (data, recipe, folds, split or "train", out, overrides, options, settings, top)
-        entries, suspects, dataset, info = _audit_folds(*args, progress)
-        info |= {"checkpoint": str(checkpoint)} if own is not None else {}
+    model = (checkpoint, recipe, folds, overrides, protocol, device, out_of_fold)
+    scored = _score(data, model, split, out, data_options, settings, top, progress)
+    entries, suspects, dataset, info = scored
     ranked = sort_report(entries)
     audit = {"images": ranked, "data": data_name(data), "split": info.pop("split"), **info}
     audit["settings"] = settings.record()
@@ -153,6 +132,34 @@ def audit_labels(
     atomic_write_text(report, json.dumps(audit, indent=1) + "\n")
     plot_audit(dataset, suspects, ranked, picture)
     return AuditResult(audit, report, picture)
+
+
+def _score(
+    data: Any,
+    model: tuple,
+    split: str | None,
+    out: Path,
+    data_options: Mapping[str, Any] | None,
+    settings: AuditSettings,
+    top: int,
+    progress: bool,
+) -> tuple:
+    """Score with the checkpoint, or out of fold: with a recipe, or with the checkpoint's run's
+    recipe on the split the run trained on (``audit_recipe``)."""
+    checkpoint, recipe, folds, overrides, protocol, device, out_of_fold = model
+    options = None if data_options is None else dict(data_options)
+    own = None
+    if checkpoint is not None:
+        split = split or "val"
+        own = audit_recipe(data, checkpoint, split, out_of_fold, protocol, device)
+    if checkpoint is not None and own is None:
+        args = (data, checkpoint, split, options, protocol, device, settings, top)
+        return _audit_checkpoint(*args, progress)
+    folds, recipe = (AUTO_FOLDS, own) if own is not None else (folds, recipe)
+    args = (data, recipe, folds, split or "train", out, overrides, options, settings, top)
+    entries, suspects, dataset, info = _audit_folds(*args, progress)
+    info |= {"checkpoint": str(checkpoint)} if own is not None else {}
+    return entries, suspects, dataset, info
 
 
 def _check_arguments(

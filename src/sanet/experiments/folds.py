@@ -173,14 +173,12 @@ def kfold_audit(
 ) -> tuple[list[dict[str, Any]], list[Suspect], dict[str, Any], Any]:
     """Train (or reuse) the ``folds`` fold models and score every image out of fold.
 
-    The split's labels pass the checks of training (:func:`~sanet.trust.audit.check_labels`)
-    before any fold trains.
+    The split's labels pass the checks of training before any fold trains.
 
     Args:
         data_options: the dataset options of every fold (default: :func:`fold_config`'s).
         on_fold: called with ``(fold, images in it)`` before a fold's images are scored.
-        gate: called with ``(fold run directory, agreement)`` once a fold model's agreement
-            with the labels of its first images is known (:func:`audit_split`); raises to stop.
+        gate: called with ``(fold run directory, agreement)`` (:func:`audit_split`).
 
     Returns:
         ``(entries, suspects, info, dataset)``: one audit entry per image (:func:`audit_split`,
@@ -199,28 +197,14 @@ def kfold_audit(
     kfold_indices(len(full), folds, 0)  # too few images: refused before any training
     for message in check_labels(full):  # 0/255 masks: refused before any training
         logger.warning("%s", message)
-    entries: list[dict[str, Any]] = []
-    suspects: list[Suspect] = []
-    runs = []
+    entries, suspects, runs = [], [], []
     for fold, cfg in enumerate(configs):
         run = RunDir(out / "runs" / f"fold{fold}")
         ensure_run(cfg, run, cfg.model.name, cfg.train.seed, callbacks)
-        model, _ = load_model(run.model)
         _, held = kfold_indices(len(full), folds, fold)
         if on_fold:
             on_fold(fold, len(held))
-        found, best, agreement = audit_split(
-            model,
-            full,
-            full.class_names,
-            validation_protocol(cfg),
-            indices=held,
-            settings=settings,
-            device=resolve_device(cfg.train.device),
-            keep=keep,
-            on_image=on_image,
-            gate=(lambda found, where=str(run.root): gate(where, found)) if gate else None,
-        )
+        found, best, agreement = _score_fold(cfg, run, full, held, (settings, keep, on_image, gate))
         entries += [{**entry, "fold": fold} for entry in found]
         suspects += best
         runs.append(
@@ -230,3 +214,21 @@ def kfold_audit(
     suspects = sorted(suspects, key=lambda s: (-s.score, s.index))[:keep]
     info = {"folds": folds, "runs": runs, "protocol": validation_protocol(configs[0]).to_dict()}
     return entries, suspects, info, full
+
+
+def _score_fold(cfg: Config, run: RunDir, full: Any, held: Sequence[int], scoring: tuple) -> tuple:
+    """:func:`audit_split` of the ``held`` images with the fold model of ``run``."""
+    settings, keep, on_image, gate = scoring
+    model, _ = load_model(run.model)
+    return audit_split(
+        model,
+        full,
+        full.class_names,
+        validation_protocol(cfg),
+        indices=held,
+        settings=settings,
+        device=resolve_device(cfg.train.device),
+        keep=keep,
+        on_image=on_image,
+        gate=(lambda found, where=str(run.root): gate(where, found)) if gate else None,
+    )

@@ -8,11 +8,15 @@ also counts a pixel whose probability the model spreads over other classes). Suc
 are grouped into regions (8-connected, one given class and one predicted class per region);
 regions smaller than ``min_region`` of the image are dropped (scattered mistakes of the model,
 not a mislabelled object). A region's *evidence* is ``Σ (confidence − p[given label])`` over its
-pixels, and an image's score is the evidence of its regions divided by its labelled pixels:
-about "the share of the image whose label a confident model contradicts". Region kinds, where
-class 0 is a background class: label background and prediction an object → ``unlabelled
-object``; label an object and prediction background → ``labelled where nothing is``; otherwise
-``wrong class``.
+pixels. Regions are scored one by one and an image is ranked by its most suspicious region: its
+``score`` is the largest region's evidence divided by the image's labelled pixels (a wrong
+object stands out even in an image whose other pixels the model gets wrong here and there;
+docs/trust.md, "Measured: planted label errors"). Each entry also keeps ``image_evidence``
+(the evidence of all its regions over its labelled pixels: the score before regions were ranked
+one by one) and ``disagreement`` (the share of labelled pixels whose arg-max differs from the
+label: the naive score). Region kinds, where class 0 is a background class: label background
+and prediction an object → ``missing object``; label an object and prediction background →
+``spurious region``; otherwise ``wrong class``.
 
 **Rank.** The image and its mirror image are predicted separately (single forward protocol
 without flips): ``mean_entropy`` is the mean over pixels of the entropy of their average,
@@ -43,7 +47,7 @@ from sanet.inference.predictor import image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol, predict_proba
 from sanet.metrics import ConfusionMatrix
 
-KINDS = ("unlabelled object", "wrong class", "labelled where nothing is")
+KINDS = ("missing object", "wrong class", "spurious region")  # of a region (docs/trust.md)
 #: images a model's agreement with the labels is measured on before the rest is scored
 GATE_IMAGES = 32
 #: the least mIoU against the audited labels of a model to audit with (docs/trust.md)
@@ -206,7 +210,7 @@ def audit_split(
 
     Returns:
         ``(entries, suspects, agreement)``: one ``{"image", "index", "score",
-        "labelled_pixels", "regions"}`` per image (dataset order), the ``keep`` highest-scoring
+        "image_evidence", "disagreement", "labelled_pixels", "regions"}`` per image (dataset order), the ``keep`` highest-scoring
         images' predictions, and the model's agreement with the labels over every image
         (``Agreement.record``, with ``"gate"``: the same over the first images).
     """
@@ -246,10 +250,13 @@ def _audit_image(
     agreement.add(pred, label)
     regions, kept = label_regions(pred, conf, p_label, label, class_names, settings)
     labelled = int((label != IGNORE_INDEX).sum())
+    evidence = [r["evidence"] / max(labelled, 1) for r in regions]
     entry = {
         "image": image_name(dataset, i),
         "index": int(i),
-        "score": sum(r["evidence"] for r in regions) / max(labelled, 1),
+        "score": max(evidence, default=0.0),
+        "image_evidence": sum(evidence),
+        "disagreement": float(((pred != label) & (label != IGNORE_INDEX)).sum() / max(labelled, 1)),
         "labelled_pixels": labelled,
         "regions": regions,
     }
