@@ -3,19 +3,22 @@ the audit on (docs/trust.md, "Measured: planted label errors").
 
 Data: for each generator of DATASETS, a ``folder`` dataset whose train split (384 scenes, 64²)
 and val split (300 scenes) carry label errors in 10 % of their masks, the five kinds of
-``sanet.data.planted`` in turn. Models: the demo recipe (src/sanet/configs/demo.yaml: SANet,
-resnet18d from scratch, 384 steps at batch 16, at 64² — a short budget) trained on each train split with
-seeds 0 and 1, 1 thread. Scores, for every model, on its val split and on DRAWS further val
-splits with other planted errors (``score``), and out of fold on the train split (``oof``):
+``sanet.data.planted`` in turn, and DRAWS further val splits (other scenes, other errors).
+Models: the demo recipe (src/sanet/configs/demo.yaml: SANet, resnet18d from scratch, 384 steps
+at batch 16) at 64², trained on each train split (seeds MODEL_SEEDS), 1 thread; each calibrated
+(``sanet.calibrate``) on its val split. Each model then audits its val split and the DRAWS
+(``sanet.audit_labels --checkpoint``, a split it did not train on), and from the same audit three
+scores are ranked (``sanet.trust.audit``):
 
-- ``naive``: an image's share of labelled pixels whose prediction differs from the label;
-- ``image evidence``: the audit before issue 30 (the evidence of an image's regions over its
-  labelled pixels);
-- ``regions``: today's audit (``sanet.trust.audit``): regions scored one by one, an image
-  ranked by its most suspicious region.
+- ``naive``: an image's share of labelled pixels whose prediction differs from the label
+  (``disagreement``);
+- ``image evidence``: the evidence of all an image's regions over its labelled pixels (the audit
+  before issue 30, ``image_evidence``);
+- ``regions``: the audit's ``score``: regions scored one by one, an image ranked by its most
+  suspicious region.
 
-Recall: the share of the N planted images among the 2N an audit ranks first, overall and per
-kind. Phases are resumable (finished runs are reused, scores are appended):
+Recall: the share of the N planted images among the 2N a score ranks first, overall and per
+kind. Phases are resumable (finished runs are reused, audits are appended to scores.jsonl):
 
     python benchmarks/audit_planted.py prepare --work /tmp/audit-bench
     python benchmarks/audit_planted.py train --work /tmp/audit-bench [--worker 0/2]

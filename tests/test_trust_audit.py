@@ -221,3 +221,32 @@ def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp
         spec, recipe=recipe, folds=2, out=out, top=3, overrides=small, overwrite=True
     )
     assert result.audit == report == json.loads(result.report.read_text())
+
+
+@pytest.mark.slow
+def test_a_checkpoint_audits_its_own_training_split_out_of_fold(tmp_path):
+    """The split a run trained on is scored by fold models of its recipe, never by the run."""
+    from sanet.api.audit import audit_labels
+    from sanet.cli import main
+    from sanet.config import load_config
+    from sanet.data.planted import write_planted_folder
+    from sanet.experiments.folds import AUTO_FOLDS
+    from sanet.training.loaders import build_data
+
+    root, run = tmp_path / "data", tmp_path / "run"
+    write_planted_folder(root, num_images=10, share=0.3, size=32, split="train")
+    small = ["model.backbone=resnet10t", "train.max_steps=1", "train.batch_size=2"]
+    small += ["data.base_size=32", "data.crop_size=32", "eval.crop_size=32", "eval.stride=32"]
+    small += ["data.dataset=folder", f"data.root={root}", "data.options={}", "data.val_split=train"]
+    assert main(["train", "demo", "--out", str(run), "--set", *small]) == 0
+    found = audit_labels(
+        f"folder:{root}", checkpoint=run, split="train", out=tmp_path / "a", min_miou=0
+    )
+    assert found.audit["folds"] == AUTO_FOLDS and found.audit["checkpoint"] == str(run)
+    assert sorted(e["index"] for e in found.images) == list(range(10))
+    for fold in range(AUTO_FOLDS):
+        cfg = load_config(tmp_path / "a" / "runs" / f"fold{fold}" / "config.yaml")
+        train, _ = build_data(cfg)
+        trained_on = {train.files(i)[0] for i in range(len(train))}
+        scored = {e["image"] for e in found.images if e["fold"] == fold}
+        assert len(scored) == 2 and not scored & trained_on
