@@ -191,7 +191,7 @@ def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp
     small = ["model.backbone=resnet10t", "train.max_steps=2", "train.batch_size=4"]
     small += ["data.base_size=48", "data.crop_size=48", "eval.crop_size=48", "eval.stride=32"]
     argv = ["audit-labels", "demo", "--folds", "2", "--data", f"folder:{root}"]
-    argv += ["--out", str(out), "--top", "3", "--set", *small]
+    argv += ["--out", str(out), "--top", "3", "--min-miou", "0", "--set", *small]
     assert main(argv) == 0
     report = json.loads((out / "label_audit.json").read_text())
     assert sorted(e["index"] for e in report["images"]) == list(range(12))
@@ -218,7 +218,7 @@ def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp
 
     spec, recipe = f"folder:{root}", "demo"
     result = audit_labels(
-        spec, recipe=recipe, folds=2, out=out, top=3, overrides=small, overwrite=True
+        spec, recipe=recipe, folds=2, out=out, top=3, overrides=small, overwrite=True, min_miou=0
     )
     assert result.audit == report == json.loads(result.report.read_text())
 
