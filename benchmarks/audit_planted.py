@@ -126,7 +126,9 @@ def recall(entries: list[dict[str, Any]], key: dict[str, Any], field: str) -> di
 
 def score(work: Path) -> None:
     """Calibrate each finished model on its val split, then audit its val splits (own scenes
-    and DRAWS) with ``sanet.audit_labels``; one line of ``scores.jsonl`` per (model, split)."""
+    and DRAWS) with ``sanet.audit_labels``; one line of ``scores.jsonl`` per (model, split). A
+    model the agreement check refuses is recorded as refused and audited with ``min_miou=0``
+    (what its audit would have been)."""
     import torch
 
     import sanet
@@ -142,30 +144,31 @@ def score(work: Path) -> None:
             if not (run / "calibration" / "calibration.json").is_file():
                 sanet.calibrate(run, f"folder:{work / 'data' / name}", out=run / "calibration")
             for data in [name, *(f"{name}-draw{d}" for d in DRAWS)]:
-                if (f"{name}:{seed}", data) in seen:
-                    continue
-                root = work / "data" / data
-                start = time.perf_counter()
-                found = sanet.audit_labels(
-                    f"folder:{root}",
-                    checkpoint=run,
-                    split="val",
-                    out=work / "audits" / f"{name}-{seed}-{data}",
-                    top=0,
-                    overwrite=True,
-                )
-                key = json.loads((root / "planted_val.json").read_text())
-                row = {
-                    "model": f"{name}:{seed}",
-                    "data": data,
-                    "temperature": found.audit["temperature"],
-                }
-                row |= {"agreement": found.audit["agreement"]["mIoU"]}
-                row |= {m: recall(found.images, key, f) for m, f in SCORES.items()}
-                row["seconds"] = round(time.perf_counter() - start, 1)
-                with done.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+                if (f"{name}:{seed}", data) not in seen:
+                    _audit(work, run, f"{name}:{seed}", data, done)
+
+
+def _audit(work: Path, run: Path, model: str, data: str, done: Path) -> None:
+    import sanet
+    from sanet.errors import UsageError
+
+    root = work / "data" / data
+    start = time.perf_counter()
+    where = dict(checkpoint=run, split="val", out=work / "audits" / f"{model}-{data}")
+    row: dict[str, Any] = {"model": model, "data": data, "refused": None}
+    try:
+        found = sanet.audit_labels(f"folder:{root}", **where, top=0, overwrite=True)
+    except UsageError as err:  # the agreement check: what the audit would have been
+        row["refused"] = str(err)
+        found = sanet.audit_labels(f"folder:{root}", **where, top=0, overwrite=True, min_miou=0)
+    key = json.loads((root / "planted_val.json").read_text())
+    row |= {"temperature": found.audit["temperature"]}
+    row |= {"agreement": found.audit["agreement"]["mIoU"]}
+    row |= {m: recall(found.images, key, f) for m, f in SCORES.items()}
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    with done.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
 
 
 def _lines(path: Path) -> list[str]:
@@ -184,7 +187,7 @@ def report(work: Path) -> None:
         ("unseen", lambda r: not r["model"].startswith("scenes")),
         ("scenes (design)", lambda r: r["model"].startswith("scenes")),
     ):
-        mine = [r for r in rows if keep(r)]
+        mine = [r for r in rows if keep(r) and not r.get("refused")]
         if not mine:
             continue
         models = sorted({r["model"] for r in mine})
@@ -197,6 +200,11 @@ def report(work: Path) -> None:
                 hit, n = (sum(r[m][k][j] for r in mine) for j in (0, 1))
                 cells.append(f"{hit / max(n, 1):.2f} ({hit}/{n})")
             print(f"| {m} | " + " | ".join(cells) + " |")
+        for r in [r for r in rows if keep(r) and r.get("refused")]:
+            print(
+                f"- refused: {r['model']} on {r['data']}: agreement mIoU {r['agreement']:.3f}; "
+                "audited anyway: " + ", ".join(f"{m} {r[m]['all']}" for m in SCORES)
+            )
         for r in mine:
             print(
                 f"- {r['model']} on {r['data']}: T {r['temperature']:.2f}, "
