@@ -29,6 +29,7 @@ kind. Phases are resumable (finished runs are reused, audits are appended to sco
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -83,11 +84,15 @@ def prepare(work: Path) -> None:
             )
 
 
-def run_dir(work: Path, name: str, seed: int) -> Path:
-    return work / "runs" / name / f"seed{seed}"
+#: a longer budget (``--long``): twice the demo's epochs, to see how recall follows the model
+LONG = ["train.epochs=32"]
 
 
-def train(work: Path, worker: int, workers: int, only: list[str]) -> None:
+def run_dir(work: Path, name: str, seed: int, long: bool = False) -> Path:
+    return work / "runs" / name / f"seed{seed}{'-x2' if long else ''}"
+
+
+def train(work: Path, worker: int, workers: int, only: list[str], long: bool = False) -> None:
     from sanet.config import load_config, resolve_recipe
     from sanet.experiments.compare import ensure_run
     from sanet.rundir import RunDir
@@ -98,11 +103,12 @@ def train(work: Path, worker: int, workers: int, only: list[str]) -> None:
         jobs = [(name, int(seed)) for name, seed in (job.split(":") for job in only)]
     for name, seed in jobs:
         data = ["data.dataset=folder", f"data.root={work / 'data' / name}"]
-        cfg = load_config(resolve_recipe(RECIPE), [*data, *BUDGET, f"train.seed={seed}"])
+        budget = [*BUDGET, *(LONG if long else [])]
+        cfg = load_config(resolve_recipe(RECIPE), [*data, *budget, f"train.seed={seed}"])
         start = time.perf_counter()
-        result = ensure_run(cfg, RunDir(run_dir(work, name, seed)), "sanet", seed)
+        result = ensure_run(cfg, RunDir(run_dir(work, name, seed, long)), "sanet", seed)
         print(
-            f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: val mIoU {result.mIoU:.3f} "
+            f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}{' x2' if long else ''}: val mIoU {result.mIoU:.3f} "
             f"({time.perf_counter() - start:.0f} s)",
             flush=True,
         )
@@ -136,16 +142,16 @@ def score(work: Path) -> None:
     torch.set_num_threads(1)
     done = work / "scores.jsonl"
     seen = {(r["model"], r["data"]) for r in map(json.loads, _lines(done))}
-    for name in DATASETS:
-        for seed in MODEL_SEEDS:
-            run = run_dir(work, name, seed)
-            if not (run / "model" / "config.json").is_file():
-                continue
-            if not (run / "calibration" / "calibration.json").is_file():
-                sanet.calibrate(run, f"folder:{work / 'data' / name}", out=run / "calibration")
-            for data in [name, *(f"{name}-draw{d}" for d in DRAWS)]:
-                if (f"{name}:{seed}", data) not in seen:
-                    _audit(work, run, f"{name}:{seed}", data, done)
+    for name, seed, long in itertools.product(DATASETS, MODEL_SEEDS, (False, True)):
+        run = run_dir(work, name, seed, long)
+        if not (run / "model" / "config.json").is_file():
+            continue
+        if not (run / "calibration" / "calibration.json").is_file():
+            sanet.calibrate(run, f"folder:{work / 'data' / name}", out=run / "calibration")
+        model = f"{name}:{seed}{' x2' if long else ''}"
+        for data in [name, *(f"{name}-draw{d}" for d in DRAWS)]:
+            if (model, data) not in seen:
+                _audit(work, run, model, data, done)
 
 
 def _audit(work: Path, run: Path, model: str, data: str, done: Path) -> None:
@@ -184,7 +190,8 @@ def report(work: Path) -> None:
         *json.loads((work / "data" / "scenes" / "planted_val.json").read_text())["kinds"],
     ]
     for title, keep in (
-        ("unseen", lambda r: not r["model"].startswith("scenes")),
+        ("unseen", lambda r: not r["model"].startswith("scenes") and "x2" not in r["model"]),
+        ("unseen, twice the epochs", lambda r: "x2" in r["model"]),
         ("scenes (design)", lambda r: r["model"].startswith("scenes")),
     ):
         mine = [r for r in rows if keep(r) and not r.get("refused")]
@@ -218,12 +225,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/audit-bench"))
     parser.add_argument("--worker", default="0/1", metavar="I/N")
     parser.add_argument("--only", nargs="*", default=[], metavar="NAME:SEED", help="these runs")
+    parser.add_argument("--long", action="store_true", help="train: twice the demo's epochs")
     args = parser.parse_args()
     worker, workers = (int(x) for x in args.worker.split("/"))
     if args.phase == "prepare":
         prepare(args.work)
     elif args.phase == "train":
-        train(args.work, worker, workers, args.only)
+        train(args.work, worker, workers, args.only, args.long)
     elif args.phase == "score":
         score(args.work)
     else:
