@@ -130,8 +130,10 @@ def test_the_model_keeps_exactly_the_stored_keys(both, model_dir, data, tmp_path
 def test_audit_labels_gives_the_cli_report(both, tmp_path):
     py, spec = both["py"], f"folder:{both['data']}"
     argv = ["audit-labels", "--checkpoint", str(py), "--data", spec, "--confidence", "0.5"]
+    argv += ["--min-miou", "0"]  # an untrained model: the agreement check (r71) waived
     assert main([*argv, "--top", "2", "--out", str(tmp_path / "cli")]) == 0
-    result = audit_labels(spec, checkpoint=py, out=tmp_path / "py", confidence=0.5, top=2)
+    out = tmp_path / "py"
+    result = audit_labels(spec, checkpoint=py, out=out, confidence=0.5, top=2, min_miou=0)
     by_cli = json.loads((tmp_path / "cli" / "label_audit.json").read_text())
     assert json.loads(result.report.read_text()) == by_cli == result.audit
     assert result.suspects == tmp_path / "py" / "suspects.png" and result.suspects.is_file()

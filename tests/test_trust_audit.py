@@ -1,5 +1,6 @@
 """The label audit and the annotation ranking (docs/trust.md): regions and their kinds by hand,
-planted label errors of the three kinds found near the top, k-fold splits that keep every image
+planted label errors of the five kinds drawn as named and found near the top, a model too weak
+to audit with refused, k-fold splits that keep every image
 out of its own model's training, and ``sanet audit-labels --folds`` end to end (slow).
 
 References: masks and regions drawn by hand; the answer key of planted errors; index
@@ -32,10 +33,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_regions_kinds_sizes_and_evidence_by_hand():
     label = np.zeros((20, 30), np.int64)
-    label[2:8, 2:8] = 1  # an object the model calls background: labelled where nothing is
+    label[2:8, 2:8] = 1  # an object the model calls background: a spurious region
     label[12:18, 20:28] = 255  # ignored: never evidence
     pred = np.zeros((20, 30), np.int64)
-    pred[10:15, 10:16] = 2  # 30 px the label calls background: an unlabelled object
+    pred[10:15, 10:16] = 2  # 30 px the label calls background: a missing object
     pred[0, 29] = 3  # a lone pixel: below the least region
     pred[12:18, 20:28] = 3
     conf = np.full((20, 30), 0.95)
@@ -43,8 +44,8 @@ def test_regions_kinds_sizes_and_evidence_by_hand():
     p_label[10, 10:16] = 0.5  # the label is plausible there: the region shrinks to 24 px
     regions, kept = label_regions(pred, conf, p_label, label, NAMES, AuditSettings(0.9, 0.0))
     assert [(r["kind"], r["label"], r["predicted"], r["pixels"]) for r in regions] == [
-        ("labelled where nothing is", "red", "background", 36),
-        ("unlabelled object", "background", "green", 24),
+        ("spurious region", "red", "background", 36),
+        ("missing object", "background", "green", 24),
     ]
     assert regions[0]["box"] == [2, 2, 8, 8] and regions[1]["box"] == [10, 11, 16, 15]
     assert regions[0]["evidence"] == pytest.approx(36 * 0.9)
@@ -65,26 +66,59 @@ def test_each_planted_kind_changes_the_mask_as_named():
     rng = np.random.default_rng(0)
     mask = np.zeros((40, 40), np.uint8)
     mask[5:20, 5:20] = 2
-    mask[30:33, 30:33] = 1  # too small to be mislabelled (< 2 % of the image)
-    gone = plant_error(mask, "unlabelled object", rng, 4)
-    assert (gone[5:20, 5:20] == 0).all() and (gone[30:33, 30:33] == 1).all()
-    other = plant_error(mask, "wrong class", rng, 4)
-    assert len(np.unique(other[5:20, 5:20])) == 1 and other[5, 5] not in (0, 2)
-    phantom = plant_error(mask, "labelled where nothing is", rng, 4)
+    mask[25:33, 25:35] = 3
+    mask[36:38, 36:38] = 1  # too small to be mislabelled (< 2 % of the image)
+    gone = plant_error(mask, "missing object", rng, 4)
+    assert (gone[5:20, 5:20] == 0).all() and (gone[25:33, 25:35] == 3).all()
+    assert (gone[36:38, 36:38] == 1).all()
+    other = plant_error(mask, "wrong class", rng, 4)  # outlined anew: 255 on its 1-px rim
+    assert (other[5, 5:20] == 255).all()
+    assert len(np.unique(other[6:19, 6:19])) == 1 and other[6, 6] not in (0, 2)
+    phantom = plant_error(mask, "spurious region", rng, 4)
     changed = phantom != mask
     assert changed.sum() > 0.05 * mask.size and (mask[changed] == 0).all()
-    assert len(np.unique(phantom[changed])) == 1 and phantom[changed][0] in (1, 2, 3)
+    assert set(np.unique(phantom[changed])) <= {1, 2, 3, 255}
+    swapped = plant_error(mask, "swapped classes", rng, 4)
+    assert (swapped[6:19, 6:19] == 3).all() and (swapped[26:32, 26:34] == 2).all()
+    assert (swapped[36:38, 36:38] == 1).all() and set(np.unique(swapped[mask == 0])) <= {0, 255}
+    # a shift of max(3, 6 % of 40) = 3 px: the square keeps its size (13² inside its rim) and
+    # class, moved by 2 or 3 px along its larger axis
+    moved = plant_error(mask, "shifted boundary", rng, 4)
+    ys, xs = np.nonzero(moved == 2)
+    assert len(ys) == 13 * 13 and np.ptp(ys) == np.ptp(xs) == 12
+    assert max(abs(ys.min() - 6), abs(xs.min() - 6)) in (2, 3)
+    assert (moved[mask == 3] == 3).all()  # the other object is not painted over
     assert plant_error(np.zeros((40, 40), np.uint8), "wrong class", rng, 4) is None
+    assert plant_error(np.where(mask == 3, 0, mask), "swapped classes", rng, 4) is None
+
+
+def test_planted_masks_keep_the_ignore_band_across_every_label_change():
+    """Like the generators' masks, a planted one has 255 where two labels meet (2 px)."""
+    from sanet.data.classes import ignore_borders
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[8:24, 8:24] = 2
+    banded = ignore_borders(mask)
+    for kind in PLANTED_KINDS:
+        wrong = plant_error(banded, kind, rng, 4)
+        if wrong is None:
+            continue
+        labelled = np.where(wrong == 255, 0, wrong)
+        # no two different labels touch: every label change crosses 255
+        assert not (
+            (labelled[:, 1:] != labelled[:, :-1]) & (wrong[:, 1:] != 255) & (wrong[:, :-1] != 255)
+        ).any(), kind
 
 
 def _planted_scenes(seed: int, n: int, planted: int):
-    """Colour scenes whose masks lie in ``planted`` images (the three kinds in turn)."""
+    """Colour scenes whose masks lie in ``planted`` images (three kinds in turn)."""
     rng = np.random.default_rng(seed + 99)
     data, key = scenes(seed, n, size=48), {}
     for i in rng.permutation(n):
         if len(key) == planted:
             break
-        kind = PLANTED_KINDS[len(key) % 3]
+        kind = ("missing object", "wrong class", "spurious region")[len(key) % 3]
         wrong = plant_error(data[i][1].numpy().astype(np.uint8), kind, rng, len(NAMES))
         if wrong is not None:
             data[i] = (data[i][0], torch.from_numpy(wrong).long())
@@ -95,7 +129,7 @@ def _planted_scenes(seed: int, n: int, planted: int):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_planted_label_errors_rank_near_the_top(seed):
     data, key = _planted_scenes(seed, n=60, planted=12)
-    entries, suspects = audit_split(
+    entries, suspects, _ = audit_split(
         ColourModel(scale=3.0), data, NAMES, EvalProtocol(), temperature=2.0, keep=4
     )
     ranked = [e["index"] for e in sort_report(entries)]
@@ -157,7 +191,7 @@ def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp
     small = ["model.backbone=resnet10t", "train.max_steps=2", "train.batch_size=4"]
     small += ["data.base_size=48", "data.crop_size=48", "eval.crop_size=48", "eval.stride=32"]
     argv = ["audit-labels", "demo", "--folds", "2", "--data", f"folder:{root}"]
-    argv += ["--out", str(out), "--top", "3", "--set", *small]
+    argv += ["--out", str(out), "--top", "3", "--min-miou", "0", "--set", *small]
     assert main(argv) == 0
     report = json.loads((out / "label_audit.json").read_text())
     assert sorted(e["index"] for e in report["images"]) == list(range(12))
@@ -184,6 +218,35 @@ def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp
 
     spec, recipe = f"folder:{root}", "demo"
     result = audit_labels(
-        spec, recipe=recipe, folds=2, out=out, top=3, overrides=small, overwrite=True
+        spec, recipe=recipe, folds=2, out=out, top=3, overrides=small, overwrite=True, min_miou=0
     )
     assert result.audit == report == json.loads(result.report.read_text())
+
+
+@pytest.mark.slow
+def test_a_checkpoint_audits_its_own_training_split_out_of_fold(tmp_path):
+    """The split a run trained on is scored by fold models of its recipe, never by the run."""
+    from sanet.api.audit import audit_labels
+    from sanet.cli import main
+    from sanet.config import load_config
+    from sanet.data.planted import write_planted_folder
+    from sanet.experiments.folds import AUTO_FOLDS
+    from sanet.training.loaders import build_data
+
+    root, run = tmp_path / "data", tmp_path / "run"
+    write_planted_folder(root, num_images=10, share=0.3, size=32, split="train")
+    small = ["model.backbone=resnet10t", "train.max_steps=1", "train.batch_size=2"]
+    small += ["data.base_size=32", "data.crop_size=32", "eval.crop_size=32", "eval.stride=32"]
+    small += ["data.dataset=folder", f"data.root={root}", "data.options={}", "data.val_split=train"]
+    assert main(["train", "demo", "--out", str(run), "--set", *small]) == 0
+    found = audit_labels(
+        f"folder:{root}", checkpoint=run, split="train", out=tmp_path / "a", min_miou=0
+    )
+    assert found.audit["folds"] == AUTO_FOLDS and found.audit["checkpoint"] == str(run)
+    assert sorted(e["index"] for e in found.images) == list(range(10))
+    for fold in range(AUTO_FOLDS):
+        cfg = load_config(tmp_path / "a" / "runs" / f"fold{fold}" / "config.yaml")
+        train, _ = build_data(cfg)
+        trained_on = {train.files(i)[0] for i in range(len(train))}
+        scored = {e["image"] for e in found.images if e["fold"] == fold}
+        assert len(scored) == 2 and not scored & trained_on

@@ -9,12 +9,10 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from sanet._files import atomic_write_text, ensure_new_file, ensure_writable_dir, refuse_existing
 from sanet.api.common import (
@@ -29,13 +27,21 @@ from sanet.api.common import (
 from sanet.config import resolve_recipe
 from sanet.data import SegmentationDataset
 from sanet.errors import DataError, UsageError, arg
-from sanet.experiments.folds import kfold_audit
+from sanet.experiments.folds import AUTO_FOLDS, audit_recipe, kfold_audit, run_data_options
 from sanet.inference import predictor as inference_predictor
 from sanet.inference.confidence import read_calibration
 from sanet.progress import progress_bar
 from sanet.training.progress import training_view
-from sanet.trust.audit import AuditSettings, audit_split, rank_scores, sort_report
-from sanet.trust.plots import SuspectRow, plot_suspects
+from sanet.trust.audit import (
+    MIN_MIOU,
+    AuditSettings,
+    agreement_gate,
+    audit_split,
+    check_labels,
+    rank_scores,
+    sort_report,
+)
+from sanet.trust.plots import plot_audit
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +55,9 @@ class AuditResult:
 
     Attributes:
         audit: the ``label_audit.json`` content: ``images`` (most suspicious first, each with
-            its ``score`` and ``regions``), the data, split, settings, protocol and temperature
-            (with a recipe: the folds and their runs).
+            its ``score`` and ``regions``), the data, split, settings, protocol and temperature,
+            the model's ``agreement`` with the labels (with folds: the folds, their runs and
+            each fold model's agreement).
         report: ``label_audit.json``.
         suspects: ``suspects.png`` (the ``top`` images).
     """
@@ -73,55 +80,86 @@ def audit_labels(
     folds: int | None = None,
     split: str | None = None,
     out: str | Path,
+    data_options: Mapping[str, Any] | None = None,
+    out_of_fold: bool | None = None,
     top: int = 8,
     confidence: float = 0.9,
     min_region: float = 0.002,
+    min_miou: float = MIN_MIOU,
     overrides: Sequence[str] = (),
     protocol: ProtocolArg = None,
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> AuditResult:
-    """Score every image of a split against its label (docs/trust.md, "Label audit"): with
-    ``checkpoint`` one trained model scores ``split`` (default ``"val"``: one it was not trained
-    on); with ``recipe`` and ``folds`` ``K`` models, each trained on ``K − 1`` folds of
-    ``split`` (default ``"train"``), score the fold they did not see (runs in
-    ``out/runs/fold<f>/``: finished ones reused, interrupted ones resumed).
+    """Score every image of a split against its label (docs/trust.md, "Label audit"), with
+    ``checkpoint`` (``split`` default ``"val"``; out of fold with ``AUTO_FOLDS`` models of its
+    run's recipe on the split the run trained on) or out of fold with ``recipe`` and ``folds``
+    (``split`` default ``"train"``; runs in ``out/runs/fold<f>/``, reused or resumed). 0/255
+    masks without a ``label_map`` and a model agreeing with the labels below ``min_miou`` are
+    refused, with the fix.
 
     Args:
         data: ``"KIND:ROOT"`` (e.g. ``"folder:data/mine"``), or with ``checkpoint`` a dataset.
         checkpoint: a run directory, ``.pt``, ``save_pretrained`` folder or ``.onnx`` file.
-        recipe: a YAML recipe or an embedded one by name (e.g. ``"demo"``).
-        folds: ``K`` (at least 2), with ``recipe``.
-        out: where ``label_audit.json`` and ``suspects.png`` go.
-        top: images shown in ``suspects.png``.
+        recipe, folds: a YAML recipe (or an embedded one by name) and ``K`` (at least 2).
+        out: where ``label_audit.json`` and ``suspects.png`` (its ``top`` images) go.
+        data_options: dataset options, as a recipe's ``data.options`` (e.g. ``{"label_map":
+            {255: 1}}``). Default: the run's own when ``data`` is of its dataset kind.
+        out_of_fold: with ``checkpoint``: ``None`` out of fold on the run's training split
+            only; ``True`` insists, ``False`` scores with the checkpoint.
         confidence: evidence where the model gives the label at most ``1 − confidence``.
         min_region: least region, as a share of the image (and at least 16 px).
+        min_miou: the least mIoU of the model against the audited labels (0: audit anyway).
         overrides: with ``recipe``: ``section.key=value`` overrides for every fold's run.
         protocol: with ``checkpoint``: ``None`` (the run's own), ``"paper"``, ``"single"`` or
             an ``EvalProtocol`` (fold models: the recipe's validation protocol).
         overwrite: replace ``label_audit.json`` and ``suspects.png`` (default: refuse).
 
-    Returns:
-        an :class:`AuditResult`.
+    Returns: an :class:`AuditResult`.
     """
-    _check_arguments(checkpoint, recipe, folds, overrides, protocol, device, top)
-    settings = AuditSettings(confidence, min_region)
+    _check_arguments(checkpoint, recipe, folds, overrides, protocol, device, top, out_of_fold)
+    settings = AuditSettings(confidence, min_region, min_miou)
     out = ensure_writable_dir(out, arg("out"))
     refuse_existing([out / name for name in AUDIT_OUTPUTS], arg("out"), overwrite)
-    if checkpoint is not None:
-        args = (data, checkpoint, split or "val", protocol, device, settings, top, progress)
-        entries, suspects, dataset, info = _audit_checkpoint(*args)
-    else:
-        args = (data, recipe, folds, split or "train", out, overrides, settings, top)
-        entries, suspects, dataset, info = _audit_folds(*args, progress)
+    model = (checkpoint, recipe, folds, overrides, protocol, device, out_of_fold)
+    scored = _score(data, model, split, out, data_options, settings, top, progress)
+    entries, suspects, dataset, info = scored
     ranked = sort_report(entries)
     audit = {"images": ranked, "data": data_name(data), "split": info.pop("split"), **info}
-    audit["settings"] = {"confidence": settings.confidence, "min_region": settings.min_region}
+    audit["settings"] = settings.record()
     report, picture = (out / name for name in AUDIT_OUTPUTS)
     atomic_write_text(report, json.dumps(audit, indent=1) + "\n")
-    _plot_suspects(dataset, suspects, ranked, picture)
+    plot_audit(dataset, suspects, ranked, picture)
     return AuditResult(audit, report, picture)
+
+
+def _score(
+    data: Any,
+    model: tuple,
+    split: str | None,
+    out: Path,
+    data_options: Mapping[str, Any] | None,
+    settings: AuditSettings,
+    top: int,
+    progress: bool,
+) -> tuple:
+    """Score with the checkpoint, or out of fold: with a recipe, or with the checkpoint's run's
+    recipe on the split the run trained on (``audit_recipe``)."""
+    checkpoint, recipe, folds, overrides, protocol, device, out_of_fold = model
+    options = None if data_options is None else dict(data_options)
+    own = None
+    if checkpoint is not None:
+        split = split or "val"
+        own = audit_recipe(data, checkpoint, split, out_of_fold, protocol, device)
+    if checkpoint is not None and own is None:
+        args = (data, checkpoint, split, options, protocol, device, settings, top)
+        return _audit_checkpoint(*args, progress)
+    folds, recipe = (AUTO_FOLDS, own) if own is not None else (folds, recipe)
+    args = (data, recipe, folds, split or "train", out, overrides, options, settings, top)
+    entries, suspects, dataset, info = _audit_folds(*args, progress)
+    info |= {"checkpoint": str(checkpoint)} if own is not None else {}
+    return entries, suspects, dataset, info
 
 
 def _check_arguments(
@@ -132,6 +170,7 @@ def _check_arguments(
     protocol: Any,
     device: Any,
     top: int,
+    out_of_fold: bool | None,
 ) -> None:
     """One of the two modes, with only its own arguments; ``top`` not negative."""
     if (checkpoint is None) == (recipe is None):
@@ -156,6 +195,11 @@ def _check_arguments(
             f"{given} goes with {arg('checkpoint')}; the fold models are scored with the "
             f"recipe's validation protocol on its train.device (set them with {arg('overrides')})."
         )
+    if recipe is not None and out_of_fold is not None:
+        raise UsageError(
+            f"{arg('out_of_fold')} goes with {arg('checkpoint')}; a {arg('recipe')} with "
+            f"{arg('folds')} always scores out of fold."
+        )
     if top < 0:
         raise UsageError(f"{arg('top')} must be 0 or more, got {top}.")
 
@@ -164,6 +208,7 @@ def _audit_checkpoint(
     data: str | SegmentationDataset,
     checkpoint: str | Path,
     split: str,
+    options: dict[str, Any] | None,
     protocol: ProtocolArg,
     device: str | None,
     settings: AuditSettings,
@@ -173,16 +218,21 @@ def _audit_checkpoint(
     """Score ``split`` with the model of ``checkpoint`` (calibrated, when it is)."""
     device = device_of(device)
     chosen = protocol_of(checkpoint, protocol, device)
-    dataset = open_dataset(data, split)
+    if options is None:
+        options = run_data_options(data, checkpoint)
+    dataset = open_dataset(data, split, options)
     if len(dataset) == 0:
         raise UsageError(f"{data_name(data)} split {split!r} has no images to audit.")
+    for message in check_labels(dataset):
+        logger.warning("%s", message)
     model, meta = inference_predictor.open_model(checkpoint, device)
     check_classes(model, dataset, checkpoint)
     calibration = read_calibration(meta)
     temperature = calibration.temperature if calibration else 1.0
+    where = f"{data_name(data)} split {split!r}"
     with progress_bar(unit="img", enabled=progress) as bar:
         task = bar.add_task(f"audit {split}", total=len(dataset))
-        entries, suspects = audit_split(
+        entries, suspects, agreement = audit_split(
             model,
             dataset,
             dataset.class_names,
@@ -192,8 +242,10 @@ def _audit_checkpoint(
             device=device,
             keep=top,
             on_image=lambda: bar.advance(task),
+            gate=agreement_gate(repr(str(checkpoint)), where, settings.min_miou),
         )
     info = {"split": split, "checkpoint": str(checkpoint), "temperature": temperature}
+    info |= {"data_options": options, "agreement": agreement}
     return entries, suspects, dataset, info | {"protocol": chosen.to_dict()}
 
 
@@ -204,6 +256,7 @@ def _audit_folds(
     split: str,
     out: Path,
     overrides: Sequence[str],
+    options: dict[str, Any] | None,
     settings: AuditSettings,
     top: int,
     progress: bool,
@@ -216,6 +269,7 @@ def _audit_folds(
         )
     path = resolve_recipe(recipe)  # a file, or an embedded recipe by name (e.g. "demo")
     bars = _FoldBars(progress)
+    where = f"{data_name(data)} split {split!r}"
     try:
         entries, suspects, info, dataset = kfold_audit(
             path,
@@ -224,11 +278,13 @@ def _audit_folds(
             out,
             split=split,
             overrides=list(overrides),
+            data_options=options,
             settings=settings,
             keep=top,
             callbacks=training_view(progress),
             on_fold=bars.fold,
             on_image=bars.image,
+            gate=lambda run, found: agreement_gate(f"of {run}", where, settings.min_miou)(found),
         )
     finally:
         bars.stop()
@@ -256,23 +312,6 @@ class _FoldBars:
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def _plot_suspects(dataset: Any, suspects: list, ranked: list[dict], path: Path) -> None:
-    """``suspects.png``: each kept image, its label, the prediction and the regions."""
-    by_index = {e["index"]: e for e in ranked}
-    rows = []
-    for s in suspects:
-        image, mask = dataset[s.index]
-        regions = by_index[s.index]["regions"]
-        what = "; ".join(f"{r['kind']} ({r['label']}→{r['predicted']})" for r in regions[:2])
-        title = f"{Path(by_index[s.index]['image']).name}  score {s.score:.3f}  {what}"
-        rows.append(SuspectRow(image, _numpy(mask), s.prediction, s.disagreement, title))
-    plot_suspects(rows, getattr(dataset, "palette", None), path)
-
-
-def _numpy(mask: Any) -> np.ndarray:
-    return mask.numpy() if hasattr(mask, "numpy") else np.asarray(mask)
 
 
 # ---------------------------------------------------------------------------------------------

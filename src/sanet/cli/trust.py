@@ -27,14 +27,39 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``calibrate``, ``audit-labels`` and ``rank``."""
     add_calibrate_parser(sub)
 
+    _add_audit_parser(sub)
+
+    p = sub.add_parser("rank", help="order unlabelled images by what labelling them would teach")
+    add_protocol_args(p)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or globs")
+    p.add_argument("--out", type=Path, required=True, help="the CSV file to write")
+    add_overwrite(p, "the CSV file --out")
+    p.set_defaults(func=cmd_rank)
+
+
+def _add_audit_parser(sub: argparse._SubParsersAction) -> None:
+    """``audit-labels``: flags named after :func:`sanet.audit_labels`'s parameters."""
     p = sub.add_parser("audit-labels", help="find masks that are probably wrong")
     p.add_argument("recipe", nargs="?", help="with --folds: the YAML recipe (or e.g. demo)")
     add_protocol_args(p, require_checkpoint=False)
     p.add_argument("--folds", type=int, help="train K models on K−1 folds; score out of fold")
     p.add_argument("--data", required=True, metavar="KIND:PATH", help="e.g. folder:data/mine")
     p.add_argument("--split", help="split to audit (val with --checkpoint, train with --folds)")
+    add_data_options(p)
     p.add_argument("--out", type=Path, required=True, help="label_audit.json, suspects.png")
     p.add_argument("--top", type=int, default=8, help="images in suspects.png (8)")
+    p.add_argument(
+        "--out-of-fold",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --checkpoint: score out of fold (default: on the run's own training split)",
+    )
+    p.add_argument(
+        "--min-miou",
+        type=float,
+        default=0.3,
+        help="least mIoU of the model against the labels to audit with (0.3; 0: any model)",
+    )
     p.add_argument(
         "--confidence",
         type=float,
@@ -47,13 +72,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_overrides(p, help="with --folds: recipe overrides for every fold's run")
     add_overwrite(p, "label_audit.json and suspects.png in --out")
     p.set_defaults(func=cmd_audit)
-
-    p = sub.add_parser("rank", help="order unlabelled images by what labelling them would teach")
-    add_protocol_args(p)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or globs")
-    p.add_argument("--out", type=Path, required=True, help="the CSV file to write")
-    add_overwrite(p, "the CSV file --out")
-    p.set_defaults(func=cmd_rank)
 
 
 def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
@@ -135,7 +153,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "with the recipe's validation protocol on its train.device (set them with --set)."
         )
     protocol = protocol_from_args(args) if args.checkpoint is not None else None
-    show(*audit_lines(call(audit_labels, args, protocol=protocol, progress=True)))
+    options = None if args.data_options is None else parse_data_options(args.data_options)
+    result = call(audit_labels, args, data_options=options, protocol=protocol, progress=True)
+    show(*audit_lines(result))
     return 0
 
 

@@ -8,11 +8,15 @@ also counts a pixel whose probability the model spreads over other classes). Suc
 are grouped into regions (8-connected, one given class and one predicted class per region);
 regions smaller than ``min_region`` of the image are dropped (scattered mistakes of the model,
 not a mislabelled object). A region's *evidence* is ``Σ (confidence − p[given label])`` over its
-pixels, and an image's score is the evidence of its regions divided by its labelled pixels:
-about "the share of the image whose label a confident model contradicts". Region kinds, where
-class 0 is a background class: label background and prediction an object → ``unlabelled
-object``; label an object and prediction background → ``labelled where nothing is``; otherwise
-``wrong class``.
+pixels. Regions are scored one by one and an image is ranked by its most suspicious region: its
+``score`` is the largest region's evidence divided by the image's labelled pixels (a wrong
+object stands out even in an image whose other pixels the model gets wrong here and there;
+docs/trust.md, "Measured: planted label errors"). Each entry also keeps ``image_evidence``
+(the evidence of all its regions over its labelled pixels: the score before regions were ranked
+one by one) and ``disagreement`` (the share of labelled pixels whose arg-max differs from the
+label: the naive score). Region kinds, where class 0 is a background class: label background
+and prediction an object → ``missing object``; label an object and prediction background →
+``spurious region``; otherwise ``wrong class``.
 
 **Rank.** The image and its mirror image are predicted separately (single forward protocol
 without flips): ``mean_entropy`` is the mean over pixels of the entropy of their average,
@@ -34,12 +38,20 @@ import torch
 from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
+from sanet.data.check import check_training_labels
+from sanet.data.datasets import SegmentationDataset
+from sanet.data.synthetic import SyntheticDataset
 from sanet.errors import UsageError, arg
 from sanet.inference.confidence import label_stats, protocol_views
 from sanet.inference.predictor import image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol, predict_proba
+from sanet.metrics import ConfusionMatrix
 
-KINDS = ("unlabelled object", "wrong class", "labelled where nothing is")
+KINDS = ("missing object", "wrong class", "spurious region")  # of a region (docs/trust.md)
+#: images a model's agreement with the labels is measured on before the rest is scored
+GATE_IMAGES = 32
+#: the least mIoU against the audited labels of a model to audit with (docs/trust.md)
+MIN_MIOU = 0.3
 
 
 @dataclass(frozen=True)
@@ -50,10 +62,13 @@ class AuditSettings:
         confidence: evidence where the (calibrated) probability of the given label is at most
             ``1 − confidence``.
         min_region: least region size, as a share of the image's pixels (and at least 16 px).
+        min_miou: the least agreement (mIoU against the audited labels) of a model to audit
+            with (docs/trust.md); 0 audits with any model.
     """
 
     confidence: float = 0.9
     min_region: float = 0.002
+    min_miou: float = MIN_MIOU
 
     def __post_init__(self) -> None:
         if not 0 < self.confidence < 1:
@@ -62,6 +77,12 @@ class AuditSettings:
             )
         if not 0 <= self.min_region < 1:
             raise UsageError(f"{arg('min_region')} must lie in [0, 1), got {self.min_region}.")
+        if not 0 <= self.min_miou <= 1:
+            raise UsageError(f"{arg('min_miou')} must lie in [0, 1], got {self.min_miou}.")
+
+    def record(self) -> dict[str, float]:
+        """The settings as ``label_audit.json`` keeps them."""
+        return dataclasses.asdict(self)
 
 
 def background_class(class_names: Sequence[str]) -> int | None:
@@ -137,6 +158,35 @@ def _kind(given: int, predicted: int, background: int | None) -> str:
     return KINDS[1]
 
 
+class Agreement:
+    """How far a model's arg-max agrees with the labels it audits: pixel accuracy and mIoU over
+    the labelled pixels (:class:`~sanet.metrics.ConfusionMatrix`), where the labels are the
+    audited ones, errors included."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.matrix, self.images = ConfusionMatrix(num_classes, device="cpu"), 0
+
+    def add(self, pred: np.ndarray, label: np.ndarray) -> None:
+        self.matrix.update(torch.from_numpy(pred), torch.from_numpy(label))
+        self.images += 1
+
+    def record(self) -> dict[str, Any]:
+        """``{"mIoU", "pixAcc", "images", "labelled_pixels"}``."""
+        found = self.matrix.compute()
+        keep = ("mIoU", "pixAcc", "labelled_pixels")
+        return {k: found[k] for k in keep} | {"images": self.images}
+
+
+def gate_order(indices: Sequence[int], first: int) -> list[int]:
+    """``indices`` with ``first`` of them, evenly spaced, in front (the images a model's
+    agreement is checked on before the rest are scored)."""
+    n = len(indices)
+    front = sorted({k * n // first for k in range(first)}) if n > first else list(range(n))
+    chosen = set(front)
+    return [indices[k] for k in front] + [indices[k] for k in range(n) if k not in chosen]
+
+
+@torch.no_grad()
 def audit_split(
     model: nn.Module,
     dataset: Any,
@@ -149,43 +199,96 @@ def audit_split(
     device: str | torch.device = "cpu",
     keep: int = 8,
     on_image: Callable[[], None] | None = None,
-) -> tuple[list[dict[str, Any]], list[Suspect]]:
+    gate: Callable[[dict[str, Any]], None] | None = None,
+    gate_images: int = GATE_IMAGES,
+) -> tuple[list[dict[str, Any]], list[Suspect], dict[str, Any]]:
     """Score every image of ``dataset`` (or ``indices``) against its label.
 
+    With ``gate``, ``gate_images`` images evenly spaced over the split are scored first and
+    ``gate(agreement)`` is called with the model's :class:`Agreement` over them: it raises to
+    stop a model too weak to audit with before the rest is scored.
+
     Returns:
-        ``(entries, suspects)``: one ``{"image", "index", "score", "labelled_pixels", "regions"}``
-        per image (dataset order), and the ``keep`` highest-scoring images' predictions.
+        ``(entries, suspects, agreement)``: one ``{"image", "index", "score",
+        "image_evidence", "disagreement", "labelled_pixels", "regions"}`` per image (dataset order), the ``keep`` highest-scoring
+        images' predictions, and the model's agreement with the labels over every image
+        (``Agreement.record``, with ``"gate"``: the same over the first images).
     """
     settings = settings or AuditSettings()
     model = model.to(device).eval()
-    indices = range(len(dataset)) if indices is None else indices
-    entries, heap = [], []
-    for i in indices:
-        image, mask = dataset[i]
-        x = normalize(image_to_tensor(image), device)
-        y = torch.as_tensor(np.asarray(mask)).long().to(device)
-        (view,) = protocol_views(model, x, protocol, [(temperature, label_stats(y))])
-        pred, conf, p_label = (v.cpu().numpy() for v in view)
-        label = y.cpu().numpy()
-        regions, kept = label_regions(
-            pred.astype(np.int64), conf, p_label, label, class_names, settings
+    order = list(range(len(dataset)) if indices is None else indices)
+    order = gate_order(order, gate_images) if gate else order
+    agreement, entries, heap, checked = Agreement(len(class_names)), [], [], None
+    for i in order:
+        entry, pred, kept = _audit_image(
+            model, dataset, i, class_names, protocol, temperature, settings, device, agreement
         )
-        labelled = int((label != IGNORE_INDEX).sum())
-        score = sum(r["evidence"] for r in regions) / max(labelled, 1)
-        entries.append(
-            {
-                "image": image_name(dataset, i),
-                "index": int(i),
-                "score": score,
-                "labelled_pixels": labelled,
-                "regions": regions,
-            }
-        )
-        item = (score, -int(i), Suspect(score, int(i), pred.astype(np.uint8), kept))
+        entries.append(entry)
+        item = (entry["score"], -int(i), Suspect(entry["score"], int(i), pred, kept))
         (heapq.heappush if len(heap) < keep else heapq.heappushpop)(heap, item)
         if on_image:
             on_image()
-    return entries, [s for *_, s in sorted(heap, key=lambda t: (-t[0], -t[1]))]
+        if gate and checked is None and agreement.images == min(gate_images, len(order)):
+            checked = agreement.record()
+            gate(checked)
+    found = agreement.record() | ({"gate": checked} if checked else {})
+    entries.sort(key=lambda e: e["index"])
+    return entries, [s for *_, s in sorted(heap, key=lambda t: (-t[0], -t[1]))], found
+
+
+def _audit_image(
+    model, dataset, i, class_names, protocol, temperature, settings, device, agreement
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """One image's audit entry, its prediction and the mask of its kept regions."""
+    image, mask = dataset[i]
+    x = normalize(image_to_tensor(image), device)
+    y = torch.as_tensor(np.asarray(mask)).long().to(device)
+    (view,) = protocol_views(model, x, protocol, [(temperature, label_stats(y))])
+    pred, conf, p_label = (v.cpu().numpy() for v in view)
+    label = y.cpu().numpy()
+    pred = pred.astype(np.int64)
+    agreement.add(pred, label)
+    regions, kept = label_regions(pred, conf, p_label, label, class_names, settings)
+    labelled = int((label != IGNORE_INDEX).sum())
+    evidence = [r["evidence"] / max(labelled, 1) for r in regions]
+    entry = {
+        "image": image_name(dataset, i),
+        "index": int(i),
+        "score": max(evidence, default=0.0),
+        "image_evidence": sum(evidence),
+        "disagreement": float(((pred != label) & (label != IGNORE_INDEX)).sum() / max(labelled, 1)),
+        "labelled_pixels": labelled,
+        "regions": regions,
+    }
+    return entry, pred.astype(np.uint8), kept
+
+
+def agreement_gate(model: str, split: str, min_miou: float) -> Callable[[dict[str, Any]], None]:
+    """The ``gate`` of :func:`audit_split`: refuse a model whose mIoU against the labels of the
+    first images is below ``min_miou`` (``model`` and ``split`` name them in the message)."""
+
+    def gate(found: dict[str, Any]) -> None:
+        if found["mIoU"] >= min_miou:
+            return
+        raise UsageError(
+            f"The model {model} agrees too little with the labels of {split} to audit "
+            f"them: mIoU {found['mIoU']:.3f} (pixel accuracy {found['pixAcc']:.3f}) on "
+            f"{found['images']} images spread over the split, below the {min_miou:.2f} an "
+            "audit needs (docs/trust.md, 'A model good enough to audit with'): its own "
+            "confident mistakes would outnumber the label errors. Fix: train it longer or on "
+            f"more data, or audit with a better model; {arg('min_miou', 0)} audits anyway."
+        )
+
+    return gate
+
+
+def check_labels(dataset: Any) -> list[str]:
+    """The split-wide label checks of training (:func:`~sanet.data.check.check_training_labels`:
+    0/255 masks read with 255 as ignore, one class only) on a dataset of files; raises for a
+    split that cannot be audited, returns the warnings. Generated or in-memory datasets pass."""
+    if not isinstance(dataset, SegmentationDataset) or isinstance(dataset, SyntheticDataset):
+        return []
+    return check_training_labels(dataset)
 
 
 def image_name(dataset: Any, index: int) -> str:

@@ -151,3 +151,22 @@ def plot_suspects(
         ax.axis("off")
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.94, wspace=0.04, hspace=0.45)
     return save_figure(fig, path, dpi=100)
+
+
+def plot_audit(dataset: Any, suspects: Sequence[Any], ranked: Sequence[dict], path: Path) -> Path:
+    """``suspects.png`` of a label audit: each kept image (``Suspect``: ``index``, ``score``,
+    ``prediction``, ``disagreement``), its label, the prediction and the regions; ``ranked``
+    are the audit's entries (their ``regions`` name the caption's kinds)."""
+    by_index = {e["index"]: e for e in ranked}
+    rows = []
+    for s in suspects:
+        image, mask = dataset[s.index]
+        regions = by_index[s.index]["regions"]
+        what = "; ".join(f"{r['kind']} ({r['label']}→{r['predicted']})" for r in regions[:2])
+        title = f"{Path(by_index[s.index]['image']).name}  score {s.score:.3f}  {what}"
+        rows.append(SuspectRow(image, _numpy(mask), s.prediction, s.disagreement, title))
+    return plot_suspects(rows, getattr(dataset, "palette", None), path)
+
+
+def _numpy(mask: Any) -> np.ndarray:
+    return mask.numpy() if hasattr(mask, "numpy") else np.asarray(mask)
