@@ -213,7 +213,7 @@ def test_kfold_audit_scores_each_fold_with_the_model_that_held_it_out(
 
     def audit_split(model, dataset, names, protocol, *, indices, **kwargs):
         scored[model] = list(indices)
-        return [{"index": i, "score": 0.0} for i in indices], []
+        return [{"index": i, "score": 0.0} for i in indices], [], None  # found, best, agreement
 
     monkeypatch.setattr(folds, "ensure_run", ensure_run)
     monkeypatch.setattr(folds, "load_model", lambda path: (path, {}))
