@@ -150,7 +150,8 @@ def test_the_trainer_refuses_a_run_it_is_not_told_to_resume(runs, recipe) -> Non
 def test_demo_is_sanet_demo_and_replaces_a_run_only_when_asked(tmp_path, capsys) -> None:
     result = demo(tmp_path / "api", overrides=TINY)
     assert main(["demo", "--out", str(tmp_path / "cli"), "--set", *TINY]) == 0
-    printed = json.loads(capsys.readouterr().out.splitlines()[-2])
+    lines = capsys.readouterr().out.splitlines()
+    printed = json.loads(next(line for line in lines if line.startswith("{")))
     assert printed["val_mIoU"] == result.miou and printed["val_pixAcc"] == result.pixacc
     a, c = _weights(tmp_path / "api"), _weights(tmp_path / "cli")
     assert all(torch.equal(a[k], c[k]) for k in a)

@@ -52,8 +52,8 @@ def _demo(args: argparse.Namespace) -> int:
     summary = result.summary
     print(json.dumps({k: summary[k] for k in ("val_mIoU", "val_pixAcc", "seconds", "run_dir")}))
     print(
-        f"demo: {summary['seconds']:.0f} s in all, on {summary['threads']} threads, CPU kernels "
-        f"{summary['kernel_family']}"
+        f"demo: {summary['seconds']:.0f} s in all, on {summary['threads']} "
+        f"thread{'s' if summary['threads'] != 1 else ''}, CPU kernels {summary['kernel_family']}"
     )
     print(
         f"demo: final val mIoU {result.miou:.4f} (synthetic scenes, {summary['model']}); "
