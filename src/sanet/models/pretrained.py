@@ -182,7 +182,8 @@ def import_known(name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = map_in_order(safe_torch_load(path), known.arch, str(path))
     model = timm.create_model(known.arch, pretrained=False)
     model.load_state_dict(state, strict=True)
-    record = {"source": f"pkg:{name}", "file": str(path), "sha256": digest, "arch": known.arch}
+    record = {"source": f"pkg:{name}", "package": known.pip, "sha256": digest}
+    record["arch"] = known.arch  # no local path: config.json may be published (models/card.py)
     record |= {"mean": list(known.mean), "std": list(known.std)}
     record["check"] = classify_check(model, known.mean, known.std, f"pkg:{name}")
     return state, record
