@@ -287,18 +287,17 @@ def make_backbone(name: str, output_stride: int, pretrained: BackboneWeights) ->
     return backbone
 
 
-def check_names(body: nn.Module, path: str | Path, name: str) -> None:
+def check_names(body: nn.Module, path: str | Path, arch: str) -> None:
     """One line when a plain file shares no tensor name with the backbone (another library's
     names, e.g. EfficientNet-PyTorch's ``_conv_stem``): the fix is an import."""
     keys = list(read_state_dict(path))
-    own = body.state_dict().keys()
-    stripped = {k.split(".", 1)[-1] for k in keys} | set(keys)
-    if not own & stripped:
+    own = tuple(body.state_dict())
+    if not any(k.endswith(name) for k in keys for name in own):  # any wrapper prefix kept
         raise UsageError(
-            f"Backbone weights {str(path)!r} share no tensor name with timm's {name} (the file "
+            f"Backbone weights {str(path)!r} share no tensor name with timm's {arch} (the file "
             f"has e.g. {keys[:2]}): map a known file with sanet.import_weights / `sanet weights "
             f"import` ({', '.join('pkg:' + k for k in KNOWN_WEIGHTS)}), or save the weights from "
-            f"timm's {name} (docs/pretrained.md)."
+            f"timm's {arch} (docs/pretrained.md)."
         )
 
 
