@@ -32,6 +32,7 @@ def tiny_recipe(
         "train.batch_size": batch,
         "train.epochs": 1,
         "train.device": "cpu",
+        "train.amp": "none",  # float32 on every machine (the default, auto, depends on the CPU)
     }
     recipe |= {key.replace("__", "."): value for key, value in keys.items()}
     return [f"{key}={_yaml(value)}" for key, value in recipe.items() if value is not None]

@@ -34,7 +34,7 @@ def test_overrides_are_typed() -> None:
         ("trian.lr=0.1", "unknown section 'trian'. Did you mean 'train'"),
         ("train.epochs=ten", "train.epochs must be int, got 'ten'"),
         ("train.epochs=1.5", "train.epochs must be int"),
-        ("train.amp=fp8", r"train.amp must be one of \['none', 'bf16', 'fp16'\]"),
+        ("train.amp=fp8", r"train.amp must be one of \['auto', 'none', 'bf16', 'fp16'\]"),
         ("train.channels_last=1", "train.channels_last must be bool"),
         ("lr=0.1", "must look like section.key=value"),
     ],

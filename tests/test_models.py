@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import sanet
+from _vit_tiny import TINY_VIT
 from conftest import TINY_BACKBONE
 from sanet.models import Backbone, SegmentationModel
 
@@ -19,12 +20,13 @@ K = 5
 class ModelContract:
     name: str
     has_aux: bool  # whether train mode adds "mask" and "cat"
+    backbone: str = TINY_BACKBONE
 
     @pytest.fixture(scope="class")
     @classmethod
     def model(cls) -> SegmentationModel:
         torch.manual_seed(0)
-        return sanet.build_model(cls.name, backbone=TINY_BACKBONE, num_classes=K)
+        return sanet.build_model(cls.name, backbone=cls.backbone, num_classes=K)
 
     @pytest.mark.parametrize(("batch", "size"), [(1, (45, 45)), (3, (65, 97)), (1, (32, 33))])
     def test_eval_output_keeps_input_size(self, model, batch, size) -> None:
@@ -103,6 +105,16 @@ class TestSANetSE(ModelContract):
 
 class TestFCN(ModelContract):
     name, has_aux = "fcn", False
+
+
+class TestSANetViT(ModelContract):
+    """A ViT backbone (a tiny DINOv2-shaped one) under the four SA heads: any size ≥ 32."""
+
+    name, has_aux, backbone = "sanet", True, TINY_VIT
+
+
+class TestFCNViT(ModelContract):
+    name, has_aux, backbone = "fcn", False, TINY_VIT
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from sanet._files import atomic_write_text
 from sanet.conventions import BASE_SIZE, EVAL_CROP_SIZE, EVAL_STRIDE
 from sanet.errors import ConfigError, NotFoundError, arg, speaks_cli, suggest
 from sanet.models.options import ModelOptions
+from sanet.models.vit import vit_patch_size
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ModelConfig(ModelOptions):
     pretrained_backbone: bool | str = False  # True: timm download; str: a local weights file
     num_classes: int = 0  # 0: take it from the dataset
     init_from: str = ""  # initialise all weights from a run dir / .pt / save_pretrained folder
+    freeze_backbone: bool = False  # train only the heads (and a ViT's feature pyramid)
 
     def options(self) -> ModelOptions:
         """The head options alone, as the models take them."""
@@ -75,7 +77,10 @@ class TrainConfig:
     warmup_steps: int = 0  # linear LR warm-up over the first steps, then poly (0: none)
     bn_momentum: float = 0.1  # BatchNorm running-stat momentum of every BN layer (PyTorch's 0.1)
     accumulate: int = 1  # micro-batches per optimiser step
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # auto: bf16 autocast + channels-last where the CPU has bf16 units (AMX, AVX512_BF16) or the
+    # GPU supports bf16, float32 elsewhere (sanet.devices.choose_precision); the run's
+    # config.yaml records what it chose. The shipped recipes pin their choice.
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     compile: bool = False
     seed: int = 0
@@ -86,6 +91,8 @@ class TrainConfig:
     log_every: int = 10  # steps between host syncs (loss logging, non-finite check)
     max_steps: int = 0  # stop after this many optimiser steps in total (0: no limit)
     nonfinite: Literal["stop", "skip"] = "stop"
+    layer_decay: float = 1.0  # a ViT's layer-wise LR decay (BEiT): block i of d at lr·decay^(d-i)
+    checkpointing: bool = False  # recompute the backbone's activations in backward (memory)
 
 
 @dataclass
@@ -240,10 +247,11 @@ MINIMUM: dict[str, float] = {
     "train.val_every": 0,
     "train.log_every": 1,
     "train.max_steps": 0,
+    "train.layer_decay": 0,
     "eval.crop_size": 32,
     "eval.stride": 1,
 }
-_POSITIVE = {"train.lr", "train.head_lr_mult"}  # strictly above the minimum
+_POSITIVE = {"train.lr", "train.head_lr_mult", "train.layer_decay"}  # strictly above the minimum
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -274,10 +282,34 @@ def check_ranges(cfg: Config, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: model.output_stride must be 8, 16 or 32, got {cfg.model.output_stride}."
         )
+    if cfg.train.layer_decay > 1:
+        raise ConfigError(
+            f"{source}: train.layer_decay must be in (0, 1] (1: off), got {cfg.train.layer_decay}."
+        )
+    check_patch_windows(cfg, source)
     if not _DEVICE.match(cfg.train.device):
         raise ConfigError(
             f"{source}: train.device must be auto, cpu, mps, cuda or cuda:N, got {cfg.train.device!r}."
         )
+
+
+def check_patch_windows(cfg: Config, source: str = "config") -> None:
+    """A ViT backbone's patch size divides the training crops and the evaluation windows (a
+    window that it does not divide is padded by the model: time spent on padding)."""
+    patch = vit_patch_size(cfg.model.backbone)
+    if not patch:
+        return
+    for key, size in (
+        ("data.crop_size", cfg.data.crop_size),
+        ("eval.crop_size", cfg.eval.crop_size),
+    ):
+        if size % patch:
+            low, high = size - size % patch, size - size % patch + patch
+            raise ConfigError(
+                f"{source}: {key}={size} is not a multiple of the patch size {patch} of "
+                f"{cfg.model.backbone!r} (each window would be padded to {high}). Fix: "
+                f"{key}={low if low >= 32 else high} or {high}."
+            )
 
 
 # --resume (docs/reliability.md). A key in RESUME_MAY_CHANGE may take any new value and one in
@@ -295,6 +327,7 @@ RESUME_MAY_CHANGE = frozenset(
         "train.channels_last",
         "train.compile",
         "train.deterministic",  # kernels
+        "train.checkpointing",  # recomputes the same activations
         "model.init_from",
         "model.pretrained_backbone",  # read when a run starts, not on resume
         "eval.*",  # evaluation protocol: read after training steps, never by them

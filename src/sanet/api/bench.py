@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json as jsonlib
+import logging
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -13,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from sanet._files import atomic_write_text, ensure_new_file
 from sanet.api.common import device_of
+from sanet.devices import choose_precision
 from sanet.errors import UsageError, arg, speaks_cli, suggest
 from sanet.version import __version__
 
 if TYPE_CHECKING:
     from sanet.experiments.bench import BenchSettings
+
+logger = logging.getLogger(__name__)
 
 #: Defaults per device type: the paper-sized setting on a GPU, a small one a CPU finishes.
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -32,7 +36,7 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
 MODES = {"infer": ["infer"], "train": ["train"], "both": ["infer", "train"], "eval": ["eval"]}
 PROFILE = "bench_profile.txt"  # the profile file's name in examples
 _CHOICES = {
-    "amp": ("none", "bf16", "fp16"),
+    "amp": ("none", "bf16", "fp16", "auto"),
     "upsample": ("auto", "matmul", "interpolate"),
     "protocol": ("ms-flip", "single"),
 }
@@ -87,6 +91,7 @@ def bench(
     profile: str | Path | None = None,
     overwrite: bool = False,
     resize: bool = False,
+    roof: bool = True,
 ) -> BenchResult:
     """Time ``models`` side by side in one process: same input, batch, precision, memory format
     and compile mode, timed calls interleaved, so the ratios to the first model hold on a busy
@@ -103,7 +108,9 @@ def bench(
         size, batch, steps, warmup: square input side, images per step, timed calls, untimed
             calls after the first (defaults: 256, 4, 3, 1 on a CPU; 512, 16, 20, 5 on CUDA).
         classes: output classes of the built models (``onnx:`` files keep their own).
-        amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (autocast).
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (autocast), or ``"auto"``: bf16 +
+            channels-last on a CPU with bf16 units or a bf16 GPU, else float32 (the choice is
+            in ``report["precision"]``).
         compile: a ``torch.compile`` mode for every model, or ``None`` (eager).
         upsample: how our models resize bilinearly (``"auto"``: the device's faster one).
         image: ``"WxH"`` of the eval image; window_batch: windows per forward in eval.
@@ -112,6 +119,8 @@ def bench(
             each model and mode here (both refused when they exist, unless ``overwrite``).
         resize: instead, time ``F.interpolate`` against the matrix form on the logits'
             upsampling at ``size``.
+        roof: also measure the machine's roof (a 2048³ matrix product in the ``amp`` dtype,
+            once per process) and give each row its share of it (``roof_fraction``).
 
     Returns:
         a :class:`BenchResult`.
@@ -122,7 +131,7 @@ def bench(
 def _bench(call: dict[str, Any]) -> BenchResult:
     """:func:`bench` of the arguments ``call`` (by name)."""
     from sanet.experiments import bench as experiments
-    from sanet.experiments.measure import environment
+    from sanet.experiments.measure import add_roof, environment
     from sanet.models.resize import set_bilinear_method
 
     _check_choices(call["mode"], call["amp"], call["upsample"], call["protocol"])
@@ -143,11 +152,13 @@ def _bench(call: dict[str, Any]) -> BenchResult:
         rows = experiments.run_bench(specs, settings, modes, profile=profile_path is not None)
         if profile_path is not None:
             _write_profile(profile_path, rows, settings)
+        if call["roof"]:
+            env["roof"] = add_roof(rows, settings.device, experiments.AMP_DTYPES[settings.amp])
     env["load_average_1min_end"] = environment(settings.device)["load_average_1min"]
     report = {
         "command": _command(call),
         "environment": env,
-        "settings": settings.to_dict() | {"upsample": call["upsample"]},
+        "settings": settings.to_dict() | {"upsample": call["upsample"], "amp_asked": call["amp"]},
         "rows": rows,
     }
     if json_path is not None:
@@ -187,13 +198,16 @@ def _settings(call: dict[str, Any]) -> Any:
             f"{arg('image')} must be WxH, e.g. {arg('image', '500x375')}, got {call['image']!r}."
         ) from None
     pick = {n: defaults[n] if call[n] is None else call[n] for n in ("size", "batch", "steps")}
+    precision = choose_precision(call["amp"], device, channels_last=call["channels_last"])
+    if call["amp"] == "auto":
+        logger.info("Precision: %s", precision.describe())
     return BenchSettings(
         device=device,
         **pick,
         classes=call["classes"],
         warmup=defaults["warmup"] if call["warmup"] is None else call["warmup"],
-        amp=call["amp"],
-        channels_last=call["channels_last"],
+        amp=precision.amp,
+        channels_last=precision.channels_last,
         compile=call["compile"],
         image=(height, width),
         protocol=call["protocol"],

@@ -3,6 +3,7 @@ and the check that a model and a dataset agree on the classes."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from sanet.data import SegmentationDataset, build_dataset, parse_data_spec
 from sanet.devices import resolve_device
 from sanet.errors import NotFoundError, UsageError, arg
 from sanet.inference.protocol import EvalProtocol
-from sanet.inference.runs import Mode, run_protocol
+from sanet.inference.runs import Mode, inference_precision, run_protocol
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -29,12 +30,19 @@ def device_of(device: str | torch.device | None) -> str:
     return str(resolve_device(device))
 
 
-def protocol_of(checkpoint: str | Path, protocol: ProtocolArg, device: str) -> EvalProtocol:
+def protocol_of(
+    checkpoint: str | Path, protocol: ProtocolArg, device: str, amp: str = "none"
+) -> EvalProtocol:
     """The protocol a verb runs ``checkpoint`` under (:func:`~sanet.inference.runs.
-    run_protocol`): ``protocol`` itself when it is one, else the run's own in that mode."""
-    if isinstance(protocol, EvalProtocol):
+    run_protocol`): ``protocol`` itself when it is one, else the run's own in that mode. An
+    ``amp`` other than ``"none"`` (``"auto"``, ``"bf16"``, ``"fp16"``) sets its precision
+    (:func:`~sanet.inference.runs.inference_precision`); ``"none"`` keeps the protocol's."""
+    if not isinstance(protocol, EvalProtocol):
+        return run_protocol(checkpoint, mode=protocol or "run", device=device, amp=amp)
+    if amp == "none":
         return protocol
-    return run_protocol(checkpoint, mode=protocol or "run", device=device)
+    chosen = inference_precision(checkpoint, amp, device, protocol.channels_last)
+    return dataclasses.replace(protocol, amp=chosen.amp, channels_last=chosen.channels_last)
 
 
 def open_dataset(

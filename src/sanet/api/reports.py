@@ -193,6 +193,8 @@ BENCH_COLUMNS = (
     ("ms/batch", "latency_ms", 1),
     ("first call s", "first_step_s", 1),
     ("TFLOP/s", "tflops", 3),
+    ("roof TFLOP/s", "roof_tflops", 3),
+    ("× roof", "roof_fraction", 2),
     ("peak GB", "peak_memory_gb", 2),
     ("× first", "ratio", 2),
     ("× first per FLOP", "ratio_per_flop", 2),
@@ -226,7 +228,7 @@ def bench_table(rows: list[dict]) -> Table:
     for title in ("model", "mode", *(c[0] for c in BENCH_COLUMNS)):
         table.add_column(title, justify="left" if title in ("model", "mode") else "right")
     for r in rows:
-        table.add_row(r["model"], r["mode"], *(_fmt(r[key], n) for _, key, n in BENCH_COLUMNS))
+        table.add_row(r["model"], r["mode"], *(_fmt(r.get(key), n) for _, key, n in BENCH_COLUMNS))
     return table
 
 

@@ -67,6 +67,7 @@ def serving_app(
     *,
     protocol: ProtocolArg = None,
     device: str | None = None,
+    amp: str = "none",
     window_batch: int | None = None,
     limits: ServeLimits | None = None,
     allowed_hosts: Iterable[str] = (),
@@ -82,6 +83,9 @@ def serving_app(
         protocol: ``None``: the run's own (its ``eval`` section); ``"paper"``, ``"single"`` or
             an :class:`~sanet.inference.EvalProtocol`.
         device: ``cpu``, ``cuda`` ... (default: ``cuda`` when there is one).
+        amp: ``"none"`` keeps the protocol's precision (float32 by default); ``"auto"``: bf16
+            + channels-last where the CPU has bf16 units or the GPU bf16, else float32;
+            ``"bf16"``, ``"fp16"``: autocast (docs/benchmarks.md, CPU precision).
         window_batch: windows per forward pass (default: 1 on a CPU, so that a request that
             timed out stops after one window; the protocol's on a GPU).
         limits: a :class:`~sanet.serve.limits.ServeLimits`, or its fields as keywords
@@ -108,6 +112,7 @@ def serving_app(
     drift = _drift(drift_window, drift_false_alarm)
     _check_checkpoint(checkpoint)
     device = device_of(device)
+    protocol = protocol_of(checkpoint, protocol, device, amp)
     return _build(checkpoint, protocol, device, window_batch, limits, allowed_hosts, drift)
 
 
@@ -118,6 +123,7 @@ def serve(
     port: int = 8000,
     protocol: ProtocolArg = None,
     device: str | None = None,
+    amp: str = "none",
     window_batch: int | None = None,
     limits: ServeLimits | None = None,
     allowed_hosts: Iterable[str] = (),
@@ -146,6 +152,7 @@ def serve(
     drift = _drift(drift_window, drift_false_alarm)
     _check_checkpoint(checkpoint)
     device = device_of(device)
+    protocol = protocol_of(checkpoint, protocol, device, amp)
     sock = bind_socket(host, port)  # before the model loads: a busy port fails fast
     try:
         names = [*default_allowed_hosts(host), *allowed_hosts]

@@ -173,7 +173,8 @@ class DemoResult:
     Attributes:
         summary: the ``metrics.json`` content: ``model``, ``val_mIoU``, ``val_pixAcc``,
             per-class ``IoU``, the validation ``protocol``, ``seconds``, ``run_dir`` and what the
-            numbers depend on beyond the recipe (``threads``, ``cpu_kernels``, ``torch``).
+            numbers depend on beyond the recipe (``threads``, ``cpu_kernels``, ``torch``), the
+            ``kernel_family`` used and the ``precision`` (:class:`~sanet.devices.Precision`).
         out: the run folder (``metrics.json``, ``plots/predictions.png``, ``model/`` ...).
     """
 

@@ -57,7 +57,13 @@ def _add_shape_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, default=59, help="output classes (59: PASCAL Context)")
     p.add_argument("--steps", type=int, help="timed steps (default 3 CPU, 20 CUDA)")
     p.add_argument("--warmup", type=int, help="untimed steps after the first (1 CPU, 5 CUDA)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument(
+        "--amp",
+        choices=["none", "bf16", "fp16", "auto"],
+        default="none",
+        help="autocast (default none: float32); auto: bf16 + channels-last on a CPU with bf16 "
+        "units (AMX, AVX512_BF16) or a bf16 GPU, float32 elsewhere",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input")
     p.add_argument(
         "--compile",
@@ -100,6 +106,12 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace --json/--profile files that exist"
+    )
+    p.add_argument(
+        "--no-roof",
+        dest="roof",
+        action="store_false",
+        help="skip the roof (a 2048³ matrix product in the amp dtype) and each row's share of it",
     )
     p.add_argument(
         "--resize",

@@ -71,9 +71,10 @@ def add_protocol_args(p: argparse.ArgumentParser, *, require_checkpoint: bool = 
     )
     p.add_argument(
         "--amp",
-        choices=["none", "bf16", "fp16"],
+        choices=["none", "bf16", "fp16", "auto"],
         default="none",
-        help="autocast forward passes (GPU speed; recorded in the protocol)",
+        help="autocast forward passes (recorded in the protocol); auto: bf16 + channels-last "
+        "on a CPU with bf16 units (AMX, AVX512_BF16) or a bf16 GPU, float32 elsewhere",
     )
 
 

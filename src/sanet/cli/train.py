@@ -52,6 +52,10 @@ def _demo(args: argparse.Namespace) -> int:
     summary = result.summary
     print(json.dumps({k: summary[k] for k in ("val_mIoU", "val_pixAcc", "seconds", "run_dir")}))
     print(
+        f"demo: {summary['seconds']:.0f} s in all, on {summary['threads']} threads, CPU kernels "
+        f"{summary['kernel_family']}"
+    )
+    print(
         f"demo: final val mIoU {result.miou:.4f} (synthetic scenes, {summary['model']}); "
         f"see {args.out}/"
     )

@@ -55,6 +55,8 @@ from sanet.training.engine import autocast, train_step
 logger = logging.getLogger(__name__)
 
 MODES = ("infer", "train", "eval")
+#: The dtype of the matrix products under each ``amp``: the roof a row is measured against.
+AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TORCHVISION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
 
 
@@ -391,7 +393,7 @@ def resize_timings(settings: BenchSettings) -> list[dict]:
     choice of :func:`~sanet.models.resize.resize_bilinear`.
     """
     device = torch.device(settings.device)
-    dtype = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.amp]
+    dtype = AMP_DTYPES[settings.amp]
     small, size = -(-settings.size // 8), (settings.size, settings.size)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(settings.batch, settings.classes, small, small, generator=gen)

@@ -18,6 +18,7 @@ import torch
 
 from sanet._files import atomic_write_text
 from sanet.config import load_config, recipe_path
+from sanet.devices import kernel_family
 from sanet.errors import OutputExistsError, arg
 from sanet.models.registry import load_model
 from sanet.rundir import RunDir
@@ -73,6 +74,8 @@ def run_demo(
         # what the numbers depend on beyond the recipe (docs/reproducibility.md)
         "threads": trainer.threads,
         "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+        "kernel_family": kernel_family(trainer.precision.amp),
+        "precision": trainer.precision.to_dict(),
         "torch": torch.__version__,
     }
     atomic_write_text(run.summary, json.dumps(summary, indent=2) + "\n")

@@ -136,3 +136,45 @@ def profile_calls(fn: Callable[[], Any], device: torch.device, calls: int = 2) -
         _sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=25)
+
+
+#: The side of the square matrix product that measures the roof: large enough that a CPU or a
+#: GPU runs its GEMM kernel at full speed, small enough to take a second on 2 CPU cores.
+ROOF_SIZE = 2048
+_ROOFS: dict[tuple[str, str, int, int], float] = {}
+
+
+def gemm_roof(
+    device: str | torch.device, dtype: torch.dtype, size: int = ROOF_SIZE, calls: int = 3
+) -> float:
+    """The machine's roof in TFLOP/s for ``dtype``: ``torch.matmul`` of two ``size × size``
+    matrices (``2·size³`` FLOPs), the fastest of ``calls`` timed calls after one untimed, with
+    torch's current thread count. Measured once per process for each device, dtype, size and
+    thread count (then cached): what a model's achieved FLOP/s is a fraction of."""
+    dev = torch.device(device)
+    key = (str(dev), str(dtype), size, torch.get_num_threads())
+    if key not in _ROOFS:
+        gen = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(size, size, generator=gen).to(dev, dtype) for _ in range(2))
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(calls):
+            _sync(dev)
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            _sync(dev)
+            best = min(best, time.perf_counter() - start)
+        _ROOFS[key] = 2 * size**3 / best / 1e12
+    return _ROOFS[key]
+
+
+def add_roof(rows: list[dict[str, Any]], device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Give each row ``roof_tflops`` (:func:`gemm_roof` of ``dtype`` on ``device``) and
+    ``roof_fraction`` (its ``tflops`` over that; ``None`` where no FLOPs were counted); returns
+    the roof's record."""
+    roof = gemm_roof(device, dtype)
+    for row in rows:
+        tflops = row.get("tflops")
+        row["roof_tflops"], row["roof_fraction"] = roof, None if tflops is None else tflops / roof
+    gemm = f"torch.matmul {ROOF_SIZE}³, fastest of 3"
+    return {"dtype": str(dtype).removeprefix("torch."), "tflops": roof, "gemm": gemm}

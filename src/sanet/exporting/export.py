@@ -191,7 +191,8 @@ def to_onnx_proto(model: nn.Module, example_size: tuple[int, int], opset: int) -
         3: torch.export.Dim("width", min=MIN_SIZE),
     }
     wrapper = _Logits(model).eval()
-    example = torch.randn(1, 3, *example_size)
+    # batch 2: an example of 1 lets broadcasting (a ViT's class token) pin the batch to 1
+    example = torch.randn(2, 3, *example_size)
     with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript", "torch.onnx"):
         # the exporter warns and logs about its own internals (hundreds of INFO lines per
         # optimisation pass); what matters to the user is our summary and the parity check

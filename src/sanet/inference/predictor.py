@@ -106,6 +106,8 @@ class Predictor:
             an exported file carries), as ``sanet predict`` and ``sanet eval`` use it.
         calibrated: use the calibration ``sanet calibrate`` stored with the model (calibrated
             probabilities, confidence, unsure pixels); ``False``: the raw probabilities.
+        amp: the default protocol's precision: ``"none"`` (float32), ``"bf16"``, ``"fp16"`` or
+            ``"auto"`` (bf16 + channels-last on a CPU with bf16 units; docs/benchmarks.md).
 
     Both backends share the pre- and post-processing (normalisation, padding of inputs below
     32 px, sliding window, scales, flips): only the network call differs. Arg-max masks do not
@@ -123,10 +125,15 @@ class Predictor:
         protocol: EvalProtocol | None = None,
         *,
         calibrated: bool = True,
+        amp: str = "none",
     ) -> None:
+        if protocol is not None and amp != "none":
+            raise UsageError(
+                f"Give {arg('amp')} in the protocol (EvalProtocol(amp=...)), not both."
+            )
         model, metadata = open_model(checkpoint, device)
         if protocol is None:
-            protocol = run_protocol(checkpoint, device=device)
+            protocol = run_protocol(checkpoint, device=device, amp=amp)
         if isinstance(model, OnnxModel):
             device = "cpu"  # onnxruntime returns host arrays; the glue runs where they are
         self._setup(model, metadata, device, protocol, calibrated)
@@ -156,9 +163,9 @@ class Predictor:
         calibrated: bool = True,
     ) -> None:
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.metadata = dict(metadata)
         self.protocol = protocol or EvalProtocol()
+        self.model = _prepare(model, self.device, self.protocol)
+        self.metadata = dict(metadata)
         self.backend = "onnxruntime" if isinstance(model, OnnxModel) else "torch"
         self.class_names: list[str] | None = self.metadata.get("class_names")
         palette = self.metadata.get("palette")
@@ -361,6 +368,14 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return mask[rows[:, None], cols[None, :]]
 
 
+def _prepare(model: nn.Module, device: torch.device, protocol: EvalProtocol | None) -> nn.Module:
+    """``model`` on ``device`` in eval mode, in ``channels_last`` when the protocol says so."""
+    model = model.to(device).eval()
+    if protocol is not None and protocol.channels_last and not isinstance(model, OnnxModel):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def evaluate_pairs(
     model: nn.Module,
     pairs: Iterable[tuple[Any, Any]],
@@ -384,7 +399,7 @@ def evaluate_pairs(
         the ``ConfusionMatrix`` (call ``compute()``; under DDP ``all_reduce()`` first).
     """
     device = torch.device(device)
-    model = model.to(device).eval()
+    model = _prepare(model, device, protocol)
     if cm is None:
         cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
     done = 0

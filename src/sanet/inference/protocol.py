@@ -56,7 +56,10 @@ class EvalProtocol:
         window_batch: windows (flips included) per forward pass.
         band_rows: output rows combined at a time (bounds memory on large images).
         amp: ``"none"``, ``"bf16"`` or ``"fp16"``: forward passes under autocast (faster on
-            GPUs; softmax and averaging stay float32).
+            GPUs and on CPUs with bf16 units; softmax and averaging stay float32).
+            :func:`~sanet.inference.runs.run_protocol` resolves ``"auto"``.
+        channels_last: windows (and the model, where a Predictor or an evaluation owns it) in
+            ``torch.channels_last`` (what oneDNN's bf16 kernels run fastest on).
     """
 
     scales: tuple[float, ...] = (1.0,)
@@ -67,6 +70,7 @@ class EvalProtocol:
     window_batch: int = 4
     band_rows: int = 256
     amp: str = "none"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -125,7 +129,12 @@ def window_count(height: int, width: int, protocol: EvalProtocol) -> int:
 
 
 def _forward_probs(
-    model: nn.Module, tiles: torch.Tensor, amp: str = "none", *, temperature: float = 1.0
+    model: nn.Module,
+    tiles: torch.Tensor,
+    amp: str = "none",
+    *,
+    temperature: float = 1.0,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Softmax probabilities of a batch of equal-size tiles, zero-padding tiles below 32 px;
     ``softmax(logits / temperature)`` (temperature scaling enters every forward: docs/trust.md).
@@ -136,6 +145,8 @@ def _forward_probs(
     ph, pw = max(0, MIN_INPUT - h), max(0, MIN_INPUT - w)
     if ph or pw:
         tiles = F.pad(tiles, (0, pw, 0, ph))  # zeros = the mean colour after normalisation
+    if channels_last:
+        tiles = tiles.contiguous(memory_format=torch.channels_last)
     dtype = _AMP_DTYPES[amp]
     with torch.autocast(tiles.device.type, dtype=dtype, enabled=dtype is not None):
         logits = model(tiles)["out"]
@@ -151,11 +162,12 @@ def _window_probs(
 
     Shape: tiles ``(B, 3, h, w)`` → ``(B, K, h, w)``.
     """
+    cl = protocol.channels_last
     if not protocol.flip:
-        return _forward_probs(model, tiles, protocol.amp, temperature=temperature)
+        return _forward_probs(model, tiles, protocol.amp, temperature=temperature, channels_last=cl)
     n = len(tiles)
     both = torch.cat([tiles, tiles.flip(-1)])
-    probs = _forward_probs(model, both, protocol.amp, temperature=temperature)  # (2B, ...)
+    probs = _forward_probs(model, both, protocol.amp, temperature=temperature, channels_last=cl)
     return (probs[:n] + probs[n:].flip(-1)) / 2
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from sanet.conventions import BASE_SIZE, EVAL_CROP_SIZE, EVAL_STRIDE, PAPER_SCALES
+from sanet.devices import Precision, choose_precision
 from sanet.errors import UsageError, arg
 from sanet.inference.onnx_backend import read_onnx_metadata
 from sanet.inference.protocol import EvalProtocol
@@ -75,6 +76,7 @@ def run_protocol(
     window_batch: int | None = None,
     amp: str = "none",
     device: str | torch.device = "cpu",
+    channels_last: bool = False,
 ) -> EvalProtocol:
     """The protocol of ``checkpoint``'s run, with explicit overrides.
 
@@ -89,10 +91,36 @@ def run_protocol(
         checkpoint: a run directory or a file in one, a ``save_pretrained`` folder, an ``.onnx``
             file, or ``None`` (no run: the defaults).
         window_batch: windows per forward pass (default: 4 on a CPU, 16 on a GPU).
-        device: where the forward passes run (it picks the window batch).
+        amp: ``"none"`` (float32), ``"bf16"``, ``"fp16"``, or ``"auto"``: this machine's
+            choice (:func:`inference_precision`).
+        device: where the forward passes run (it picks the window batch and ``"auto"``'s amp).
+        channels_last: windows and model in ``torch.channels_last`` (``"auto"`` may turn it on).
     """
     cfg = run_config(checkpoint)
     ev = cfg.get("eval") or {}
+    chosen_scales, chosen_flip = _scales_and_flip(ev, mode, scales, flip)
+    base = base_size
+    if base is None and tuple(chosen_scales) != (1.0,):
+        base = (cfg.get("data") or {}).get("base_size", BASE_SIZE)
+    kind = torch.device(device).type
+    precision = inference_precision(checkpoint, amp, device, channels_last)
+    return EvalProtocol(
+        scales=tuple(float(s) for s in chosen_scales),
+        flip=chosen_flip,
+        base_size=base or None,  # 0: a recipe trained at each image's own size
+        crop_size=int(crop_size or ev.get("crop_size") or EVAL_CROP_SIZE),
+        stride=int(stride or ev.get("stride") or EVAL_STRIDE),
+        window_batch=window_batch or WINDOW_BATCH.get(kind, WINDOW_BATCH["cpu"]),
+        amp=precision.amp,
+        channels_last=precision.channels_last,
+    )
+
+
+def _scales_and_flip(
+    ev: dict[str, Any], mode: Mode, scales: tuple[float, ...] | None, flip: bool | None
+) -> tuple[tuple[float, ...], bool]:
+    """The scales and flip of :func:`run_protocol`: the run's ``eval`` section ``ev``, the
+    ``mode``'s, then the explicit ``scales`` and ``flip``."""
     chosen_scales = tuple(ev.get("scales") or (1.0,))
     chosen_flip = bool(ev.get("flip", False))
     if mode == "paper":
@@ -109,19 +137,25 @@ def run_protocol(
         chosen_scales = tuple(scales)
     if flip is not None:
         chosen_flip = flip
-    base = base_size
-    if base is None and tuple(chosen_scales) != (1.0,):
-        base = (cfg.get("data") or {}).get("base_size", BASE_SIZE)
-    kind = torch.device(device).type
-    return EvalProtocol(
-        scales=tuple(float(s) for s in chosen_scales),
-        flip=chosen_flip,
-        base_size=base or None,  # 0: a recipe trained at each image's own size
-        crop_size=int(crop_size or ev.get("crop_size") or EVAL_CROP_SIZE),
-        stride=int(stride or ev.get("stride") or EVAL_STRIDE),
-        window_batch=window_batch or WINDOW_BATCH.get(kind, WINDOW_BATCH["cpu"]),
-        amp=amp,
-    )
+    return chosen_scales, chosen_flip
+
+
+def inference_precision(
+    checkpoint: str | Path | None,
+    amp: str = "none",
+    device: str | torch.device = "cpu",
+    channels_last: bool = False,
+) -> Precision:
+    """What ``amp`` means for predicting with ``checkpoint`` on ``device``
+    (:func:`~sanet.devices.choose_precision`); logged when ``"auto"`` chose. An ``.onnx`` file
+    runs in its own precision on onnxruntime: ``"auto"`` is float32 there (autocast would not
+    reach it)."""
+    if amp == "auto" and str(checkpoint or "").lower().endswith(".onnx"):
+        return Precision("none", False, amp, "an .onnx file runs in its own precision")
+    precision = choose_precision(amp, device, channels_last=channels_last)
+    if amp == "auto":
+        logger.info("Precision: %s", precision.describe())
+    return precision
 
 
 def protocol_mode(protocol: EvalProtocol) -> str:

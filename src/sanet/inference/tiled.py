@@ -151,6 +151,8 @@ def _window_probs(
     ph, pw = max(0, MIN_INPUT - h), max(0, MIN_INPUT - w)
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph))  # zeros = the mean colour after normalisation
+    if protocol.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     dtype = _AMP[protocol.amp]
     with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         logits = model(x)["out"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from sanet.errors import UsageError
 from sanet.models.options import Block, HeadInit, ModelOptions
@@ -91,7 +92,7 @@ class SANetHead(nn.Module):
         """The fused feature F before dropout: ``(N, fuse_channels, h, w)``."""
         size = feats[-1].shape[-2:]  # the deepest stage's resolution
         outs = [head(f) for head, f in zip(self.heads, feats, strict=True)]
-        outs = [o if o.shape[-2:] == size else _resize(o, size) for o in outs]
+        outs = [o if _same_size(o.shape[-2:], size) else _resize(o, size) for o in outs]
         return self.fuse(torch.cat(outs, dim=1))
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -135,6 +136,13 @@ class FCNHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"dense": self.block(feats[-1])}
+
+
+def _same_size(a: torch.Size, b: torch.Size) -> bool:
+    """``a == b`` where that is known without a guard: for concrete sizes, always; in an export
+    with symbolic H, W only for the same expression (a ViT's ``⌈2H/7⌉`` and ``⌈H/7⌉`` differ for
+    every H ≥ 32, but the exporter cannot prove it: resizing to the same size is exact anyway)."""
+    return all(statically_known_true(x == y) for x, y in zip(a, b, strict=True))
 
 
 def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:

@@ -256,7 +256,7 @@ class PretrainedBackbone(Backbone):
         self.input_norm = nn.Identity() if same else InputNorm(mean, std)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.body(self.input_norm(x))
+        return super().forward(self.input_norm(x))  # freezing, checkpointing as any Backbone
 
 
 #: What a model's ``pretrained_backbone`` takes (a Mapping: a stored ``backbone_weights``).

@@ -32,15 +32,20 @@ def build_model(
     output_stride: int = 8,
     pretrained_backbone: bool | str | Path = False,
     *,
+    freeze_backbone: bool = False,
     options: ModelOptions | None = None,
     **option_values: Any,
 ) -> SegmentationModel:
     """Build a model by name: ``"sanet"``, ``"sanet_se"`` or ``"fcn"`` (:data:`MODEL_KINDS`).
 
     Args:
-        backbone: any timm CNN with ``features_only``/``output_stride``; presets
-            ``resnet50s``, ``resnet101s``, ``tf_efficientnet_b7``.
+        backbone: any timm CNN with ``features_only``/``output_stride`` (presets
+            ``resnet50s``, ``resnet101s``, ``tf_efficientnet_b7``), or a ViT read through a
+            simple feature pyramid (``vit_small_patch14_dinov2``, ``..._reg4_dinov2``,
+            ``deit3_*``, ``eva02_*``: :mod:`sanet.models.vit`).
         pretrained_backbone: ``False``, ``True`` (timm download) or a local weights file.
+        freeze_backbone: the pretrained backbone gets no gradients and stays in eval mode;
+            only the heads (and a ViT's feature pyramid) learn (:meth:`Backbone.freeze`).
         options: a whole :class:`ModelOptions` (a recipe's; each model uses its own fields).
         option_values: single options instead (``gate=``, ``attn_act=``, ``upsample=``,
             ``dropout=`` ...); an option the model does not have is refused.
@@ -54,13 +59,16 @@ def build_model(
         if options is not None:
             raise UsageError("Pass either options=ModelOptions(...) or single options, not both.")
         options = ModelOptions.from_mapping(option_values, kind.options, name)
-    return kind.build(
+    model = kind.build(
         num_classes,
         backbone,
         output_stride=output_stride,
         pretrained_backbone=pretrained_backbone,
         options=options,
     )
+    if freeze_backbone:
+        model.backbone.freeze()
+    return model
 
 
 def list_models() -> list[str]:

@@ -22,17 +22,36 @@ PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch
 
 
 def param_groups(
-    model: nn.Module, lr: float, head_lr_mult: float, weight_decay: float
+    model: nn.Module,
+    lr: float,
+    head_lr_mult: float,
+    weight_decay: float,
+    layer_decay: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Backbone at ``lr``, everything else (the heads) at ``head_lr_mult × lr`` (Sec. 4)."""
+    """The pretrained backbone (``model.backbone.body``) at ``lr``, everything else (the heads,
+    a ViT's feature pyramid) at ``head_lr_mult × lr`` (Sec. 4). Frozen parameters
+    (``requires_grad=False``) are left out.
+
+    ``layer_decay < 1`` (a ViT backbone; BEiT's layer-wise decay, Bao et al. 2022): the body's
+    layers from the input up, ``[embeddings, block 0, ..., block d-1, rest]`` (``n = d + 2``),
+    train at ``lr · layer_decay^(n-1-k)``: the last block at ``lr · decay``, the embeddings at
+    ``lr · decay^(d+1)``; group ``"backbone"`` keeps the rest at ``lr``.
+    """
     module = getattr(model, "module", model)  # unwrap DDP
-    backbone = list(module.backbone.parameters())
-    ids = {id(p) for p in backbone}
-    head = [p for p in module.parameters() if id(p) not in ids]
-    return [
-        {"params": backbone, "lr": lr, "weight_decay": weight_decay, "name": "backbone"},
-        {"params": head, "lr": lr * head_lr_mult, "weight_decay": weight_decay, "name": "head"},
-    ]
+    body = module.backbone.body
+    ids = {id(p) for p in body.parameters()}
+    head = [p for p in module.parameters() if id(p) not in ids and p.requires_grad]
+    groups = [{"params": [p for p in body.parameters() if p.requires_grad], "name": "backbone"}]
+    groups[0]["lr"] = lr
+    if layer_decay != 1.0:
+        layers = module.backbone.layer_groups()
+        groups[0]["params"] = [p for p in layers[-1] if p.requires_grad]
+        for k, params in enumerate(layers[:-1]):
+            scale = layer_decay ** (len(layers) - 1 - k)
+            kept = [p for p in params if p.requires_grad]
+            groups.append({"params": kept, "lr": lr * scale, "name": f"backbone.layer{k}"})
+    groups.append({"params": head, "lr": lr * head_lr_mult, "name": "head"})
+    return [{**g, "weight_decay": weight_decay} for g in groups]
 
 
 def sync_batchnorm(model: nn.Module, world_size: int, device: torch.device) -> nn.Module:

@@ -4,6 +4,7 @@ for exact resume, and the SIGINT/SIGTERM flag that lets a step finish before sav
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sanet.config import override_hint
-from sanet.devices import resolve_device
+from sanet.config import Config, override_hint
+from sanet.devices import Precision, choose_precision, resolve_device
 from sanet.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,26 @@ def set_threads(threads: int) -> int:
         "torch CPU threads: %d; CPU kernels: %s", count, torch.backends.cpu.get_cpu_capability()
     )
     return count
+
+
+def run_precision(cfg: Config, device: torch.device | None = None) -> Precision:
+    """What ``cfg``'s ``train.amp`` and ``train.channels_last`` mean on ``device`` (default:
+    the recipe's ``train.device``): :func:`~sanet.devices.choose_precision`."""
+    t = cfg.train
+    device = resolve_device(t.device) if device is None else device
+    return choose_precision(t.amp, device, channels_last=t.channels_last)
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> tuple[Config, Precision]:
+    """``cfg`` with ``train.amp`` and ``train.channels_last`` as they run on ``device``
+    (``train.amp=auto``: :func:`~sanet.devices.choose_precision`), and the choice; logged, and
+    recorded in the run's ``config.yaml`` (a resumed run on another kind of machine is refused
+    when the choice would change its maths)."""
+    t = cfg.train
+    precision = run_precision(cfg, device)
+    logger.info("Precision: %s", precision.describe())
+    train = dataclasses.replace(t, amp=precision.amp, channels_last=precision.channels_last)
+    return dataclasses.replace(cfg, train=train), precision
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

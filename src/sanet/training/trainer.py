@@ -38,7 +38,9 @@ from sanet.training.resume import (
 from sanet.training.runlog import RunLog, TrainerCallbacks
 from sanet.training.runtime import (
     StopFlag,
+    resolve_precision,
     rng_state,
+    run_precision,
     seed_everything,
     set_rng_state,
     set_threads,
@@ -80,6 +82,8 @@ class Trainer:
         self.run_dir = self.run.root
         t = cfg.train
         self.dist, self.device = setup_distributed(t.device)
+        self.cfg, self.precision = resolve_precision(cfg, self.device)  # train.amp=auto
+        cfg, t = self.cfg, self.cfg.train
         self.threads = set_threads(t.threads)
         seed_everything(t.seed, t.deterministic)
         self.micro_batch = _micro_batch(t.batch_size, self.dist.world_size, t.accumulate)
@@ -131,8 +135,11 @@ class Trainer:
             num_classes=self.num_classes,
             output_stride=m.output_stride,
             pretrained_backbone=m.pretrained_backbone,
+            freeze_backbone=m.freeze_backbone,
             options=m.options(),
         )
+        if t.checkpointing:
+            model.backbone.set_grad_checkpointing()
         engine.set_bn_momentum(model, t.bn_momentum)
         self.model_config = {"name": model.name, **model.config}
         if m.init_from:  # e.g. the VOC fine-tune starts from the train_aug run
@@ -142,9 +149,8 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the bare model: its state_dict is what checkpoints hold
         lr = t.lr * t.batch_size / 16  # linear scaling with the global batch (Sec. 4 recipe)
-        self.optimizer = engine.make_sgd(
-            engine.param_groups(model, lr, t.head_lr_mult, t.weight_decay), lr, t.momentum
-        )
+        groups = engine.param_groups(model, lr, t.head_lr_mult, t.weight_decay, t.layer_decay)
+        self.optimizer = engine.make_sgd(groups, lr, t.momentum)
         self.scheduler = engine.poly_schedule(
             self.optimizer, self.total_steps, t.poly_power, t.warmup_steps
         )
@@ -392,7 +398,9 @@ def validation_protocol(cfg: Config) -> EvalProtocol:
     window (``eval.crop_size``/``stride``), as ``sanet eval --checkpoint RUN --single-scale``.
     The full ``eval`` section is ``sanet eval``'s: the paper's 6 scales × flip took ≈22× the
     single-scale time (docs/benchmarks.md), too much to repeat every few epochs."""
-    return EvalProtocol(crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, amp=cfg.train.amp)
+    p = run_precision(cfg)  # a recipe's train.amp=auto: what it means for the run here
+    kw = {"amp": p.amp, "channels_last": p.channels_last}
+    return EvalProtocol(crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, **kw)
 
 
 def _micro_batch(batch_size: int, world_size: int, accumulate: int) -> int:
