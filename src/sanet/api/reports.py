@@ -244,3 +244,22 @@ def resize_table(rows: list[dict], settings: Any) -> Table:
     for r in rows:
         table.add_row(r["method"], r["pass"], _fmt(r["ms"], 1))
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# weights import
+# ---------------------------------------------------------------------------------------------
+
+
+def weights_lines(result: Any) -> list[str]:
+    """What :func:`sanet.import_weights` checked and wrote."""
+    r, check = result.record, result.record["check"]
+    return [
+        f"{r['source']}: {result.tensors} tensors mapped onto timm's {result.arch}, all matched "
+        f"(sha256 {r['sha256'][:12]}…)",
+        f"check: {check['image']} → class {check['label']} p={check['prob']:.3f} "
+        f"(top 5 {check['top5']})",
+        f"normalisation mean {r['mean']} std {r['std']}",
+        f"Wrote {result.out}; use it with model.backbone={result.arch} "
+        f"model.pretrained_backbone={result.out}",
+    ]

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
-from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust
+from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust, weights
 from sanet.errors import (
     Interrupted,
     NonFiniteLossError,
@@ -31,7 +31,7 @@ from sanet.version import __version__
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
 # ``func`` on its parsers via ``set_defaults(func=...)``. A new command group is one more
 # module here (docs/architecture.md).
-COMMAND_MODULES = (train, data, eval, figures, compare, deploy, bench, trust)
+COMMAND_MODULES = (train, data, eval, figures, compare, deploy, bench, trust, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

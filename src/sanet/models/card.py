@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from sanet._files import atomic_write_text
+from sanet.models.pretrained import RECORD_KEY
 
 README_NAME = "README.md"
 #: ``config.json`` metadata keys the card reads besides ``class_names``.
@@ -128,6 +129,16 @@ def front_matter(config: Mapping[str, Any]) -> dict[str, Any]:
     return front
 
 
+def _weights_row(record: Mapping[str, Any] | None) -> str:
+    """Where a pretrained backbone's weights came from (docs/pretrained.md), or nothing."""
+    if not record:
+        return ""
+    return (
+        f"| backbone weights | `{record['source']}` ({record.get('package', '')}, sha256 "
+        f"`{str(record['sha256'])[:12]}…`), input mean {record['mean']} std {record['std']} |\n"
+    )
+
+
 def render_model_card(config: Mapping[str, Any]) -> str:
     """``README.md`` of a folder whose ``config.json`` holds ``config``."""
     meta = config.get("metadata") or {}
@@ -138,7 +149,7 @@ def render_model_card(config: Mapping[str, Any]) -> str:
     options = {
         k: v
         for k, v in config.items()
-        if k not in ("name", "backbone", "num_classes", "output_stride", "metadata")
+        if k not in ("name", "backbone", "num_classes", "output_stride", "metadata", RECORD_KEY)
     }
     parts = [
         f"---\n{head}---\n",
@@ -151,6 +162,7 @@ def render_model_card(config: Mapping[str, Any]) -> str:
         f"| architecture | `{name}`: {_SUMMARY.get(name, name)} |\n"
         f"| backbone | `{backbone}`, output stride {config.get('output_stride')} |\n"
         f"| classes | {config.get('num_classes')}: {', '.join(names) or 'unnamed'} |\n"
+        f"{_weights_row(config.get(RECORD_KEY))}"
         f"| head options | {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'} |",
         *_evaluation(meta, names),
         *_seeds(meta),

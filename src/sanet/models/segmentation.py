@@ -23,6 +23,7 @@ from sanet.models.backbone import Backbone
 from sanet.models.card import write_model_card
 from sanet.models.heads import FCNHead, SANetHead
 from sanet.models.options import Block, ModelOptions
+from sanet.models.pretrained import RECORD_KEY, BackboneWeights, make_backbone, weights_config
 from sanet.models.resize import resize_bilinear
 
 MIN_SIZE = 32  # the deepest stage is H/8 at output stride 8: below 32 px it has < 4 positions
@@ -99,6 +100,7 @@ class SegmentationModel(nn.Module):
             int(config["num_classes"]),
             config["backbone"],
             output_stride=int(config.get("output_stride", 8)),
+            pretrained_backbone=config.get(RECORD_KEY) or False,  # its normalisation, no weights
             options=ModelOptions.from_mapping(stored, kind.options, name),
         )
 
@@ -124,7 +126,7 @@ class SANet(SegmentationModel):
         backbone: str = "resnet50s",
         *,
         output_stride: int = 8,
-        pretrained_backbone: bool | str | Path = False,
+        pretrained_backbone: BackboneWeights = False,
         block: Block = "sa",
         options: ModelOptions | None = None,
     ) -> None:
@@ -132,9 +134,10 @@ class SANet(SegmentationModel):
         _check_num_classes(num_classes)
         options = options or ModelOptions()
         self.name = "sanet" if block == "sa" else "sanet_se"
-        self.backbone = Backbone(backbone, output_stride, pretrained_backbone)
+        self.backbone = make_backbone(backbone, output_stride, pretrained_backbone)
         self.head = SANetHead(self.backbone.channels, num_classes, block=block, options=options)
         self.config = _config(num_classes, backbone, output_stride, options, self.name)
+        self.config |= weights_config(self.backbone)  # models/pretrained.py: source, norm
 
     @torch.no_grad()
     def attention_parts(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -156,15 +159,16 @@ class FCN(SegmentationModel):
         backbone: str = "resnet50s",
         *,
         output_stride: int = 8,
-        pretrained_backbone: bool | str | Path = False,
+        pretrained_backbone: BackboneWeights = False,
         options: ModelOptions | None = None,
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
         options = options or ModelOptions()
-        self.backbone = Backbone(backbone, output_stride, pretrained_backbone)
+        self.backbone = make_backbone(backbone, output_stride, pretrained_backbone)
         self.head = FCNHead(self.backbone.channels, num_classes, options=options)
         self.config = _config(num_classes, backbone, output_stride, options, self.name)
+        self.config |= weights_config(self.backbone)  # models/pretrained.py: source, norm
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class ModelKind:
         backbone: str,
         *,
         output_stride: int = 8,
-        pretrained_backbone: bool | str | Path = False,
+        pretrained_backbone: BackboneWeights = False,
         options: ModelOptions | None = None,
     ) -> SegmentationModel:
         block = {"block": self.block} if self.block else {}
