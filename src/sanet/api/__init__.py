@@ -20,6 +20,7 @@ from sanet.api.figures import explain, figure5
 from sanet.api.prediction import PredictResult, predict_files
 from sanet.api.serving import ServingApp, serve, serving_app
 from sanet.api.training import DemoResult, TrainResult, demo, train
+from sanet.api.weights import ImportResult, import_weights
 
 __all__ = [
     "AuditResult",
@@ -30,6 +31,7 @@ __all__ = [
     "DemoResult",
     "EvalResult",
     "ExportResult",
+    "ImportResult",
     "PredictResult",
     "PrepareResult",
     "RankResult",
@@ -46,6 +48,7 @@ __all__ = [
     "explain",
     "export",
     "figure5",
+    "import_weights",
     "predict_files",
     "prepare",
     "rank",
