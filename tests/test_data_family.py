@@ -177,3 +177,15 @@ def test_prepare_writes_a_member_and_its_parameters(tmp_path, capsys) -> None:
     assert main([*args, "--num-train", "1", "--num-val", "1"]) == 0
     assert "context_pairs=" in capsys.readouterr().out
     assert json.loads((out / "family.json").read_text()) == member.parameters()
+
+
+def test_a_bad_family_seed_is_named_as_the_caller_spells_it(tmp_path, capsys) -> None:
+    """Issue 28.9: `sanet prepare synthetic --family -3` names `--family`, not recipe syntax;
+    from Python the parameter is `family`."""
+    code = main(["prepare", "synthetic", "--family", "-3", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--family must be an integer >= 0" in err[0] and "synthetic:" not in err[0]
+    with pytest.raises(ValueError, match=r"^family must be an integer >= 0"):
+        draw_member(-3)
+    assert not (tmp_path / "x").exists()

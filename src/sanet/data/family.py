@@ -42,7 +42,7 @@ from sanet.data.family_pool import (
     inside,
 )
 from sanet.data.glyphs import object_frame, value_noise
-from sanet.errors import UsageError
+from sanet.errors import UsageError, arg
 
 _FAMILY_KEY = 0x5A3E7  # keeps member draws apart from every other use of the same seed
 
@@ -130,7 +130,7 @@ def draw_member(seed: int) -> FamilyMember:
     """The family member of ``seed`` (any integer ≥ 0; the same seed, the same member)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UsageError(
-            f"synthetic: family must be an integer >= 0 (the member's seed), got {seed!r}"
+            f"{arg('family')} must be an integer >= 0 (the member's seed), got {seed!r}."
         )
     rng = np.random.default_rng([_FAMILY_KEY, int(seed)])
     num_classes = int(rng.integers(4, 13))
