@@ -242,3 +242,14 @@ def test_the_runs_training_images_are_left_out_with_a_warning(model_dir, pool, t
     assert names == ["a.png", "a.png", "b.png", "b_renamed.png"]
     assert "training set" in caplog.text
     assert sorted(Path(r["image"]).name for r in result.rows) == [f"{s}.png" for s in "cdef"]
+
+
+def test_a_model_without_a_classifier_to_hook_uses_its_mean_probabilities(model_dir, pool):
+    """(An ``.onnx`` model): the features are the mean class probabilities, at unit length."""
+    from _trust_scenes import ColourModel
+
+    assert classifier_layer(ColourModel()) is None
+    predictor = Predictor(model_dir)
+    s = image_scores(predictor, pool / "a.png", None)
+    mean = predictor.predict_proba(pool / "a.png").astype(np.float64).mean(axis=(1, 2))
+    np.testing.assert_allclose(s.features, mean / np.linalg.norm(mean), rtol=1e-5)
