@@ -193,27 +193,26 @@ def run_seed(data: Path, out: Path, log: Path, member: int, seed: int, args) -> 
 
 
 def report(args: argparse.Namespace) -> None:
-    """mIoU per strategy and round (the seed round shared), as a markdown table."""
-    records = list(done_records(args.out / "results.jsonl").values())
-    seeds = {(r["member"], r["seed"]): r for r in records if r["strategy"] == "seed"}
-    rounds = sorted({r["round"] for r in records if r["strategy"] != "seed"})
-    print("| member, seed | strategy | " + " | ".join(f"round {k}" for k in [0, *rounds]) + " |")
-    print("|---|---|" + "---:|" * (len(rounds) + 1))
-    for (member, seed), r0 in sorted(seeds.items()):
-        for strategy in STRATEGIES:
-            cells = [f"{r0['mIoU']:.4f} ({r0['labelled']})"]
-            for k in rounds:
-                r = next(
-                    (
-                        x
-                        for x in records
-                        if (x["member"], x["seed"], x["strategy"], x["round"])
-                        == (member, seed, strategy, k)
-                    ),
-                    None,
-                )
-                cells.append("—" if r is None else f"{r['mIoU']:.4f} ({r['labelled']})")
-            print(f"| m{member}, s{seed} | {strategy} | " + " | ".join(cells) + " |")
+    """mIoU per strategy and round (round 0 shared), as a markdown table, and the fewest labels
+    with which each strategy reached random selection's last mIoU."""
+    records = done_records(args.out / "results.jsonl")
+    seeds = sorted((m, s) for m, s, strategy, _ in records if strategy == "seed")
+    rounds = sorted({k for *_, strategy, k in records if strategy != "seed"})
+    head = " | ".join(f"round {k}" for k in [0, *rounds])
+    print(f"| member, seed | strategy | {head} | labels to reach random's last |")
+    print("|---|---|" + "---:|" * (len(rounds) + 2))
+    for member, seed in seeds:
+        r0 = records[(member, seed, "seed", 0)]
+        curves = {
+            name: [r0] + [records.get((member, seed, name, k)) for k in rounds]
+            for name in STRATEGIES
+        }
+        last = next((r for r in reversed(curves["random"]) if r is not None), r0)
+        for name, curve in curves.items():
+            cells = ["—" if r is None else f"{r['mIoU']:.4f} ({r['labelled']})" for r in curve]
+            reached = [r["labelled"] for r in curve if r is not None and r["mIoU"] >= last["mIoU"]]
+            cells.append(str(min(reached)) if reached else "not reached")
+            print(f"| m{member}, s{seed} | {name} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
