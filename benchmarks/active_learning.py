@@ -195,7 +195,9 @@ def run_seed(data: Path, out: Path, log: Path, member: int, seed: int, args) -> 
 def report(args: argparse.Namespace) -> None:
     """mIoU per strategy and round (round 0 shared), as a markdown table, and the fewest labels
     with which each strategy reached random selection's last mIoU."""
-    records = done_records(args.out / "results.jsonl")
+    records = {}
+    for folder in [args.out, *args.also]:
+        records |= done_records(folder / "results.jsonl")
     seeds = sorted((m, s) for m, s, strategy, _ in records if strategy == "seed")
     rounds = sorted({k for *_, strategy, k in records if strategy != "seed"})
     head = " | ".join(f"round {k}" for k in [0, *rounds])
@@ -213,12 +215,33 @@ def report(args: argparse.Namespace) -> None:
             reached = [r["labelled"] for r in curve if r is not None and r["mIoU"] >= last["mIoU"]]
             cells.append(str(min(reached)) if reached else "not reached")
             print(f"| m{member}, s{seed} | {name} | " + " | ".join(cells) + " |")
+    differences(records, seeds, rounds)
+
+
+def differences(records: dict, seeds: list, rounds: list[int]) -> None:
+    """Each strategy − random at each round, paired by (member, seed): mean and 95 % t-interval
+    over the pairs (``sanet.stats``; no interval from one pair)."""
+    from sanet.stats import paired_difference
+
+    for name in STRATEGIES[1:]:
+        for k in rounds:
+            pairs = [
+                (records[(m, s, "random", k)]["mIoU"], records[(m, s, name, k)]["mIoU"])
+                for m, s in seeds
+                if (m, s, "random", k) in records and (m, s, name, k) in records
+            ]
+            if not pairs:
+                continue
+            d = paired_difference(*zip(*pairs, strict=True))
+            ci = "" if d["ci95"] is None else " [{:+.4f}, {:+.4f}]".format(*d["ci95"])
+            print(f"{name} - random, round {k}: {d['mean']:+.4f}{ci} over {d['n']} runs")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("phase", choices=["run", "report"])
     parser.add_argument("--out", type=Path, default=Path("runs/active"))
+    parser.add_argument("--also", type=Path, nargs="*", default=[], help="report: more --out")
     parser.add_argument("--members", type=int, nargs="+", default=[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
