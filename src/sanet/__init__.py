@@ -25,6 +25,7 @@ from sanet.api import (
     PrepareResult,
     RankResult,
     ServingApp,
+    SuggestResult,
     SweepResult,
     TrainResult,
     audit_labels,
@@ -42,6 +43,7 @@ from sanet.api import (
     prepare,
     rank,
     serving_app,
+    suggest,
     sweep,
     train,
 )
@@ -73,6 +75,7 @@ __all__ = [
     "SANetLoss",
     "SegmentationModel",
     "ServingApp",
+    "SuggestResult",
     "SweepResult",
     "TrainResult",
     "__version__",
@@ -100,6 +103,7 @@ __all__ = [
     "rank",
     "run_protocol",
     "serving_app",
+    "suggest",
     "sweep",
     "train",
 ]

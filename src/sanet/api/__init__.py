@@ -19,6 +19,7 @@ from sanet.api.export import ExportResult, export
 from sanet.api.figures import explain, figure5
 from sanet.api.prediction import PredictResult, predict_files
 from sanet.api.serving import ServingApp, serve, serving_app
+from sanet.api.suggest import SuggestResult, suggest
 from sanet.api.training import DemoResult, TrainResult, demo, train
 from sanet.api.weights import ImportResult, import_weights
 
@@ -36,6 +37,7 @@ __all__ = [
     "PrepareResult",
     "RankResult",
     "ServingApp",
+    "SuggestResult",
     "SweepResult",
     "TrainResult",
     "audit_labels",
@@ -54,6 +56,7 @@ __all__ = [
     "rank",
     "serve",
     "serving_app",
+    "suggest",
     "sweep",
     "train",
 ]

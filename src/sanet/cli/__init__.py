@@ -2,7 +2,7 @@
 
 Each command group registers its subcommands from its own module in this package
 (``train.py``, ``data.py``, ``eval.py``, ``figures.py``, ``compare.py``, ``deploy.py``,
-``bench.py``, ``trust.py``) with
+``bench.py``, ``trust.py``, ``suggest.py``) with
 ``add_parsers``; helpers they share are in ``common.py``. This file only assembles them and
 applies the error rule of docs/reliability.md: a problem the user can fix is one line and exit 2,
 a bug keeps its traceback. Nothing outside ``sanet/cli/`` imports this package.
@@ -16,7 +16,18 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
-from sanet.cli import bench, compare, data, deploy, eval, figures, train, trust, weights
+from sanet.cli import (
+    bench,
+    compare,
+    data,
+    deploy,
+    eval,
+    figures,
+    suggest,
+    train,
+    trust,
+    weights,
+)
 from sanet.errors import (
     Interrupted,
     NonFiniteLossError,
@@ -31,7 +42,7 @@ from sanet.version import __version__
 # Modules that contribute subcommands; each defines ``add_parsers(subparsers)`` and sets
 # ``func`` on its parsers via ``set_defaults(func=...)``. A new command group is one more
 # module here (docs/architecture.md).
-COMMAND_MODULES = (train, data, eval, figures, compare, deploy, bench, trust, weights)
+COMMAND_MODULES = (train, data, eval, figures, compare, deploy, bench, trust, suggest, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
