@@ -22,3 +22,8 @@ PAPER_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 BASE_SIZE = 520
 EVAL_CROP_SIZE = 480
 EVAL_STRIDE = 320  # 2/3 of the window
+
+#: ``amp`` values of training and the inference verbs: ``auto`` picks per machine
+#: (:func:`sanet.devices.choose_precision`), the others are taken as given (``none`` = float32).
+#: Here, not in ``devices``, so that the CLI lists them without importing torch.
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from sanet.conventions import AMP_CHOICES
 from sanet.errors import UsageError, arg
 
 
@@ -100,9 +101,6 @@ def cpu_features(cpuinfo: str | None = None, arch: str | None = None) -> dict[st
     }
 
 
-#: ``amp`` values: ``auto`` picks per machine (:func:`choose_precision`), the others are taken
-#: as given (``none`` = float32).
-AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 #: The CPU flags of bf16 matrix units: Intel AMX tiles, AVX-512 BF16 (Intel Cooper Lake and
 #: later, AMD Zen 4 and later). oneDNN runs bf16 convolutions and matrix products on them.
 BF16_FLAGS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512_BF16"))

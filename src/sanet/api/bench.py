@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sanet._files import atomic_write_text, ensure_new_file
 from sanet.api.common import device_of
+from sanet.conventions import AMP_CHOICES
 from sanet.devices import choose_precision
 from sanet.errors import UsageError, arg, speaks_cli, suggest
 from sanet.version import __version__
@@ -36,7 +37,7 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
 MODES = {"infer": ["infer"], "train": ["train"], "both": ["infer", "train"], "eval": ["eval"]}
 PROFILE = "bench_profile.txt"  # the profile file's name in examples
 _CHOICES = {
-    "amp": ("none", "bf16", "fp16", "auto"),
+    "amp": AMP_CHOICES,
     "upsample": ("auto", "matmul", "interpolate"),
     "protocol": ("ms-flip", "single"),
 }

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from sanet.cli.common import call
+from sanet.conventions import AMP_CHOICES
 
 #: The GPU figures of docs/benchmarks.md (the compiled rows add ``--compile [MODE]``).
 GPU_COMMAND = (
@@ -59,7 +60,7 @@ def _add_shape_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, help="untimed steps after the first (1 CPU, 5 CUDA)")
     p.add_argument(
         "--amp",
-        choices=["none", "bf16", "fp16", "auto"],
+        choices=AMP_CHOICES,
         default="none",
         help="autocast (default none: float32); auto: bf16 + channels-last on a CPU with bf16 "
         "units (AMX, AVX512_BF16) or a bf16 GPU, float32 elsewhere",

@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+from sanet.conventions import AMP_CHOICES
 from sanet.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def add_protocol_args(p: argparse.ArgumentParser, *, require_checkpoint: bool = 
     )
     p.add_argument(
         "--amp",
-        choices=["none", "bf16", "fp16", "auto"],
+        choices=AMP_CHOICES,
         default="none",
         help="autocast forward passes (recorded in the protocol); auto: bf16 + channels-last "
         "on a CPU with bf16 units (AMX, AVX512_BF16) or a bf16 GPU, float32 elsewhere",
