@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from torch import nn
 
 from sanet.conventions import IGNORE_INDEX
 from sanet.data import build_dataset
+from sanet.devices import cpu_features
 from sanet.inference.predictor import normalize
 from sanet.inference.runs import run_protocol
 from sanet.models import registry
@@ -55,15 +55,8 @@ SHIFTS = {
 
 
 def machine() -> str:
-    """The CPU model and core count (e.g. "AMD EPYC, 2 cores")."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        name = next(
-            line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line
-        )
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
+    """The CPU model and core count (e.g. "AMD EPYC ..., 2 cores")."""
+    return f"{cpu_features()['name']}, {os.cpu_count()} cores"
 
 
 def shift_image(image: np.ndarray, mask: np.ndarray, kind: str, value: float, seed: int):

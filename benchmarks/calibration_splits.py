@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from sanet.data import build_dataset
+from sanet.devices import cpu_features
 from sanet.inference.runs import run_protocol
 from sanet.models import registry
 from sanet.trust.calibration import fit_calibration, measure_images
@@ -53,14 +53,7 @@ def emit(out: Path, **record) -> None:
 
 def machine() -> str:
     """The CPU model and core count (e.g. "AMD EPYC ..., 2 cores")."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        name = next(
-            line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line
-        )
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_features()['name']}, {os.cpu_count()} cores"
 
 
 def scenes(seed: int, n: int, size: int):
