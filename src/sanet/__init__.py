@@ -13,6 +13,7 @@ from __future__ import annotations
 from sanet import data, errors, inference, metrics, models
 from sanet.api import (
     AuditResult,
+    BackendComparison,
     BenchResult,
     CalibrationResult,
     CheckResult,
@@ -33,6 +34,7 @@ from sanet.api import (
     calibrate,
     check_data,
     compare,
+    compare_backends,
     demo,
     evaluate,
     explain,
@@ -57,6 +59,7 @@ from sanet.version import __version__
 __all__ = [
     "FCN",
     "AuditResult",
+    "BackendComparison",
     "BenchResult",
     "CalibrationResult",
     "CheckResult",
@@ -85,6 +88,7 @@ __all__ = [
     "calibrate",
     "check_data",
     "compare",
+    "compare_backends",
     "data",
     "demo",
     "errors",

@@ -10,6 +10,7 @@ shell over these functions (docs/python.md shows the whole workflow).
 from __future__ import annotations
 
 from sanet.api.audit import AuditResult, RankResult, audit_labels, rank
+from sanet.api.backends import BackendComparison, compare_backends
 from sanet.api.bench import BenchResult, bench
 from sanet.api.calibration import CalibrationResult, calibrate
 from sanet.api.data import CheckResult, PrepareResult, check_data, prepare
@@ -25,6 +26,7 @@ from sanet.api.weights import ImportResult, import_weights
 
 __all__ = [
     "AuditResult",
+    "BackendComparison",
     "BenchResult",
     "CalibrationResult",
     "CheckResult",
@@ -45,6 +47,7 @@ __all__ = [
     "calibrate",
     "check_data",
     "compare",
+    "compare_backends",
     "demo",
     "evaluate",
     "explain",

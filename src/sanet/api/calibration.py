@@ -17,7 +17,7 @@ from sanet.api.common import (
     data_name,
     device_of,
     open_dataset,
-    protocol_of,
+    precision_of,
 )
 from sanet.data import SegmentationDataset
 from sanet.errors import NotWritableError, OutputExistsError, UsageError, arg
@@ -93,6 +93,7 @@ def calibrate(
     fit_images: int = 200,
     protocol: ProtocolArg = None,
     device: str | None = None,
+    amp: str = "none",
     replace: bool = False,
     overwrite: bool = False,
     progress: bool = False,
@@ -117,6 +118,10 @@ def calibrate(
         out_model: store the calibration in a copy of the model written to this new folder.
         limit, fit_images: use the first ``limit`` images; fit ``T`` on ``fit_images`` of them.
         protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``.
+        amp: ``"none"`` (default): the protocol's precision, float32 unless it says
+            otherwise; ``"auto"``: bf16 autocast + channels-last on a CPU with bf16 units or a
+            bf16 GPU, else float32; ``"bf16"``, ``"fp16"``: autocast (docs/benchmarks.md, CPU
+            precision). Logged at start-up and recorded (``precision``).
         replace: replace the calibration the model carries (default: refuse, naming it).
         overwrite: replace the files in ``out`` (default: refuse).
         progress: show progress bars.
@@ -125,7 +130,7 @@ def calibrate(
     spec = RiskSpec(risk, per_image, confidence_level, per_class)
     spec.check(None)
     device = device_of(device)
-    chosen = protocol_of(checkpoint, protocol, device)
+    chosen, precision = precision_of(checkpoint, protocol, device, amp)
     fitting.fit_subset([], fit_images)  # a bad fit_images fails now
     target = _target(source, out_model, replace, risk)
     dataset, n = _images(data, split, data_options, limit, spec)
@@ -135,6 +140,7 @@ def calibrate(
     record = _fit(model, dataset, chosen, n, device, spec, fit_images, progress)
     record.update(data=data_name(data), split=split, checkpoint=str(checkpoint))
     record["protocol_mode"] = protocol_mode(chosen)
+    record["precision"] = precision.to_dict()
     stored = _write(record, source, target, [report.parent, mirror])
     return _result(record, report, plot, stored, mirror)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,12 @@ from typing import Any
 import torch
 
 from sanet.data import SegmentationDataset, build_dataset, parse_data_spec
-from sanet.devices import resolve_device
+from sanet.devices import Precision, resolve_device
 from sanet.errors import NotFoundError, UsageError, arg
 from sanet.inference.protocol import EvalProtocol
-from sanet.inference.runs import Mode, inference_precision, run_protocol
+from sanet.inference.runs import Mode, inference_precision, run_config, run_protocol
 
+logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 #: ``protocol=`` of the verbs: an exact :class:`EvalProtocol`, or a mode of the run's own
@@ -45,6 +47,25 @@ def protocol_of(
     return dataclasses.replace(protocol, amp=chosen.amp, channels_last=chosen.channels_last)
 
 
+def precision_of(
+    checkpoint: str | Path, protocol: ProtocolArg, device: str, amp: str = "none"
+) -> tuple[EvalProtocol, Precision]:
+    """:func:`protocol_of` and the precision it runs, logged at start-up as training logs it
+    (``Precision: bf16 autocast, channels-last (auto: this CPU has bf16 units: ...)``) and
+    recorded by ``evaluate``, ``calibrate`` and ``predict_files`` in what they return."""
+    chosen = protocol_of(checkpoint, protocol, device)
+    if amp == "none":  # the protocol's own precision (float32 unless an EvalProtocol says)
+        asked, why = ("none", "as asked") if chosen.amp == "none" else ("protocol", "as given")
+        precision = Precision(chosen.amp, chosen.channels_last, asked, why)
+    else:
+        precision = inference_precision(checkpoint, amp, device, chosen.channels_last, log=False)
+        chosen = dataclasses.replace(
+            chosen, amp=precision.amp, channels_last=precision.channels_last
+        )
+    logger.info("Precision: %s", precision.describe())
+    return chosen, precision
+
+
 def open_dataset(
     data: str | SegmentationDataset, split: str, options: Mapping[str, Any] | None = None
 ) -> SegmentationDataset:
@@ -59,6 +80,14 @@ def open_dataset(
         return data
     kind, root = parse_data_spec(data)
     return build_dataset(kind, root, split=split, **dict(options or {}))
+
+
+def run_data_options(spec: str, checkpoint: str | Path) -> dict[str, Any]:
+    """The run's ``data.options`` when ``spec`` (``"KIND:ROOT"``) is of the run's dataset kind
+    (the demo's synthetic scenes at their size and seed), else ``{}``."""
+    kind, _ = parse_data_spec(spec)
+    data = run_config(checkpoint).get("data") or {}
+    return dict(data.get("options") or {}) if data.get("dataset") == kind else {}
 
 
 def data_name(data: str | SegmentationDataset) -> str:

@@ -19,7 +19,7 @@ from sanet.api.common import (
     data_name,
     device_of,
     open_dataset,
-    protocol_of,
+    precision_of,
 )
 from sanet.api.eval_state import (
     EVAL_OUTPUTS,
@@ -75,6 +75,7 @@ def evaluate(
     data_options: Mapping[str, Any] | None = None,
     protocol: ProtocolArg = None,
     device: str | None = None,
+    amp: str = "none",
     out: str | Path | None = None,
     limit: int | None = None,
     save_predictions: bool = False,
@@ -91,6 +92,10 @@ def evaluate(
         data_options: dataset options, as a recipe's ``data.options`` (e.g. a ``label_map``).
         protocol: ``None``: the run's own (its ``eval`` section); ``"paper"``, ``"single"``, or
             an :class:`~sanet.inference.EvalProtocol`.
+        amp: ``"none"`` (default): the protocol's precision, float32 unless it says
+            otherwise; ``"auto"``: bf16 autocast + channels-last on a CPU with bf16 units or a
+            bf16 GPU, else float32; ``"bf16"``, ``"fp16"``: autocast (docs/benchmarks.md, CPU
+            precision). Logged at start-up and recorded (``precision``).
         out: write ``metrics.json``, ``iou_per_class.png`` and ``confusion_matrix.png`` here
             (refused when they exist, unless ``overwrite``); a stopped evaluation keeps its
             state there, and the same call continues it (``sanet.api.eval_state``).
@@ -108,7 +113,7 @@ def evaluate(
         sanet.errors.Interrupted: SIGINT or SIGTERM, after the image in progress.
     """
     device = device_of(device)
-    chosen = protocol_of(checkpoint, protocol, device)
+    chosen, precision = precision_of(checkpoint, protocol, device, amp)
     out = Path(out) if out is not None else None
     if save_predictions and out is None:
         raise UsageError(f"{arg('save_predictions', True)} writes into {arg('out')}; add it.")
@@ -126,6 +131,7 @@ def evaluate(
     saved = out / "predictions" if save_predictions else None
     cm = _confusion(model, dataset, n, chosen, device, split, progress, saved, tile_above, keeper)
     names = {"checkpoint": str(checkpoint), "data": data_name(data), "split": split}
+    names |= {"precision": precision.to_dict()}  # what ran, what was asked, why
     return _finish(cm, dataset, chosen, meta, keeper, before, start, names)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sanet._files import ensure_new_file
-from sanet.api.common import check_classes, open_dataset
+from sanet.api.common import check_classes, open_dataset, run_data_options
 from sanet.errors import UsageError, arg
 from sanet.inference.confidence import CALIBRATION_KEY
 from sanet.inference.protocol import EvalProtocol
@@ -283,9 +283,8 @@ def _open_split(spec: str, split: str, name: str, checkpoint: str | Path) -> Any
     the run's dataset kind (the demo's synthetic scenes at their size and seed)."""
     from sanet.data import parse_data_spec
 
-    kind, _ = parse_data_spec(spec, name)
-    data = run_config(checkpoint).get("data") or {}
-    options = dict(data.get("options") or {}) if data.get("dataset") == kind else {}
+    parse_data_spec(spec, name)  # a bad spec is refused naming `name`
+    options = run_data_options(spec, checkpoint)
     if options:
         logger.info("%s: the run's data.options %s", arg(name), options)
     dataset = open_dataset(spec, split, options)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sanet._files import ensure_writable_dir, refuse_existing
-from sanet.api.common import ProtocolArg, device_of, expand_inputs, protocol_of
+from sanet.api.common import ProtocolArg, device_of, expand_inputs, precision_of
 from sanet.api.tiled import TILE_ABOVE_MP, run_tiled, tiled_targets, wants_tiles
 from sanet.errors import DataError, UsageError, arg
 from sanet.inference.geotiff import TiledTargets
@@ -46,6 +46,8 @@ class PredictResult:
         notes: one line per rule applied (automatic tiling, bands, scales ...).
         guarantee: what that threshold promises and assumes (``Calibration.guarantee``); with
             a threshold per class (``sanet calibrate --per-class``) ``threshold`` is the least.
+        precision: what the forward passes ran in, what was asked and why
+            (:class:`~sanet.devices.Precision`).
     """
 
     masks: list[Path] = field(default_factory=list)
@@ -55,6 +57,7 @@ class PredictResult:
     tiled: list[TiledOutput] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     guarantee: str | None = None
+    precision: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ def predict_files(
     confidence: bool = False,
     protocol: ProtocolArg = None,
     device: str | None = None,
+    amp: str = "none",
     overwrite: bool = False,
     progress: bool = False,
     tiled: bool | None = None,
@@ -94,6 +98,10 @@ def predict_files(
         inputs: image files, folders (their images) or glob patterns.
         unsure: 255 where the calibrated confidence is below the stored risk threshold.
         protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``.
+        amp: ``"none"`` (default): the protocol's precision, float32 unless it says
+            otherwise; ``"auto"``: bf16 autocast + channels-last on a CPU with bf16 units or a
+            bf16 GPU, else float32; ``"bf16"``, ``"fp16"``: autocast (docs/benchmarks.md, CPU
+            precision). Logged at start-up and recorded (``precision``).
         overwrite: replace outputs that exist (default: refuse before any work).
         progress: show progress bars (images, and windows or blocks inside large images).
         tiled: ``True``: every image tile by tile; ``None``: those above ``tile_above``
@@ -103,7 +111,7 @@ def predict_files(
         a :class:`PredictResult`; unreadable inputs are listed in ``failed``.
     """
     device = device_of(device)
-    chosen = protocol_of(checkpoint, protocol, device)
+    chosen, precision = precision_of(checkpoint, protocol, device, amp)
     options = {"bands": bands, "value_range": value_range, "tile_size": tile_size}
     options |= {"strip_width": strip_width, "resume": resume, "overwrite": overwrite}
     out, images = Path(out), expand_inputs(inputs)
@@ -112,6 +120,7 @@ def predict_files(
     _check_outputs(plan, tiles, out, overlay, notes, options)
     predictor = Predictor(checkpoint, device=device, protocol=chosen)
     result = _empty_result(predictor, unsure, notes)  # no threshold: refused before any work
+    result.precision = precision.to_dict()
     threshold = result.threshold
     with progress_bar(unit="img", enabled=progress) as bar:
         task = bar.add_task("predict", total=len(plan))

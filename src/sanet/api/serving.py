@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sanet.api.common import ProtocolArg, device_of, protocol_of
+from sanet.api.serve_backend import ServedBackend, check_backend_args, served_backend
 from sanet.errors import NotFoundError, UsageError, arg, suggest
 from sanet.inference.runs import run_config
 from sanet.serve.drift import FALSE_ALARM, WINDOW, check_settings
@@ -73,6 +74,12 @@ def serving_app(
     allowed_hosts: Iterable[str] = (),
     drift_window: int = WINDOW,
     drift_false_alarm: float = FALSE_ALARM,
+    backend: str | None = None,
+    onnx: str | Path | None = None,
+    int8: str | Path | None = None,
+    gate_data: str | None = None,
+    gate_split: str = "val",
+    max_miou_drop: float = 0.01,
     **limit_fields: Any,
 ) -> ServingApp:
     """The app serving ``checkpoint``, once the model passed the start-up checks.
@@ -97,6 +104,13 @@ def serving_app(
             with the calibration images' statistics stored with it (docs/deploy.md, "Drift").
         drift_false_alarm: at most this share of windows of requests like the calibration
             images is flagged as drifting.
+        backend: ``None``: the checkpoint's own runtime; ``"torch"``; ``"onnxruntime"`` (an
+            ``.onnx`` checkpoint, or ``onnx``/``int8`` beside a run); ``"auto"``: the fastest of
+            PyTorch float32, PyTorch bf16 and the ``onnx`` and ``int8`` exports that passes the
+            accuracy gate on ``gate_data`` (labelled ``"KIND:ROOT"``, its ``gate_split``; mIoU
+            drop ≤ ``max_miou_drop``), else the choice a ``sanet backends`` run saved next to the
+            model, else the fastest on noise images, never INT8 (docs/deploy.md, "Choosing the
+            backend"). The choice and why: ``ServingApp.description``, ``/v1/model``.
 
     Returns:
         a :class:`ServingApp`.
@@ -111,9 +125,14 @@ def serving_app(
     limits = _limits(limits, limit_fields)
     drift = _drift(drift_window, drift_false_alarm)
     _check_checkpoint(checkpoint)
+    check_backend_args(checkpoint, backend, onnx, int8, gate_data, amp)
     device = device_of(device)
     protocol = protocol_of(checkpoint, protocol, device, amp)
-    return _build(checkpoint, protocol, device, window_batch, limits, allowed_hosts, drift)
+    choose = dict(onnx=onnx, int8=int8, gate_data=gate_data, gate_split=gate_split)
+    served = served_backend(
+        checkpoint, backend, protocol, device, **choose, max_miou_drop=max_miou_drop
+    )
+    return _build(served, device, window_batch, limits, allowed_hosts, drift)
 
 
 def serve(
@@ -130,6 +149,12 @@ def serve(
     drift_window: int = WINDOW,
     drift_false_alarm: float = FALSE_ALARM,
     on_ready: Callable[[ServingApp, str], None] | None = None,
+    backend: str | None = None,
+    onnx: str | Path | None = None,
+    int8: str | Path | None = None,
+    gate_data: str | None = None,
+    gate_split: str = "val",
+    max_miou_drop: float = 0.01,
     **limit_fields: Any,
 ) -> None:
     """Serve ``checkpoint`` on ``http://host:port/`` until Ctrl-C (:func:`serving_app`'s
@@ -151,12 +176,17 @@ def serve(
     limits = _limits(limits, limit_fields)
     drift = _drift(drift_window, drift_false_alarm)
     _check_checkpoint(checkpoint)
+    check_backend_args(checkpoint, backend, onnx, int8, gate_data, amp)
     device = device_of(device)
     protocol = protocol_of(checkpoint, protocol, device, amp)
     sock = bind_socket(host, port)  # before the model loads: a busy port fails fast
     try:
         names = [*default_allowed_hosts(host), *allowed_hosts]
-        served = _build(checkpoint, protocol, device, window_batch, limits, names, drift)
+        choose = dict(onnx=onnx, int8=int8, gate_data=gate_data, gate_split=gate_split)
+        chosen = served_backend(
+            checkpoint, backend, protocol, device, **choose, max_miou_drop=max_miou_drop
+        )
+        served = _build(chosen, device, window_batch, limits, names, drift)
         _access_log_as_json_lines()
         shown = f"[{host}]" if ":" in host else host
         if on_ready is not None:
@@ -194,19 +224,18 @@ def _check_checkpoint(checkpoint: str | Path) -> None:
 
 
 def _build(
-    checkpoint: str | Path,
-    protocol: ProtocolArg,
+    served: ServedBackend,
     device: str,
     window_batch: int | None,
     limits: ServeLimits,
     allowed_hosts: Iterable[str],
     drift: dict[str, Any],
 ) -> ServingApp:
-    """The predictor under the run's protocol, checked (:func:`~sanet.serve.startup.
-    check_model`), and the app around it."""
+    """The predictor of the chosen backend under the run's protocol, checked
+    (:func:`~sanet.serve.startup.check_model`), and the app around it."""
     from sanet.serve.app import create_app
 
-    chosen = protocol_of(checkpoint, protocol, device)
+    checkpoint, chosen = served.checkpoint, served.protocol
     if window_batch is None and not device.startswith("cuda"):
         # one window per forward on a CPU (batches barely help there): a request that timed out
         # or was abandoned stops after one window, not after a batch of them
@@ -217,6 +246,7 @@ def _build(
         base_size = (run_config(checkpoint).get("data") or {}).get("base_size")
         limits = dataclasses.replace(limits, max_side=base_size or None)
     predictor, seconds = _load_checked(checkpoint, device, chosen, limits)
+    predictor.backend_choice = served.choice  # the start-up line and /v1/model say it
     app = create_app(predictor, limits, allowed_hosts=list(allowed_hosts), **drift)
     app.state.gate.record(1, seconds)  # the first estimate for admission
     return ServingApp(app, predictor, limits, seconds)

@@ -95,9 +95,11 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
         raise UsageError(f"{what} must be comma-separated numbers, got {text!r}.") from None
 
 
-def protocol_from_args(args: argparse.Namespace) -> Any:
+def protocol_from_args(args: argparse.Namespace, *, with_amp: bool = True) -> Any:
     """The protocol flags as :func:`sanet.inference.runs.run_protocol` takes them: the run's own
-    ``eval`` section (the checkpoint's), with each flag given replacing its setting."""
+    ``eval`` section (the checkpoint's), with each flag given replacing its setting.
+    ``with_amp=False``: ``--amp`` is left to the verb (its ``amp=``, which logs and records the
+    choice)."""
     from sanet.inference.runs import run_protocol
 
     if args.single_scale and args.scales:
@@ -112,7 +114,7 @@ def protocol_from_args(args: argparse.Namespace) -> Any:
         crop_size=args.crop_size,
         stride=args.stride,
         window_batch=args.window_batch,
-        amp=args.amp,
+        amp=args.amp if with_amp else "none",
         device=device_name(args.device),
     )
 

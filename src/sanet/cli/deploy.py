@@ -1,5 +1,6 @@
-"""``sanet export`` and ``sanet serve``: flags → :func:`sanet.api.export.export` /
-:func:`sanet.api.serving.serve` → printed results."""
+"""``sanet export``, ``sanet backends`` and ``sanet serve``: flags → :func:`sanet.api.export.
+export` / :func:`sanet.api.backends.compare_backends` / :func:`sanet.api.serving.serve` →
+printed results."""
 
 from __future__ import annotations
 
@@ -14,9 +15,52 @@ from sanet.errors import UsageError, arg
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``export`` and ``serve``."""
+    """Register ``export``, ``backends`` and ``serve``."""
     _add_export(sub)
+    _add_backends(sub)
     _add_serve(sub)
+
+
+def _add_exports(p: argparse.ArgumentParser) -> None:
+    """``--onnx`` and ``--int8``: the exported files a backend comparison or ``auto`` runs."""
+    p.add_argument("--onnx", default=None, help="the fp32 export (sanet export) for onnxruntime")
+    p.add_argument("--int8", default=None, help="the INT8 export (sanet export --int8)")
+    p.add_argument(
+        "--max-miou-drop",
+        type=float,
+        default=0.01,
+        help="the gate: the largest mIoU drop against PyTorch float32 accepted (0.01)",
+    )
+
+
+def _add_backends(sub: argparse._SubParsersAction) -> None:
+    from sanet.cli.common import add_data_options
+
+    p = sub.add_parser(
+        "backends",
+        help="one model on PyTorch fp32/bf16 and onnxruntime fp32/INT8, side by side; saves the "
+        "choice of serve --backend auto",
+    )
+    p.add_argument("--checkpoint", required=True, help="run dir, .pt or save_pretrained folder")
+    _add_exports(p)
+    p.add_argument(
+        "--data",
+        default=None,
+        help="labelled images KIND:ROOT that gate every backend (>= 20), or a folder of "
+        "unlabelled images (no gate: INT8 cannot be chosen); default: noise, speed only",
+    )
+    p.add_argument("--split", default="val", help="split of --data (val)")
+    add_data_options(p)
+    p.add_argument("--images", type=int, default=None, help="images used (24 of a dataset)")
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds, alternated (10)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of both runtimes")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if any)")
+    p.add_argument("--out", default=None, help="the record (default: backends.json by the model)")
+    p.add_argument(
+        "--save", action=argparse.BooleanOptionalAction, default=True, help="write the record"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the record")
+    p.set_defaults(func=cmd_backends)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -101,6 +145,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=0.05,
         help="at most this share of windows like the calibration images is flagged (0.05)",
     )
+    from sanet.api.serve_backend import BACKEND_CHOICES
+
+    s.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default=None,
+        help="torch, onnxruntime (an .onnx --checkpoint, or --onnx/--int8), or auto: the "
+        "fastest that passes the accuracy gate on --gate-data (else the record of `sanet "
+        "backends`, else speed only and never INT8); default: the checkpoint's own",
+    )
+    _add_exports(s)
+    s.add_argument("--gate-data", default=None, help="auto: labelled KIND:ROOT to gate on")
+    s.add_argument("--gate-split", default="val", help="auto: split of --gate-data (val)")
     s.set_defaults(func=cmd_serve)
 
 
@@ -109,6 +166,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sanet.api.reports import export_lines
 
     show(*export_lines(call(export, args)))
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from sanet.api.backends import compare_backends
+    from sanet.api.reports import backend_lines
+    from sanet.cli.common import parse_data_options
+
+    given = args.data_options  # None: the run's own options for the run's dataset kind
+    options = parse_data_options(given) if given is not None else None
+    show(*backend_lines(call(compare_backends, args, data_options=options)))
     return 0
 
 

@@ -121,8 +121,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.data,
         split=args.split,
         data_options=parse_data_options(args.data_options),
-        protocol=protocol_from_args(args),
+        protocol=protocol_from_args(args, with_amp=False),
         device=args.device,
+        amp=args.amp,
         out=args.out,
         limit=args.limit,
         save_predictions=args.save_predictions,
@@ -153,7 +154,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from sanet.api import predict_files
 
     console = Console()
-    result = call(predict_files, args, protocol=protocol_from_args(args), progress=True)
+    protocol = protocol_from_args(args, with_amp=False)  # --amp: predict_files' own
+    result = call(predict_files, args, protocol=protocol, progress=True)
     _print_predicted(console, args, result)
     total = len(result.masks) + len(result.failed)
     return report_failed("predict", result.failed, total, "fix or convert these files and rerun")

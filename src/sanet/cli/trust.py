@@ -136,7 +136,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from sanet.api.reports import calibration_lines
 
     options = parse_data_options(args.data_options)
-    protocol = protocol_from_args(args)
+    protocol = protocol_from_args(args, with_amp=False)  # --amp: calibrate's own
     result = call(calibrate, args, data_options=options, protocol=protocol, progress=True)
     show(*calibration_lines(result))
     return 0

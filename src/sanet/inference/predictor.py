@@ -167,6 +167,8 @@ class Predictor:
         self.model = _prepare(model, self.device, self.protocol)
         self.metadata = dict(metadata)
         self.backend = "onnxruntime" if isinstance(model, OnnxModel) else "torch"
+        #: how a server chose this backend (``sanet serve --backend``), else ``None``
+        self.backend_choice: dict[str, Any] | None = None
         self.class_names: list[str] | None = self.metadata.get("class_names")
         palette = self.metadata.get("palette")
         self.palette = [tuple(c) for c in palette] if palette else None

@@ -145,15 +145,17 @@ def inference_precision(
     amp: str = "none",
     device: str | torch.device = "cpu",
     channels_last: bool = False,
+    log: bool = True,
 ) -> Precision:
     """What ``amp`` means for predicting with ``checkpoint`` on ``device``
-    (:func:`~sanet.devices.choose_precision`); logged when ``"auto"`` chose. An ``.onnx`` file
+    (:func:`~sanet.devices.choose_precision`); logged when ``"auto"`` chose (and ``log``). An
+    ``.onnx`` file
     runs in its own precision on onnxruntime: ``"auto"`` is float32 there (autocast would not
     reach it)."""
     if amp == "auto" and str(checkpoint or "").lower().endswith(".onnx"):
         return Precision("none", False, amp, "an .onnx file runs in its own precision")
     precision = choose_precision(amp, device, channels_last=channels_last)
-    if amp == "auto":
+    if amp == "auto" and log:
         logger.info("Precision: %s", precision.describe())
     return precision
 

@@ -109,6 +109,12 @@ class ModelAnswer(BaseModel, extra="allow"):
     """``GET /v1/model``: the checkpoint's metadata (class names, palette, ...) and these."""
 
     backend: str = Field(description='"torch" or "onnxruntime"')
+    backend_choice: dict[str, Any] | None = Field(
+        default=None,
+        description="sanet serve --backend: the backend (torch-fp32, torch-bf16, "
+        "onnxruntime-fp32, onnxruntime-int8), why, whether an accuracy gate decided, and the "
+        "candidates; null without --backend",
+    )
     num_classes: int
     class_names: list[str]
     palette: list[list[int]]

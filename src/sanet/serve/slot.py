@@ -112,6 +112,7 @@ def model_info(
         info["model"] = {"name": model.name, **model.config}
     info.update(
         backend=predictor.backend,
+        backend_choice=getattr(predictor, "backend_choice", None),
         num_classes=len(names),
         class_names=names,
         palette=palette,
@@ -146,7 +147,11 @@ def describe_model(predictor: Predictor, drift: DriftMonitor | None = None) -> s
     name = spec.get("name") or getattr(model, "name", None) or type(model).__name__
     backbone = spec.get("backbone") or (getattr(model, "config", None) or {}).get("backbone")
     what = "/".join(str(w) for w in (name, backbone) if w)
-    words = [f"{what} ({len(class_table(predictor)[0])} classes)", f"{predictor.backend} backend"]
+    backend = f"{predictor.backend} backend"
+    choice = getattr(predictor, "backend_choice", None)
+    if choice is not None:  # sanet serve --backend: which and why
+        backend += f" ({choice['backend']}; {choice['reason']})"
+    words = [f"{what} ({len(class_table(predictor)[0])} classes)", backend]
     words.append(calibration_words(predictor))
     if drift is not None:
         words.append(drift.summary())

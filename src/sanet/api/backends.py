@@ -1,0 +1,312 @@
+"""``sanet.compare_backends``: one model on PyTorch float32, PyTorch bf16, onnxruntime fp32 and
+onnxruntime INT8, side by side in one process on the same images (``sanet backends``;
+docs/deploy.md, "Choosing the backend"), and the choice ``sanet serve --backend auto`` makes.
+
+The measuring is in :mod:`sanet.exporting.backends`; here the arguments are checked before
+any model loads, the images are opened, and the record is written next to the model
+(``backends.json``), where ``serve --backend auto`` finds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sanet._files import atomic_write_text, ensure_new_file
+from sanet.api.common import ProtocolArg, check_classes, device_of, expand_inputs, protocol_of
+from sanet.errors import NotFoundError, UsageError, arg
+from sanet.exporting import backends as measuring
+from sanet.exporting.int8_gate import MIN_GATE_IMAGES
+
+logger = logging.getLogger(__name__)
+
+RECORD = "backends.json"  # next to the model: what `serve --backend auto` reads
+DEFAULT_IMAGES = 24  # ≥ MIN_GATE_IMAGES, so the gate can say how uncertain a drop is
+DEFAULT_ROUNDS = 10
+
+
+@dataclass
+class BackendComparison:
+    """What :func:`compare_backends` measured.
+
+    Attributes:
+        rows: one per backend, the reference (PyTorch float32) first
+            (:class:`~sanet.exporting.backends.BackendRow`).
+        choice: the backend ``serve --backend auto`` would pick, and why.
+        report: the JSON document (``backends.json``).
+        json: the file written, or ``None``.
+    """
+
+    rows: list[measuring.BackendRow]
+    choice: measuring.Choice
+    report: dict[str, Any]
+    json: Path | None = None
+
+
+def compare_backends(
+    checkpoint: str | Path,
+    *,
+    onnx: str | Path | None = None,
+    int8: str | Path | None = None,
+    data: str | Path | None = None,
+    split: str = "val",
+    data_options: Mapping[str, Any] | None = None,
+    images: int | None = None,
+    rounds: int = DEFAULT_ROUNDS,
+    threads: int | None = None,
+    max_miou_drop: float = measuring.DEFAULT_MAX_DROP,
+    protocol: ProtocolArg = None,
+    device: str | None = None,
+    out: str | Path | None = None,
+    save: bool = True,
+    overwrite: bool = False,
+) -> BackendComparison:
+    """Run ``checkpoint`` on every backend, on the same images, in one process.
+
+    PyTorch float32 is the reference; PyTorch bf16 autocast + channels-last always runs
+    (emulated, and marked, on a CPU without bf16 units); onnxruntime runs the files ``onnx``
+    (an fp32 export) and ``int8`` (an INT8 export) when given. Each backend's masks are
+    compared with float32's; on labelled images the INT8 gate's statistic (mIoU drop and its
+    standard error, docs/deploy.md) decides for every backend. Then ``rounds`` alternated rounds
+    time ``Predictor.predict`` per image (wall and CPU time).
+
+    Args:
+        checkpoint: a run directory, a ``save_pretrained`` folder or a ``.pt`` checkpoint.
+        onnx, int8: ``.onnx`` files from ``sanet export`` and ``sanet export --int8``.
+        data: labelled images ``"KIND:ROOT"`` (e.g. ``"folder:data/mine"``, ``"synthetic:"``)
+            whose ``split`` gates every backend, at least 20 of them; or a folder, files or a
+            glob of unlabelled images (agreement and speed only: INT8 cannot be chosen);
+            ``None``: speed on noise images at the protocol's window, nothing gated.
+        images: how many images (default 24 of a dataset, every given file otherwise).
+        rounds: timed rounds (each predicts one image on every backend in turn).
+        threads: CPU threads of PyTorch and onnxruntime alike (default: PyTorch's current).
+        max_miou_drop: the gate: the largest mIoU drop against PyTorch float32 accepted.
+        protocol: ``None``: the run's own (as ``sanet serve`` runs it); ``"single"``, ...
+        out: the record (default: ``backends.json`` next to the model, where ``sanet serve
+            --backend auto`` reads it); ``save=False`` writes nothing. Refused when it exists,
+            unless ``overwrite``.
+
+    Returns:
+        a :class:`BackendComparison`.
+    """
+    _check_numbers(images, rounds, threads, max_miou_drop)
+    files = check_files(onnx, int8)
+    if Path(checkpoint).suffix.lower() == ".onnx" or not Path(checkpoint).exists():
+        raise UsageError(_not_torch(checkpoint))
+    record = Path(out) if out else record_path(checkpoint)
+    if save:  # refused before any model loads
+        record = ensure_new_file(record, arg("out"), overwrite, RECORD)
+    device = device_of(device)
+    chosen = protocol_of(checkpoint, protocol, device)
+    if chosen.window_batch > 1 and device == "cpu":  # as `sanet serve` runs it on a CPU
+        chosen = dataclasses.replace(chosen, window_batch=1)
+    pairs, where, dataset = gate_pairs(data, split, data_options, images, chosen, checkpoint)
+    candidates, threads = _candidates(checkpoint, device, chosen, files, threads)
+    k = int(candidates[0].predictor.model.num_classes)
+    if dataset is not None:
+        check_classes(candidates[0].predictor.model, dataset, checkpoint)
+    rows = measuring.measure(
+        candidates,
+        pairs,
+        k,
+        labelled=where is not None,
+        rounds=rounds,
+        max_drop=max_miou_drop,
+        on_step=lambda step: logger.info("backends: %s", step),
+    )
+    choice = measuring.choose(rows, where)
+    report = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "environment": _environment(device, files),
+        "threads": threads,
+        "rounds": rounds,
+        "images": len(pairs),
+        "gate": {"data": where, "max_miou_drop": max_miou_drop},
+        "protocol": chosen.to_dict(),
+        "rows": [r.to_dict() for r in rows],
+        "choice": choice.to_dict(),
+    }
+    if save:
+        atomic_write_text(record, json.dumps(report, indent=1) + "\n")
+    return BackendComparison(rows, choice, report, record if save else None)
+
+
+def _candidates(
+    checkpoint: str | Path,
+    device: str,
+    protocol: Any,
+    files: Mapping[str, Path],
+    threads: int | None,
+) -> tuple[list[measuring.Candidate], int]:
+    """Every backend loaded, with ``threads`` CPU threads for both runtimes (default: torch's
+    current count); an export of another model (another K) is refused."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    candidates = measuring.torch_candidates(checkpoint, device, protocol)
+    k = int(candidates[0].predictor.model.num_classes)
+    for name, path in files.items():
+        candidate = measuring.onnx_candidate(name, path, protocol, threads)
+        if candidate.predictor.model.num_classes != k:
+            raise UsageError(
+                f"{path} predicts {candidate.predictor.model.num_classes} classes, the "
+                f"checkpoint {k}: export it from this checkpoint (sanet export)."
+            )
+        candidates.append(candidate)
+    return candidates, threads
+
+
+def _environment(device: str, files: Mapping[str, Path]) -> dict[str, Any]:
+    from sanet.experiments.measure import environment
+
+    return environment(device) | {"int8_path": int8_path(files)}
+
+
+def record_path(checkpoint: str | Path) -> Path:
+    """``backends.json`` next to the model: in its run directory, its ``save_pretrained``
+    folder, or beside a ``.pt`` file."""
+    from sanet.rundir import RunDir
+
+    path = Path(checkpoint)
+    run = RunDir.containing(path)
+    if run is not None:
+        return Path(run.root) / RECORD
+    return (path if path.is_dir() else path.parent) / RECORD
+
+
+def _not_torch(checkpoint: str | Path) -> str:
+    return (
+        f"{arg('checkpoint')} {str(checkpoint)!r} must be the PyTorch model (a run directory, a "
+        f"save_pretrained folder or a .pt file): it is the reference every backend is compared "
+        f"with. Give exported files as {arg('onnx')} and {arg('int8')}."
+    )
+
+
+def _check_numbers(images: int | None, rounds: int, threads: int | None, max_drop: float) -> None:
+    for name, value in (("images", images), ("rounds", rounds), ("threads", threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{arg(name)} must be at least 1, got {value}.")
+    if not -1.0 <= max_drop <= 1.0:  # `not` also refuses NaN
+        raise UsageError(
+            f"{arg('max_miou_drop')} must be an mIoU difference between -1 and 1, got {max_drop} "
+            f"(e.g. {arg('max_miou_drop', 0.01)}: one point)."
+        )
+
+
+def check_files(onnx: str | Path | None, int8: str | Path | None) -> dict[str, Path]:
+    """The exported files by backend name, each an existing ``.onnx`` file of the right kind:
+    ``int8`` an INT8 export (its metadata records ``quantization``), ``onnx`` not one."""
+    from sanet.inference.onnx_backend import read_onnx_metadata
+
+    files = {}
+    for name, path, key in (("onnxruntime-fp32", onnx, "onnx"), ("onnxruntime-int8", int8, "int8")):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.suffix.lower() != ".onnx" or not path.is_file():
+            what = "does not exist" if not path.exists() else "is not an .onnx file"
+            raise NotFoundError(
+                f"{arg(key)} {str(path)!r} {what}. Expected the file of `sanet export"
+                f"{' --int8' if key == 'int8' else ''}`; write it first, or leave "
+                f"{arg(key)} out to compare without it."
+            )
+        quantized = "quantization" in read_onnx_metadata(path)
+        if quantized != (key == "int8"):
+            raise UsageError(
+                f"{arg(key)} {str(path)!r} is {'an INT8' if quantized else 'not an INT8'} "
+                f"export; give it as {arg('int8' if quantized else 'onnx')}."
+            )
+        files[name] = path
+    return files
+
+
+def gate_pairs(
+    data: str | Path | None,
+    split: str,
+    options: Mapping[str, Any] | None,
+    images: int | None,
+    protocol: Any,
+    checkpoint: str | Path,
+) -> tuple[list[tuple[Any, Any]], str | None, Any]:
+    """The ``(image, mask)`` pairs the backends run on, what labels them (``None``:
+    unlabelled: masks all ignore, nothing gated) and their dataset (``None`` for files)."""
+    from sanet.api.common import open_dataset, run_data_options
+
+    if data is None:  # speed only: noise at the working window
+        side = protocol.crop_size
+        rng = np.random.default_rng(0)
+        noise = [rng.integers(0, 256, (side, side, 3), np.uint8) for _ in range(images or 4)]
+        return measuring.unlabelled(noise), None, None
+    if _is_images(data):
+        files = expand_inputs(str(data))[: images or None]
+        return measuring.unlabelled(files), None, None
+    if options is None:  # the run's own dataset at its size and seed (as the INT8 export)
+        options = run_data_options(str(data), checkpoint)
+    dataset = open_dataset(str(data), split, options)
+    n = min(images or DEFAULT_IMAGES, len(dataset))
+    if n < MIN_GATE_IMAGES:
+        raise UsageError(
+            f"{arg('data')} {data} split {split!r} gives {n} labelled image"
+            f"{'s' * (n != 1)}; the gate needs at least {MIN_GATE_IMAGES} to say how uncertain "
+            f"a backend's mIoU drop is. Give more labelled images ({arg('images')}, another "
+            f"{arg('split')}), or unlabelled images (a folder) to compare without INT8."
+        )
+    spread = sorted({round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)})
+    pairs = [dataset[i] for i in spread]  # spread over the split, as the INT8 export's gate
+    return pairs, f"{data} {split} ({n} images)", dataset
+
+
+def _is_images(data: str | Path) -> bool:
+    """A folder, a file or a glob of images (not ``KIND:ROOT``)."""
+    text = str(data)
+    return isinstance(data, Path) or Path(text).exists() or ":" not in text
+
+
+def int8_path(files: Mapping[str, Path]) -> dict[str, Any]:
+    """Which int8 kernels onnxruntime can use on this CPU (docs/benchmarks.md, "INT8 path"):
+    onnxruntime's MLAS picks its u8s8 GEMM by CPUID at start-up (AMX-INT8 tiles where the CPU
+    and the OS allow them, else AVX512-VNNI / AVX-VNNI, else AVX2/AVX-512 without VNNI) and does
+    not report it, so the flags it reads are recorded; the measured int8/fp32 ratio is the
+    evidence."""
+    from sanet.devices import cpu_features
+
+    cpu = cpu_features()
+    if cpu["amx"]:
+        kernels = "AMX-INT8 tiles (MLAS u8s8 GEMM, AMX dispatch)"
+    elif cpu["avx512_vnni"]:
+        kernels = "AVX512-VNNI (VPDPBUSD)"
+    elif cpu["avx_vnni"]:
+        kernels = "AVX-VNNI (VPDPBUSD, 256-bit)"
+    elif cpu["vnni"] is None:
+        kernels = "unknown (CPU flags unreadable)"
+    else:
+        kernels = "no VNNI: VPMADDUBSW + VPMADDWD (7-bit weights, reduce_range)"
+    return {"int8_kernels": kernels, "int8_file": str(files.get("onnxruntime-int8") or "")}
+
+
+def read_record(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The ``backends.json`` next to the model (``None`` when there is none)."""
+    path = record_path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(
+            f"{str(path)!r} cannot be read as a backend comparison ({err}); run `sanet backends "
+            f"... {arg('overwrite', True)}` again, or delete it."
+        ) from None
+
+
+__all__ = ["BackendComparison", "compare_backends", "read_record", "record_path"]
