@@ -274,6 +274,7 @@ BACKEND_COLUMNS = (
     ("ms CPU", "cpu_ms", 1),
     ("img/s", "images_per_s", 1),
     ("× fp32", "speedup", 2),
+    ("× CPU", "speedup_cpu", 2),
     ("= fp32", "agreement", 4),
     ("mIoU", "miou", 4),
 )
@@ -286,28 +287,28 @@ def _drop(r: dict[str, Any]) -> str:
     return f"{r['drop']:.4f}{se}"
 
 
-def backend_lines(result: Any) -> list[Any]:
-    """:func:`sanet.compare_backends`' result: where, the table, the choice and the record."""
+def backend_lines(result: Any) -> list[str]:
+    """:func:`sanet.compare_backends`' result: where, one aligned line per backend (plain text:
+    wider than a terminal's 80 columns), the choice and the record."""
     report = result.report
     env = report["environment"]
     gate = report["gate"]
     rule = f"mIoU drop ≤ {gate['max_miou_drop']} on {gate['data']}" if gate["data"] else "none"
-    head = (
+    lines = [
         f"{env['device_name']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
         f"{report['threads']} threads, load {env['load_average_1min']}; {report['images']} "
         f"images, {report['rounds']} alternated rounds (median per image); int8 kernels: "
-        f"{env['int8_path']['int8_kernels']}; gate: {rule}"
-    )
-    table = Table(title="backends (× fp32, = fp32 pixels, drop: against torch-fp32)")
-    for title in ("backend", *(c[0] for c in BACKEND_COLUMNS), "drop ± SE", "gate"):
-        table.add_column(title, justify="left" if title in ("backend", "gate") else "right")
+        f"{env['int8_path']['int8_kernels']}; gate: {rule}",
+        f"{'backend':<28}"
+        + "".join(f"{t:>9}" for t, _, _ in BACKEND_COLUMNS)
+        + f"  {'drop ± SE':<17} gate",
+    ]
     for r in report["rows"]:
         verdict = {True: "pass", False: "refused", None: "—"}[r["passed"]]
         verdict = "reference" if r["name"] == "torch-fp32" else verdict
         name = r["name"] + (" (emulated)" if r.get("note") else "")
-        cells = (_fmt(r.get(k), n) for _, k, n in BACKEND_COLUMNS)
-        table.add_row(name, *cells, _drop(r), verdict)
-    lines: list[Any] = [head, table]
+        cells = "".join(f"{_fmt(r.get(k), n):>9}" for _, k, n in BACKEND_COLUMNS)
+        lines.append(f"{name:<28}{cells}  {_drop(r):<17} {verdict}")
     lines += [f"note: {r['name']}: {r['note']}" for r in report["rows"] if r.get("note")]
     choice = result.choice
     lines.append(f"serve --backend auto would choose {choice.backend}: {choice.reason}")

@@ -75,6 +75,7 @@ class BackendRow:
     cpu_ms: float | None = None
     images_per_s: float | None = None
     speedup: float | None = None
+    speedup_cpu: float | None = None
     agreement: float | None = None
     miou: float | None = None
     drop: float | None = None
@@ -196,15 +197,16 @@ def timings(
 
 def add_speed(rows: Sequence[BackendRow], times: Sequence[tuple[list[float], list[float]]]) -> None:
     """Median latency (wall and CPU), images per second and the speed-up over the reference
-    (the first row), in place."""
+    (the first row) in wall and in CPU time, in place."""
     for row, (wall, cpu) in zip(rows, times, strict=True):
         row.seconds = wall
         latency = statistics.median(wall)
         row.latency_ms, row.cpu_ms = latency * 1e3, statistics.median(cpu) * 1e3
         row.images_per_s = 1.0 / latency if latency > 0 else None
-    ref = rows[0].latency_ms
+    ref, ref_cpu = rows[0].latency_ms, rows[0].cpu_ms
     for row in rows:
         row.speedup = ref / row.latency_ms if ref and row.latency_ms else None
+        row.speedup_cpu = ref_cpu / row.cpu_ms if ref_cpu and row.cpu_ms else None
 
 
 @dataclass(frozen=True)
