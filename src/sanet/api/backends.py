@@ -69,75 +69,87 @@ def compare_backends(
     save: bool = True,
     overwrite: bool = False,
 ) -> BackendComparison:
-    """Run ``checkpoint`` on every backend, on the same images, in one process.
-
-    PyTorch float32 is the reference; PyTorch bf16 autocast + channels-last always runs
-    (emulated, and marked, on a CPU without bf16 units); onnxruntime runs the files ``onnx``
-    (an fp32 export) and ``int8`` (an INT8 export) when given. Each backend's masks are
-    compared with float32's; on labelled images the INT8 gate's statistic (mIoU drop and its
-    standard error, docs/deploy.md) decides for every backend. Then ``rounds`` alternated rounds
-    time ``Predictor.predict`` per image (wall and CPU time).
+    """Run ``checkpoint`` on every backend, on the same images, in one process: PyTorch
+    float32 (the reference), PyTorch bf16 autocast + channels-last (emulated, and marked, on a
+    CPU without bf16 units), and onnxruntime on ``onnx`` and ``int8`` when given
+    (:mod:`sanet.exporting.backends` says how each is measured).
 
     Args:
         checkpoint: a run directory, a ``save_pretrained`` folder or a ``.pt`` checkpoint.
         onnx, int8: ``.onnx`` files from ``sanet export`` and ``sanet export --int8``.
-        data: labelled images ``"KIND:ROOT"`` (e.g. ``"folder:data/mine"``, ``"synthetic:"``)
-            whose ``split`` gates every backend, at least 20 of them; or a folder, files or a
-            glob of unlabelled images (agreement and speed only: INT8 cannot be chosen);
-            ``None``: speed on noise images at the protocol's window, nothing gated.
-        images: how many images (default 24 of a dataset, every given file otherwise).
-        rounds: timed rounds (each predicts one image on every backend in turn).
+        data: labelled images ``"KIND:ROOT"`` whose ``split`` gates every backend (at least
+            20); or a folder, files or a glob of unlabelled images (no gate: INT8 cannot be
+            chosen); ``None``: speed on noise images at the protocol's window, no gate.
+        images: how many (default 24 of a dataset, every given file otherwise); rounds: timed
+            rounds, each predicting one image on every backend in turn.
         threads: CPU threads of PyTorch and onnxruntime alike (default: PyTorch's current).
         max_miou_drop: the gate: the largest mIoU drop against PyTorch float32 accepted.
-        protocol: ``None``: the run's own (as ``sanet serve`` runs it); ``"single"``, ...
-        out: the record (default: ``backends.json`` next to the model, where ``sanet serve
-            --backend auto`` reads it); ``save=False`` writes nothing. Refused when it exists,
-            unless ``overwrite``.
-
-    Returns:
-        a :class:`BackendComparison`.
+        protocol: ``None``: the run's own, one window per forward as ``sanet serve`` runs it.
+        out: the record (default: ``backends.json`` next to the model, which ``sanet serve
+            --backend auto`` reads); refused when it exists, unless ``overwrite``; ``save=False``
+            writes nothing.
     """
     _check_numbers(images, rounds, threads, max_miou_drop)
     files = check_files(onnx, int8)
-    if Path(checkpoint).suffix.lower() == ".onnx" or not Path(checkpoint).exists():
-        raise UsageError(_not_torch(checkpoint))
-    record = Path(out) if out else record_path(checkpoint)
-    if save:  # refused before any model loads
-        record = ensure_new_file(record, arg("out"), overwrite, RECORD)
-    device = device_of(device)
-    chosen = protocol_of(checkpoint, protocol, device)
-    if chosen.window_batch > 1 and device == "cpu":  # as `sanet serve` runs it on a CPU
-        chosen = dataclasses.replace(chosen, window_batch=1)
+    record = _record(checkpoint, out, save, overwrite)
+    chosen = _serving_protocol(checkpoint, protocol, device := device_of(device))
     pairs, where, dataset = gate_pairs(data, split, data_options, images, chosen, checkpoint)
     candidates, threads = _candidates(checkpoint, device, chosen, files, threads)
-    k = int(candidates[0].predictor.model.num_classes)
     if dataset is not None:
         check_classes(candidates[0].predictor.model, dataset, checkpoint)
-    rows = measuring.measure(
-        candidates,
-        pairs,
-        k,
-        labelled=where is not None,
-        rounds=rounds,
-        max_drop=max_miou_drop,
-        on_step=lambda step: logger.info("backends: %s", step),
-    )
+    k, labelled = int(candidates[0].predictor.model.num_classes), where is not None
+    rows = measuring.measure(candidates, pairs, k, labelled, rounds, max_miou_drop)
     choice = measuring.choose(rows, where)
-    report = {
+    settings = {"threads": threads, "rounds": rounds, "images": len(pairs)}
+    settings["gate"] = {"data": where, "max_miou_drop": max_miou_drop}
+    report = _report(checkpoint, device, files, chosen, settings, rows, choice)
+    if record is not None:
+        atomic_write_text(record, json.dumps(report, indent=1) + "\n")
+    return BackendComparison(rows, choice, report, record)
+
+
+def _report(
+    checkpoint: str | Path,
+    device: str,
+    files: Mapping[str, Path],
+    protocol: Any,
+    settings: dict[str, Any],
+    rows: list[measuring.BackendRow],
+    choice: measuring.Choice,
+) -> dict[str, Any]:
+    """The record (``backends.json``): what was compared where, each row, the choice."""
+    from sanet.experiments.measure import environment
+
+    return {
         "checkpoint": str(Path(checkpoint).resolve()),
         "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "environment": _environment(device, files),
-        "threads": threads,
-        "rounds": rounds,
-        "images": len(pairs),
-        "gate": {"data": where, "max_miou_drop": max_miou_drop},
-        "protocol": chosen.to_dict(),
+        "environment": environment(device) | {"int8_path": int8_path(files)},
+        **settings,
+        "protocol": protocol.to_dict(),
         "rows": [r.to_dict() for r in rows],
         "choice": choice.to_dict(),
     }
-    if save:
-        atomic_write_text(record, json.dumps(report, indent=1) + "\n")
-    return BackendComparison(rows, choice, report, record if save else None)
+
+
+def _record(
+    checkpoint: str | Path, out: str | Path | None, save: bool, overwrite: bool
+) -> Path | None:
+    """Where the record goes (``None``: not saved), refused before any model loads; the
+    checkpoint must be the PyTorch model."""
+    if Path(checkpoint).suffix.lower() == ".onnx" or not Path(checkpoint).exists():
+        raise UsageError(_not_torch(checkpoint))
+    if not save:
+        return None
+    path = Path(out) if out else record_path(checkpoint)
+    return ensure_new_file(path, arg("out"), overwrite, RECORD)
+
+
+def _serving_protocol(checkpoint: str | Path, protocol: ProtocolArg, device: str) -> Any:
+    """The protocol as ``sanet serve`` runs it: one window per forward on a CPU."""
+    chosen = protocol_of(checkpoint, protocol, device)
+    if chosen.window_batch > 1 and device == "cpu":
+        chosen = dataclasses.replace(chosen, window_batch=1)
+    return chosen
 
 
 def _candidates(
@@ -165,12 +177,6 @@ def _candidates(
             )
         candidates.append(candidate)
     return candidates, threads
-
-
-def _environment(device: str, files: Mapping[str, Path]) -> dict[str, Any]:
-    from sanet.experiments.measure import environment
-
-    return environment(device) | {"int8_path": int8_path(files)}
 
 
 def record_path(checkpoint: str | Path) -> Path:

@@ -118,19 +118,13 @@ def calibrate(
         out_model: store the calibration in a copy of the model written to this new folder.
         limit, fit_images: use the first ``limit`` images; fit ``T`` on ``fit_images`` of them.
         protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``.
-        amp: ``"none"`` (default): the protocol's precision, float32 unless it says
-            otherwise; ``"auto"``: bf16 autocast + channels-last on a CPU with bf16 units or a
-            bf16 GPU, else float32; ``"bf16"``, ``"fp16"``: autocast (docs/benchmarks.md, CPU
-            precision). Logged at start-up and recorded (``precision``).
+        amp: the precision (``"auto"`` ...: :func:`~sanet.api.common.precision_of`).
         replace: replace the calibration the model carries (default: refuse, naming it).
-        overwrite: replace the files in ``out`` (default: refuse).
-        progress: show progress bars.
+        overwrite, progress: replace the files in ``out`` (default: refuse); progress bars.
     """
     source = pretrained_folder(checkpoint)  # a .pt or .onnx file is refused first
-    spec = RiskSpec(risk, per_image, confidence_level, per_class)
-    spec.check(None)
-    device = device_of(device)
-    chosen, precision = precision_of(checkpoint, protocol, device, amp)
+    (spec := RiskSpec(risk, per_image, confidence_level, per_class)).check(None)
+    chosen, precision = precision_of(checkpoint, protocol, device := device_of(device), amp)
     fitting.fit_subset([], fit_images)  # a bad fit_images fails now
     target = _target(source, out_model, replace, risk)
     dataset, n = _images(data, split, data_options, limit, spec)
@@ -139,8 +133,7 @@ def calibrate(
     check_classes(model, dataset, checkpoint)
     record = _fit(model, dataset, chosen, n, device, spec, fit_images, progress)
     record.update(data=data_name(data), split=split, checkpoint=str(checkpoint))
-    record["protocol_mode"] = protocol_mode(chosen)
-    record["precision"] = precision.to_dict()
+    record.update(protocol_mode=protocol_mode(chosen), precision=precision.to_dict())
     stored = _write(record, source, target, [report.parent, mirror])
     return _result(record, report, plot, stored, mirror)
 

@@ -52,7 +52,12 @@ def precision_of(
 ) -> tuple[EvalProtocol, Precision]:
     """:func:`protocol_of` and the precision it runs, logged at start-up as training logs it
     (``Precision: bf16 autocast, channels-last (auto: this CPU has bf16 units: ...)``) and
-    recorded by ``evaluate``, ``calibrate`` and ``predict_files`` in what they return."""
+    recorded by ``evaluate``, ``calibrate`` and ``predict_files`` in what they return.
+
+    ``amp``: ``"none"`` keeps the protocol's precision (float32 unless an ``EvalProtocol`` says
+    otherwise); ``"auto"``: bf16 autocast + channels-last on a CPU with bf16 units or a bf16
+    GPU, else float32; ``"bf16"``, ``"fp16"``: autocast (docs/benchmarks.md, CPU precision).
+    """
     chosen = protocol_of(checkpoint, protocol, device)
     if amp == "none":  # the protocol's own precision (float32 unless an EvalProtocol says)
         asked, why = ("none", "as asked") if chosen.amp == "none" else ("protocol", "as given")

@@ -92,10 +92,7 @@ def evaluate(
         data_options: dataset options, as a recipe's ``data.options`` (e.g. a ``label_map``).
         protocol: ``None``: the run's own (its ``eval`` section); ``"paper"``, ``"single"``, or
             an :class:`~sanet.inference.EvalProtocol`.
-        amp: ``"none"`` (default): the protocol's precision, float32 unless it says
-            otherwise; ``"auto"``: bf16 autocast + channels-last on a CPU with bf16 units or a
-            bf16 GPU, else float32; ``"bf16"``, ``"fp16"``: autocast (docs/benchmarks.md, CPU
-            precision). Logged at start-up and recorded (``precision``).
+        amp: the precision (``"auto"`` ...: :func:`~sanet.api.common.precision_of`).
         out: write ``metrics.json``, ``iou_per_class.png`` and ``confusion_matrix.png`` here
             (refused when they exist, unless ``overwrite``); a stopped evaluation keeps its
             state there, and the same call continues it (``sanet.api.eval_state``).
@@ -112,12 +109,8 @@ def evaluate(
     Raises:
         sanet.errors.Interrupted: SIGINT or SIGTERM, after the image in progress.
     """
-    device = device_of(device)
-    chosen, precision = precision_of(checkpoint, protocol, device, amp)
-    out = Path(out) if out is not None else None
-    if save_predictions and out is None:
-        raise UsageError(f"{arg('save_predictions', True)} writes into {arg('out')}; add it.")
-    found = None if out is None else check_out(out, save_predictions, overwrite)  # fails now
+    chosen, precision = precision_of(checkpoint, protocol, device := device_of(device), amp)
+    out, found = _out_checked(out, save_predictions, overwrite)  # fails now
     dataset = open_dataset(data, split, data_options)
     n = len(dataset) if limit is None else min(max(limit, 0), len(dataset))
     if n == 0:
@@ -133,6 +126,16 @@ def evaluate(
     names = {"checkpoint": str(checkpoint), "data": data_name(data), "split": split}
     names |= {"precision": precision.to_dict()}  # what ran, what was asked, why
     return _finish(cm, dataset, chosen, meta, keeper, before, start, names)
+
+
+def _out_checked(
+    out: str | Path | None, save_predictions: bool, overwrite: bool
+) -> tuple[Path | None, Any]:
+    """``out`` as a path and what eval finds in it, refused now when it cannot be used."""
+    out = Path(out) if out is not None else None
+    if save_predictions and out is None:
+        raise UsageError(f"{arg('save_predictions', True)} writes into {arg('out')}; add it.")
+    return out, None if out is None else check_out(out, save_predictions, overwrite)
 
 
 def _finish(

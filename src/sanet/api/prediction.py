@@ -98,10 +98,7 @@ def predict_files(
         inputs: image files, folders (their images) or glob patterns.
         unsure: 255 where the calibrated confidence is below the stored risk threshold.
         protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``.
-        amp: ``"none"`` (default): the protocol's precision, float32 unless it says
-            otherwise; ``"auto"``: bf16 autocast + channels-last on a CPU with bf16 units or a
-            bf16 GPU, else float32; ``"bf16"``, ``"fp16"``: autocast (docs/benchmarks.md, CPU
-            precision). Logged at start-up and recorded (``precision``).
+        amp: the precision (``"auto"`` ...: :func:`~sanet.api.common.precision_of`).
         overwrite: replace outputs that exist (default: refuse before any work).
         progress: show progress bars (images, and windows or blocks inside large images).
         tiled: ``True``: every image tile by tile; ``None``: those above ``tile_above``
@@ -110,8 +107,7 @@ def predict_files(
     Returns:
         a :class:`PredictResult`; unreadable inputs are listed in ``failed``.
     """
-    device = device_of(device)
-    chosen, precision = precision_of(checkpoint, protocol, device, amp)
+    chosen, precision = precision_of(checkpoint, protocol, device := device_of(device), amp)
     options = {"bands": bands, "value_range": value_range, "tile_size": tile_size}
     options |= {"strip_width": strip_width, "resume": resume, "overwrite": overwrite}
     out, images = Path(out), expand_inputs(inputs)

@@ -36,6 +36,28 @@ class ServedBackend:
     choice: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class BackendRequest:
+    """``serve``'s backend arguments (:func:`check_backend_args`, :func:`served_backend`)."""
+
+    backend: str | None = None
+    onnx: str | Path | None = None
+    int8: str | Path | None = None
+    gate_data: str | None = None
+    gate_split: str = "val"
+    max_miou_drop: float = 0.01
+
+    def check(self, checkpoint: str | Path, amp: str) -> None:
+        """Refused now, before any model loads."""
+        check_backend_args(checkpoint, self.backend, self.onnx, self.int8, self.gate_data, amp)
+
+    def resolve(self, checkpoint: str | Path, protocol: EvalProtocol, device: str) -> ServedBackend:
+        """What serves (measured now when ``auto`` has no record)."""
+        given = dataclasses.asdict(self)
+        backend = given.pop("backend")
+        return served_backend(checkpoint, backend, protocol, device, **given)
+
+
 def check_backend_args(
     checkpoint: str | Path,
     backend: str | None,
@@ -191,4 +213,10 @@ def _from_record(record: dict[str, Any], path: Path) -> tuple[dict[str, Any], di
     return choice, files
 
 
-__all__ = ["BACKEND_CHOICES", "ServedBackend", "check_backend_args", "served_backend"]
+__all__ = [
+    "BACKEND_CHOICES",
+    "BackendRequest",
+    "ServedBackend",
+    "check_backend_args",
+    "served_backend",
+]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sanet.api.common import ProtocolArg, device_of, protocol_of
-from sanet.api.serve_backend import ServedBackend, check_backend_args, served_backend
+from sanet.api.serve_backend import BackendRequest, ServedBackend
 from sanet.errors import NotFoundError, UsageError, arg, suggest
 from sanet.inference.runs import run_config
 from sanet.serve.drift import FALSE_ALARM, WINDOW, check_settings
@@ -90,27 +90,20 @@ def serving_app(
         protocol: ``None``: the run's own (its ``eval`` section); ``"paper"``, ``"single"`` or
             an :class:`~sanet.inference.EvalProtocol`.
         device: ``cpu``, ``cuda`` ... (default: ``cuda`` when there is one).
-        amp: ``"none"`` keeps the protocol's precision (float32 by default); ``"auto"``: bf16
-            + channels-last where the CPU has bf16 units or the GPU bf16, else float32;
-            ``"bf16"``, ``"fp16"``: autocast (docs/benchmarks.md, CPU precision).
+        amp: the precision (``"auto"`` ...: :func:`~sanet.api.common.precision_of`).
         window_batch: windows per forward pass (default: 1 on a CPU, so that a request that
             timed out stops after one window; the protocol's on a GPU).
         limits: a :class:`~sanet.serve.limits.ServeLimits`, or its fields as keywords
             (``max_side=1024, timeout_s=30``). Without ``max_side``, images are predicted at
             most at the run's ``data.base_size`` (or what the protocol works at).
-        allowed_hosts: host names answered besides IP addresses and ``localhost`` (``"*"``:
-            any).
+        allowed_hosts: host names answered besides IP addresses and ``localhost`` (``"*"``: any).
         drift_window: the last this many answered requests of a calibrated model are compared
             with the calibration images' statistics stored with it (docs/deploy.md, "Drift").
         drift_false_alarm: at most this share of windows of requests like the calibration
             images is flagged as drifting.
-        backend: ``None``: the checkpoint's own runtime; ``"torch"``; ``"onnxruntime"`` (an
-            ``.onnx`` checkpoint, or ``onnx``/``int8`` beside a run); ``"auto"``: the fastest of
-            PyTorch float32, PyTorch bf16 and the ``onnx`` and ``int8`` exports that passes the
-            accuracy gate on ``gate_data`` (labelled ``"KIND:ROOT"``, its ``gate_split``; mIoU
-            drop ≤ ``max_miou_drop``), else the choice a ``sanet backends`` run saved next to the
-            model, else the fastest on noise images, never INT8 (docs/deploy.md, "Choosing the
-            backend"). The choice and why: ``ServingApp.description``, ``/v1/model``.
+        backend, onnx, int8, gate_data, gate_split, max_miou_drop: the backend, e.g. ``"auto"``:
+            the fastest that passes the accuracy gate (:mod:`sanet.api.serve_backend`; why:
+            ``ServingApp.description``, ``/v1/model``).
 
     Returns:
         a :class:`ServingApp`.
@@ -125,13 +118,10 @@ def serving_app(
     limits = _limits(limits, limit_fields)
     drift = _drift(drift_window, drift_false_alarm)
     _check_checkpoint(checkpoint)
-    check_backend_args(checkpoint, backend, onnx, int8, gate_data, amp)
-    device = device_of(device)
-    protocol = protocol_of(checkpoint, protocol, device, amp)
-    choose = dict(onnx=onnx, int8=int8, gate_data=gate_data, gate_split=gate_split)
-    served = served_backend(
-        checkpoint, backend, protocol, device, **choose, max_miou_drop=max_miou_drop
-    )
+    request = BackendRequest(backend, onnx, int8, gate_data, gate_split, max_miou_drop)
+    request.check(checkpoint, amp)
+    protocol = protocol_of(checkpoint, protocol, device := device_of(device), amp)
+    served = request.resolve(checkpoint, protocol, device)
     return _build(served, device, window_batch, limits, allowed_hosts, drift)
 
 
@@ -176,16 +166,14 @@ def serve(
     limits = _limits(limits, limit_fields)
     drift = _drift(drift_window, drift_false_alarm)
     _check_checkpoint(checkpoint)
-    check_backend_args(checkpoint, backend, onnx, int8, gate_data, amp)
+    request = BackendRequest(backend, onnx, int8, gate_data, gate_split, max_miou_drop)
+    request.check(checkpoint, amp)
     device = device_of(device)
     protocol = protocol_of(checkpoint, protocol, device, amp)
     sock = bind_socket(host, port)  # before the model loads: a busy port fails fast
     try:
         names = [*default_allowed_hosts(host), *allowed_hosts]
-        choose = dict(onnx=onnx, int8=int8, gate_data=gate_data, gate_split=gate_split)
-        chosen = served_backend(
-            checkpoint, backend, protocol, device, **choose, max_miou_drop=max_miou_drop
-        )
+        chosen = request.resolve(checkpoint, protocol, device)  # `auto` may measure here
         served = _build(chosen, device, window_batch, limits, names, drift)
         _access_log_as_json_lines()
         shown = f"[{host}]" if ":" in host else host

@@ -145,6 +145,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=0.05,
         help="at most this share of windows like the calibration images is flagged (0.05)",
     )
+    _add_backend_choice(s)
+    s.set_defaults(func=cmd_serve)
+
+
+def _add_backend_choice(s: argparse.ArgumentParser) -> None:
+    """``--backend`` and what ``auto`` chooses among and gates on."""
     from sanet.api.serve_backend import BACKEND_CHOICES
 
     s.add_argument(
@@ -158,7 +164,6 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _add_exports(s)
     s.add_argument("--gate-data", default=None, help="auto: labelled KIND:ROOT to gate on")
     s.add_argument("--gate-split", default="val", help="auto: split of --gate-data (val)")
-    s.set_defaults(func=cmd_serve)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,18 +268,14 @@ def measure(
     candidates: Sequence[Candidate],
     pairs: Sequence[tuple[Any, Any]],
     num_classes: int,
-    *,
     labelled: bool,
     rounds: int,
     max_drop: float = DEFAULT_MAX_DROP,
-    on_step: Callable[[str], None] | None = None,
 ) -> list[BackendRow]:
     """:func:`accuracy` on every pair, then :func:`timings` on their images."""
-    if on_step:
-        on_step("accuracy")
+    logger.info("backends: %d backends predict %d images", len(candidates), len(pairs))
     rows = accuracy(candidates, pairs, num_classes, labelled, max_drop)
-    if on_step:
-        on_step("speed")
+    logger.info("backends: %d timed rounds", rounds)
     add_speed(rows, timings(candidates, [image for image, _ in pairs], rounds))
     return rows
 
