@@ -6,6 +6,7 @@ units."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -234,3 +235,44 @@ def test_an_auto_run_resumes_here_and_a_changed_precision_is_refused(
     changed = load_config(None, tiny_recipe(train__amp=other, train__max_steps=1))
     with pytest.raises(UsageError, match=r"train\.amp: "):
         Trainer(changed, tmp_path / "run", resume=True)
+
+
+def test_evaluate_calibrate_and_predict_take_amp_log_it_and_record_it(
+    tiny_checkpoint, tmp_path, caplog
+) -> None:
+    """``amp=`` on the three verbs (issue 35, part 1): the precision that ran, what was asked and
+    why, logged once at start-up ("Precision: ...", as training logs it) and in the outputs."""
+    import logging
+    import shutil
+
+    from _trust_scenes import write_folder_dataset
+
+    (root := tmp_path / "data").mkdir()
+    data = f"folder:{write_folder_dataset(root, 'abc')}"
+    model = Path(shutil.copytree(tiny_checkpoint, tmp_path / "model"))
+    units = cpu_bf16_units()
+    with caplog.at_level(logging.INFO, logger="sanet"):
+        ev = sanet.evaluate(model, data, amp="auto", out=tmp_path / "eval")
+    written = json.loads((tmp_path / "eval/metrics.json").read_text())
+    expected = {"amp": "bf16" if units else "none", "channels_last": bool(units), "asked": "auto"}
+    for record in (ev.metrics["precision"], written["precision"]):
+        assert {k: record[k] for k in expected} == expected and record["reason"]
+    assert written["protocol"]["amp"] == expected["amp"]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Precision:")]
+    assert lines == [f"Precision: {choose_precision('auto', 'cpu').describe()}"]  # once
+    cal = sanet.calibrate(model, data, amp="bf16", out=tmp_path / "cal", fit_images=3)
+    assert cal.record["precision"] == {
+        "amp": "bf16",
+        "channels_last": False,
+        "asked": "bf16",
+        "reason": "as asked",
+    }
+    assert json.loads(cal.report.read_text())["precision"]["amp"] == "bf16"
+    pred = sanet.predict_files(model, root / "images/val", tmp_path / "masks", amp="none")
+    assert pred.precision == {
+        "amp": "none",
+        "channels_last": False,
+        "asked": "none",
+        "reason": "as asked",
+    }
+    assert len(pred.masks) == 3

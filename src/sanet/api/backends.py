@@ -280,24 +280,11 @@ def _is_images(data: str | Path) -> bool:
 
 
 def int8_path(files: Mapping[str, Path]) -> dict[str, Any]:
-    """Which int8 kernels onnxruntime can use on this CPU (docs/benchmarks.md, "INT8 path"):
-    onnxruntime's MLAS picks its u8s8 GEMM by CPUID at start-up (AMX-INT8 tiles where the CPU
-    and the OS allow them, else AVX512-VNNI / AVX-VNNI, else AVX2/AVX-512 without VNNI) and does
-    not report it, so the flags it reads are recorded; the measured int8/fp32 ratio is the
-    evidence."""
+    """The int8 kernels onnxruntime can use here (:func:`~sanet.exporting.backends.
+    int8_kernels`) and the INT8 file compared."""
     from sanet.devices import cpu_features
 
-    cpu = cpu_features()
-    if cpu["amx"]:
-        kernels = "AMX-INT8 tiles (MLAS u8s8 GEMM, AMX dispatch)"
-    elif cpu["avx512_vnni"]:
-        kernels = "AVX512-VNNI (VPDPBUSD)"
-    elif cpu["avx_vnni"]:
-        kernels = "AVX-VNNI (VPDPBUSD, 256-bit)"
-    elif cpu["vnni"] is None:
-        kernels = "unknown (CPU flags unreadable)"
-    else:
-        kernels = "no VNNI: VPMADDUBSW + VPMADDWD (7-bit weights, reduce_range)"
+    kernels = measuring.int8_kernels(cpu_features())
     return {"int8_kernels": kernels, "int8_file": str(files.get("onnxruntime-int8") or "")}
 
 

@@ -296,7 +296,8 @@ def backend_lines(result: Any) -> list[str]:
     rule = f"mIoU drop ≤ {gate['max_miou_drop']} on {gate['data']}" if gate["data"] else "none"
     lines = [
         f"{env['device_name']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
-        f"{report['threads']} threads, load {env['load_average_1min']}; {report['images']} "
+        f"{report['threads']} thread{'s' * (report['threads'] != 1)}, load "
+        f"{env['load_average_1min']}; {report['images']} "
         f"images, {report['rounds']} alternated rounds (median per image); int8 kernels: "
         f"{env['int8_path']['int8_kernels']}; gate: {rule}",
         f"{'backend':<28}"
@@ -313,5 +314,8 @@ def backend_lines(result: Any) -> list[str]:
     choice = result.choice
     lines.append(f"serve --backend auto would choose {choice.backend}: {choice.reason}")
     if result.json is not None:
-        lines.append(f"Wrote {result.json} (sanet serve --backend auto reads it)")
+        reads = (
+            " (sanet serve --backend auto reads it)" if result.json.name == "backends.json" else ""
+        )
+        lines.append(f"Wrote {result.json}{reads}")
     return lines

@@ -253,6 +253,24 @@ def choose(rows: Sequence[BackendRow | Mapping[str, Any]], where: str | None) ->
     return Choice(best["name"], "; ".join(words), where is not None, names)
 
 
+def int8_kernels(cpu: Mapping[str, Any]) -> str:
+    """The u8s8 GEMM onnxruntime's MLAS runs on a CPU described by
+    :func:`~sanet.devices.cpu_features`. MLAS picks it once by CPUID (``platform.cpp``): AMX
+    tiles where the CPU has AMX-INT8 and the OS enabled the tile state (small products fall back
+    to AVX512-VNNI), else AVX512-VNNI, else AVX-VNNI, else AVX2/AVX-512 without VNNI. It does
+    not report the choice, so this reads the same flags; ``benchmarks/bench_int8_path.py``
+    measures the rate that tells the paths apart."""
+    if cpu.get("amx"):
+        return "AMX-INT8 tiles (if the OS enabled them; else AVX512-VNNI)"
+    if cpu.get("avx512_vnni"):
+        return "AVX512-VNNI (VPDPBUSDS)"
+    if cpu.get("avx_vnni"):
+        return "AVX-VNNI (VPDPBUSDS, 256-bit)"
+    if cpu.get("vnni") is None:
+        return "unknown (the CPU flags cannot be read)"
+    return "no VNNI: VPMADDUBSW + VPMADDWD (7-bit weights: reduce_range)"
+
+
 def unlabelled(images: Sequence[Any]) -> list[tuple[Any, np.ndarray]]:
     """``(image, all-ignore mask)`` pairs: masks compared with float32's, no matrix counted."""
     from sanet.inference.predictor import image_to_tensor
@@ -289,6 +307,7 @@ __all__ = [
     "accuracy",
     "add_speed",
     "choose",
+    "int8_kernels",
     "measure",
     "onnx_candidate",
     "timings",
