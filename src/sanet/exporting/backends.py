@@ -249,6 +249,8 @@ def choose(rows: Sequence[BackendRow | Mapping[str, Any]], where: str | None) ->
     else:
         refused = [f"{r['name']} ({r['why']})" for r in rows if r not in allowed]
         words.append(f"gated on {where}" + (f"; refused {', '.join(refused)}" if refused else ""))
+        if best["name"] != REFERENCE and best.get("why"):
+            words.append(best["why"])  # its drop, and whether drop + 2 SE exceeds the bound
     names = tuple(r["name"] for r in timed)
     return Choice(best["name"], "; ".join(words), where is not None, names)
 
