@@ -11,6 +11,7 @@ file far faster than it; and the bad inputs (r73–r76) in one line before any m
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -153,7 +154,9 @@ def test_auto_without_labels_never_serves_int8_and_says_why(model_copy, tmp_path
     assert "onnxruntime-int8" not in choice["candidates"]
 
 
-def test_auto_reads_the_record_and_explicit_backends_still_work(model_copy, tmp_path) -> None:
+def test_auto_reads_the_record_and_explicit_backends_still_work(
+    model_copy, tmp_path, caplog
+) -> None:
     fp32, _ = stand_ins(tmp_path)
     result = sanet.compare_backends(model_copy, onnx=fp32, rounds=2, protocol=SMALL)
     assert result.json == model_copy / "backends.json" and result.choice.backend
@@ -163,6 +166,13 @@ def test_auto_reads_the_record_and_explicit_backends_still_work(model_copy, tmp_
     # a second comparison does not replace the record silently
     with pytest.raises(sanet.errors.OutputExistsError, match="overwrite"):
         sanet.compare_backends(model_copy, onnx=fp32, rounds=2, protocol=SMALL)
+    record = json.loads(result.json.read_text())
+    record["environment"]["device_name"] = "Another CPU"  # measured elsewhere: said, still used
+    result.json.write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="sanet"):
+        elsewhere = sanet.serving_app(model_copy, protocol=SMALL, backend="auto")
+    assert elsewhere.predictor.backend_choice["backend"] == result.choice.backend
+    assert "was measured on Another CPU" in caplog.text and "--overwrite" in caplog.text
     explicit = sanet.serving_app(model_copy, protocol=SMALL, backend="onnxruntime", onnx=fp32)
     assert explicit.predictor.backend == "onnxruntime"
     assert "(onnxruntime-fp32; as asked" in explicit.description

@@ -208,9 +208,27 @@ def _from_record(record: dict[str, Any], path: Path) -> tuple[dict[str, Any], di
             f"`sanet backends` again, or give {arg('gate_data')} to choose now."
         )
     measured = record.get("measured", "?")
+    _warn_if_elsewhere(record, path)
     choice["reason"] += f" (recorded {measured} in {path})"
     choice["source"] = str(path)
     return choice, files
+
+
+def _warn_if_elsewhere(record: dict[str, Any], path: Path) -> None:
+    """Speed depends on the machine: say so when the record was measured on another CPU."""
+    from sanet.devices import cpu_features
+
+    env = record.get("environment") or {}
+    there, here = env.get("device_name"), cpu_features()["name"]
+    if str(env.get("device", "cpu")).startswith("cpu") and there and there != here:
+        logger.warning(
+            "%s was measured on %s, this machine is %s: its speed ranking may not hold here; "
+            "run `sanet backends ... --overwrite` here, or give %s.",
+            path,
+            there,
+            here,
+            arg("gate_data"),
+        )
 
 
 __all__ = [

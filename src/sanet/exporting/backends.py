@@ -108,7 +108,9 @@ def torch_candidates(
     ]
 
 
-def onnx_candidate(name: str, path: str | Path, protocol: EvalProtocol, threads: int | None):
+def onnx_candidate(
+    name: str, path: str | Path, protocol: EvalProtocol, threads: int | None
+) -> Candidate:
     """An exported file on onnxruntime with ``threads`` intra-op threads, under ``protocol``
     (float32 glue: the file runs in its own precision)."""
     from sanet.inference.onnx_backend import OnnxModel
@@ -151,12 +153,9 @@ def accuracy(
         total = sum(m.size for m in ref_masks)
         row = BackendRow(c.name, c.source, c.note, agreement=same / max(total, 1))
         if labelled:
-            measured = measured_drop(ref_matrices, matrices)
-            row.miou, row.drop, row.drop_se = (
-                measured["int8"],
-                measured["drop"],
-                measured["drop_se"],
-            )
+            measured = measured_drop(ref_matrices, matrices)  # "int8": the candidate's mIoU
+            row.miou, row.drop = measured["int8"], measured["drop"]
+            row.drop_se = measured["drop_se"]
             row.passed = bool(row.drop <= max_drop)  # `≤` is False for NaN: refused
             row.why = _verdict(row, measured, len(pairs), max_drop)
         rows.append(row)
