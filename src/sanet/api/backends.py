@@ -169,7 +169,7 @@ def _candidates(
     candidates = measuring.torch_candidates(checkpoint, device, protocol)
     k = int(candidates[0].predictor.model.num_classes)
     for name, path in files.items():
-        candidate = measuring.onnx_candidate(name, path, protocol, threads)
+        candidate = measuring.onnx_candidate(name, path, protocol, threads, device)
         if candidate.predictor.model.num_classes != k:
             raise UsageError(
                 f"{path} predicts {candidate.predictor.model.num_classes} classes, the "

@@ -109,13 +109,18 @@ def torch_candidates(
 
 
 def onnx_candidate(
-    name: str, path: str | Path, protocol: EvalProtocol, threads: int | None
+    name: str,
+    path: str | Path,
+    protocol: EvalProtocol,
+    threads: int | None,
+    device: str = "cpu",
 ) -> Candidate:
-    """An exported file on onnxruntime with ``threads`` intra-op threads, under ``protocol``
-    (float32 glue: the file runs in its own precision)."""
-    from sanet.inference.onnx_backend import OnnxModel
+    """An exported file on onnxruntime (``device``'s execution provider, as ``sanet serve``
+    runs it) with ``threads`` intra-op threads, under ``protocol`` (float32 glue: the file runs
+    in its own precision)."""
+    from sanet.inference.onnx_backend import OnnxModel, providers_for
 
-    model = OnnxModel(path, threads=threads)
+    model = OnnxModel(path, providers=providers_for(device), threads=threads)
     plain = dataclasses.replace(protocol, amp="none", channels_last=False)
     predictor = Predictor.from_model(model, "cpu", plain, model.metadata)
     return Candidate(name, predictor, str(path))
