@@ -263,7 +263,7 @@ def gate_pairs(
     n = min(images or DEFAULT_IMAGES, len(dataset))
     if n < MIN_GATE_IMAGES:
         raise UsageError(
-            f"{arg('data')} {data} split {split!r} gives {n} labelled image"
+            f"The gate's data {data} split {split!r} gives {n} labelled image"
             f"{'s' * (n != 1)}; the gate needs at least {MIN_GATE_IMAGES} to say how uncertain "
             f"a backend's mIoU drop is. Give more labelled images ({arg('images')}, another "
             f"{arg('split')}), or unlabelled images (a folder) to compare without INT8."
