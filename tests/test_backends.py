@@ -157,7 +157,7 @@ def test_auto_without_labels_never_serves_int8_and_says_why(model_copy, tmp_path
 def test_auto_reads_the_record_and_explicit_backends_still_work(
     model_copy, tmp_path, caplog
 ) -> None:
-    fp32, _ = stand_ins(tmp_path)
+    fp32, int8 = stand_ins(tmp_path)
     result = sanet.compare_backends(model_copy, onnx=fp32, rounds=2, protocol=SMALL)
     assert result.json == model_copy / "backends.json" and result.choice.backend
     served = sanet.serving_app(model_copy, protocol=SMALL, backend="auto")
@@ -173,6 +173,10 @@ def test_auto_reads_the_record_and_explicit_backends_still_work(
         elsewhere = sanet.serving_app(model_copy, protocol=SMALL, backend="auto")
     assert elsewhere.predictor.backend_choice["backend"] == result.choice.backend
     assert "was measured on Another CPU" in caplog.text and "--overwrite" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="sanet"):  # files the record did not compare
+        now = sanet.serving_app(model_copy, protocol=SMALL, backend="auto", int8=int8)
+    assert "compared other exported files" in caplog.text
+    assert now.predictor.backend_choice["source"] == "measured at start-up"
     explicit = sanet.serving_app(model_copy, protocol=SMALL, backend="onnxruntime", onnx=fp32)
     assert explicit.predictor.backend == "onnxruntime"
     assert "(onnxruntime-fp32; as asked" in explicit.description

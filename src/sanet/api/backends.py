@@ -233,7 +233,7 @@ def check_files(onnx: str | Path | None, int8: str | Path | None) -> dict[str, P
                 f"{arg(key)} {str(path)!r} is {'an INT8' if quantized else 'not an INT8'} "
                 f"export; give it as {arg('int8' if quantized else 'onnx')}."
             )
-        files[name] = path
+        files[name] = path.resolve()  # the record names them wherever serve runs from
     return files
 
 

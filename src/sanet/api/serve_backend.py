@@ -169,8 +169,14 @@ def _auto(
     from sanet.api.backends import compare_backends, read_record, record_path
 
     record = None if gate_data else read_record(checkpoint)
-    if record is not None:
+    if record is not None and _compared(record, onnx, int8):
         return _from_record(record, record_path(checkpoint))
+    if record is not None:
+        logger.warning(
+            "%s compared other exported files than %s; measuring now instead.",
+            record_path(checkpoint),
+            ", ".join(str(Path(p).resolve()) for p in (onnx, int8) if p),
+        )
     logger.info("backend auto: measuring %s", "on " + gate_data if gate_data else "speed only")
     result = compare_backends(
         checkpoint,
@@ -189,6 +195,12 @@ def _auto(
     if gate_data is None:
         choice["reason"] += f" ({arg('gate_data')}, or a `sanet backends` record next to the model)"
     return choice, files
+
+
+def _compared(record: dict[str, Any], onnx: str | Path | None, int8: str | Path | None) -> bool:
+    """Whether the record compared the exported files given (any, when none is given)."""
+    sources = {str(Path(str(r.get("source", ""))).resolve()) for r in record.get("rows") or []}
+    return all(str(Path(p).resolve()) in sources for p in (onnx, int8) if p)
 
 
 def _from_record(record: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
