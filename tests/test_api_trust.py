@@ -417,6 +417,26 @@ def test_out_model_writes_a_calibrated_copy_and_leaves_the_model_alone(model_dir
              out_model=copy)  # fmt: skip
 
 
+def test_a_calibrated_copy_carries_its_runs_protocol(model_dir, data, tmp_path):
+    """The copy lies outside the run, whose config.yaml held the protocol: it carries the run's
+    eval section, so predicting, evaluating and exporting the copy mean what they meant for the
+    run, and no "no run config" default is guessed."""
+    import yaml
+
+    from sanet.inference.runs import run_config, run_protocol
+
+    run = tmp_path / "run"
+    _copy(model_dir, run)
+    recipe = {"eval": {"scales": [0.75, 1.0], "flip": True, "crop_size": 40, "stride": 24},
+              "data": {"base_size": 40}}  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump(recipe))
+    copy = tmp_path / "calibrated"
+    calibrate(run, f"folder:{data}", out_model=copy, limit=1)
+    assert run_config(copy) == recipe
+    assert run_protocol(copy) == run_protocol(run)
+    assert run_protocol(copy).scales == (0.75, 1.0) and run_protocol(copy).flip
+
+
 def test_a_read_only_model_folder_is_refused_offering_a_calibrated_copy(
     model_dir, data, tmp_path, monkeypatch
 ):

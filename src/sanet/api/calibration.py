@@ -21,7 +21,7 @@ from sanet.api.common import (
 )
 from sanet.data import SegmentationDataset
 from sanet.errors import NotWritableError, OutputExistsError, UsageError, arg
-from sanet.inference.runs import protocol_mode
+from sanet.inference.runs import embedded_run_config, protocol_mode
 from sanet.models import registry
 from sanet.progress import progress_bar
 from sanet.trust import calibration as fitting
@@ -141,8 +141,8 @@ def calibrate(
 def _write(record: dict[str, Any], source: Path, target: Path, folders: list) -> Path:
     """The report and figure in each of ``folders`` (``None``s skipped), then the record in the
     model folder ``target`` (a copy of ``source`` made first when they differ)."""
-    if target != source:
-        copy_model(source, target)
+    if target != source:  # the copy carries the run's protocol (it lies outside the run)
+        copy_model(source, target, run_config=embedded_run_config(source))
     for folder in folders:
         if folder is not None:
             report, plot = (folder / name for name in CALIBRATION_OUTPUTS)

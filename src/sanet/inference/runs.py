@@ -10,6 +10,7 @@ everywhere (docs/python.md).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -35,14 +36,15 @@ Mode = Literal["run", "paper", "single"]
 
 def run_config(checkpoint: str | Path | None) -> dict[str, Any]:
     """``config.yaml`` of the run ``checkpoint`` is or lies in, the part of it that ``sanet
-    export`` embedded in an ``.onnx`` file, else ``{}`` (a model saved outside a run)."""
+    export`` embedded in an ``.onnx`` file or a calibrated copy of the model carries, else ``{}``
+    (a model saved outside a run)."""
     if checkpoint is None:
         return {}
     if str(checkpoint).lower().endswith(".onnx"):
         return read_onnx_metadata(checkpoint).get("run_config") or {}
     run = RunDir.containing(checkpoint)
     if run is None:
-        return {}
+        return _carried_run_config(Path(checkpoint))
     import yaml
 
     try:
@@ -50,6 +52,19 @@ def run_config(checkpoint: str | Path | None) -> dict[str, Any]:
     except yaml.YAMLError as err:
         logger.warning("Ignoring unreadable %s (%s)", run.config, err)
         return {}
+
+
+def _carried_run_config(folder: Path) -> dict[str, Any]:
+    """What a model folder outside a run carries of its run's config (``metadata.run_config``
+    of its ``config.json``, written by ``calibrate --out-model``'s copy), else ``{}``."""
+    path = folder / "config.json"
+    if not (folder.is_dir() and path.is_file()):
+        return {}
+    try:
+        carried = (json.loads(path.read_text()).get("metadata") or {}).get("run_config")
+    except (OSError, json.JSONDecodeError):
+        return {}  # the model's own loading names the damaged file
+    return carried if isinstance(carried, dict) else {}
 
 
 def embedded_run_config(checkpoint: str | Path) -> dict[str, Any]:

@@ -105,14 +105,26 @@ def store_calibration(folder: str | Path, record: Mapping[str, Any]) -> Path:
     return path
 
 
-def copy_model(source: str | Path, target: str | Path) -> Path:
+def copy_model(
+    source: str | Path, target: str | Path, run_config: Mapping[str, Any] | None = None
+) -> Path:
     """Copy the ``save_pretrained`` folder ``source`` (every file: config, weights, card) to the
     new or empty folder ``target``: copied beside it first, then renamed into place, so that an
-    interrupted copy leaves no half model."""
+    interrupted copy leaves no half model.
+
+    ``run_config``: what the copy keeps of the run ``source`` came from
+    (:func:`~sanet.inference.runs.embedded_run_config`), stored as ``metadata.run_config`` of its
+    ``config.json``: the copy lies outside the run, and without it would be predicted, evaluated
+    and served with the default protocol instead of the run's (docs/python.md).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / temp_name(target.name).replace("*", "copy")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
+    if run_config:
+        config = read_pretrained_config(staging)
+        config.setdefault("metadata", {})["run_config"] = dict(run_config)
+        atomic_write_text(staging / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     os.replace(staging, target)  # an empty target folder is replaced
     return target
