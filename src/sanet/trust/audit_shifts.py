@@ -56,7 +56,7 @@ def boundary_shifts(
         confidently contradicted to confidently agreed, net, and ``evidence`` the same weighted
         by confidence (the gain).
     """
-    from scipy import ndimage, signal
+    from scipy import ndimage
 
     r = max(1, round(reach * min(label.shape)))
     sure = conf >= confidence
@@ -66,35 +66,40 @@ def boundary_shifts(
     for c in np.unique(label[(label != IGNORE_INDEX) & (label != background)]):
         parts, count = ndimage.label(label == c, np.ones((3, 3)))
         sizes = np.bincount(parts.ravel(), minlength=count + 1)
-        on_c = sure & (pred == c)
-        for k in np.flatnonzero(sizes >= least):
-            if k == 0:
-                continue
+        signs = (sure & (pred == c)).astype(float) - bg  # +1 agrees with c, −1 with background
+        for k in np.flatnonzero(sizes[1:] >= least) + 1:
             obj = parts == k
-            w = np.where(free | obj, conf * (on_c.astype(float) - bg), 0.0)
-            weights, counts = (np.pad(a, r) for a in (w, free | obj))
-            ys, xs = np.nonzero(obj)
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            kernel = obj[y0:y1, x0:x1].astype(float)
-            window = weights[y0 : y1 + 2 * r, x0 : x1 + 2 * r]
-            gains = signal.correlate(window, kernel, mode="valid")  # (2r+1, 2r+1)
-            gains -= gains[r, r]
-            dy, dx = np.unravel_index(int(gains.argmax()), gains.shape)
-            if gains[dy, dx] < least * confidence:
-                continue
-            hits = np.where(counts, np.sign(np.pad(on_c.astype(float) - bg, r)), 0.0)
-            moved = signal.correlate(hits[y0 : y1 + 2 * r, x0 : x1 + 2 * r], kernel, "valid")
-            found.append(
-                {
-                    "kind": "shifted boundary",
-                    "label": class_names[int(c)],
-                    "label_id": int(c),
-                    "pixels": int(sizes[k]),
-                    "box": [int(x0), int(y0), int(x1), int(y1)],
-                    "offset": [int(dx) - r, int(dy) - r],
-                    "explained": round(float(moved[dy, dx] - moved[r, r])),
-                    "evidence": float(gains[dy, dx]),
-                }
-            )
+            shift = _best_shift(np.where(free | obj, signs, 0.0), conf, obj, r)
+            if shift["evidence"] >= least * confidence:
+                found.append(
+                    {"kind": "shifted boundary", "label": class_names[int(c)], "label_id": int(c)}
+                    | {"pixels": int(sizes[k])}
+                    | shift
+                )
     found.sort(key=lambda s: -s["evidence"])
     return found
+
+
+def _best_shift(signs: np.ndarray, conf: np.ndarray, obj: np.ndarray, r: int) -> dict[str, Any]:
+    """The offset (at most ``r`` px each way) whose move of the object ``obj`` gains the most
+    confidence-weighted agreement (``signs`` · ``conf``, 0 where it may not move), with the box
+    of ``obj``, the net pixels it explains and that gain."""
+    from scipy import signal
+
+    ys, xs = np.nonzero(obj)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    kernel = obj[y0:y1, x0:x1].astype(float)
+
+    def gains(w: np.ndarray) -> np.ndarray:  # (2r+1, 2r+1): offset (dy, dx) at [dy + r, dx + r]
+        window = np.pad(w, r)[y0 : y1 + 2 * r, x0 : x1 + 2 * r]
+        out = signal.correlate(window, kernel, mode="valid")
+        return out - out[r, r]
+
+    weighted = gains(signs * conf)
+    dy, dx = np.unravel_index(int(weighted.argmax()), weighted.shape)
+    return {
+        "box": [int(x0), int(y0), int(x1), int(y1)],
+        "offset": [int(dx) - r, int(dy) - r],
+        "explained": round(float(gains(signs)[dy, dx])),
+        "evidence": float(weighted[dy, dx]),
+    }
