@@ -300,3 +300,16 @@ def test_a_shifted_boundary_outranks_a_clean_image_with_a_larger_model_mistake()
     assert shifted["region_score"] < clean["region_score"]
     assert clean["shifts"] == [] and shifted["shifts"][0]["offset"] == [-4, 0]
     assert shifted["score"] > clean["score"] == clean["region_score"]
+
+
+def test_the_printed_line_names_what_scored_the_image():
+    from sanet.api.reports import suspicion
+
+    region = {"kind": "missing object", "label": "background", "predicted": "green", "pixels": 48}
+    shift = {"label": "green", "offset": [-4, 0], "explained": 96}
+    entry = {"regions": [region], "shifts": [shift], "region_score": 0.02, "shift_score": 0.06}
+    assert suspicion(entry) == (
+        "shifted boundary: green fits the model -4, +0 px away (96 px explained)"
+    )
+    assert suspicion(entry | {"shift_score": 0.01}) == "missing object: background → green, 48 px"
+    assert suspicion({"regions": [], "shifts": [], "region_score": 0.0, "shift_score": 0.0}) == ""
