@@ -8,10 +8,12 @@ also counts a pixel whose probability the model spreads over other classes). Suc
 are grouped into regions (8-connected, one given class and one predicted class per region);
 regions smaller than ``min_region`` of the image are dropped (scattered mistakes of the model,
 not a mislabelled object). A region's *evidence* is ``Σ (confidence − p[given label])`` over its
-pixels. Regions are scored one by one and an image is ranked by its most suspicious region: its
-``score`` is the largest region's evidence divided by the image's labelled pixels (a wrong
-object stands out even in an image whose other pixels the model gets wrong here and there;
-docs/trust.md, "Measured: planted label errors"). Each entry also keeps ``image_evidence``
+pixels. Regions are scored one by one: an image's ``region_score`` is its largest region's
+evidence divided by the image's labelled pixels (a wrong object stands out even in an image
+whose other pixels the model gets wrong here and there). A labelled object whose outline a small
+shift would move onto the model's prediction (``audit_shifts``) gives ``shift_score``; the
+image's ``score`` is the larger of the two (docs/trust.md, "Measured: planted label errors").
+Each entry also keeps ``image_evidence``
 (the evidence of all its regions over its labelled pixels: the score before regions were ranked
 one by one) and ``disagreement`` (the share of labelled pixels whose arg-max differs from the
 label: the naive score). Region kinds, where class 0 is a background class: label background
