@@ -14,13 +14,16 @@ scores are ranked (``sanet.trust.audit``):
   (``disagreement``);
 - ``image evidence``: the evidence of all an image's regions over its labelled pixels (the audit
   before issue 30, ``image_evidence``);
-- ``regions``: the audit's ``score``: regions scored one by one, an image ranked by its most
-  suspicious region.
+- ``regions``: regions scored one by one, an image ranked by its most suspicious region
+  (``region_score``: the audit's score before shifted outlines were looked for);
+- ``regions + shifts``: the audit's ``score``: the larger of ``region_score`` and
+  ``shift_score``, the evidence of the labelled object whose outline a small shift would move
+  onto the model's confident prediction (``sanet.trust.audit_shifts``).
 
 Recall: the share of the N planted images among the 2N a score ranks first, overall and per
 kind. Phases are resumable (finished runs are reused, audits are appended to scores.jsonl):
 
-    python benchmarks/audit_planted.py prepare --work /tmp/audit-bench
+    python benchmarks/audit_planted.py prepare --work /tmp/audit-bench [--generators scenes family1]
     python benchmarks/audit_planted.py train --work /tmp/audit-bench [--worker 0/2]
     python benchmarks/audit_planted.py score --work /tmp/audit-bench
     python benchmarks/audit_planted.py report --work /tmp/audit-bench
@@ -61,8 +64,10 @@ BUDGET = [
 ]
 
 
-def prepare(work: Path) -> None:
+def prepare(work: Path, generators: list[str]) -> None:
     for name, options in DATASETS.items():
+        if generators and name not in generators:
+            continue
         root = work / "data" / name
         if (root / "planted_val.json").is_file():
             continue
@@ -114,7 +119,12 @@ def train(work: Path, worker: int, workers: int, only: list[str], long: bool = F
         )
 
 
-SCORES = {"naive": "disagreement", "image evidence": "image_evidence", "regions": "score"}
+SCORES = {
+    "naive": "disagreement",
+    "image evidence": "image_evidence",
+    "regions": "region_score",
+    "regions + shifts": "score",
+}
 
 
 def recall(entries: list[dict[str, Any]], key: dict[str, Any], field: str) -> dict[str, Any]:
@@ -226,10 +236,13 @@ def main() -> None:
     parser.add_argument("--worker", default="0/1", metavar="I/N")
     parser.add_argument("--only", nargs="*", default=[], metavar="NAME:SEED", help="these runs")
     parser.add_argument("--long", action="store_true", help="train: twice the demo's epochs")
+    parser.add_argument(
+        "--generators", nargs="*", default=[], choices=list(DATASETS), help="prepare: only these"
+    )
     args = parser.parse_args()
     worker, workers = (int(x) for x in args.worker.split("/"))
     if args.phase == "prepare":
-        prepare(args.work)
+        prepare(args.work, args.generators)
     elif args.phase == "train":
         train(args.work, worker, workers, args.only, args.long)
     elif args.phase == "score":

@@ -250,3 +250,66 @@ def test_a_checkpoint_audits_its_own_training_split_out_of_fold(tmp_path):
         trained_on = {train.files(i)[0] for i in range(len(train))}
         scored = {e["image"] for e in found.images if e["fold"] == fold}
         assert len(scored) == 2 and not scored & trained_on
+
+
+def _square(y: int, x: int, side: int = 12, size: int = 48) -> np.ndarray:
+    out = np.zeros((size, size), np.int64)
+    out[y : y + side, x : x + side] = 2
+    return out
+
+
+def test_a_shifted_outline_is_found_with_its_offset_by_hand():
+    """The model sees a 12×12 square 4 px left of its label: moving the label 4 px left covers
+    48 px the model confidently calls the object and leaves 48 it calls background."""
+    from sanet.trust.audit import object_shifts
+
+    pred, conf = _square(18, 16), np.full((48, 48), 0.95)
+    label = _square(18, 20)
+    (found,) = object_shifts(pred, conf, label, NAMES, AuditSettings())
+    assert (found["kind"], found["label"], found["pixels"]) == ("shifted boundary", "green", 144)
+    assert found["offset"] == [-4, 0] and found["box"] == [20, 18, 32, 30]
+    assert found["explained"] == 96 and found["evidence"] == pytest.approx(96 * 0.95)
+    # where the label is right, or the model calls the object another class, nothing is shifted
+    assert object_shifts(pred, conf, pred, NAMES, AuditSettings()) == []
+    assert object_shifts(np.where(label == 2, 3, 0), conf, label, NAMES, AuditSettings()) == []
+    # a shift is told by the background it leaves and covers: none without a background class
+    assert object_shifts(pred, conf, label, ["sky", "red", "green", "blue"], AuditSettings()) == []
+
+
+def test_a_shifted_boundary_outranks_a_clean_image_with_a_larger_model_mistake():
+    """Constructed probabilities (no model): a clean image whose model is confidently wrong on
+    60 px, and an image whose square is labelled 4 px off (two strips of 48 px). Region by region
+    the clean image comes first; with the shift that explains both strips, the shifted one."""
+    from sanet.trust.audit import score_image
+
+    conf = np.full((48, 48), 0.95)
+    clean_pred = _square(18, 16)
+    clean_pred[2:8, 2:12] = 1  # the model's own mistake: 60 px of "red" on the background
+    clean_label = _square(18, 16)
+    shifted_pred, shifted_label = _square(18, 16), _square(18, 20)
+    scored = {}
+    for name, pred, label in (
+        ("clean", clean_pred, clean_label),
+        ("shifted", shifted_pred, shifted_label),
+    ):
+        p_label = np.where(pred == label, conf, 1 - conf)
+        scored[name], _ = score_image(pred, conf, p_label, label, NAMES, AuditSettings())
+    clean, shifted = scored["clean"], scored["shifted"]
+    assert clean["region_score"] == pytest.approx(60 * 0.9 / 48**2)
+    assert shifted["region_score"] == pytest.approx(48 * 0.9 / 48**2)
+    assert shifted["region_score"] < clean["region_score"]
+    assert clean["shifts"] == [] and shifted["shifts"][0]["offset"] == [-4, 0]
+    assert shifted["score"] > clean["score"] == clean["region_score"]
+
+
+def test_the_printed_line_names_what_scored_the_image():
+    from sanet.api.reports import suspicion
+
+    region = {"kind": "missing object", "label": "background", "predicted": "green", "pixels": 48}
+    shift = {"label": "green", "offset": [-4, 0], "explained": 96}
+    entry = {"regions": [region], "shifts": [shift], "region_score": 0.02, "shift_score": 0.06}
+    assert suspicion(entry) == (
+        "shifted boundary: green fits the model -4, +0 px away (96 px explained)"
+    )
+    assert suspicion(entry | {"shift_score": 0.01}) == "missing object: background → green, 48 px"
+    assert suspicion({"regions": [], "shifts": [], "region_score": 0.0, "shift_score": 0.0}) == ""

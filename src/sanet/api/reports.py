@@ -74,12 +74,23 @@ def audit_lines(result: Any, shown: int = 5) -> list[str]:
     """The most suspicious images of :func:`sanet.audit_labels` and the files written."""
     lines = []
     for entry in result.images[:shown]:
-        top = entry["regions"][0] if entry["regions"] else None
-        what = (
-            f"{top['kind']}: {top['label']} → {top['predicted']}, {top['pixels']} px" if top else ""
-        )
-        lines.append(f"{entry['score']:.4f}  {entry['image']}  {what}")
+        lines.append(f"{entry['score']:.4f}  {entry['image']}  {suspicion(entry)}")
     return [*lines, f"Wrote {result.report} and {result.suspects}"]
+
+
+def suspicion(entry: dict[str, Any]) -> str:
+    """What made an audit entry suspicious: its shifted object when the shift scored it, else
+    its top region (``""`` for neither)."""
+    shifts, regions = entry.get("shifts") or [], entry["regions"]
+    if shifts and entry.get("shift_score", 0.0) >= entry.get("region_score", 0.0):
+        s = shifts[0]
+        dx, dy = s["offset"]
+        return (
+            f"shifted boundary: {s['label']} fits the model {dx:+d}, {dy:+d} px away "
+            f"({s['explained']} px explained)"
+        )
+    top = regions[0] if regions else None
+    return f"{top['kind']}: {top['label']} → {top['predicted']}, {top['pixels']} px" if top else ""
 
 
 def export_lines(result: Any) -> list[str]:

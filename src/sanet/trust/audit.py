@@ -8,10 +8,12 @@ also counts a pixel whose probability the model spreads over other classes). Suc
 are grouped into regions (8-connected, one given class and one predicted class per region);
 regions smaller than ``min_region`` of the image are dropped (scattered mistakes of the model,
 not a mislabelled object). A region's *evidence* is ``Σ (confidence − p[given label])`` over its
-pixels. Regions are scored one by one and an image is ranked by its most suspicious region: its
-``score`` is the largest region's evidence divided by the image's labelled pixels (a wrong
-object stands out even in an image whose other pixels the model gets wrong here and there;
-docs/trust.md, "Measured: planted label errors"). Each entry also keeps ``image_evidence``
+pixels. Regions are scored one by one: an image's ``region_score`` is its largest region's
+evidence divided by the image's labelled pixels (a wrong object stands out even in an image
+whose other pixels the model gets wrong here and there). A labelled object whose outline a small
+shift would move onto the model's prediction (``audit_shifts``) gives ``shift_score``; the
+image's ``score`` is the larger of the two (docs/trust.md, "Measured: planted label errors").
+Each entry also keeps ``image_evidence``
 (the evidence of all its regions over its labelled pixels: the score before regions were ranked
 one by one) and ``disagreement`` (the share of labelled pixels whose arg-max differs from the
 label: the naive score). Region kinds, where class 0 is a background class: label background
@@ -46,12 +48,16 @@ from sanet.inference.confidence import label_stats, protocol_views
 from sanet.inference.predictor import image_to_tensor, normalize
 from sanet.inference.protocol import EvalProtocol, predict_proba
 from sanet.metrics import ConfusionMatrix
+from sanet.trust.audit_shifts import boundary_shifts
 
 KINDS = ("missing object", "wrong class", "spurious region")  # of a region (docs/trust.md)
 #: images a model's agreement with the labels is measured on before the rest is scored
 GATE_IMAGES = 32
 #: the least mIoU against the audited labels of a model to audit with (docs/trust.md)
 MIN_MIOU = 0.3
+#: a shifted outline's evidence against a region's in an image's score: chosen on the design
+#: scenes only (docs/trust.md, "Measured: planted label errors")
+SHIFT_WEIGHT = 4.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,23 @@ def label_regions(
             kept |= where
     regions.sort(key=lambda r: -r["evidence"])
     return regions, kept
+
+
+def object_shifts(
+    pred: np.ndarray,
+    conf: np.ndarray,
+    label: np.ndarray,
+    class_names: Sequence[str],
+    settings: AuditSettings,
+) -> list[dict[str, Any]]:
+    """The labelled objects whose outline looks shifted (:func:`boundary_shifts`), largest
+    evidence first; none without a background class (a shift is told by the background it
+    leaves and covers)."""
+    background = background_class(class_names)
+    if background is None:
+        return []
+    least = max(16, math.ceil(settings.min_region * label.size))
+    return boundary_shifts(pred, conf, label, class_names, background, settings.confidence, least)
 
 
 def _kind(given: int, predicted: int, background: int | None) -> str:
@@ -248,19 +271,50 @@ def _audit_image(
     label = y.cpu().numpy()
     pred = pred.astype(np.int64)
     agreement.add(pred, label)
-    regions, kept = label_regions(pred, conf, p_label, label, class_names, settings)
-    labelled = int((label != IGNORE_INDEX).sum())
-    evidence = [r["evidence"] / max(labelled, 1) for r in regions]
-    entry = {
-        "image": image_name(dataset, i),
-        "index": int(i),
-        "score": max(evidence, default=0.0),
-        "image_evidence": sum(evidence),
-        "disagreement": float(((pred != label) & (label != IGNORE_INDEX)).sum() / max(labelled, 1)),
-        "labelled_pixels": labelled,
-        "regions": regions,
-    }
+    scores, kept = score_image(pred, conf, p_label, label, class_names, settings)
+    entry = {"image": image_name(dataset, i), "index": int(i), **scores}
     return entry, pred.astype(np.uint8), kept
+
+
+def score_image(
+    pred: np.ndarray,
+    conf: np.ndarray,
+    p_label: np.ndarray,
+    label: np.ndarray,
+    class_names: Sequence[str],
+    settings: AuditSettings,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """An image's scores against its label and the mask of its kept regions.
+
+    ``score`` is the larger of ``region_score`` (its most suspicious region's evidence over its
+    labelled pixels) and ``shift_score`` (its most shifted-looking object's evidence, times
+    ``SHIFT_WEIGHT``, over the same): a shifted outline's two thin strips are each too small to
+    outrank a model's own mistakes, the shift that explains both is not (docs/trust.md).
+
+    Shape: every input ``(H, W)``, as :func:`label_regions`.
+
+    Returns:
+        ``({"score", "region_score", "shift_score", "image_evidence", "disagreement",
+        "labelled_pixels", "regions", "shifts"}, kept)``.
+    """
+    regions, kept = label_regions(pred, conf, p_label, label, class_names, settings)
+    shifts = object_shifts(pred, conf, label, class_names, settings)
+    labelled = max(int((label != IGNORE_INDEX).sum()), 1)
+    evidence = [r["evidence"] / labelled for r in regions]
+    region_score = max(evidence, default=0.0)
+    shift_score = SHIFT_WEIGHT * max((s["evidence"] for s in shifts), default=0.0) / labelled
+    wrong = (pred != label) & (label != IGNORE_INDEX)
+    scores = {
+        "score": max(region_score, shift_score),
+        "region_score": region_score,
+        "shift_score": shift_score,
+        "image_evidence": sum(evidence),
+        "disagreement": float(wrong.sum() / labelled),
+        "labelled_pixels": int((label != IGNORE_INDEX).sum()),
+        "regions": regions,
+        "shifts": shifts,
+    }
+    return scores, kept
 
 
 def agreement_gate(model: str, split: str, min_miou: float) -> Callable[[dict[str, Any]], None]:

@@ -161,8 +161,12 @@ def plot_audit(dataset: Any, suspects: Sequence[Any], ranked: Sequence[dict], pa
     rows = []
     for s in suspects:
         image, mask = dataset[s.index]
-        regions = by_index[s.index]["regions"]
-        what = "; ".join(f"{r['kind']} ({r['label']}→{r['predicted']})" for r in regions[:2])
+        entry = by_index[s.index]
+        shifted = entry.get("shifts") and entry["shift_score"] >= entry["region_score"]
+        what = "; ".join(
+            f"{r['kind']} ({r['label']}→{r.get('predicted', 'moved')})"
+            for r in [*(entry["shifts"][:1] if shifted else []), *entry["regions"]][:2]
+        )
         title = f"{Path(by_index[s.index]['image']).name}  score {s.score:.3f}  {what}"
         rows.append(SuspectRow(image, _numpy(mask), s.prediction, s.disagreement, title))
     return plot_suspects(rows, getattr(dataset, "palette", None), path)
