@@ -109,13 +109,17 @@ def test_predict_writes_unsure_masks_and_confidence_maps(calibrated, data, tmp_p
 
 
 def test_audit_labels_with_a_checkpoint_writes_the_report_most_suspicious_first(
-    calibrated, data, tmp_path
+    calibrated, data, tmp_path, capsys
 ):
     out = tmp_path / "audit"
     args = ["audit-labels", "--checkpoint", str(calibrated["folder"]), "--data", f"folder:{data}"]
     args += ["--min-miou", "0"]  # an untrained model: the agreement check (r71) waived
     assert main([*args, "--out", str(out), "--confidence", "0.5", "--top", "2"]) == 0
     report = json.loads((out / "label_audit.json").read_text())
+    agreement = report["agreement"]  # printed first: how far to trust the suspicions
+    assert f"agreement with the labels: mIoU {agreement['mIoU']:.3f} on 4 images" in (
+        capsys.readouterr().out
+    )
     scores = [e["score"] for e in report["images"]]
     assert len(scores) == 4 and scores == sorted(scores, reverse=True)
     assert {Path(e["image"]).name for e in report["images"]} == {"a.png", "b.png", "c.png", "d.png"}

@@ -72,10 +72,22 @@ def _risk_lines(risk: dict[str, Any]) -> list[str]:
 
 def audit_lines(result: Any, shown: int = 5) -> list[str]:
     """The most suspicious images of :func:`sanet.audit_labels` and the files written."""
-    lines = []
+    lines = [agreement_line(result.audit)]
     for entry in result.images[:shown]:
         lines.append(f"{entry['score']:.4f}  {entry['image']}  {suspicion(entry)}")
     return [*lines, f"Wrote {result.report} and {result.suspects}"]
+
+
+def agreement_line(audit: dict[str, Any]) -> str:
+    """How far the auditing model agrees with the labels it audits (the gate's statistic, over
+    every scored image): a low agreement means its suspicions say more about the model."""
+    found = [audit["agreement"]] if audit.get("agreement") else []
+    found += [run["agreement"] for run in audit.get("runs") or [] if run.get("agreement")]
+    if not found:
+        return "agreement with the labels: not recorded"
+    words = ", ".join(f"mIoU {a['mIoU']:.3f} on {a['images']} images" for a in found)
+    what = "fold models'" if audit.get("runs") else "model's"
+    return f"the {what} agreement with the labels: {words}"
 
 
 def suspicion(entry: dict[str, Any]) -> str:
