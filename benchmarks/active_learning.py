@@ -104,6 +104,10 @@ def train_round(data: Path, where: Path, labelled: list[str], args: argparse.Nam
     result = sanet.api.train(
         RECIPE, out=where / "run", overrides=[*budget(args), f"data.root={root}", seed]
     )
+    # the next round predicts with RUN/model; the training state (2 × 110 MB a round at
+    # resnet18d) and the event files are not needed again
+    shutil.rmtree(where / "run" / "checkpoints", ignore_errors=True)
+    shutil.rmtree(where / "run" / "tensorboard", ignore_errors=True)
     return float(result.history[-1]["mIoU"])
 
 
@@ -146,9 +150,11 @@ def run(args: argparse.Namespace) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
-    for member in args.members:
-        data = write_member(out / "data" / f"m{member}", member, args.pool, args.val, args.size)
-        for seed in args.seeds:
+    # seed-major: every generator's first seed finishes before any second seed starts, so that
+    # an interrupted grid still holds whole (generator, seed) runs on every generator
+    for seed in args.seeds:
+        for member in args.members:
+            data = write_member(out / "data" / f"m{member}", member, args.pool, args.val, args.size)
             args.current_seed = seed
             run_seed(data, out, log, member, seed, args)
 
