@@ -63,9 +63,22 @@ def summarize(records: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
             a = [c["random"][i][1] for c in complete.values()]
             b = [c[name][i][1] for c in complete.values()]
             differences[name].append({"labelled": n} | paired_difference(a, b))
+    # one number per run that every round feeds (less noisy than one round): the mean over the
+    # rounds after the seed set of strategy − random
+    over_rounds = {
+        name: t_interval(
+            [
+                sum(b - a for (_, a), (_, b) in zip(c["random"][1:], c[name][1:], strict=True))
+                / max(len(c["random"]) - 1, 1)
+                for c in complete.values()
+            ]
+        )
+        for name in STRATEGIES[1:]
+    }
     return {
         "runs": runs,
         "complete_runs": len(complete),
+        "over_rounds": over_rounds,
         "mean_curves": mean_curves,
         "differences": differences,
         "target": target_summary(runs, mean_curves, last),
@@ -117,6 +130,9 @@ def markdown(summary: dict[str, Any]) -> str:
         if i == 0:
             cells = ["0 (the shared seed set)"] * 2
         lines.append(f"| {point['labelled']} | {point['mean']:.4f} | " + " | ".join(cells) + " |")
+    over = summary["over_rounds"]
+    cells = " | ".join(_interval(over[name]) for name in STRATEGIES[1:])
+    lines.append(f"| mean over rounds 1 to last | | {cells} |")
     t = summary["target"]
     lines += [
         "",
