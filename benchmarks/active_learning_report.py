@@ -143,7 +143,7 @@ def markdown(summary: dict[str, Any]) -> str:
         reach = s["mean_curve_reach"]
         lines.append(
             f"- {name}: reached in {s['runs_reaching_target']} of {s['runs']} runs; mean curve "
-            f"reaches random's mean final at {'never' if reach is None else reach} labels"
+            f"reaches random's mean final {'never' if reach is None else f'at {reach} labels'}"
         )
     return "\n".join(lines) + "\n"
 
