@@ -14,8 +14,11 @@ mirror disagreement), ``suggest`` (``sanet.suggest``: uncertainty-weighted k-cen
 Resumable: every finished round is one line of ``OUT/results.jsonl`` (with the labelled images
 it leads to); a rerun skips them and retrains an interrupted round from scratch.
 
-    python benchmarks/active_learning.py run --out runs/active --members 0 --seeds 0 --rounds 3
-    python benchmarks/active_learning.py report --out runs/active
+The grid of docs/active-learning.md (96 trainings, about 70 minutes on one shared CPU core):
+
+    python benchmarks/active_learning.py run --out runs/active2 --members 9 6 1 --seeds 0 1 \
+        --rounds 5 --steps 100 --seed-size 8 --per-round 8 --pool 96 --val 48 --size 48
+    python benchmarks/active_learning.py report --out runs/active2 --to docs/active-learning/grid
 """
 
 from __future__ import annotations
