@@ -16,7 +16,7 @@ it leads to); a rerun skips them and retrains an interrupted round from scratch.
 
 The grid of docs/active-learning.md (96 trainings, about 70 minutes on one shared CPU core):
 
-    python benchmarks/active_learning.py run --out runs/active2 --members 9 6 1 --seeds 0 1 \
+    python benchmarks/active_learning.py run --out runs/active2 --members 9 6 1 --seeds 0 1 \\
         --rounds 5 --steps 100 --seed-size 8 --per-round 8 --pool 96 --val 48 --size 48
     python benchmarks/active_learning.py report --out runs/active2 --to docs/active-learning/grid
 """
