@@ -65,20 +65,27 @@ def summarize(records: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
             differences[name].append({"labelled": n} | paired_difference(a, b))
     # one number per run that every round feeds (less noisy than one round): the mean over the
     # rounds after the seed set of strategy − random
-    over_rounds = {
-        name: t_interval(
-            [
-                sum(b - a for (_, a), (_, b) in zip(c["random"][1:], c[name][1:], strict=True))
-                / max(len(c["random"]) - 1, 1)
-                for c in complete.values()
-            ]
-        )
+    per_run = {
+        name: {
+            run: sum(b - a for (_, a), (_, b) in zip(c["random"][1:], c[name][1:], strict=True))
+            / max(len(c["random"]) - 1, 1)
+            for run, c in complete.items()
+        }
         for name in STRATEGIES[1:]
     }
+    over_rounds = {name: t_interval(list(d.values())) for name, d in per_run.items()}
+    # seeds are nested in generators: the same with each generator (its seeds' mean) the unit
+    by_generator = {}
+    for name, d in per_run.items():
+        members = sorted({m for m, _ in d})
+        means = [sum(v for (m, _), v in d.items() if m == g) for g in members]
+        counts = [sum(1 for m, _ in d if m == g) for g in members]
+        by_generator[name] = t_interval([x / n for x, n in zip(means, counts, strict=True)])
     return {
         "runs": runs,
         "complete_runs": len(complete),
         "over_rounds": over_rounds,
+        "over_rounds_by_generator": by_generator,
         "mean_curves": mean_curves,
         "differences": differences,
         "target": target_summary(runs, mean_curves, last),
@@ -133,6 +140,9 @@ def markdown(summary: dict[str, Any]) -> str:
     over = summary["over_rounds"]
     cells = " | ".join(_interval(over[name]) for name in STRATEGIES[1:])
     lines.append(f"| mean over rounds 1 to last | | {cells} |")
+    by = summary["over_rounds_by_generator"]
+    cells = " | ".join(_interval(by[name]) for name in STRATEGIES[1:])
+    lines.append(f"| the same, generators the unit | | {cells} |")
     t = summary["target"]
     lines += [
         "",

@@ -47,6 +47,10 @@ def test_the_summary_pairs_by_run_and_counts_the_target_by_hand() -> None:
     assert summary["differences"]["rank"][0]["mean"] == 0  # the shared seed set
     # over rounds 1-2: rank (0.05 + 0)/2 = 0.025 and (0 − 0.1)/2 = −0.05 → mean −0.0125
     assert summary["over_rounds"]["rank"]["mean"] == pytest.approx(-0.0125)
+    # both runs are member 1: one generator, its seeds' mean, no interval from one value
+    by_generator = summary["over_rounds_by_generator"]["rank"]
+    assert by_generator["n"] == 1 and by_generator["ci95"] is None
+    assert by_generator["mean"] == pytest.approx(-0.0125)
     # random's final: 0.30 (run 0), 0.20 (run 1); ≤ 30 % fewer of 30 = 21 labels allowed
     target = summary["target"]
     assert target["allowed_labels"] == 21 and target["final_labels"] == 30
