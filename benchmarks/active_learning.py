@@ -14,8 +14,11 @@ mirror disagreement), ``suggest`` (``sanet.suggest``: uncertainty-weighted k-cen
 Resumable: every finished round is one line of ``OUT/results.jsonl`` (with the labelled images
 it leads to); a rerun skips them and retrains an interrupted round from scratch.
 
-    python benchmarks/active_learning.py run --out runs/active --members 0 --seeds 0 --rounds 3
-    python benchmarks/active_learning.py report --out runs/active
+The grid of docs/active-learning.md (96 trainings, about 70 minutes on one shared CPU core):
+
+    python benchmarks/active_learning.py run --out runs/active2 --members 9 6 1 --seeds 0 1 \\
+        --rounds 5 --steps 100 --seed-size 8 --per-round 8 --pool 96 --val 48 --size 48
+    python benchmarks/active_learning.py report --out runs/active2 --to docs/active-learning/grid
 """
 
 from __future__ import annotations
@@ -104,6 +107,10 @@ def train_round(data: Path, where: Path, labelled: list[str], args: argparse.Nam
     result = sanet.api.train(
         RECIPE, out=where / "run", overrides=[*budget(args), f"data.root={root}", seed]
     )
+    # the next round predicts with RUN/model; the training state (2 × 110 MB a round at
+    # resnet18d) and the event files are not needed again
+    shutil.rmtree(where / "run" / "checkpoints", ignore_errors=True)
+    shutil.rmtree(where / "run" / "tensorboard", ignore_errors=True)
     return float(result.history[-1]["mIoU"])
 
 
@@ -146,9 +153,11 @@ def run(args: argparse.Namespace) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
-    for member in args.members:
-        data = write_member(out / "data" / f"m{member}", member, args.pool, args.val, args.size)
-        for seed in args.seeds:
+    # seed-major: every generator's first seed finishes before any second seed starts, so that
+    # an interrupted grid still holds whole (generator, seed) runs on every generator
+    for seed in args.seeds:
+        for member in args.members:
+            data = write_member(out / "data" / f"m{member}", member, args.pool, args.val, args.size)
             args.current_seed = seed
             run_seed(data, out, log, member, seed, args)
 
@@ -193,48 +202,25 @@ def run_seed(data: Path, out: Path, log: Path, member: int, seed: int, args) -> 
 
 
 def report(args: argparse.Namespace) -> None:
-    """mIoU per strategy and round (round 0 shared), as a markdown table, and the fewest labels
-    with which each strategy reached random selection's last mIoU."""
+    """Print the tables (active_learning_report.py); with ``--to DIR`` also write them
+    (``tables.md``), every number (``summary.json``), the curves (``curves.png``) and the
+    records they come from (``results.jsonl``)."""
+    from active_learning_report import markdown, summarize, write_curves
+
     records = {}
     for folder in [args.out, *args.also]:
         records |= done_records(folder / "results.jsonl")
-    seeds = sorted((m, s) for m, s, strategy, _ in records if strategy == "seed")
-    rounds = sorted({k for *_, strategy, k in records if strategy != "seed"})
-    head = " | ".join(f"round {k}" for k in [0, *rounds])
-    print(f"| member, seed | strategy | {head} | labels to reach random's last |")
-    print("|---|---|" + "---:|" * (len(rounds) + 2))
-    for member, seed in seeds:
-        r0 = records[(member, seed, "seed", 0)]
-        curves = {
-            name: [r0] + [records.get((member, seed, name, k)) for k in rounds]
-            for name in STRATEGIES
-        }
-        last = next((r for r in reversed(curves["random"]) if r is not None), r0)
-        for name, curve in curves.items():
-            cells = ["—" if r is None else f"{r['mIoU']:.4f} ({r['labelled']})" for r in curve]
-            reached = [r["labelled"] for r in curve if r is not None and r["mIoU"] >= last["mIoU"]]
-            cells.append(str(min(reached)) if reached else "not reached")
-            print(f"| m{member}, s{seed} | {name} | " + " | ".join(cells) + " |")
-    differences(records, seeds, rounds)
-
-
-def differences(records: dict, seeds: list, rounds: list[int]) -> None:
-    """Each strategy − random at each round, paired by (member, seed): mean and 95 % t-interval
-    over the pairs (``sanet.stats``; no interval from one pair)."""
-    from sanet.stats import paired_difference
-
-    for name in STRATEGIES[1:]:
-        for k in rounds:
-            pairs = [
-                (records[(m, s, "random", k)]["mIoU"], records[(m, s, name, k)]["mIoU"])
-                for m, s in seeds
-                if (m, s, "random", k) in records and (m, s, name, k) in records
-            ]
-            if not pairs:
-                continue
-            d = paired_difference(*zip(*pairs, strict=True))
-            ci = "" if d["ci95"] is None else " [{:+.4f}, {:+.4f}]".format(*d["ci95"])
-            print(f"{name} - random, round {k}: {d['mean']:+.4f}{ci} over {d['n']} runs")
+    summary = summarize(records)
+    text = markdown(summary)
+    print(text)
+    if args.to is not None:
+        args.to.mkdir(parents=True, exist_ok=True)
+        (args.to / "tables.md").write_text(text)
+        (args.to / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        lines = [json.dumps(r) for _, r in sorted(records.items(), key=lambda kv: str(kv[0]))]
+        (args.to / "results.jsonl").write_text("\n".join(lines) + "\n")
+        write_curves(summary, args.to / "curves.png")
+        print(f"wrote tables.md, summary.json, results.jsonl and curves.png in {args.to}")
 
 
 def main() -> None:
@@ -242,6 +228,7 @@ def main() -> None:
     parser.add_argument("phase", choices=["run", "report"])
     parser.add_argument("--out", type=Path, default=Path("runs/active"))
     parser.add_argument("--also", type=Path, nargs="*", default=[], help="report: more --out")
+    parser.add_argument("--to", type=Path, help="report: write the tables, numbers and curves")
     parser.add_argument("--members", type=int, nargs="+", default=[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))

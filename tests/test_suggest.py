@@ -177,21 +177,39 @@ def test_the_cli_writes_the_same_picks(model_dir, pool, tmp_path):
 # ------------------------------------------------------------------------------ bad input
 
 
-def test_unreadable_pool_files_are_skipped_and_listed(model_dir, pool, tmp_path, capsys):
+@pytest.mark.reliability("r77")
+def test_r77_unreadable_pool_files_are_skipped_and_listed(model_dir, pool, tmp_path, capsys):
     (pool / "broken.png").write_bytes(b"not an image")
+    (pool / "empty.png").write_bytes(b"")
+    good = (pool / "a.png").read_bytes()
+    (pool / "truncated.png").write_bytes(good[: len(good) // 2])
     result = suggest(model_dir, pool, 10, out=tmp_path / "next.csv")
-    assert len(result.failed) == 1 and "broken.png" in result.failed[0]
-    assert len(result.rows) == 6
+    assert sorted(Path(f.split(":")[0]).name for f in result.failed) == [
+        "broken.png",
+        "empty.png",
+        "truncated.png",
+    ]
+    assert all(f.split(": ", 1)[1] for f in result.failed)  # each with its reason
+    assert sorted(Path(r["image"]).name for r in result.rows) == [f"{s}.png" for s in "abcdef"]
     argv = ["suggest", "--checkpoint", str(model_dir), "--pool", str(pool), "--budget", "2"]
-    assert main([*argv, "--out", str(tmp_path / "c.csv")]) == 1
-    assert "broken.png" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "c.csv")]) == 1  # the CSV written, then exit 1
+    err = capsys.readouterr().err
+    assert "3 of 9 inputs failed" in err and "broken.png" in err and "truncated.png" in err
+    assert len(_read(tmp_path / "c.csv")) == 2
 
 
-def test_a_budget_past_the_pool_picks_every_image_and_says_so(model_dir, pool, tmp_path, caplog):
+@pytest.mark.reliability("r78")
+def test_r78_a_budget_past_the_pool_picks_every_image_and_says_so(
+    model_dir, pool, tmp_path, caplog, capsys
+):
     with caplog.at_level(logging.WARNING):
         result = suggest(model_dir, pool, 50, out=tmp_path / "next.csv")
     assert len(result.rows) == 6 and result.budget == 50
     assert "larger than the 6 pool images" in caplog.text
+    argv = ["suggest", "--checkpoint", str(model_dir), "--pool", str(pool), "--budget", "50"]
+    assert main([*argv, "--out", str(tmp_path / "c.csv")]) == 0
+    assert "6 of 50 images to label" in capsys.readouterr().out
+    assert len(_read(tmp_path / "c.csv")) == 6
 
 
 @pytest.mark.parametrize("budget", [0, -2, 1.5, True])
@@ -216,11 +234,33 @@ def test_excluded_images_match_by_path_name_or_stem(model_dir, pool, tmp_path):
     result = suggest(model_dir, pool, 10, out=tmp_path / "next.csv", exclude=listing)
     assert sorted(Path(p).name for p in result.excluded) == ["a.png", "b.png", "c.png"]
     assert sorted(Path(r["image"]).name for r in result.rows) == ["d.png", "e.png", "f.png"]
-    with pytest.raises(NotFoundError, match="exclude"):
-        suggest(model_dir, pool, 2, out=tmp_path / "x.csv", exclude=tmp_path / "missing.txt")
 
 
-def test_the_runs_training_images_are_left_out_with_a_warning(model_dir, pool, tmp_path, caplog):
+@pytest.mark.reliability("r89")
+@pytest.mark.parametrize("listing", ["missing.txt", "a folder"])
+def test_r89_an_exclude_list_that_is_not_a_file_is_refused(
+    model_dir, pool, tmp_path, capsys, listing
+):
+    """Refused in one line naming the option, the file and the fix, before the model is read;
+    nothing written."""
+    path = tmp_path / listing
+    if listing == "a folder":
+        path.mkdir()
+    out = tmp_path / "next.csv"
+    with pytest.raises(NotFoundError, match="exclude") as err:
+        suggest(tmp_path / "no-model", pool, 2, out=out, exclude=path)  # not read: refused first
+    assert str(path) in str(err.value) and "Fix:" in str(err.value)
+    argv = ["suggest", "--checkpoint", str(model_dir), "--pool", str(pool), "--budget", "2"]
+    assert main([*argv, "--out", str(out), "--exclude", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--exclude" in lines[0] and listing in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.reliability("r79")
+def test_r79_the_runs_training_images_are_left_out_with_a_warning(
+    model_dir, pool, tmp_path, caplog, capsys
+):
     """A run (config.yaml + model/) that trained on ``a`` and ``b``: ``a`` in the pool as the
     same file, ``b`` as a copy of its bytes under another name."""
     train = _folder(tmp_path / "train", "")
@@ -242,6 +282,10 @@ def test_the_runs_training_images_are_left_out_with_a_warning(model_dir, pool, t
     assert names == ["a.png", "a.png", "b.png", "b_renamed.png"]
     assert "training set" in caplog.text
     assert sorted(Path(r["image"]).name for r in result.rows) == [f"{s}.png" for s in "cdef"]
+    argv = ["suggest", "--checkpoint", str(run), "--budget", "20", "--pool"]
+    assert main([*argv, *map(str, pool_files), "--out", str(tmp_path / "c.csv")]) == 0
+    assert "left out 4 pool images in the run's training set" in capsys.readouterr().err
+    assert len(_read(tmp_path / "c.csv")) == 4
 
 
 def test_a_model_without_a_classifier_to_hook_uses_its_mean_probabilities(model_dir, pool):

@@ -56,6 +56,7 @@ class SuggestResult:
         duplicates: ``{image left out: the picked image it nearly duplicates}``.
         features: ``"classifier input"`` or ``"class probabilities"`` (an ``.onnx`` model).
         budget: the budget asked for (``rows`` is shorter when the pool ran out).
+        pool: how many pool files were given (read or not, excluded or not).
     """
 
     rows: list[dict[str, Any]]
@@ -66,6 +67,7 @@ class SuggestResult:
     duplicates: dict[str, str] = field(default_factory=dict)
     features: str = "classifier input"
     budget: int = 0
+    pool: int = 0
 
 
 def suggest(
@@ -107,17 +109,18 @@ def suggest(
         raise UsageError(f"{arg('budget')} must be a whole number of images ≥ 1, got {budget!r}.")
     if duplicate < 0:
         raise UsageError(f"{arg('duplicate')} must be 0 or more, got {duplicate}.")
+    entries = _exclude_entries(exclude)  # a missing list is refused before the model is read
     device = device_of(device)
     chosen = protocol_of(checkpoint, protocol, device)
     images = expand_inputs(pool)
     out = ensure_new_file(out, arg("out"), overwrite, example="next.csv")
-    left, excluded, overlap = _pool_left(checkpoint, images, exclude)
+    left, excluded, overlap = _pool_left(checkpoint, images, entries)
     predictor = inference_predictor.Predictor(checkpoint, device=device, protocol=chosen)
     layer = classifier_layer(predictor.model)
     scored, failed = _score_pool(predictor, layer, left, progress)
     result = SuggestResult([], out, failed, [str(p) for p in excluded], [str(p) for p in overlap])
     result.features = "classifier input" if layer is not None else "class probabilities"
-    result.budget = budget
+    result.budget, result.pool = budget, len(images)
     if budget > len(scored):
         logger.warning(
             "The budget (%d) is larger than the %d pool images left to pick from: picking every "
@@ -130,11 +133,10 @@ def suggest(
     return result
 
 
-def _pool_left(checkpoint: str | Path, images: list[Path], exclude: Any) -> tuple:
-    """``(left, excluded, overlap)``: the pool without the images ``exclude`` lists and those
-    the run trained on (warned)."""
-    names = _exclude_entries(exclude)
-    excluded = [p for p in images if _listed(p, names)]
+def _pool_left(checkpoint: str | Path, images: list[Path], entries: set[str]) -> tuple:
+    """``(left, excluded, overlap)``: the pool without the images ``entries`` (of ``exclude``)
+    name and those the run trained on (warned)."""
+    excluded = [p for p in images if _listed(p, entries)]
     overlap = [p for p in training_overlap(checkpoint, images) if p not in excluded]
     if overlap:
         logger.warning(
@@ -200,7 +202,8 @@ def _exclude_entries(exclude: str | Path | Sequence[str | Path] | None) -> set[s
         if not path.is_file():
             raise NotFoundError(
                 f"{arg('exclude')} {str(path)!r} is not a file; expected a text file with one "
-                "labelled image (path, file name or stem) per line."
+                "labelled image (path, file name or stem) per line. Fix: write that file (e.g. "
+                "`ls images/train > labelled.txt`), or leave out the option to exclude nothing."
             )
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         items: Sequence[str | Path] = [s.strip() for s in lines]

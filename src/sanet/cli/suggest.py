@@ -58,5 +58,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     for items, why in notes:
         if items:
             print(f"  left out {len(items)} pool images {why}", file=sys.stderr)
-    total = len(result.failed) + len(result.rows) + len(result.duplicates)
-    return report_failed("suggest", result.failed, total, "fix or convert these files and rerun")
+    # every pool file counts (not only the picked ones): "3 of 9 inputs failed"
+    return report_failed(
+        "suggest", result.failed, result.pool, "fix or convert these files and rerun"
+    )
