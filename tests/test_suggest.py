@@ -297,3 +297,17 @@ def test_a_model_without_a_classifier_to_hook_uses_its_mean_probabilities(model_
     s = image_scores(predictor, pool / "a.png", None)
     mean = predictor.predict_proba(pool / "a.png").astype(np.float64).mean(axis=(1, 2))
     np.testing.assert_allclose(s.features, mean / np.linalg.norm(mean), rtol=1e-5)
+
+
+@pytest.mark.reliability("r96")
+def test_r96_a_pool_that_is_all_labelled_already_is_refused(model_dir, pool, tmp_path, capsys):
+    """Every pool image listed in ``exclude``: one line saying so, not an empty CSV that reads
+    as "nothing worth labelling"."""
+    listing = tmp_path / "labelled.txt"
+    listing.write_text("\n".join(p.name for p in sorted(pool.glob("*.png"))) + "\n")
+    out = tmp_path / "next.csv"
+    argv = ["suggest", "--checkpoint", str(model_dir), "--pool", str(pool), "--budget", "2"]
+    assert main([*argv, "--out", str(out), "--exclude", str(listing)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Nothing to suggest" in lines[0] and "--exclude" in lines[0]
+    assert "--pool" in lines[0] and not out.exists()

@@ -115,6 +115,12 @@ def suggest(
     images = expand_inputs(pool)
     out = ensure_new_file(out, arg("out"), overwrite, example="next.csv")
     left, excluded, overlap = _pool_left(checkpoint, images, entries)
+    if images and not left:  # an empty CSV would read as "nothing worth labelling"
+        raise UsageError(
+            f"Nothing to suggest: every one of the {len(images)} pool images is already "
+            f"labelled ({len(excluded)} listed in {arg('exclude')}, {len(overlap)} in the run's "
+            f"training set); nothing was written. Give {arg('pool')} the images still to label."
+        )
     predictor = inference_predictor.Predictor(checkpoint, device=device, protocol=chosen)
     layer = classifier_layer(predictor.model)
     scored, failed = _score_pool(predictor, layer, left, progress)
