@@ -98,8 +98,7 @@ def suggest(
         duplicate: near-duplicates lie closer than this share of the median distance between
             pool images (0: exact copies only).
         protocol: ``None``: the run's own; ``"paper"``, ``"single"`` or an ``EvalProtocol``.
-        overwrite: replace ``out``.
-        progress: show a progress bar.
+        overwrite, progress: replace ``out``; show a progress bar.
 
     Returns:
         a :class:`SuggestResult`. Pool images the run trained on (its ``data`` section) are
@@ -115,12 +114,6 @@ def suggest(
     images = expand_inputs(pool)
     out = ensure_new_file(out, arg("out"), overwrite, example="next.csv")
     left, excluded, overlap = _pool_left(checkpoint, images, entries)
-    if images and not left:  # an empty CSV would read as "nothing worth labelling"
-        raise UsageError(
-            f"Nothing to suggest: every one of the {len(images)} pool images is already "
-            f"labelled ({len(excluded)} listed in {arg('exclude')}, {len(overlap)} in the run's "
-            f"training set); nothing was written. Give {arg('pool')} the images still to label."
-        )
     predictor = inference_predictor.Predictor(checkpoint, device=device, protocol=chosen)
     layer = classifier_layer(predictor.model)
     scored, failed = _score_pool(predictor, layer, left, progress)
@@ -152,7 +145,14 @@ def _pool_left(checkpoint: str | Path, images: list[Path], entries: set[str]) ->
             overlap[0],
         )
     dropped = set(excluded) | set(overlap)
-    return [p for p in images if p not in dropped], excluded, overlap
+    left = [p for p in images if p not in dropped]
+    if images and not left:  # an empty CSV would read as "nothing worth labelling"
+        raise UsageError(
+            f"Nothing to suggest: every one of the {len(images)} pool images is already "
+            f"labelled ({len(excluded)} listed in {arg('exclude')}, {len(overlap)} in the run's "
+            f"training set); nothing was written. Give {arg('pool')} the images still to label."
+        )
+    return left, excluded, overlap
 
 
 def _pick_rows(result: SuggestResult, scored: list, budget: int, duplicate: float) -> None:
