@@ -18,6 +18,11 @@ backbones only). Plus the demo's scenes as one more setting (``demo``). Every co
 
     python benchmarks/pretrained_study.py run --out runs/pretrained [--worker 0/2]   # and 1/2
     python benchmarks/pretrained_study.py report --out runs/pretrained --to docs/learning/pretrained
+
+``report`` also keeps each finished run's record (``config.yaml`` and ``compare_run.json``, a few
+kB, no weights) under ``--to``/runs; ``run --resume-from docs/learning/pretrained/runs`` copies
+them back first, so a study spread over sessions on fresh machines never retrains a finished run
+(``sanet compare`` skips a run whose record holds its result and the same config).
 """
 
 from __future__ import annotations
@@ -60,6 +65,25 @@ def settings(members: tuple[int, ...]) -> dict[int, list[str]]:
     found = {m: member_overrides(m) for m in members}
     found[DEMO] = DEMO_SCENES
     return found
+
+
+KEPT = ("config.yaml", "compare_run.json")
+
+
+def keep_records(out: Path, to: Path) -> int:
+    """Copy every finished run's record from ``out`` to ``to`` (same relative paths)."""
+    import shutil
+
+    kept = 0
+    for record in out.glob("*/*/runs/*/compare_run.json"):
+        if not json.loads(record.read_text()).get("result"):
+            continue  # an interrupted run: its record alone would not resume it
+        for name in KEPT:
+            target = to / record.parent.relative_to(out) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(record.parent / name, target)
+        kept += 1
+    return kept
 
 
 def run(out: Path, worker: int, workers: int, smoke: bool) -> None:
@@ -154,6 +178,7 @@ def report(out: Path, to: Path) -> None:
     (to / "study.json").write_text(json.dumps(study, indent=1) + "\n")
     (to / "tables.md").write_text(markdown(study))
     print(markdown(study))
+    print(f"kept the records of {keep_records(out, to / 'runs')} finished runs in {to / 'runs'}")
 
 
 def main() -> None:
@@ -163,12 +188,15 @@ def main() -> None:
     parser.add_argument("--to", type=Path, default=Path("docs/learning/pretrained"))
     parser.add_argument("--worker", default="0/1", metavar="I/N", help="run every N-th setting")
     parser.add_argument("--smoke", action="store_true", help="member 0, seed 0, 2 steps")
+    parser.add_argument("--resume-from", type=Path, help="run: the records report kept")
     args = parser.parse_args()
     worker, workers = (int(x) for x in args.worker.split("/"))
     if args.phase == "report":
         report(args.out, args.to)
-    else:
-        run(args.out, worker, workers, args.smoke)
+        return
+    if args.resume_from is not None:
+        print(f"restored {keep_records(args.resume_from, args.out)} finished runs")
+    run(args.out, worker, workers, args.smoke)
 
 
 if __name__ == "__main__":
