@@ -20,8 +20,8 @@ backbones only). Plus the demo's scenes as one more setting (``demo``). Every co
     python benchmarks/pretrained_study.py report --out runs/pretrained --to docs/learning/pretrained
 
 ``report`` also keeps each finished run's record (``config.yaml`` and ``compare_run.json``, a few
-kB, no weights) under ``--to``/runs; ``run --resume-from docs/learning/pretrained/runs`` copies
-them back first, so a study spread over sessions on fresh machines never retrains a finished run
+kB, no weights) under ``--to``/records; ``run --resume-from docs/learning/pretrained/records``
+copies them back first, so a study spread over sessions on fresh machines never retrains a finished run
 (``sanet compare`` skips a run whose record holds its result and the same config).
 """
 
@@ -71,19 +71,33 @@ KEPT = ("config.yaml", "compare_run.json")
 
 
 def keep_records(out: Path, to: Path) -> int:
-    """Copy every finished run's record from ``out`` to ``to`` (same relative paths)."""
-    import shutil
-
+    """Copy every finished run's record from ``out`` (``ARM/SETTING/runs/RUN/``) to ``to``
+    (``ARM/SETTING/RUN/``: no folder named ``runs``, which git ignores)."""
     kept = 0
     for record in out.glob("*/*/runs/*/compare_run.json"):
         if not json.loads(record.read_text()).get("result"):
             continue  # an interrupted run: its record alone would not resume it
-        for name in KEPT:
-            target = to / record.parent.relative_to(out) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(record.parent / name, target)
+        arm, setting, _, name = record.parent.relative_to(out).parts
+        _copy_record(record.parent, to / arm / setting / name)
         kept += 1
     return kept
+
+
+def restore_records(kept: Path, out: Path) -> int:
+    """The reverse of :func:`keep_records`: ``kept/ARM/SETTING/RUN/`` → ``out/ARM/SETTING/runs/RUN/``."""
+    records = list(kept.glob("*/*/*/compare_run.json"))
+    for record in records:
+        arm, setting, name = record.parent.relative_to(kept).parts
+        _copy_record(record.parent, out / arm / setting / "runs" / name)
+    return len(records)
+
+
+def _copy_record(source: Path, target: Path) -> None:
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        shutil.copy2(source / name, target / name)
 
 
 def run(out: Path, worker: int, workers: int, smoke: bool) -> None:
@@ -178,7 +192,9 @@ def report(out: Path, to: Path) -> None:
     (to / "study.json").write_text(json.dumps(study, indent=1) + "\n")
     (to / "tables.md").write_text(markdown(study))
     print(markdown(study))
-    print(f"kept the records of {keep_records(out, to / 'runs')} finished runs in {to / 'runs'}")
+    print(
+        f"kept the records of {keep_records(out, to / 'records')} finished runs in {to / 'records'}"
+    )
 
 
 def main() -> None:
@@ -195,7 +211,7 @@ def main() -> None:
         report(args.out, args.to)
         return
     if args.resume_from is not None:
-        print(f"restored {keep_records(args.resume_from, args.out)} finished runs")
+        print(f"restored {restore_records(args.resume_from, args.out)} finished runs")
     run(args.out, worker, workers, args.smoke)
 
 
