@@ -126,13 +126,6 @@ def onnx_candidate(
     return Candidate(name, predictor, str(path))
 
 
-class _Masks(list):
-    """A list that ``evaluate_pairs``' ``on_image(i, mask)`` appends to."""
-
-    def append_at(self, _index: int, mask: np.ndarray) -> None:
-        self.append(mask)
-
-
 def accuracy(
     candidates: Sequence[Candidate],
     pairs: Sequence[tuple[Any, Any]],
@@ -144,18 +137,19 @@ def accuracy(
     gate's statistic and verdict for every backend."""
     per: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
     for c in candidates:
-        masks: _Masks = _Masks()
+        masks: list[np.ndarray] = []
         matrices = []
         p = c.predictor
-        for pair in pairs:
-            cm = evaluate_pairs(p.model, [pair], num_classes, p.protocol, p.device, masks.append_at)
+        keep = lambda _i, mask, into=masks: into.append(mask)  # noqa: E731 (on_image(i, mask))
+        for pair in pairs:  # one matrix per image: the gate's jackknife needs them
+            cm = evaluate_pairs(p.model, [pair], num_classes, p.protocol, p.device, keep)
             matrices.append(cm.matrix_cpu().numpy())
-        per.append((list(masks), matrices))
+        per.append((masks, matrices))
     ref_masks, ref_matrices = per[0]
+    total = sum(m.size for m in ref_masks)
     rows = []
     for c, (masks, matrices) in zip(candidates, per, strict=True):
         same = sum(int((a == b).sum()) for a, b in zip(masks, ref_masks, strict=True))
-        total = sum(m.size for m in ref_masks)
         row = BackendRow(c.name, c.source, c.note, agreement=same / max(total, 1))
         if labelled:
             measured = measured_drop(ref_matrices, matrices)  # "int8": the candidate's mIoU

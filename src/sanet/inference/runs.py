@@ -10,7 +10,6 @@ everywhere (docs/python.md).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -57,13 +56,15 @@ def run_config(checkpoint: str | Path | None) -> dict[str, Any]:
 def _carried_run_config(folder: Path) -> dict[str, Any]:
     """What a model folder outside a run carries of its run's config (``metadata.run_config``
     of its ``config.json``, written by ``calibrate --out-model``'s copy), else ``{}``."""
-    path = folder / "config.json"
-    if not (folder.is_dir() and path.is_file()):
+    from sanet.errors import NotFoundError
+    from sanet.models.segmentation import read_pretrained_config
+
+    if not folder.is_dir():
         return {}
     try:
-        carried = (json.loads(path.read_text()).get("metadata") or {}).get("run_config")
-    except (OSError, json.JSONDecodeError):
-        return {}  # the model's own loading names the damaged file
+        carried = (read_pretrained_config(folder).get("metadata") or {}).get("run_config")
+    except (NotFoundError, UsageError):
+        return {}  # not a saved model, or a damaged one: the model's own loading names it
     return carried if isinstance(carried, dict) else {}
 
 
