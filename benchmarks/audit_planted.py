@@ -4,7 +4,7 @@ the audit on (docs/trust.md, "Measured: planted label errors").
 Data: for each generator of DATASETS, a ``folder`` dataset whose train split (384 scenes, 64²)
 and val split (300 scenes) carry label errors in 10 % of their masks, the five kinds of
 ``sanet.data.planted`` in turn, and DRAWS further val splits (other scenes, other errors).
-Models: the demo recipe (src/sanet/configs/demo.yaml: SANet, resnet18d from scratch, 384 steps
+Models: the from-scratch demo recipe (src/sanet/configs/demo_scratch.yaml: SANet, resnet18d, 384 steps
 at batch 16) at 64², trained on each train split (seeds MODEL_SEEDS), 1 thread; each calibrated
 (``sanet.calibrate``) on its val split. Each model then audits its val split and the DRAWS
 (``sanet.audit_labels --checkpoint``, a split it did not train on), and from the same audit three
@@ -26,6 +26,7 @@ kind. Phases are resumable (finished runs are reused, audits are appended to sco
     python benchmarks/audit_planted.py prepare --work /tmp/audit-bench [--generators scenes family1]
     python benchmarks/audit_planted.py train --work /tmp/audit-bench [--worker 0/2]
     python benchmarks/audit_planted.py score --work /tmp/audit-bench
+    python benchmarks/audit_planted.py oof --work /tmp/audit-bench --only family1:0   # 5 fold models
     python benchmarks/audit_planted.py report --work /tmp/audit-bench
 """
 
@@ -52,7 +53,7 @@ SIZE, TRAIN_IMAGES, VAL_IMAGES, SHARE, SCENE_SEED = 64, 384, 300, 0.1, 1
 MODEL_SEEDS = (0, 1)
 DRAWS = (2, 3)  # scene seeds of further val splits (their own planted errors)
 #: the demo recipe (384 steps of batch 16) at 64², on one thread, validated once at the end
-RECIPE = "demo"
+RECIPE = "demo_scratch"
 BUDGET = [
     "data.options={}",
     f"data.base_size={SIZE}",
@@ -164,22 +165,43 @@ def score(work: Path) -> None:
                 _audit(work, run, model, data, done)
 
 
-def _audit(work: Path, run: Path, model: str, data: str, done: Path) -> None:
+def out_of_fold(work: Path, only: list[str]) -> None:
+    """Audit each chosen model's own train split (``--only NAME:SEED``, default every trained
+    model): ``sanet.audit_labels`` then trains AUTO_FOLDS fold models with the run's config and
+    scores every image with the one that did not see it (docs/trust.md); appended to
+    scores.jsonl with ``"split": "train"``."""
+    import torch
+
+    torch.set_num_threads(1)
+    done = work / "scores.jsonl"
+    seen = {(r["model"], r["data"], r.get("split")) for r in map(json.loads, _lines(done))}
+    chosen = [j.split(":") for j in only] or [(n, s) for s in MODEL_SEEDS for n in DATASETS]
+    for name, seed in chosen:
+        run = run_dir(work, name, int(seed))
+        model = f"{name}:{seed}"
+        if (run / "model" / "config.json").is_file() and (model, name, "train") not in seen:
+            _audit(work, run, model, name, done, split="train")
+
+
+def _audit(work: Path, run: Path, model: str, data: str, done: Path, split: str = "val") -> None:
     import sanet
     from sanet.errors import UsageError
 
     root = work / "data" / data
     start = time.perf_counter()
-    where = dict(checkpoint=run, split="val", out=work / "audits" / f"{model}-{data}")
-    row: dict[str, Any] = {"model": model, "data": data, "refused": None}
+    tag = "" if split == "val" else f"-{split}"
+    where = dict(checkpoint=run, split=split, out=work / "audits" / f"{model}-{data}{tag}")
+    row: dict[str, Any] = {"model": model, "data": data, "split": split, "refused": None}
     try:
         found = sanet.audit_labels(f"folder:{root}", **where, top=0, overwrite=True)
     except UsageError as err:  # the agreement check: what the audit would have been
         row["refused"] = str(err)
         found = sanet.audit_labels(f"folder:{root}", **where, top=0, overwrite=True, min_miou=0)
-    key = json.loads((root / "planted_val.json").read_text())
-    row |= {"temperature": found.audit["temperature"]}
-    row |= {"agreement": found.audit["agreement"]["mIoU"]}
+    key = json.loads((root / f"planted_{split}.json").read_text())
+    # out of fold: raw probabilities, one agreement per fold model (their mean kept here)
+    runs = found.audit.get("runs") or [found.audit]
+    row |= {"temperature": found.audit.get("temperature")}
+    row |= {"agreement": sum(r["agreement"]["mIoU"] for r in runs) / len(runs)}
     row |= {m: recall(found.images, key, f) for m, f in SCORES.items()}
     row["seconds"] = round(time.perf_counter() - start, 1)
     with done.open("a") as f:
@@ -199,12 +221,14 @@ def report(work: Path) -> None:
         "all",
         *json.loads((work / "data" / "scenes" / "planted_val.json").read_text())["kinds"],
     ]
-    for title, keep in (
-        ("unseen", lambda r: not r["model"].startswith("scenes") and "x2" not in r["model"]),
-        ("unseen, twice the epochs", lambda r: "x2" in r["model"]),
-        ("scenes (design)", lambda r: r["model"].startswith("scenes")),
+    val = [r for r in rows if r.get("split", "val") == "val"]
+    for title, keep, group in (
+        ("unseen", lambda r: not r["model"].startswith("scenes") and "x2" not in r["model"], val),
+        ("unseen, twice the epochs", lambda r: "x2" in r["model"], val),
+        ("scenes (design)", lambda r: r["model"].startswith("scenes"), val),
+        ("own train split, out of fold", lambda r: True, [r for r in rows if r not in val]),
     ):
-        mine = [r for r in rows if keep(r) and not r.get("refused")]
+        mine = [r for r in group if keep(r) and not r.get("refused")]
         if not mine:
             continue
         models = sorted({r["model"] for r in mine})
@@ -217,21 +241,21 @@ def report(work: Path) -> None:
                 hit, n = (sum(r[m][k][j] for r in mine) for j in (0, 1))
                 cells.append(f"{hit / max(n, 1):.2f} ({hit}/{n})")
             print(f"| {m} | " + " | ".join(cells) + " |")
-        for r in [r for r in rows if keep(r) and r.get("refused")]:
+        for r in [r for r in group if keep(r) and r.get("refused")]:
             print(
                 f"- refused: {r['model']} on {r['data']}: agreement mIoU {r['agreement']:.3f}; "
                 "audited anyway: " + ", ".join(f"{m} {r[m]['all']}" for m in SCORES)
             )
         for r in mine:
             print(
-                f"- {r['model']} on {r['data']}: T {r['temperature']:.2f}, "
+                f"- {r['model']} on {r['data']}: T {r['temperature'] or 1:.2f}, "
                 f"agreement mIoU {r['agreement']:.3f}, regions {r['regions']['all']}"
             )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("phase", choices=["prepare", "train", "score", "report"])
+    parser.add_argument("phase", choices=["prepare", "train", "score", "oof", "report"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/audit-bench"))
     parser.add_argument("--worker", default="0/1", metavar="I/N")
     parser.add_argument("--only", nargs="*", default=[], metavar="NAME:SEED", help="these runs")
@@ -247,6 +271,8 @@ def main() -> None:
         train(args.work, worker, workers, args.only, args.long)
     elif args.phase == "score":
         score(args.work)
+    elif args.phase == "oof":
+        out_of_fold(args.work, args.only)
     else:
         report(args.work)
 
