@@ -8,7 +8,7 @@ Two arms per setting, paired by seed (same initialisation, same sample order):
   with bf16 units (``sanet.devices.choose_precision``). On a CPU without them PyTorch emulates
   bf16: slower, but the numbers still answer the quality question.
 
-Settings: the demo recipe (``src/sanet/configs/demo.yaml``: SANet-resnet18d from scratch, 96²,
+Settings: the from-scratch demo recipe (``src/sanet/configs/demo_scratch.yaml``: SANet-resnet18d from scratch, 96²,
 384 steps of 16, on one thread here instead of its pinned two) and three members of the scene
 family at the learning study's budget (``benchmarks/learning_study.py``: its frozen recipe, 48²,
 320 steps of 8). Every arm is one ``sanet compare`` (resumable); seed 0 of every setting runs
@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from learning_study import BUDGET, FROZEN, member_overrides  # noqa: E402
 
-DEMO = HERE.parent / "src" / "sanet" / "configs" / "demo.yaml"
+DEMO = HERE.parent / "src" / "sanet" / "configs" / "demo_scratch.yaml"
 LEARNING = HERE / "learning_recipe.yaml"
 SEEDS = 3
 #: family members that learn at the learning study's budget (docs/learning.md: val mIoU

@@ -19,7 +19,8 @@ backbones only). Plus the demo's scenes as one more setting (``demo``). Every co
     python benchmarks/pretrained_study.py run --out runs/pretrained [--worker 0/2]   # and 1/2
     python benchmarks/pretrained_study.py report --out runs/pretrained --to docs/learning/pretrained
 
-``report`` also keeps each finished run's record (``config.yaml`` and ``compare_run.json``, a few
+``report`` writes tables.md, study.json and gains.png (each member's gains, random start
+against pretrained), and keeps each finished run's record (``config.yaml`` and ``compare_run.json``, a few
 kB, no weights) under ``--to``/records; ``run --resume-from docs/learning/pretrained/records``
 copies them back first, so a study spread over sessions on fresh machines never retrains a finished run
 (``sanet compare`` skips a run whose record holds its result and the same config).
@@ -186,11 +187,48 @@ def markdown(study: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(study: dict[str, Any], path: Path) -> None:
+    """Each member's SA − FCN and SA − SE, random start (x) against pretrained (y): a point
+    above the diagonal is a gain that pretraining enlarged; the demo scenes as a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
+    for ax, other, title in zip(
+        axes, ("fcn", "sanet_se"), ("SANet − FCN", "SANet − SE"), strict=True
+    ):
+        gains = {}
+        for arm, row in study["arms"].items():
+            gains[arm] = [
+                a - b for a, b in zip(row["mIoU"]["sanet"], row["mIoU"][other], strict=True)
+            ]
+        ax.scatter(gains["random"], gains["pretrained"], label="family members")
+        for k, member in enumerate(study["members"]):
+            ax.annotate(str(member), (gains["random"][k], gains["pretrained"][k]), fontsize=7)
+        demo = {arm: row["demo"] for arm, row in study["arms"].items()}
+        if all(demo.values()):
+            d = {arm: v["sanet"] - v[other] for arm, v in demo.items()}
+            ax.scatter([d["random"]], [d["pretrained"]], marker="*", s=120, label="demo scenes")
+        lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
+        hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set(title=title, xlabel="random Lite0 (mIoU difference)", ylabel="pretrained Lite0")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(out: Path, to: Path) -> None:
     to.mkdir(parents=True, exist_ok=True)
     study = summarize(out)
     (to / "study.json").write_text(json.dumps(study, indent=1) + "\n")
     (to / "tables.md").write_text(markdown(study))
+    plot(study, to / "gains.png")
     print(markdown(study))
     print(
         f"kept the records of {keep_records(out, to / 'records')} finished runs in {to / 'records'}"

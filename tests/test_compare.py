@@ -52,7 +52,7 @@ def test_compare_aggregates_its_runs_and_resumes(tmp_path: Path, monkeypatch) ->
     out = tmp_path / "cmp"
     args = [
         "compare",
-        "configs/demo.yaml",
+        "configs/demo_scratch.yaml",
         "--models",
         "sanet",
         "fcn",

@@ -220,7 +220,7 @@ def test_kfold_audit_scores_each_fold_with_the_model_that_held_it_out(
     monkeypatch.setattr(folds, "audit_split", audit_split)
     options = ["data.options={num_images: 10, size: 40}"]
     entries, *_ = folds.kfold_audit(
-        "src/sanet/configs/demo.yaml", 3, "synthetic", tmp_path, overrides=options
+        "src/sanet/configs/demo_scratch.yaml", 3, "synthetic", tmp_path, overrides=options
     )
     assert sorted(e["index"] for e in entries) == list(range(10))  # each image once
     assert len(scored) == len(configs) == 3

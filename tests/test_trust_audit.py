@@ -159,7 +159,7 @@ def test_a_fold_config_trains_on_the_other_folds_and_validates_on_its_own():
     from sanet.training.loaders import build_data
 
     cfg = fold_config(
-        "src/sanet/configs/demo.yaml",
+        "src/sanet/configs/demo_scratch.yaml",
         3,
         1,
         "synthetic",
@@ -190,7 +190,7 @@ def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp
     write_planted_folder(root, num_images=12, share=0.25, size=48, split="train")
     small = ["model.backbone=resnet10t", "train.max_steps=2", "train.batch_size=4"]
     small += ["data.base_size=48", "data.crop_size=48", "eval.crop_size=48", "eval.stride=32"]
-    argv = ["audit-labels", "demo", "--folds", "2", "--data", f"folder:{root}"]
+    argv = ["audit-labels", "demo_scratch", "--folds", "2", "--data", f"folder:{root}"]
     argv += ["--out", str(out), "--top", "3", "--min-miou", "0", "--set", *small]
     assert main(argv) == 0
     report = json.loads((out / "label_audit.json").read_text())
@@ -216,7 +216,7 @@ def test_kfold_audit_scores_every_image_out_of_fold_and_reuses_finished_runs(tmp
     # from Python: the same runs, the same report
     from sanet.api.audit import audit_labels
 
-    spec, recipe = f"folder:{root}", "demo"
+    spec, recipe = f"folder:{root}", "demo_scratch"
     result = audit_labels(
         spec, recipe=recipe, folds=2, out=out, top=3, overrides=small, overwrite=True, min_miou=0
     )
@@ -238,7 +238,7 @@ def test_a_checkpoint_audits_its_own_training_split_out_of_fold(tmp_path):
     small = ["model.backbone=resnet10t", "train.max_steps=1", "train.batch_size=2"]
     small += ["data.base_size=32", "data.crop_size=32", "eval.crop_size=32", "eval.stride=32"]
     small += ["data.dataset=folder", f"data.root={root}", "data.options={}", "data.val_split=train"]
-    assert main(["train", "demo", "--out", str(run), "--set", *small]) == 0
+    assert main(["train", "demo_scratch", "--out", str(run), "--set", *small]) == 0
     found = audit_labels(
         f"folder:{root}", checkpoint=run, split="train", out=tmp_path / "a", min_miou=0
     )

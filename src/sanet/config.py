@@ -119,6 +119,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
+#: the embedded recipes ``sanet demo`` runs: the default (SANet on a pretrained EfficientNet-Lite0,
+#: issue 31: docs/learning.md) and the from-scratch demo it replaced, which the studies and
+#: benchmarks in docs/ still use
+DEMO_RECIPES = ("demo", "demo_scratch")
+
+
 def recipe_path(name: str) -> Path:
     """The embedded recipe ``name`` (``sanet/configs/<name>.yaml``, e.g. ``"demo"``)."""
     from importlib import resources

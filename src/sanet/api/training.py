@@ -19,7 +19,7 @@ from sanet.config import (
     with_overrides,
 )
 from sanet.errors import UsageError, arg, speaks_cli
-from sanet.experiments.demo import run_demo
+from sanet.experiments.demo import demo_recipe, run_demo
 from sanet.rundir import RunDir
 from sanet.training.progress import training_view
 from sanet.training.resume import refuse_started_run
@@ -196,10 +196,11 @@ def demo(
     overrides: Sequence[str] = (),
     overwrite: bool = False,
     progress: bool = False,
+    recipe: str = "demo",
 ) -> DemoResult:
     """Train a small SANet on the synthetic scenes on the CPU with the embedded recipe
-    ``demo``, validate the best weights and draw them (``make demo``; about 5 minutes on 2
-    cores).
+    ``demo`` (SANet on an ImageNet-pretrained EfficientNet-Lite0, offline: docs/pretrained.md),
+    validate the best weights and draw them (``make demo``; about 4 minutes on 2 cores).
 
     Args:
         out: the run folder.
@@ -207,13 +208,18 @@ def demo(
         overwrite: replace a run already in ``out`` (the demo always starts fresh); by default
             such a folder is refused, nothing touched.
         progress: show a progress bar and the validation tables.
+        recipe: ``"demo"`` or ``"demo_scratch"`` (resnet18d from random weights: the demo
+            before issue 31, the recipe of the studies in docs/).
 
     Returns:
         a :class:`DemoResult`.
     """
+    demo_recipe(recipe)  # a name that is not a demo is refused before the folder is touched
     out = Path(out)
     ensure_writable_dir(out, arg("out"))
     command = "sanet demo" if speaks_cli() else "sanet.demo"
     refuse_foreign_files(out, RunDir(out).clashing_files(), arg("out"), command, RUN_FILES)
-    summary = run_demo(out, list(overrides), training_view(progress), overwrite=overwrite)
+    summary = run_demo(
+        out, list(overrides), training_view(progress), overwrite=overwrite, recipe=recipe
+    )
     return DemoResult(summary, out)

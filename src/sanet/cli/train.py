@@ -8,6 +8,7 @@ import json
 import sys
 
 from sanet.cli.common import add_overrides, add_overwrite, call
+from sanet.config import DEMO_RECIPES
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     add_overrides(d)
     add_overwrite(d, "a run already in --out (the demo starts fresh)")
+    d.add_argument(
+        "--recipe",
+        default="demo",
+        choices=DEMO_RECIPES,
+        help="demo: SANet on an ImageNet-pretrained EfficientNet-Lite0 (default); demo_scratch: "
+        "resnet18d from random weights",
+    )
     d.set_defaults(func=_demo)
 
 
@@ -48,7 +56,7 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from sanet.api.training import demo
 
-    result = demo(args.out, overrides=args.overrides, overwrite=args.overwrite, progress=True)
+    result = call(demo, args, progress=True)
     summary = result.summary
     print(json.dumps({k: summary[k] for k in ("val_mIoU", "val_pixAcc", "seconds", "run_dir")}))
     print(

