@@ -146,13 +146,9 @@ def score(work: Path) -> None:
     and DRAWS) with ``sanet.audit_labels``; one line of ``scores.jsonl`` per (model, split). A
     model the agreement check refuses is recorded as refused and audited with ``min_miou=0``
     (what its audit would have been)."""
-    import torch
-
     import sanet
 
-    torch.set_num_threads(1)
-    done = work / "scores.jsonl"
-    seen = {(r["model"], r["data"]) for r in map(json.loads, _lines(done))}
+    done, seen = _scores(work)
     for name, seed, long in itertools.product(DATASETS, MODEL_SEEDS, (False, True)):
         run = run_dir(work, name, seed, long)
         if not (run / "model" / "config.json").is_file():
@@ -161,7 +157,7 @@ def score(work: Path) -> None:
             sanet.calibrate(run, f"folder:{work / 'data' / name}", out=run / "calibration")
         model = f"{name}:{seed}{' x2' if long else ''}"
         for data in [name, *(f"{name}-draw{d}" for d in DRAWS)]:
-            if (model, data) not in seen:
+            if (model, data, "val") not in seen:
                 _audit(work, run, model, data, done)
 
 
@@ -170,17 +166,24 @@ def out_of_fold(work: Path, only: list[str]) -> None:
     model): ``sanet.audit_labels`` then trains AUTO_FOLDS fold models with the run's config and
     scores every image with the one that did not see it (docs/trust.md); appended to
     scores.jsonl with ``"split": "train"``."""
-    import torch
-
-    torch.set_num_threads(1)
-    done = work / "scores.jsonl"
-    seen = {(r["model"], r["data"], r.get("split")) for r in map(json.loads, _lines(done))}
+    done, seen = _scores(work)
     chosen = [j.split(":") for j in only] or [(n, s) for s in MODEL_SEEDS for n in DATASETS]
     for name, seed in chosen:
         run = run_dir(work, name, int(seed))
         model = f"{name}:{seed}"
         if (run / "model" / "config.json").is_file() and (model, name, "train") not in seen:
             _audit(work, run, model, name, done, split="train")
+
+
+def _scores(work: Path) -> tuple[Path, set[tuple[str, str, str]]]:
+    """scores.jsonl and the (model, data, split) audits it already holds (rows from before the
+    oof phase have no split: val); one thread for the audits that follow."""
+    import torch
+
+    torch.set_num_threads(1)
+    done = work / "scores.jsonl"
+    rows = map(json.loads, _lines(done))
+    return done, {(r["model"], r["data"], r.get("split", "val")) for r in rows}
 
 
 def _audit(work: Path, run: Path, model: str, data: str, done: Path, split: str = "val") -> None:
@@ -226,7 +229,7 @@ def report(work: Path) -> None:
         ("unseen", lambda r: not r["model"].startswith("scenes") and "x2" not in r["model"], val),
         ("unseen, twice the epochs", lambda r: "x2" in r["model"], val),
         ("scenes (design)", lambda r: r["model"].startswith("scenes"), val),
-        ("own train split, out of fold", lambda r: True, [r for r in rows if r not in val]),
+        ("own train split, out of fold", lambda r: r.get("split") == "train", rows),
     ):
         mine = [r for r in group if keep(r) and not r.get("refused")]
         if not mine:
@@ -247,9 +250,11 @@ def report(work: Path) -> None:
                 "audited anyway: " + ", ".join(f"{m} {r[m]['all']}" for m in SCORES)
             )
         for r in mine:
+            t = r["temperature"]  # None out of fold: the fold models' raw probabilities
             print(
-                f"- {r['model']} on {r['data']}: T {r['temperature'] or 1:.2f}, "
-                f"agreement mIoU {r['agreement']:.3f}, regions {r['regions']['all']}"
+                f"- {r['model']} on {r['data']}: "
+                + ("raw, " if t is None else f"T {t:.2f}, ")
+                + f"agreement mIoU {r['agreement']:.3f}, regions {r['regions']['all']}"
             )
 
 
